@@ -1,0 +1,1 @@
+"""Kong benchmark suite: python -m benchmarks --help."""

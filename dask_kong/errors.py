@@ -1,0 +1,32 @@
+"""Errors dask-kong raises, each naming what went wrong."""
+
+from __future__ import annotations
+
+
+class KongError(RuntimeError):
+    """Base class of dask-kong's own errors."""
+
+
+class StuckRunError(KongError):
+    """A run made no progress (no finished task, no live worker) within its stall timeout,
+    or passed its deadline. The message names the tasks that never finished."""
+
+
+class WorkerLostError(KongError):
+    """A worker died while running a task (process killed, out of memory)."""
+
+
+class StoreUnavailableError(KongError):
+    """The store (Redis) could not be reached after the configured retries."""
+
+
+class SerializationError(KongError):
+    """A task, its input or its output could not be pickled to leave this process."""
+
+
+class MissingOutputError(KongError):
+    """A task's input was not in the worker, the payload nor the store."""
+
+
+class RemoteTaskError(KongError):
+    """Stands in for a task's exception when the exception itself could not be pickled."""

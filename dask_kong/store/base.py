@@ -1,0 +1,138 @@
+"""The `Store` protocol: where a run's intermediate data and coordination live.
+
+Workers never talk to each other or to a scheduler: everything they share goes through a
+store. `MemoryStore` serves the embedded mode (threads in one process, values kept as
+Python objects, nothing serialized); `RedisStore` serves worker processes and AWS Lambda.
+Nearly all runtime logic is tested against `MemoryStore`; `RedisStore` is tested against a
+real redis-server.
+
+Keys passed to a store are run-relative (see `dask_kong.constants`); the store prefixes
+them with ``kong:{run_id}:`` and gives every key a TTL.
+
+Correctness under at-least-once invocation rests on three rules every store implements:
+outputs are write-once (a second write of the same key is a no-op), a fan-in is a set of
+parent ids (a parent reported twice counts once), and within one `commit` the writes are
+applied before the fan-in marks, so a dependent that becomes ready always finds its inputs.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class EventKind(str, enum.Enum):
+    """What an event reports."""
+
+    TASK_DONE = "task-done"
+    TASK_FAILED = "task-failed"
+    WORKER_FAILED = "worker-failed"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a run's event stream.
+
+    `task` is the task's index in the DAG. `metrics` carries the task's measurements
+    (timings, bytes) so the client builds the run summary without extra store traffic.
+    For failures, `error` is the pickled exception (or None when it could not be pickled)
+    and `message`/`traceback` are its text.
+    """
+
+    kind: EventKind
+    task: int
+    worker: str
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    error: bytes | None = None
+    message: str = ""
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class FanIn:
+    """Report that `parent` finished to the fan-in of `child`, which has `in_degree` parents."""
+
+    child: int
+    parent: int
+    in_degree: int
+
+
+@dataclass
+class CommitResult:
+    """What a `commit` did: bytes actually written and the fan-in children it made ready."""
+
+    bytes_written: int = 0
+    ready: list[int] = field(default_factory=list)
+
+
+class MissingKeyError(KeyError):
+    """A key asked for is not in the store (never written, or already cleaned up)."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Storage and coordination for runs. Implementations must be thread-safe."""
+
+    #: True when values are kept as Python objects in this process (no serialization):
+    #: inlining them into an invocation then costs nothing.
+    in_process: bool
+
+    def commit(
+        self,
+        run_id: str,
+        writes: Mapping[str, Any],
+        fan_ins: Sequence[FanIn] = (),
+        events: Sequence[Event] = (),
+    ) -> CommitResult:
+        """Apply, in this order and in one round-trip: write-once `writes`, then the fan-in
+        marks, then append `events`. A fan-in child is in `ready` only for the one caller
+        whose mark completed its set of parents, however often a parent is reported."""
+        ...
+
+    def get_many(self, run_id: str, keys: Sequence[str]) -> tuple[list[Any], int]:
+        """Values of `keys`, in order, and the bytes read; `MissingKeyError` names the
+        first absent one."""
+        ...
+
+    def exists(self, run_id: str, key: str) -> bool:
+        """Whether `key` was written (a late worker checks this, never a notification)."""
+        ...
+
+    def sizes(self, run_id: str, keys: Sequence[str]) -> list[int]:
+        """Stored size in bytes of each key (0 when absent): for metrics and planning."""
+        ...
+
+    def events(self, run_id: str, cursor: str, timeout_s: float) -> tuple[str, list[Event]]:
+        """Events after `cursor` ("0" for the start), waiting up to `timeout_s` for the
+        first one. Returns the new cursor and the events (empty on timeout)."""
+        ...
+
+    def heartbeat(self, run_id: str, beats: Mapping[str, int]) -> None:
+        """Record that each worker in `beats` is alive and running the given task."""
+        ...
+
+    def live_workers(self, run_id: str, ttl_s: float) -> dict[str, int]:
+        """Workers whose last heartbeat is younger than `ttl_s`, with their current task."""
+        ...
+
+    def cancel(self, run_id: str) -> None:
+        """Flag the run as cancelled: workers stop at their next task boundary."""
+        ...
+
+    def is_cancelled(self, run_id: str) -> bool:
+        """Whether `cancel` was called for this run."""
+        ...
+
+    def delete_run(self, run_id: str) -> int:
+        """Delete every key of the run; returns how many were deleted."""
+        ...
+
+    def run_keys(self, run_id: str) -> list[str]:
+        """Run-relative names of every key the run still has (tests prove cleanup)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections (and stop a private server the store owns)."""
+        ...

@@ -1,0 +1,152 @@
+"""`MemoryStore`: the embedded store. Values stay Python objects; nothing is serialized.
+
+One lock guards all runs; every operation holds it only for dictionary updates, so
+contention stays small next to task execution. Sizes are estimated with `dask.sizeof`,
+the same estimate dask's own schedulers use, so bytes_written/bytes_read are comparable
+across modes without paying for serialization.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dask.sizeof import sizeof
+
+from .base import CommitResult, Event, FanIn, MissingKeyError
+
+
+@dataclass
+class _RunState:
+    values: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    fan_ins: dict[int, set[int]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    heartbeats: dict[str, tuple[float, int]] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+class MemoryStore:
+    """In-process `Store` for the embedded (threads) mode."""
+
+    in_process = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._new_event = threading.Condition(self._lock)
+        self._runs: dict[str, _RunState] = {}
+
+    def _run(self, run_id: str) -> _RunState:
+        state = self._runs.get(run_id)
+        if state is None:
+            state = self._runs[run_id] = _RunState()
+        return state
+
+    def commit(
+        self,
+        run_id: str,
+        writes: Mapping[str, Any],
+        fan_ins: Sequence[FanIn] = (),
+        events: Sequence[Event] = (),
+    ) -> CommitResult:
+        result = CommitResult()
+        sized = {key: sizeof(value) for key, value in writes.items()}
+        with self._lock:
+            run = self._run(run_id)
+            for key, value in writes.items():
+                if key not in run.values:
+                    run.values[key] = value
+                    run.sizes[key] = sized[key]
+                    result.bytes_written += sized[key]
+            for mark in fan_ins:
+                parents = run.fan_ins.setdefault(mark.child, set())
+                if mark.parent in parents:
+                    continue
+                parents.add(mark.parent)
+                if len(parents) == mark.in_degree:
+                    result.ready.append(mark.child)
+            if events:
+                run.events.extend(events)
+                self._new_event.notify_all()
+        return result
+
+    def get_many(self, run_id: str, keys: Sequence[str]) -> tuple[list[Any], int]:
+        with self._lock:
+            run = self._runs.get(run_id)
+            values = run.values if run is not None else {}
+            out = []
+            nbytes = 0
+            for key in keys:
+                if key not in values:
+                    raise MissingKeyError(f"{key!r} of run {run_id} is not in the store")
+                out.append(values[key])
+                nbytes += run.sizes[key] if run is not None else 0
+        return out, nbytes
+
+    def exists(self, run_id: str, key: str) -> bool:
+        with self._lock:
+            run = self._runs.get(run_id)
+            return run is not None and key in run.values
+
+    def sizes(self, run_id: str, keys: Sequence[str]) -> list[int]:
+        with self._lock:
+            run = self._runs.get(run_id)
+            return [run.sizes.get(k, 0) if run else 0 for k in keys]
+
+    def events(self, run_id: str, cursor: str, timeout_s: float) -> tuple[str, list[Event]]:
+        start = int(cursor)
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while True:
+                run = self._runs.get(run_id)
+                if run is not None and len(run.events) > start:
+                    new = run.events[start:]
+                    return str(start + len(new)), new
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return cursor, []
+                self._new_event.wait(remaining)
+
+    def heartbeat(self, run_id: str, beats: Mapping[str, int]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            run = self._run(run_id)
+            for worker, task in beats.items():
+                run.heartbeats[worker] = (now, task)
+
+    def live_workers(self, run_id: str, ttl_s: float) -> dict[str, int]:
+        now = time.monotonic()
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return {}
+            return {w: t for w, (at, t) in run.heartbeats.items() if now - at < ttl_s}
+
+    def cancel(self, run_id: str) -> None:
+        with self._lock:
+            self._run(run_id).cancelled = True
+
+    def is_cancelled(self, run_id: str) -> bool:
+        run = self._runs.get(run_id)  # a racy read is fine: cancellation is best effort
+        return run is not None and run.cancelled
+
+    def delete_run(self, run_id: str) -> int:
+        with self._lock:
+            run = self._runs.pop(run_id, None)
+        if run is None:
+            return 0
+        return len(run.values) + len(run.fan_ins) + (1 if run.events else 0)
+
+    def run_keys(self, run_id: str) -> list[str]:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return []
+            return [*run.values, *(f"fanin:{c}" for c in run.fan_ins)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._runs.clear()
