@@ -1,1 +1,6 @@
-"""planning"""
+"""Planners decide where each task runs and which optimizations apply."""
+
+from .plan import Optimization, Plan, TaskPlan
+from .planners import PLANNERS, get_planner
+
+__all__ = ["PLANNERS", "Optimization", "Plan", "TaskPlan", "get_planner"]

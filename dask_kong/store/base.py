@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..metrics.records import TaskMetrics
+
 
 class EventKind(str, enum.Enum):
     """What an event reports."""
@@ -37,17 +39,20 @@ class Event:
 
     `task` is the task's index in the DAG. `metrics` carries the task's measurements
     (timings, bytes) so the client builds the run summary without extra store traffic.
-    For failures, `error` is the pickled exception (or None when it could not be pickled)
-    and `message`/`traceback` are its text.
+    For failures, `error` is the exception itself for an in-process store, its pickle for a
+    remote one (None when it could not be pickled); `message`/`traceback` are its text.
+    `wake` marks events a client is blocked on (a requested output, a failure): a store may
+    batch wake-ups for the others.
     """
 
     kind: EventKind
     task: int
     worker: str
-    metrics: Mapping[str, Any] = field(default_factory=dict)
-    error: bytes | None = None
+    metrics: TaskMetrics | None = None
+    error: BaseException | bytes | None = None
     message: str = ""
     traceback: str = ""
+    wake: bool = True
 
 
 @dataclass(frozen=True)

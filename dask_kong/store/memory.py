@@ -70,7 +70,8 @@ class MemoryStore:
                     result.ready.append(mark.child)
             if events:
                 run.events.extend(events)
-                self._new_event.notify_all()
+                if any(e.wake for e in events):
+                    self._new_event.notify_all()
         return result
 
     def get_many(self, run_id: str, keys: Sequence[str]) -> tuple[list[Any], int]:

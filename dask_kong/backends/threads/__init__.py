@@ -1,1 +1,5 @@
-"""backends/threads"""
+"""Embedded backend: worker threads in the calling process."""
+
+from .pool import ThreadBackend
+
+__all__ = ["ThreadBackend"]

@@ -1,0 +1,30 @@
+"""The small surface every backend implements (Lithops-style: one folder per backend).
+
+A backend starts workers (`invoke`), prepares a run for workers that live elsewhere
+(`prepare_run`: e.g. store the DAG once) and frees what it holds (`close`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ..runtime.context import Invocation, RunContext
+
+
+class Backend(Protocol):
+    """Where workers run."""
+
+    name: str
+
+    def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
+        """Start one worker per invocation; never waits for them to finish."""
+        ...
+
+    def prepare_run(self, ctx: RunContext) -> None:
+        """Make the run reachable by workers before the first invocation."""
+        ...
+
+    def close(self) -> None:
+        """Stop every worker and helper this backend started."""
+        ...

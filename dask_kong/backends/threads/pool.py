@@ -1,0 +1,97 @@
+"""Embedded backend: workers are threads of this process, behaving like warm containers.
+
+An invocation is a queue entry. A thread takes it if one is idle ("warm start"); else a
+new thread starts ("cold start") up to the worker limit, beyond which invocations queue.
+An idle thread exits after `kong.threads.keep_warm_s`, like a container after its
+keep-warm window, so an idle session holds no threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Sequence
+
+from ... import config
+from ...runtime.context import Invocation, RunContext
+from ...runtime.worker import run_branch
+
+logger = logging.getLogger("dask_kong.backends.threads")
+
+_Item = tuple[RunContext, Invocation] | None
+
+
+class ThreadBackend:
+    """Runs each invocation's branch on a pool thread."""
+
+    name = "threads"
+
+    def __init__(self, workers: int | None = None, keep_warm_s: float | None = None) -> None:
+        self.max_workers = int(config.get("workers", workers) or os.cpu_count() or 1)
+        self.keep_warm_s = float(config.get("threads.keep_warm_s", keep_warm_s))
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._idle = 0
+        self._closed = False
+        self.cold_starts = 0
+        self.warm_starts = 0
+
+    def prepare_run(self, ctx: RunContext) -> None:
+        """Nothing to do: threads share the client's RunContext."""
+
+    def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
+        if self._closed:
+            raise RuntimeError("this Kong session is closed")
+        for invocation in invocations:
+            ctx.branch_started()
+            self._queue.put((ctx, invocation))
+        self._grow(len(invocations))
+
+    def _grow(self, wanted: int) -> None:
+        """Start threads for invocations no idle thread will take (cold starts)."""
+        with self._lock:
+            missing = min(wanted - self._idle, self.max_workers - len(self._threads))
+            self.warm_starts += min(wanted, self._idle)
+            for _ in range(max(missing, 0)):
+                thread = threading.Thread(target=self._serve, name="kong-worker", daemon=True)
+                self._threads.add(thread)
+                self.cold_starts += 1
+                thread.start()
+
+    def _serve(self) -> None:
+        """Worker thread: run branches until idle for the keep-warm window or closed."""
+        me = threading.current_thread()
+        while True:
+            with self._lock:
+                self._idle += 1
+            try:
+                item = self._queue.get(timeout=self.keep_warm_s)
+            except queue.Empty:
+                item = None
+            with self._lock:
+                self._idle -= 1
+                if item is None:
+                    if self._queue.empty() or self._closed:
+                        self._threads.discard(me)
+                        return
+                    continue
+            ctx, invocation = item
+            try:
+                run_branch(ctx, invocation)
+            except BaseException:  # run_branch reports task errors; this is a bug guard
+                logger.exception("worker thread crashed running %s", invocation)
+            finally:
+                ctx.branch_ended()
+
+    def close(self) -> None:
+        """Stop accepting invocations and join every thread."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join(timeout=10)

@@ -1,0 +1,72 @@
+"""The Kong DAG: an immutable, index-based view of a culled Dask graph.
+
+Tasks are numbered 0..n-1 in a topological order, so workers, the store and events speak
+in small integers instead of arbitrary Dask keys. Aliases are resolved away at translation
+(they cost nothing at run time) and data (DataNodes, large constants lifted out of tasks)
+lives apart from tasks so that a mode with a remote store keeps it once per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dask._task_spec import GraphNode
+
+Key = Hashable
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """One input of a task: the Dask key the task's node reads it under, and its source:
+    either the index of the task that computes it or the name of a data entry."""
+
+    key: Key
+    task: int | None = None
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    """A requested key and where its value comes from (a task or a data entry)."""
+
+    key: Key
+    task: int | None = None
+    data: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class DAG:
+    """A culled, alias-free task graph ready to run.
+
+    Attributes are tuples indexed by task number. `inputs[i]` lists what task i reads;
+    `parents[i]` are the distinct task indices among them (the fan-in in-degree is
+    `len(parents[i])`); `children[i]` are the tasks that read task i.
+    """
+
+    keys: tuple[Key, ...]
+    nodes: tuple[GraphNode, ...]
+    inputs: tuple[tuple[TaskInput, ...], ...]
+    parents: tuple[tuple[int, ...], ...]
+    children: tuple[tuple[int, ...], ...]
+    data: Mapping[str, Any]
+    outputs: tuple[Output, ...]
+    shape_hash: str
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def roots(self) -> tuple[int, ...]:
+        """Tasks with no task parents: each starts a branch when the run is submitted."""
+        return tuple(i for i, p in enumerate(self.parents) if not p)
+
+    @property
+    def output_tasks(self) -> frozenset[int]:
+        """Indices of tasks whose value was requested."""
+        return frozenset(o.task for o in self.outputs if o.task is not None)
+
+    def index_of(self, key: Key) -> int:
+        """Index of the task computing `key` (tests and diagnostics; O(n))."""
+        return self.keys.index(key)

@@ -1,0 +1,237 @@
+"""Translate what Dask hands a scheduler into a Kong `DAG`.
+
+Accepted inputs: an expression (anything with `__dask_graph__()`), a HighLevelGraph, or a
+dict of `dask._task_spec` nodes or legacy tuples. Steps, each its own function:
+
+1. `normalise_graph`: to a plain dict of task-spec nodes (dask's `convert_legacy_graph`).
+2. `cull`: keep only what the requested keys need, raising on a missing dependency.
+3. `resolve_sources`: every key resolves to a task, a data entry, or (through aliases) one
+   of those; an alias cycle is reported as a cycle.
+4. `lift_constants`: large arrays embedded in tasks become data entries.
+5. `topological_order` numbers tasks; a cycle raises `ValueError` naming a key on it.
+
+The caller's graph is never mutated: nodes are only read, and a lifted task is a new node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any
+
+from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
+from dask.core import flatten
+from dask.utils import key_split
+
+from .. import config
+from .model import DAG, Key, Output, TaskInput
+
+
+def to_dag(dsk: Any, keys: Any, *, constant_bytes: int | None = None) -> DAG:
+    """Build the DAG computing the (possibly nested) `keys` of `dsk`."""
+    graph = normalise_graph(dsk)
+    wanted = list(dict.fromkeys(flatten(keys) if isinstance(keys, list) else [keys]))
+    needed = cull(graph, wanted)
+    sources = resolve_sources(graph, needed)
+    threshold = config.get("data.constant_bytes", constant_bytes)
+    tasks, data = split_tasks_and_data(graph, needed, sources, threshold)
+    order = topological_order(tasks, sources)
+    return assemble(order, tasks, data, sources, wanted)
+
+
+def normalise_graph(dsk: Any) -> dict[Key, GraphNode]:
+    """A plain dict of task-spec nodes, whatever form Dask handed us."""
+    if hasattr(dsk, "__dask_graph__"):
+        dsk = dsk.__dask_graph__()
+    if not isinstance(dsk, Mapping):
+        raise TypeError(f"expected a Dask graph or collection, got {type(dsk).__name__}")
+    plain = dict(dsk)
+    if all(isinstance(v, GraphNode) for v in plain.values()):
+        return plain
+    return convert_legacy_graph(plain)
+
+
+def cull(graph: Mapping[Key, GraphNode], wanted: list[Key]) -> set[Key]:
+    """Keys needed to compute `wanted`; a key that is absent raises naming it."""
+    needed: set[Key] = set()
+    stack: list[tuple[Key, Key | None]] = [(k, None) for k in wanted]
+    while stack:
+        key, dependent = stack.pop()
+        if key in needed:
+            continue
+        node = graph.get(key)
+        if node is None:
+            if dependent is None:
+                raise ValueError(f"requested key {key!r} is not in the graph")
+            raise ValueError(f"missing dependency {key!r} of task {dependent!r}")
+        needed.add(key)
+        stack.extend((dep, key) for dep in node.dependencies)
+    return needed
+
+
+def resolve_sources(graph: Mapping[Key, GraphNode], needed: set[Key]) -> dict[Key, Key]:
+    """Map every needed key to the key that really produces its value (aliases followed).
+
+    A chain of aliases that loops back on itself is a cycle.
+    """
+    sources: dict[Key, Key] = {}
+    for key in needed:
+        chain = []
+        current = key
+        while isinstance(graph[current], Alias) and current not in sources:
+            if current in chain:
+                raise ValueError(f"cycle detected through alias {current!r}")
+            chain.append(current)
+            current = graph[current].target  # type: ignore[attr-defined]
+        final = sources.get(current, current)
+        for alias in chain:
+            sources[alias] = final
+        sources[current] = final
+    return sources
+
+
+def split_tasks_and_data(
+    graph: Mapping[Key, GraphNode],
+    needed: set[Key],
+    sources: Mapping[Key, Key],
+    constant_bytes: int,
+) -> tuple[dict[Key, GraphNode], dict[Key, Any]]:
+    """Separate runnable tasks from data; lift large constants out of tasks into data."""
+    tasks: dict[Key, GraphNode] = {}
+    data: dict[Key, Any] = {}
+    for key in needed:
+        if sources[key] != key:
+            continue  # an alias: costs nothing, resolved through `sources`
+        node = graph[key]
+        if isinstance(node, DataNode):
+            data[key] = node.value
+        else:
+            tasks[key] = lift_constants(node, data, constant_bytes)
+    return tasks, data
+
+
+def lift_constants(node: GraphNode, data: dict[Key, Any], constant_bytes: int) -> GraphNode:
+    """Replace top-level array arguments of at least `constant_bytes` by references to new
+    data entries, so a remote mode stores each once and ships it only to its reader."""
+    if type(node) is not Task:
+        return node
+    lifted: dict[int | str, Key] = {}
+    for slot, value in _argument_slots(node):
+        if _is_large_constant(value, constant_bytes):
+            const_key = ("kong-constant", node.key, slot)
+            data[const_key] = value
+            lifted[slot] = const_key
+    if not lifted:
+        return node
+    args = [TaskRef(lifted[i]) if i in lifted else a for i, a in enumerate(node.args)]
+    kwargs = {k: TaskRef(lifted[k]) if k in lifted else v for k, v in node.kwargs.items()}
+    return Task(node.key, node.func, *args, _data_producer=node.data_producer, **kwargs)
+
+
+def _argument_slots(node: Task) -> Iterable[tuple[int | str, Any]]:
+    yield from enumerate(node.args)
+    yield from node.kwargs.items()
+
+
+def _is_large_constant(value: Any, constant_bytes: int) -> bool:
+    if isinstance(value, (GraphNode, TaskRef)):
+        return False
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(value, (bytes, bytearray)):
+        nbytes = len(value)
+    return isinstance(nbytes, int) and nbytes >= constant_bytes
+
+
+def topological_order(tasks: Mapping[Key, GraphNode], sources: Mapping[Key, Key]) -> list[Key]:
+    """Tasks in dependency order (Kahn), stable in the graph's own order."""
+    parents = {k: _task_parents(node, tasks, sources) for k, node in tasks.items()}
+    children: dict[Key, list[Key]] = {k: [] for k in tasks}
+    missing = {k: len(p) for k, p in parents.items()}
+    for key, ps in parents.items():
+        for p in ps:
+            children[p].append(key)
+    ready = [k for k, n in missing.items() if n == 0]
+    order: list[Key] = []
+    while ready:
+        key = ready.pop()
+        order.append(key)
+        for child in children[key]:
+            missing[child] -= 1
+            if missing[child] == 0:
+                ready.append(child)
+    if len(order) != len(tasks):
+        raise ValueError(f"cycle detected: task {_key_on_cycle(parents, missing)!r} depends on itself")
+    return order
+
+
+def _task_parents(
+    node: GraphNode, tasks: Mapping[Key, GraphNode], sources: Mapping[Key, Key]
+) -> tuple[Key, ...]:
+    """Distinct task keys whose values `node` reads (data entries excluded)."""
+    found = dict.fromkeys(sources.get(d, d) for d in node.dependencies)
+    return tuple(p for p in found if p in tasks)
+
+
+def _key_on_cycle(parents: Mapping[Key, tuple[Key, ...]], missing: Mapping[Key, int]) -> Key:
+    """Walk parents among unsorted tasks until a key repeats: that key is on a cycle."""
+    current = next(k for k, n in missing.items() if n > 0)
+    seen: set[Key] = set()
+    while current not in seen:
+        seen.add(current)
+        current = next(p for p in parents[current] if missing[p] > 0)
+    return current
+
+
+def assemble(
+    order: list[Key],
+    tasks: Mapping[Key, GraphNode],
+    data: Mapping[Key, Any],
+    sources: Mapping[Key, Key],
+    wanted: list[Key],
+) -> DAG:
+    """Number tasks and data, and resolve every input and output to its source."""
+    index = {k: i for i, k in enumerate(order)}
+    data_names = {k: f"d{j}" for j, k in enumerate(data)}
+    inputs = tuple(
+        tuple(_input(dep, sources, index, data_names) for dep in tasks[k].dependencies)
+        for k in order
+    )
+    parents = tuple(tuple(dict.fromkeys(i.task for i in ins if i.task is not None)) for ins in inputs)
+    children: list[list[int]] = [[] for _ in order]
+    for i, ps in enumerate(parents):
+        for p in ps:
+            children[p].append(i)
+    outputs = tuple(Output(**vars(_input(k, sources, index, data_names))) for k in wanted)
+    return DAG(
+        keys=tuple(order),
+        nodes=tuple(tasks[k] for k in order),
+        inputs=inputs,
+        parents=parents,
+        children=tuple(tuple(c) for c in children),
+        data={data_names[k]: v for k, v in data.items()},
+        outputs=outputs,
+        shape_hash=shape_hash(order, parents),
+    )
+
+
+def _input(
+    key: Key, sources: Mapping[Key, Key], index: Mapping[Key, int], data_names: Mapping[Key, str]
+) -> TaskInput:
+    source = sources.get(key, key)  # lifted constants are their own source
+    if source in index:
+        return TaskInput(key=key, task=index[source])
+    return TaskInput(key=key, data=data_names[source])
+
+
+def shape_hash(order: list[Key], parents: tuple[tuple[int, ...], ...]) -> str:
+    """A digest of the graph's structure: task name prefixes and edges, not data tokens,
+    so two runs of the same computation on other data share a history."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key, ps in zip(order, parents, strict=True):
+        digest.update(repr((key_split(key), _key_position(key), ps)).encode())
+    return digest.hexdigest()
+
+
+def _key_position(key: Hashable) -> tuple[Any, ...]:
+    """The block index part of a tuple key ('x-token', 0, 1) -> (0, 1)."""
+    return tuple(key[1:]) if isinstance(key, tuple) else ()

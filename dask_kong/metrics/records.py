@@ -1,0 +1,57 @@
+"""Measurements of one task and summaries of one run.
+
+A worker fills one `TaskMetrics` per task and ships it inside the task's completion event,
+so the client builds the run summary without extra store traffic. Timestamps are wall
+clock (comparable across processes on one machine); durations are perf_counter deltas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class TaskMetrics:
+    """What happened to one task in one worker."""
+
+    worker: str
+    start: float = 0.0
+    end: float = 0.0
+    read_s: float = 0.0
+    read_bytes: int = 0
+    exec_s: float = 0.0
+    write_s: float = 0.0
+    written_bytes: int = 0
+    invoke_s: float = 0.0
+    invocations: int = 0
+    output_bytes: int = 0
+
+
+@dataclass
+class RunSummary:
+    """What `dask_kong.last_run()` returns: one run, as observed by the client."""
+
+    run_id: str
+    tasks: int
+    workers: int
+    invocations: int
+    makespan_s: float
+    bytes_written: int
+    bytes_read: int
+    planner: str
+    backend: str
+    store: str
+    submit_s: float = 0.0
+    translate_s: float = 0.0
+    succeeded: bool = True
+    shape_hash: str = ""
+    plan: Any = field(default=None, repr=False)
+    task_metrics: dict[int, TaskMetrics] = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The scalar fields, JSON-ready (no per-task detail, no plan)."""
+        out = asdict(self)
+        out.pop("task_metrics")
+        out.pop("plan")
+        return out

@@ -1,0 +1,55 @@
+"""The `Plan`: what a planner decided, and the only thing the runtime asks.
+
+The runtime never guesses a policy: for each task it reads the plan's `TaskPlan` (which
+optimizations apply there) and the run-wide switches (`become`, `write_all_outputs`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Optimization(str, enum.Enum):
+    """Per-task switches a planner can turn on."""
+
+    CLUSTER = "cluster"  # run ready dependents of a large output here instead of shipping it
+    DELAY_IO = "delay-io"  # hold a large output while a fan-in waits for its other parents
+    PRELOAD = "pre-load"  # fetch inputs of future tasks as soon as they exist
+    PREWARM = "pre-warm"  # warm a worker of the task's resource config before it is needed
+    TASK_DUP = "task-dup"  # recompute a slow parent instead of waiting for it
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """The plan for one task. Predictions are None when no history exists yet."""
+
+    resource: str = "default"
+    optimizations: frozenset[Optimization] = frozenset()
+    worker_hint: int | None = None
+    predicted_start_s: float | None = None
+    predicted_end_s: float | None = None
+    predicted_exec_s: float | None = None
+    predicted_output_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A planner's decisions for one DAG.
+
+    `become`: a worker continues with one ready dependent (WUKONG); without it every
+    dependent is a new invocation (the naive baseline). `write_all_outputs`: every output
+    goes to the store, needed elsewhere or not (baseline).
+    """
+
+    planner: str
+    tasks: tuple[TaskPlan, ...]
+    become: bool = True
+    write_all_outputs: bool = False
+    critical_path: tuple[int, ...] = ()
+    predicted_makespan_s: float | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def has(self, task: int, optimization: Optimization) -> bool:
+        """Whether `optimization` applies to `task`."""
+        return optimization in self.tasks[task].optimizations

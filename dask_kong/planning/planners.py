@@ -1,0 +1,41 @@
+"""Planners: turn a DAG into a `Plan`.
+
+`naive` is the baseline (every dependent a new invocation, every output written);
+`wukong` is WUKONG's policy (become one ready dependent, write only what another worker
+needs). Planners are looked up by name through `get_planner`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..dag import DAG
+from .plan import Plan, TaskPlan
+
+Planner = Callable[[DAG], Plan]
+
+
+def plan_naive(dag: DAG) -> Plan:
+    """Every dependent is a new invocation and every output is written to the store."""
+    return Plan(
+        planner="naive",
+        tasks=tuple(TaskPlan() for _ in range(len(dag))),
+        become=False,
+        write_all_outputs=True,
+    )
+
+
+def plan_wukong(dag: DAG) -> Plan:
+    """WUKONG: continue with one ready dependent; write outputs only when needed elsewhere."""
+    return Plan(planner="wukong", tasks=tuple(TaskPlan() for _ in range(len(dag))))
+
+
+PLANNERS: dict[str, Planner] = {"naive": plan_naive, "wukong": plan_wukong}
+
+
+def get_planner(name: str) -> Planner:
+    """The planner called `name`; an unknown name lists the known ones."""
+    try:
+        return PLANNERS[name]
+    except KeyError:
+        raise ValueError(f"unknown planner {name!r}; known: {', '.join(sorted(PLANNERS))}") from None

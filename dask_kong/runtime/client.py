@@ -1,0 +1,291 @@
+"""The client side of a run: submit the root branches, then only follow events.
+
+There is no ready queue here. The client invokes one worker per root task and then reads
+the run's event stream until every requested output is reported, a task fails, or the
+run stops making progress (no event and no live worker heartbeat within the stall
+timeout). Whatever happens, the run's keys are deleted before `execute_run` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from dask.callbacks import local_callbacks, unpack_callbacks
+
+from .. import config, serialize
+from ..backends.base import Backend
+from ..constants import output_key
+from ..dag import DAG
+from ..errors import RemoteTaskError, StuckRunError
+from ..metrics.records import RunSummary, TaskMetrics
+from ..planning import Plan
+from ..store.base import Event, EventKind, Store
+from .context import Invocation, RunContext, RunSettings
+from .heartbeat import Heartbeater
+
+logger = logging.getLogger("dask_kong.client")
+
+# How many unfinished tasks a stall error names before "... and N more".
+_STUCK_TASKS_SHOWN = 10
+# Longest single wait on the event stream, so deadlines and stalls are checked often.
+_MAX_EVENT_WAIT_S = 0.25
+
+
+@dataclass
+class RunProgress:
+    """What the client has learned from events so far."""
+
+    dag: DAG
+    pending_outputs: set[int]
+    done: set[int] = field(default_factory=set)
+    metrics: dict[int, TaskMetrics] = field(default_factory=dict)
+    last_progress: float = field(default_factory=time.monotonic)
+    callback_state: dict[str, Any] = field(default_factory=dict)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def execute_run(
+    dag: DAG,
+    plan: Plan,
+    *,
+    store: Store,
+    backend: Backend,
+    heartbeater: Heartbeater,
+    store_name: str,
+    callbacks: Any = None,
+    dsk: Any = None,
+) -> tuple[dict[Any, Any], RunSummary]:
+    """Run `dag` to completion; returns the requested values by key and the summary."""
+    ctx = RunContext(
+        run_id=new_run_id(),
+        dag=dag,
+        plan=plan,
+        store=store,
+        invoker=backend,
+        heartbeater=heartbeater,
+        settings=RunSettings.from_config(),
+        output_tasks=dag.output_tasks,
+    )
+    progress = RunProgress(dag, set(dag.output_tasks))
+    started = time.perf_counter()
+    succeeded = False
+    with local_callbacks(callbacks) as cbs:
+        hooks = CallbackHooks(cbs, dsk, dag, progress)
+        try:
+            submit_roots(ctx, backend)
+            submit_s = time.perf_counter() - started
+            follow_events(ctx, progress, hooks)
+            values = collect_outputs(ctx)
+            succeeded = True
+        finally:
+            hooks.finish(errored=not succeeded)
+            cleanup_run(ctx, succeeded)
+    makespan = time.perf_counter() - started
+    return values, summarize(ctx, progress, makespan, submit_s, backend.name, store_name)
+
+
+def submit_roots(ctx: RunContext, backend: Backend) -> None:
+    """Make the run reachable, then invoke one worker per root task."""
+    backend.prepare_run(ctx)
+    roots = ctx.dag.roots
+    if roots:
+        backend.invoke(ctx, [Invocation(ctx.run_id, r) for r in roots])
+
+
+def follow_events(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks) -> None:
+    """Read events until every requested output is done; raise on failure or stall."""
+    stall_s = float(config.get("run.stall_timeout_s"))
+    deadline_s = config.get("run.deadline_s")
+    deadline = None if deadline_s is None else time.monotonic() + float(deadline_s)
+    cursor = "0"
+    while progress.pending_outputs:
+        cursor, events = ctx.store.events(ctx.run_id, cursor, _MAX_EVENT_WAIT_S)
+        for event in events:
+            apply_event(ctx, progress, hooks, event)
+        if not events:
+            check_stalled(ctx, progress, stall_s)
+        if deadline is not None and time.monotonic() > deadline:
+            raise StuckRunError(
+                f"run {ctx.run_id} passed its deadline of {deadline_s} s; "
+                + describe_unfinished(ctx.dag, progress)
+            )
+
+
+def apply_event(
+    ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, event: Event
+) -> None:
+    """Record one event (duplicates from retried writes are ignored)."""
+    if event.kind is EventKind.TASK_DONE:
+        if event.task in progress.done:
+            return
+        progress.done.add(event.task)
+        progress.pending_outputs.discard(event.task)
+        progress.last_progress = time.monotonic()
+        if event.metrics is not None:
+            progress.metrics[event.task] = event.metrics
+        hooks.task_done(event.task, event.worker)
+    else:
+        raise_task_failure(ctx.dag, event)
+
+
+def raise_task_failure(dag: DAG, event: Event) -> None:
+    """Raise the task's own exception, with the worker's traceback attached as a note."""
+    key = dag.keys[event.task] if 0 <= event.task < len(dag) else event.task
+    error = event.error
+    if isinstance(error, bytes):
+        try:
+            error = serialize.loads(error)
+        except Exception:
+            error = None
+    if not isinstance(error, BaseException):
+        error = RemoteTaskError(f"task {key!r} failed: {event.message}")
+    error.add_note(f"dask-kong: task {key!r} failed on worker {event.worker}")
+    if event.traceback and error.__traceback__ is None:
+        error.add_note(f"Remote traceback:\n{event.traceback}")
+    raise error
+
+
+def check_stalled(ctx: RunContext, progress: RunProgress, stall_s: float) -> None:
+    """Fail when nothing finished for `stall_s` and no worker of the run is alive."""
+    if time.monotonic() - progress.last_progress < stall_s:
+        return
+    ttl = float(config.get("heartbeat.ttl_s"))
+    if ctx.active > 0 or ctx.store.live_workers(ctx.run_id, ttl):
+        progress.last_progress = time.monotonic()  # slow, not stuck: a worker is alive
+        return
+    raise StuckRunError(
+        f"run {ctx.run_id} made no progress for {stall_s:.0f} s and no worker is alive; "
+        + describe_unfinished(ctx.dag, progress)
+    )
+
+
+def describe_unfinished(dag: DAG, progress: RunProgress) -> str:
+    """Name the unfinished tasks whose parents all finished: where the run is stuck."""
+    frontier = [
+        i
+        for i in range(len(dag))
+        if i not in progress.done and all(p in progress.done for p in dag.parents[i])
+    ]
+    shown = ", ".join(repr(dag.keys[i]) for i in frontier[:_STUCK_TASKS_SHOWN])
+    more = len(frontier) - _STUCK_TASKS_SHOWN
+    suffix = f" and {more} more" if more > 0 else ""
+    return f"stuck tasks (ready but never finished): {shown}{suffix}"
+
+
+def collect_outputs(ctx: RunContext) -> dict[Any, Any]:
+    """Read every requested value: task outputs from the store, data from the DAG."""
+    dag = ctx.dag
+    task_outputs = sorted(dag.output_tasks)
+    fetched, _ = ctx.store.get_many(ctx.run_id, [output_key(t) for t in task_outputs])
+    by_task = dict(zip(task_outputs, fetched, strict=True))
+    return {
+        o.key: by_task[o.task] if o.task is not None else dag.data[o.data]  # type: ignore[index]
+        for o in dag.outputs
+    }
+
+
+def cleanup_run(ctx: RunContext, succeeded: bool) -> None:
+    """Delete the run's keys; after a failure, first stop and drain its workers."""
+    if not succeeded:
+        try:
+            ctx.store.cancel(ctx.run_id)
+            drain(ctx, float(config.get("run.drain_timeout_s")))
+        except Exception as exc:
+            logger.warning("could not cancel run %s: %s", ctx.run_id, exc)
+    try:
+        ctx.store.delete_run(ctx.run_id)
+    except Exception as exc:  # keys carry a TTL, so they expire anyway
+        logger.warning("could not delete the keys of run %s: %s", ctx.run_id, exc)
+
+
+def drain(ctx: RunContext, timeout_s: float) -> None:
+    """Wait (bounded, with backoff) until no worker of the run is running."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    ttl = float(config.get("heartbeat.ttl_s"))
+    while time.monotonic() < deadline:
+        if ctx.active <= 0 and (ctx.store.in_process or not ctx.store.live_workers(ctx.run_id, ttl)):
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    logger.warning("run %s: workers still running after %.1f s", ctx.run_id, timeout_s)
+
+
+def summarize(
+    ctx: RunContext,
+    progress: RunProgress,
+    makespan_s: float,
+    submit_s: float,
+    backend: str,
+    store: str,
+) -> RunSummary:
+    metrics = progress.metrics
+    return RunSummary(
+        run_id=ctx.run_id,
+        tasks=len(ctx.dag),
+        workers=len({m.worker for m in metrics.values()}),
+        invocations=len(ctx.dag.roots) + sum(m.invocations for m in metrics.values()),
+        makespan_s=makespan_s,
+        bytes_written=sum(m.written_bytes for m in metrics.values()),
+        bytes_read=sum(m.read_bytes for m in metrics.values()),
+        planner=ctx.plan.planner,
+        backend=backend,
+        store=store,
+        submit_s=submit_s,
+        shape_hash=ctx.dag.shape_hash,
+        plan=ctx.plan,
+        task_metrics=metrics,
+    )
+
+
+class CallbackHooks:
+    """Feeds dask's Callback protocol (ProgressBar, ...) from completion events.
+
+    Tasks run elsewhere, so `pretask` and `posttask` are both called when the client
+    learns a task finished; results are not shipped back (None is passed)."""
+
+    def __init__(self, callbacks: Any, dsk: Any, dag: DAG, progress: RunProgress) -> None:
+        self.start, self.start_state, self.pretask, self.posttask, self.finish_cbs = (
+            unpack_callbacks(callbacks)
+        )
+        self.dsk = dsk if dsk is not None else {}
+        self.dag = dag
+        self.state: dict[str, Any] = {
+            "finished": set(),
+            "ready": [],
+            "running": set(),
+            "waiting": {k: set() for k in dag.keys},
+            "cache": {},
+        }
+        for cb in self.start:
+            cb(self.dsk)
+        for cb2 in self.start_state:
+            cb2(self.dsk, self.state)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.pretask or self.posttask)
+
+    def task_done(self, task: int, worker: str) -> None:
+        if not self.active:
+            return
+        key = self.dag.keys[task]
+        self.state["waiting"].pop(key, None)
+        self.state["finished"].add(key)
+        for cb in self.pretask:
+            cb(key, self.dsk, self.state)
+        for cb2 in self.posttask:
+            cb2(key, None, self.dsk, self.state, worker)
+
+    def finish(self, errored: bool) -> None:
+        for cb in self.finish_cbs:
+            cb(self.dsk, self.state, errored)
+
+

@@ -1,0 +1,166 @@
+"""`Kong`, a session: a backend, a store and a planner, and `get`, a Dask scheduler.
+
+`kong_get` is the module-level scheduler: it runs on a default session built from
+`dask.config` (`kong.backend`, `kong.store`, `kong.planner`, `kong.workers`), created on
+first use and closed at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import dask.config
+
+from . import config
+from .backends.base import Backend
+from .dag import to_dag
+from .metrics.records import RunSummary
+from .planning import get_planner
+from .runtime.client import execute_run
+from .runtime.heartbeat import Heartbeater
+from .store.base import Store
+
+_last_run: RunSummary | None = None
+
+
+def last_run() -> RunSummary | None:
+    """Summary of the last run finished in this process (None before the first)."""
+    return _last_run
+
+
+class Kong:
+    """A dask-kong session. Use `.get` as a Dask scheduler, or the session as a context
+    manager that makes itself Dask's scheduler while open.
+
+    >>> with Kong(backend="threads", store="memory") as kong:   # doctest: +SKIP
+    ...     x.sum().compute()
+    """
+
+    def __init__(
+        self,
+        backend: str | None = None,
+        store: str | None = None,
+        planner: str | None = None,
+        workers: int | None = None,
+        **backend_options: Any,
+    ) -> None:
+        self.backend_name = str(config.get("backend", backend))
+        self.store_spec = str(config.get("store.kind", store))
+        self.planner_name = str(config.get("planner", planner))
+        get_planner(self.planner_name)  # fail fast on an unknown name
+        self.store: Store = open_store(self.store_spec, self.backend_name)
+        self.backend: Backend = open_backend(self.backend_name, self.store, workers, backend_options)
+        self.heartbeater = Heartbeater(self.store)
+        self._config_ctx: Any = None
+        self._closed = False
+
+    def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """Dask scheduler entry point: compute `keys` of `dsk`, nested like `keys`."""
+        global _last_run
+        if self._closed:
+            raise RuntimeError("this Kong session is closed")
+        started = time.perf_counter()
+        dag = to_dag(dsk, keys)
+        planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
+        plan = planner(dag)
+        translate_s = time.perf_counter() - started
+        values, summary = execute_run(
+            dag,
+            plan,
+            store=self.store,
+            backend=self.backend,
+            heartbeater=self.heartbeater,
+            store_name=self.store_spec,
+            callbacks=kwargs.pop("callbacks", None),
+            dsk=dsk,
+        )
+        summary.translate_s = translate_s
+        _last_run = summary
+        return nest(keys, values)
+
+    def __enter__(self) -> Kong:
+        self._config_ctx = dask.config.set(scheduler=self.get)
+        self._config_ctx.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._config_ctx is not None:
+            self._config_ctx.__exit__(exc_type, exc, tb)
+            self._config_ctx = None
+        self.close()
+
+    def close(self) -> None:
+        """Stop workers, helper threads and any private server; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.backend.close()
+        self.heartbeater.close()
+        self.store.close()
+
+
+def nest(keys: Any, values: dict[Any, Any]) -> Any:
+    """Values arranged like `keys` (lists of lists of keys, or a single key)."""
+    if isinstance(keys, list):
+        return [nest(k, values) for k in keys]
+    return values[keys]
+
+
+def open_store(spec: str, backend: str) -> Store:
+    """The store named by `spec`: "memory", "redis" (private server) or a Redis URL."""
+    if spec == "memory":
+        if backend != "threads":
+            raise ValueError(f"store='memory' only works with backend='threads', not {backend!r}")
+        from .store.memory import MemoryStore
+
+        return MemoryStore()
+    if spec == "redis" or spec.startswith(("redis://", "rediss://", "unix://")):
+        from .store.redis import open_store as open_redis
+
+        return open_redis(spec)
+    raise ValueError(f"unknown store {spec!r}: use 'memory', 'redis' or a redis:// URL")
+
+
+def open_backend(name: str, store: Store, workers: int | None, options: dict[str, Any]) -> Backend:
+    """The backend called `name`."""
+    if name == "threads":
+        from .backends.threads import ThreadBackend
+
+        return ThreadBackend(workers=workers, **options)
+    raise ValueError(f"unknown backend {name!r}: use 'threads', 'processes' or 'lambda'")
+
+
+_default_sessions: dict[tuple[Any, ...], Kong] = {}
+_default_lock = threading.Lock()
+
+
+def default_session() -> Kong:
+    """The session `kong_get` uses for the current `kong.*` configuration."""
+    spec = (config.get("backend"), config.get("store.kind"), config.get("planner"), config.get("workers"))
+    with _default_lock:
+        session = _default_sessions.get(spec)
+        if session is None or session._closed:
+            session = _default_sessions[spec] = Kong()
+        return session
+
+
+def kong_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    """Dask scheduler: `dask.compute(x, scheduler=kong_get)`."""
+    return default_session().get(dsk, keys, **kwargs)
+
+
+@atexit.register
+def _close_default_sessions() -> None:
+    with _default_lock:
+        for session in _default_sessions.values():
+            session.close()
+        _default_sessions.clear()
