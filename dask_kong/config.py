@@ -18,7 +18,7 @@ _DEFAULTS_PATH = os.path.join(os.path.dirname(__file__), "kong.yaml")
 
 def _load_defaults() -> dict[str, Any]:
     with open(_DEFAULTS_PATH) as f:
-        return yaml.safe_load(f)  # type: ignore[no-any-return]
+        return yaml.safe_load(f)
 
 
 DEFAULTS = _load_defaults()

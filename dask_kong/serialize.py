@@ -19,7 +19,7 @@ def dumps(obj: Any, *, what: str = "object") -> bytes:
     # cloudpickle (not plain pickle) always: plain pickle stores functions of __main__ by
     # reference, which a worker process cannot import.
     try:
-        return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+        return cloudpickle.dumps(obj, protocol=5)
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize {what} of type {type(obj).__name__}: {exc}"

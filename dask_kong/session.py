@@ -26,6 +26,8 @@ from .store.base import Store
 
 _last_run: RunSummary | None = None
 
+BACKENDS = ("threads", "processes", "lambda")
+
 
 def last_run() -> RunSummary | None:
     """Summary of the last run finished in this process (None before the first)."""
@@ -52,8 +54,14 @@ class Kong:
         self.store_spec = str(config.get("store.kind", store))
         self.planner_name = str(config.get("planner", planner))
         get_planner(self.planner_name)  # fail fast on an unknown name
+        if self.backend_name not in BACKENDS:
+            raise ValueError(
+                f"unknown backend {self.backend_name!r}: use one of {', '.join(BACKENDS)}"
+            )
         self.store: Store = open_store(self.store_spec, self.backend_name)
-        self.backend: Backend = open_backend(self.backend_name, self.store, workers, backend_options)
+        self.backend: Backend = open_backend(
+            self.backend_name, self.store, workers, backend_options
+        )
         self.heartbeater = Heartbeater(self.store)
         self._config_ctx: Any = None
         self._closed = False
@@ -109,9 +117,9 @@ class Kong:
 
 
 def nest(keys: Any, values: dict[Any, Any]) -> Any:
-    """Values arranged like `keys` (lists of lists of keys, or a single key)."""
+    """Values arranged like `keys`: lists of keys become tuples, as in dask's own `get`."""
     if isinstance(keys, list):
-        return [nest(k, values) for k in keys]
+        return tuple(nest(k, values) for k in keys)
     return values[keys]
 
 
@@ -145,7 +153,12 @@ _default_lock = threading.Lock()
 
 def default_session() -> Kong:
     """The session `kong_get` uses for the current `kong.*` configuration."""
-    spec = (config.get("backend"), config.get("store.kind"), config.get("planner"), config.get("workers"))
+    spec = (
+        config.get("backend"),
+        config.get("store.kind"),
+        config.get("planner"),
+        config.get("workers"),
+    )
     with _default_lock:
         session = _default_sessions.get(spec)
         if session is None or session._closed:

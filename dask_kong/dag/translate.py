@@ -52,7 +52,8 @@ def normalise_graph(dsk: Any) -> dict[Key, GraphNode]:
 
 
 def cull(graph: Mapping[Key, GraphNode], wanted: list[Key]) -> set[Key]:
-    """Keys needed to compute `wanted`; a key that is absent raises naming it."""
+    """Keys needed to compute `wanted`. An absent requested key raises KeyError, an
+    absent dependency ValueError, each naming the key."""
     needed: set[Key] = set()
     stack: list[tuple[Key, Key | None]] = [(k, None) for k in wanted]
     while stack:
@@ -61,8 +62,8 @@ def cull(graph: Mapping[Key, GraphNode], wanted: list[Key]) -> set[Key]:
             continue
         node = graph.get(key)
         if node is None:
-            if dependent is None:
-                raise ValueError(f"requested key {key!r} is not in the graph")
+            if dependent is None:  # dask's get contract: an unknown key is a KeyError
+                raise KeyError(f"requested key {key!r} is not in the graph")
             raise ValueError(f"missing dependency {key!r} of task {dependent!r}")
         needed.add(key)
         stack.extend((dep, key) for dep in node.dependencies)
@@ -123,8 +124,8 @@ def lift_constants(node: GraphNode, data: dict[Key, Any], constant_bytes: int) -
             lifted[slot] = const_key
     if not lifted:
         return node
-    args = [TaskRef(lifted[i]) if i in lifted else a for i, a in enumerate(node.args)]
-    kwargs = {k: TaskRef(lifted[k]) if k in lifted else v for k, v in node.kwargs.items()}
+    args = [TaskRef(lifted[i]) if i in lifted else a for i, a in enumerate(node.args)]  # type: ignore[arg-type]
+    kwargs = {k: TaskRef(lifted[k]) if k in lifted else v for k, v in node.kwargs.items()}  # type: ignore[arg-type]
     return Task(node.key, node.func, *args, _data_producer=node.data_producer, **kwargs)
 
 
@@ -160,7 +161,9 @@ def topological_order(tasks: Mapping[Key, GraphNode], sources: Mapping[Key, Key]
             if missing[child] == 0:
                 ready.append(child)
     if len(order) != len(tasks):
-        raise ValueError(f"cycle detected: task {_key_on_cycle(parents, missing)!r} depends on itself")
+        raise ValueError(
+            f"cycle detected: task {_key_on_cycle(parents, missing)!r} depends on itself"
+        )
     return order
 
 
@@ -196,7 +199,9 @@ def assemble(
         tuple(_input(dep, sources, index, data_names) for dep in tasks[k].dependencies)
         for k in order
     )
-    parents = tuple(tuple(dict.fromkeys(i.task for i in ins if i.task is not None)) for ins in inputs)
+    parents = tuple(
+        tuple(dict.fromkeys(i.task for i in ins if i.task is not None)) for ins in inputs
+    )
     children: list[list[int]] = [[] for _ in order]
     for i, ps in enumerate(parents):
         for p in ps:
@@ -224,12 +229,18 @@ def _input(
 
 
 def shape_hash(order: list[Key], parents: tuple[tuple[int, ...], ...]) -> str:
-    """A digest of the graph's structure: task name prefixes and edges, not data tokens,
-    so two runs of the same computation on other data share a history."""
-    digest = hashlib.blake2b(digest_size=16)
+    """A digest of the graph's structure: task name prefixes, block positions and edges,
+    not data tokens nor dict order, so two runs of one computation on other data share a
+    history. Each task's digest covers its parents' (Merkle-style); the graph's digest is
+    that of the sorted task digests."""
+    node_digests: list[bytes] = []
     for key, ps in zip(order, parents, strict=True):
-        digest.update(repr((key_split(key), _key_position(key), ps)).encode())
-    return digest.hexdigest()
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(repr((key_split(key), _key_position(key))).encode())
+        for parent_digest in sorted(node_digests[p] for p in ps):
+            digest.update(parent_digest)
+        node_digests.append(digest.digest())
+    return hashlib.blake2b(b"".join(sorted(node_digests)), digest_size=16).hexdigest()
 
 
 def _key_position(key: Hashable) -> tuple[Any, ...]:

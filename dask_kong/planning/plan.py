@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 
-class Optimization(str, enum.Enum):
+class Optimization(enum.StrEnum):
     """Per-task switches a planner can turn on."""
 
     CLUSTER = "cluster"  # run ready dependents of a large output here instead of shipping it

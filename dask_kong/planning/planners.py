@@ -38,4 +38,6 @@ def get_planner(name: str) -> Planner:
     try:
         return PLANNERS[name]
     except KeyError:
-        raise ValueError(f"unknown planner {name!r}; known: {', '.join(sorted(PLANNERS))}") from None
+        raise ValueError(
+            f"unknown planner {name!r}; known: {', '.join(sorted(PLANNERS))}"
+        ) from None

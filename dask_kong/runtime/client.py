@@ -118,9 +118,7 @@ def follow_events(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks) 
             )
 
 
-def apply_event(
-    ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, event: Event
-) -> None:
+def apply_event(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, event: Event) -> None:
     """Record one event (duplicates from retried writes are ignored)."""
     if event.kind is EventKind.TASK_DONE:
         if event.task in progress.done:
@@ -211,7 +209,9 @@ def drain(ctx: RunContext, timeout_s: float) -> None:
     delay = 0.001
     ttl = float(config.get("heartbeat.ttl_s"))
     while time.monotonic() < deadline:
-        if ctx.active <= 0 and (ctx.store.in_process or not ctx.store.live_workers(ctx.run_id, ttl)):
+        if ctx.active <= 0 and (
+            ctx.store.in_process or not ctx.store.live_workers(ctx.run_id, ttl)
+        ):
             return
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
@@ -287,5 +287,3 @@ class CallbackHooks:
     def finish(self, errored: bool) -> None:
         for cb in self.finish_cbs:
             cb(self.dsk, self.state, errored)
-
-

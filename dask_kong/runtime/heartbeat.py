@@ -45,9 +45,7 @@ class Heartbeater:
         with self._lock:
             if self._thread is not None or self._stop.is_set():
                 return
-            self._thread = threading.Thread(
-                target=self._loop, name="kong-heartbeat", daemon=True
-            )
+            self._thread = threading.Thread(target=self._loop, name="kong-heartbeat", daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:

@@ -98,12 +98,14 @@ def gather_inputs(branch: Branch, task: int, metrics: TaskMetrics) -> dict[Any, 
                 values[inp.key] = branch.local[inp.task]
             else:
                 remote.append((inp.key, output_key(inp.task)))
-        elif inp.data in dag.data:
-            values[inp.key] = dag.data[inp.data]
-        elif inp.data in branch.data:
-            values[inp.key] = branch.data[inp.data]
         else:
-            remote.append((inp.key, data_key(inp.data)))  # type: ignore[arg-type]
+            name = inp.data or ""
+            if name in dag.data:
+                values[inp.key] = dag.data[name]
+            elif name in branch.data:
+                values[inp.key] = branch.data[name]
+            else:
+                remote.append((inp.key, data_key(name)))
     if remote:
         fetch_remote(branch, task, remote, values, metrics)
     return values
@@ -148,7 +150,9 @@ def route_dependents(branch: Branch, task: int, value: Any, metrics: TaskMetrics
     dag, plan = ctx.dag, ctx.plan
     branch.local[task] = value
     direct = [c for c in dag.children[task] if len(dag.parents[c]) == 1]
-    fan_ins = [FanIn(c, task, len(dag.parents[c])) for c in dag.children[task] if len(dag.parents[c]) > 1]
+    fan_ins = [
+        FanIn(c, task, len(dag.parents[c])) for c in dag.children[task] if len(dag.parents[c]) > 1
+    ]
     is_output = task in ctx.output_tasks
     ready = direct
     if needs_store(branch, task, value, len(direct), bool(fan_ins), is_output):
@@ -156,7 +160,9 @@ def route_dependents(branch: Branch, task: int, value: Any, metrics: TaskMetrics
     become = choose_become(branch, ready) if plan.become else None
     invoke_others(branch, [c for c in ready if c != become], metrics)
     metrics.end = time.time()
-    branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, metrics, wake=is_output))
+    branch.pending.append(
+        Event(EventKind.TASK_DONE, task, branch.worker_id, metrics, wake=is_output)
+    )
     if is_output or time.monotonic() - branch.last_flush > ctx.settings.progress_interval_s:
         flush_events(branch)
     keep_only_inputs_of(branch, become)

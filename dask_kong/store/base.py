@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..metrics.records import TaskMetrics
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     """What an event reports."""
 
     TASK_DONE = "task-done"

@@ -1,0 +1,159 @@
+"""The WUKONG coordination rules, checked directly and on random DAGs against sync."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import dask
+import pytest
+from dask.utils_test import GetFunctionTestMixin
+
+from dask_kong import Kong, kong_get, last_run
+from dask_kong.store.base import FanIn
+from dask_kong.store.memory import MemoryStore
+
+from .kong_fixtures import kong  # noqa: F401
+
+
+class TestKongGetContract(GetFunctionTestMixin):
+    """dask's own contract for a `get` function."""
+
+    get = staticmethod(kong_get)
+
+
+def test_fan_in_is_ready_exactly_once_with_duplicate_reports() -> None:
+    store = MemoryStore()
+    marks = [FanIn(9, 1, 3), FanIn(9, 1, 3), FanIn(9, 2, 3), FanIn(9, 2, 3)]
+    assert store.commit("r", {}, marks).ready == []  # 2 distinct parents of 3
+    assert store.commit("r", {}, [FanIn(9, 3, 3)]).ready == [9]
+    assert store.commit("r", {}, [FanIn(9, 3, 3), FanIn(9, 1, 3)]).ready == []
+
+
+def test_fan_in_under_concurrent_duplicate_reports_readies_once() -> None:
+    store = MemoryStore()
+    ready: list[int] = []
+    lock = threading.Lock()
+
+    def report(parent: int) -> None:
+        for _ in range(50):
+            got = store.commit("r", {}, [FanIn(0, parent, 8)]).ready
+            with lock:
+                ready.extend(got)
+
+    threads = [threading.Thread(target=report, args=(p % 8,)) for p in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ready == [0]
+
+
+def test_output_is_written_before_fan_in_is_marked() -> None:
+    store = MemoryStore()
+    result = store.commit("r", {"out:1": "v"}, [FanIn(5, 1, 1)])
+    assert result.ready == [5] and store.exists("r", "out:1")
+
+
+def inc(v: int) -> int:
+    return v + 1
+
+
+def test_linear_chain_stays_in_one_worker_and_writes_only_the_output() -> None:
+    dsk = {f"x{i}": (inc, f"x{i - 1}") for i in range(1, 200)}
+    dsk["x0"] = (inc, 0)
+    with Kong() as session:
+        assert session.get(dsk, "x199") == 200
+    summary = last_run()
+    assert summary is not None
+    assert summary.workers == 1 and summary.invocations == 1
+    assert summary.bytes_read == 0  # nothing came back from the store
+    assert 0 < summary.bytes_written < 1000  # only the requested output
+
+
+def test_naive_planner_invokes_every_dependent_and_writes_everything() -> None:
+    dsk = {f"x{i}": (inc, f"x{i - 1}") for i in range(1, 20)}
+    dsk["x0"] = (inc, 0)
+    with Kong(planner="naive") as session:
+        assert session.get(dsk, "x19") == 20
+    summary = last_run()
+    assert summary is not None and summary.planner == "naive"
+    assert summary.invocations == 20 and summary.workers == 20
+
+
+def test_last_run_reports_the_fields_users_read(kong: Kong) -> None:  # noqa: F811
+    dsk = {"a": (inc, 1), "b": (inc, 1), "c": (sum, ["a", "b"])}
+    assert kong.get(dsk, "c") == 4
+    summary = last_run()
+    assert summary is not None
+    fields = summary.as_dict()
+    for name in (
+        "run_id",
+        "tasks",
+        "workers",
+        "invocations",
+        "makespan_s",
+        "bytes_written",
+        "bytes_read",
+        "planner",
+    ):
+        assert name in fields
+    assert summary.tasks == 3 and summary.invocations == 2 and summary.workers == 2
+    assert summary.makespan_s > 0
+
+
+def random_graph(seed: int) -> tuple[dict, list]:
+    """A random DAG with random fan-ins and fan-outs, some data nodes and aliases."""
+    rng = random.Random(seed)
+    n = rng.randint(1, 60)
+    dsk: dict = {}
+    for i in range(n):
+        kind = rng.random()
+        earlier = [f"t{j}" for j in range(i)]
+        if not earlier or kind < 0.1:
+            dsk[f"t{i}"] = rng.randint(0, 9)  # data
+        elif kind < 0.15:
+            dsk[f"t{i}"] = rng.choice(earlier)  # alias
+        else:
+            parents = rng.sample(earlier, min(len(earlier), rng.randint(1, 4)))
+            dsk[f"t{i}"] = (combine, i, *parents)
+    wanted = rng.sample(sorted(dsk), rng.randint(1, min(4, n)))
+    return dsk, wanted
+
+
+def combine(i: int, *values: int) -> int:
+    return (i + 7 * sum(values)) % 100_003
+
+
+@pytest.mark.parametrize("planner", ["wukong", "naive"])
+def test_random_dags_match_sync(planner: str) -> None:
+    with Kong(planner=planner) as session:
+        for seed in range(300):
+            dsk, wanted = random_graph(seed)
+            expected = dask.get(dsk, wanted)
+            assert session.get(dsk, wanted) == expected, f"seed {seed}"
+
+
+def test_kong_is_dask_scheduler_inside_its_context() -> None:
+    x = dask.delayed(inc)(1)
+    with Kong():
+        assert x.compute() == 2
+        assert last_run() is not None
+    assert dask.config.get("scheduler", None) is None
+
+
+def test_config_selects_the_planner_via_dask_config() -> None:
+    with dask.config.set({"kong.planner": "naive", "scheduler": kong_get}):
+        assert dask.delayed(inc)(1).compute() == 2
+    summary = last_run()
+    assert summary is not None and summary.planner == "naive"
+
+
+def test_progress_bar_sees_every_task(capsys: pytest.CaptureFixture[str]) -> None:
+    from dask.diagnostics import ProgressBar
+
+    dsk = {f"x{i}": (inc, i) for i in range(30)}
+    dsk["total"] = (sum, [f"x{i}" for i in range(30)])
+    with Kong() as session, ProgressBar(minimum=0, dt=0.01):
+        assert session.get(dsk, "total") == sum(range(1, 31))
+    assert "100%" in capsys.readouterr().out

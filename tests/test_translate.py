@@ -1,0 +1,107 @@
+"""Translation: aliases cost nothing, data stays data, bad graphs fail before running."""
+
+from __future__ import annotations
+
+import copy
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from dask._task_spec import Alias, DataNode, Task, TaskRef
+
+from dask_kong.dag import to_dag
+
+
+def inc(v: int) -> int:
+    return v + 1
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_aliases_collapse_into_key_aliases() -> None:
+    dsk = {
+        "x": DataNode("x", 1),
+        "y": Task("y", inc, TaskRef("x")),
+        "a1": Alias("a1", "y"),
+        "a2": Alias("a2", "a1"),
+        "z": Task("z", add, TaskRef("a2"), TaskRef("y")),
+    }
+    dag = to_dag(dsk, ["z", "a2"])
+    assert dag.keys == ("y", "z")  # aliases are not tasks
+    z = dag.keys.index("z")
+    assert dag.parents[z] == (dag.keys.index("y"),)  # a2 and y are one parent
+    assert {o.key: o.task for o in dag.outputs} == {"z": z, "a2": dag.keys.index("y")}
+
+
+def test_sum_split_every_2_aliases_cost_no_tasks() -> None:
+    x = da.ones(1024, chunks=1).sum(split_every=2)
+    (graph,) = [dict(x.__dask_graph__())]
+    dag = to_dag(graph, x.__dask_keys__())
+    non_alias = [k for k, v in graph.items() if not isinstance(v, (Alias, DataNode))]
+    assert len(dag) <= len(non_alias)
+
+
+def test_data_nodes_are_data_not_tasks() -> None:
+    dsk = {"x": DataNode("x", 41), "y": Task("y", inc, TaskRef("x"))}
+    dag = to_dag(dsk, "y")
+    assert dag.keys == ("y",)
+    assert list(dag.data.values()) == [41]
+    assert dag.roots == (0,)
+
+
+def test_large_constants_are_lifted_out_of_tasks() -> None:
+    big = np.ones(100_000)
+    dsk = {"y": Task("y", np.sum, big)}
+    dag = to_dag(dsk, "y", constant_bytes=1024)
+    assert any(v is big for v in dag.data.values())
+    assert dag.nodes[0].dependencies  # the task now reads the constant by reference
+    assert dsk["y"].args[0] is big  # the caller's task is untouched
+
+
+def test_cycle_raises_naming_a_key_on_it() -> None:
+    dsk = {"a": (inc, "c"), "b": (inc, "a"), "c": (inc, "b"), "d": (inc, "c")}
+    with pytest.raises(ValueError, match=r"cycle.*'[abc]'"):
+        to_dag(dsk, "d")
+
+
+def test_missing_dependency_raises_naming_it() -> None:
+    dsk = {"y": Task("y", inc, TaskRef("nope"))}
+    with pytest.raises(ValueError, match="missing dependency 'nope' of task 'y'"):
+        to_dag(dsk, "y")
+
+
+def test_missing_requested_key_is_a_key_error() -> None:
+    with pytest.raises(KeyError, match="absent"):
+        to_dag({"x": (inc, 1)}, "absent")
+
+
+def test_translation_is_repeatable_and_does_not_mutate_the_graph() -> None:
+    x = da.random.default_rng(0).random((40, 40), chunks=10)
+    y = (x @ x.T).sum(split_every=2)
+    graph = dict(y.__dask_graph__())
+    snapshot = copy.copy(graph)
+    first = to_dag(graph, y.__dask_keys__())
+    second = to_dag(graph, y.__dask_keys__())
+    assert graph == snapshot and all(graph[k] is snapshot[k] for k in graph)
+    assert first.keys == second.keys and first.parents == second.parents
+    assert first.shape_hash == second.shape_hash
+
+
+def test_shape_hash_ignores_data_but_not_structure() -> None:
+    def build(seed: int, n: int) -> str:
+        x = da.random.default_rng(seed).random(n * 10, chunks=10).sum(split_every=2)
+        return to_dag(x.__dask_graph__(), x.__dask_keys__()).shape_hash
+
+    assert build(1, 16) == build(2, 16)
+    assert build(1, 16) != build(1, 32)
+
+
+def test_visualize_style_access_before_compute_changes_nothing() -> None:
+    # The predecessor broke when the graph was walked twice (visualize, then compute).
+    x = da.ones((20, 20), chunks=5).sum()
+    graph = x.__dask_graph__()
+    to_dag(graph, x.__dask_keys__())
+    assert x.compute(scheduler="sync") == dask.compute(x, scheduler="sync")[0] == 400
