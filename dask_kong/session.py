@@ -20,7 +20,7 @@ from .backends.base import Backend
 from .dag import to_dag
 from .metrics.records import RunSummary
 from .planning import get_planner
-from .runtime.client import execute_run
+from .runtime.client import execute_run, new_run_id
 from .runtime.heartbeat import Heartbeater
 from .store.base import Store
 
@@ -51,7 +51,7 @@ class Kong:
         **backend_options: Any,
     ) -> None:
         self.backend_name = str(config.get("backend", backend))
-        self.store_spec = str(config.get("store.kind", store))
+        self.store_spec = default_store(self.backend_name, store)
         self.planner_name = str(config.get("planner", planner))
         get_planner(self.planner_name)  # fail fast on an unknown name
         if self.backend_name not in BACKENDS:
@@ -59,12 +59,18 @@ class Kong:
                 f"unknown backend {self.backend_name!r}: use one of {', '.join(BACKENDS)}"
             )
         self.store: Store = open_store(self.store_spec, self.backend_name)
-        self.backend: Backend = open_backend(
-            self.backend_name, self.store, workers, backend_options
-        )
+        try:
+            self.backend: Backend = open_backend(
+                self.backend_name, self.store, workers, backend_options
+            )
+        except BaseException:
+            self.store.close()  # never leak a private redis-server started just above
+            raise
         self.heartbeater = Heartbeater(self.store)
         self._config_ctx: Any = None
         self._closed = False
+        #: Run id of the latest run started by this session, failed or not.
+        self.last_run_id: str | None = None
 
     def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         """Dask scheduler entry point: compute `keys` of `dsk`, nested like `keys`."""
@@ -76,9 +82,11 @@ class Kong:
         planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
         plan = planner(dag)
         translate_s = time.perf_counter() - started
+        self.last_run_id = new_run_id()
         values, summary = execute_run(
             dag,
             plan,
+            run_id=self.last_run_id,
             store=self.store,
             backend=self.backend,
             heartbeater=self.heartbeater,
@@ -91,7 +99,11 @@ class Kong:
         return nest(keys, values)
 
     def __enter__(self) -> Kong:
-        self._config_ctx = dask.config.set(scheduler=self.get)
+        # Workers do not share memory, so dataframes must shuffle through tasks, not
+        # through dask's in-process disk shuffle (see runtime.remote.check_shippable).
+        self._config_ctx = dask.config.set(
+            {"scheduler": self.get, "dataframe.shuffle.method": "tasks"}
+        )
         self._config_ctx.__enter__()
         return self
 
@@ -138,12 +150,29 @@ def open_store(spec: str, backend: str) -> Store:
     raise ValueError(f"unknown store {spec!r}: use 'memory', 'redis' or a redis:// URL")
 
 
+def default_store(backend: str, store: str | None) -> str:
+    """The store spec: as given, else from config; workers outside this process cannot
+    reach a memory store, so for them the configured "memory" default means "redis"."""
+    spec = str(config.get("store.kind", store))
+    if store is None and spec == "memory" and backend != "threads":
+        return "redis"
+    return spec
+
+
 def open_backend(name: str, store: Store, workers: int | None, options: dict[str, Any]) -> Backend:
     """The backend called `name`."""
     if name == "threads":
         from .backends.threads import ThreadBackend
 
         return ThreadBackend(workers=workers, **options)
+    if name == "processes":
+        from .backends.processes.backend import ProcessBackend
+
+        return ProcessBackend(store, workers=workers, **options)
+    if name == "lambda":
+        from .backends.aws_lambda.backend import LambdaBackend
+
+        return LambdaBackend(store, **options)
     raise ValueError(f"unknown backend {name!r}: use 'threads', 'processes' or 'lambda'")
 
 

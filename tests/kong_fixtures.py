@@ -1,31 +1,61 @@
 """Fixtures that run the correctness suite over every mode.
 
-`kong` yields an open `Kong` session for each mode in MODES; a test that takes it runs
-once per mode. Modes that need Redis or worker processes are added here as they land.
+`kong` yields an open `Kong` session for each mode in MODES, so a test that takes it runs
+once per mode. Sessions are shared by the whole test session (a worker process's cold
+start is paid once) and closed at its end, which must leave no worker process behind.
+Every mode that touches Redis uses the real, private redis-server of `redis_server`.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from dask_kong import Kong
+from dask_kong.store.server import RedisServer
 
-MODES = {
-    "embedded": {"backend": "threads", "store": "memory"},
-}
+MODES = ("embedded", "threads-redis", "processes")
 
 
-@pytest.fixture(params=sorted(MODES))
-def kong(request: pytest.FixtureRequest) -> Iterator[Kong]:
-    """An open session per mode; closing it must leave no worker thread behind."""
-    before = set(threading.enumerate())
-    session = Kong(**MODES[request.param])
+def open_mode(mode: str, redis_url: str) -> Kong:
+    if mode == "embedded":
+        return Kong(backend="threads", store="memory")
+    if mode == "threads-redis":
+        return Kong(backend="threads", store=redis_url)
+    return Kong(backend="processes", store=redis_url, keep_warm_s=30.0)
+
+
+def pid_alive(pid: int) -> bool:
     try:
-        yield session
-    finally:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kong_sessions(redis_server: RedisServer) -> Iterator[Callable[[str], Kong]]:
+    """mode -> its shared session, opened on first use."""
+    sessions: dict[str, Kong] = {}
+
+    def get(mode: str) -> Kong:
+        if mode not in sessions:
+            sessions[mode] = open_mode(mode, redis_server.url)
+        return sessions[mode]
+
+    yield get
+    worker_pids = []
+    for session in sessions.values():
+        gateway = getattr(session.backend, "gateway", None)
+        if gateway is not None:
+            worker_pids.extend(gateway.worker_pids())
         session.close()
-    leaked = [t for t in threading.enumerate() if t not in before and t.name.startswith("kong")]
-    assert not leaked, f"threads left after close: {leaked}"
+    assert not [p for p in worker_pids if pid_alive(p)], "worker processes left after close"
+
+
+@pytest.fixture(params=MODES)
+def kong(request: pytest.FixtureRequest, kong_sessions: Callable[[str], Kong]) -> Kong:
+    """An open session of each mode."""
+    return kong_sessions(request.param)

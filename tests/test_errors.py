@@ -13,8 +13,6 @@ from dask_kong import Kong
 from dask_kong.errors import StuckRunError
 from dask_kong.runtime.context import Invocation, RunContext
 
-from .kong_fixtures import kong  # noqa: F401
-
 
 class TaskBoomError(Exception):
     pass
@@ -28,7 +26,7 @@ def inc(v: int) -> int:
     return v + 1
 
 
-def test_task_exception_keeps_type_message_and_remote_traceback(kong: Kong) -> None:  # noqa: F811
+def test_task_exception_keeps_type_message_and_remote_traceback(kong: Kong) -> None:
     dsk = {"a": 1, "b": (inc, "a"), "c": (boom, "b"), "d": (inc, "c")}
     with pytest.raises(TaskBoomError, match="bad value 2") as info:
         kong.get(dsk, "d")
@@ -38,15 +36,15 @@ def test_task_exception_keeps_type_message_and_remote_traceback(kong: Kong) -> N
     assert "boom" in frames or "in boom" in notes  # the worker-side frame is shown
 
 
-def test_failed_run_deletes_its_keys(kong: Kong) -> None:  # noqa: F811
+def test_failed_run_deletes_its_keys(kong: Kong) -> None:
     dsk = {"a": (inc, 1), "b": (inc, "a"), "c": (boom, "a"), "d": (inc, "b")}
     with pytest.raises(TaskBoomError):
         kong.get(dsk, ["c", "d"])
-    run_id = _last_run_id(kong)
-    assert kong.store.run_keys(run_id) == []
+    assert kong.last_run_id is not None
+    assert kong.store.run_keys(kong.last_run_id) == []
 
 
-def test_successful_run_deletes_its_keys(kong: Kong) -> None:  # noqa: F811
+def test_successful_run_deletes_its_keys(kong: Kong) -> None:
     from dask_kong import last_run
 
     assert kong.get({"a": (inc, 1), "b": (inc, "a")}, "b") == 3
@@ -73,7 +71,7 @@ def test_other_branches_stop_after_a_failure() -> None:
     assert threading.active_count() <= before
 
 
-def test_compute_after_failure_works(kong: Kong) -> None:  # noqa: F811
+def test_compute_after_failure_works(kong: Kong) -> None:
     with pytest.raises(TaskBoomError):
         kong.get({"a": (boom, 1)}, "a")
     assert kong.get({"a": (inc, 1)}, "a") == 2
@@ -120,15 +118,3 @@ def test_unknown_planner_and_store_and_backend_are_named() -> None:
         Kong(store="nope")
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         Kong(backend="nope")
-
-
-def _last_run_id(kong: Kong) -> str:  # noqa: F811
-    from dask_kong import last_run
-
-    summary = last_run()
-    if summary is not None and not summary.succeeded:
-        return summary.run_id
-    # failed runs do not replace last_run; find the run from the store instead
-    runs = getattr(kong.store, "_runs", {})
-    assert not runs, f"keys left in the store: {list(runs)}"
-    return ""

@@ -13,8 +13,6 @@ from dask_kong import Kong, kong_get, last_run
 from dask_kong.store.base import FanIn
 from dask_kong.store.memory import MemoryStore
 
-from .kong_fixtures import kong  # noqa: F401
-
 
 class TestKongGetContract(GetFunctionTestMixin):
     """dask's own contract for a `get` function."""
@@ -81,7 +79,7 @@ def test_naive_planner_invokes_every_dependent_and_writes_everything() -> None:
     assert summary.invocations == 20 and summary.workers == 20
 
 
-def test_last_run_reports_the_fields_users_read(kong: Kong) -> None:  # noqa: F811
+def test_last_run_reports_the_fields_users_read(kong: Kong) -> None:
     dsk = {"a": (inc, 1), "b": (inc, 1), "c": (sum, ["a", "b"])}
     assert kong.get(dsk, "c") == 4
     summary = last_run()
@@ -125,13 +123,27 @@ def combine(i: int, *values: int) -> int:
     return (i + 7 * sum(values)) % 100_003
 
 
+# Seeds per mode: every seed is a full run; worker processes make a run cost ~20 ms.
+RANDOM_SEEDS = {"embedded": 300, "threads-redis": 100, "processes": 60}
+
+
 @pytest.mark.parametrize("planner", ["wukong", "naive"])
-def test_random_dags_match_sync(planner: str) -> None:
-    with Kong(planner=planner) as session:
-        for seed in range(300):
-            dsk, wanted = random_graph(seed)
-            expected = dask.get(dsk, wanted)
-            assert session.get(dsk, wanted) == expected, f"seed {seed}"
+def test_random_dags_match_sync(kong: Kong, planner: str) -> None:
+    mode = next(m for m in RANDOM_SEEDS if kong is kong_for(kong, m))
+    for seed in range(RANDOM_SEEDS[mode]):
+        dsk, wanted = random_graph(seed)
+        expected = dask.get(dsk, wanted)
+        assert kong.get(dsk, wanted, planner=planner) == expected, f"seed {seed}"
+        assert kong.store.run_keys(kong.last_run_id or "") == [], f"keys left, seed {seed}"
+
+
+def kong_for(kong: Kong, mode: str) -> Kong | None:
+    """`kong` when it is the session of `mode` (by its backend and store)."""
+    backend = {"embedded": "threads", "threads-redis": "threads", "processes": "processes"}
+    memory = kong.store_spec == "memory"
+    if backend[mode] != kong.backend_name or (mode == "embedded") != memory:
+        return None
+    return kong
 
 
 def test_kong_is_dask_scheduler_inside_its_context() -> None:

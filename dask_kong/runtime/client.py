@@ -20,7 +20,7 @@ from .. import config, serialize
 from ..backends.base import Backend
 from ..constants import output_key
 from ..dag import DAG
-from ..errors import RemoteTaskError, StuckRunError
+from ..errors import RemoteTaskError, StuckRunError, WorkerLostError
 from ..metrics.records import RunSummary, TaskMetrics
 from ..planning import Plan
 from ..store.base import Event, EventKind, Store
@@ -55,6 +55,7 @@ def execute_run(
     dag: DAG,
     plan: Plan,
     *,
+    run_id: str,
     store: Store,
     backend: Backend,
     heartbeater: Heartbeater,
@@ -64,7 +65,7 @@ def execute_run(
 ) -> tuple[dict[Any, Any], RunSummary]:
     """Run `dag` to completion; returns the requested values by key and the summary."""
     ctx = RunContext(
-        run_id=new_run_id(),
+        run_id=run_id,
         dag=dag,
         plan=plan,
         store=store,
@@ -116,6 +117,20 @@ def follow_events(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks) 
                 f"run {ctx.run_id} passed its deadline of {deadline_s} s; "
                 + describe_unfinished(ctx.dag, progress)
             )
+    collect_stragglers(ctx, progress, hooks, cursor)
+
+
+def collect_stragglers(
+    ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, cursor: str
+) -> None:
+    """Read the batched events of tasks that finished before the outputs did, so the
+    summary counts every task. Bounded: they are flushed when their branches end."""
+    grace_s = max(1.0, 5 * ctx.settings.progress_interval_s)
+    deadline = time.monotonic() + grace_s
+    while len(progress.done) < len(ctx.dag) and time.monotonic() < deadline:
+        cursor, events = ctx.store.events(ctx.run_id, cursor, _MAX_EVENT_WAIT_S / 5)
+        for event in events:
+            apply_event(ctx, progress, hooks, event)
 
 
 def apply_event(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, event: Event) -> None:
@@ -129,6 +144,12 @@ def apply_event(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, ev
         if event.metrics is not None:
             progress.metrics[event.task] = event.metrics
         hooks.task_done(event.task, event.worker)
+    elif event.kind is EventKind.WORKER_FAILED:
+        raise WorkerLostError(
+            f"a worker of run {ctx.run_id} died ({event.message}) while running task "
+            f"{ctx.dag.keys[event.task]!r} or a task it continued with; "
+            + describe_unfinished(ctx.dag, progress)
+        )
     else:
         raise_task_failure(ctx.dag, event)
 

@@ -67,6 +67,9 @@ class RunContext:
     heartbeater: Heartbeater
     settings: RunSettings
     output_tasks: frozenset[int] = frozenset()
+    # How invocations refer to this run when workers live in other processes (a
+    # `remote.Shipment`, set by the backend's prepare_run); None in the embedded mode.
+    shipment: Any = None
     active: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _cancel_seen: bool = False

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -43,8 +44,8 @@ _worker_ids = itertools.count()
 
 
 def new_worker_id(run_id: str) -> str:
-    """A short id, unique within this process, for one invocation of one run."""
-    return f"{run_id[:8]}-{next(_worker_ids)}"
+    """A short id for one invocation of one run, unique across the run's processes."""
+    return f"{run_id[:8]}-{os.getpid()}-{next(_worker_ids)}"
 
 
 @dataclass

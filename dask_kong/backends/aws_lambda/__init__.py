@@ -1,1 +1,1 @@
-"""backends/aws_lambda"""
+"""AWS Lambda backend and the serverless worker handler (also used by the gateway)."""

@@ -1,0 +1,210 @@
+"""The schedulers the suite compares, behind one small surface.
+
+`open_scheduler(name)` starts a scheduler and returns it ready to time: anything that needs
+starting (a LocalCluster, a process pool, a kong session) is started and warmed up by one
+tiny computation here, so that the runner reports start-up apart from makespans. Each
+scheduler then offers `compute(case)`, `run_details()` (kong's `last_run()` summary, None
+for the others) and `close()`.
+
+Names: sync, threads, processes, distributed, numpy, kong-threads, kong-processes, and
+kong-<backend>:<planner> for a kong planner by name (e.g. kong-processes:naive).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Protocol
+
+import dask
+import dask.array as da
+
+from .workloads.base import Case
+
+DASK_LOCAL = ("sync", "threads", "processes")
+DASK_SCHEDULERS = (*DASK_LOCAL, "distributed")
+# kong scheduler name -> Kong(...) arguments.
+KONG_SESSIONS = {
+    "kong-threads": {"backend": "threads", "store": "memory"},
+    "kong-processes": {"backend": "processes", "store": "redis"},
+}
+DEFAULT_SCHEDULERS = (*KONG_SESSIONS, *DASK_SCHEDULERS, "numpy")
+# The serverless issue's baseline: two single-threaded worker processes.
+DISTRIBUTED_CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True}
+
+
+class Scheduler(Protocol):
+    """A started scheduler, ready to compute a workload under the runner's stopwatch."""
+
+    name: str
+
+    def compute(self, case: Case) -> tuple[Any, ...]:
+        """Compute the workload; results in the order of `case.collections`."""
+        ...
+
+    def run_details(self) -> dict[str, Any] | None:
+        """What the scheduler reports about the last compute (kong), else None."""
+        ...
+
+    def close(self) -> None:
+        """Stop everything `open_scheduler` started."""
+        ...
+
+
+def check_name(name: str) -> None:
+    """Raise ValueError for a name that no scheduler could ever have (a typo)."""
+    base = name.split(":", 1)[0]
+    if base not in DEFAULT_SCHEDULERS or (":" in name and base not in KONG_SESSIONS):
+        known = ", ".join(DEFAULT_SCHEDULERS)
+        raise ValueError(f"unknown scheduler {name!r}; known: {known}, kong-<backend>:<planner>")
+
+
+def open_scheduler(name: str) -> Scheduler:
+    """Start the scheduler called `name`. Raises whatever its import or start-up raises."""
+    check_name(name)
+    base, _, planner = name.partition(":")
+    if base in KONG_SESSIONS:
+        return KongScheduler(name, planner=planner or None, **KONG_SESSIONS[base])
+    if base == "distributed":
+        return DistributedScheduler(name)
+    if base == "processes":
+        return ProcessPoolScheduler(name)
+    if base == "numpy":
+        return NumpyScheduler(name)
+    return DaskLocalScheduler(name)
+
+
+def warm_up(get: Any, **kwargs: Any) -> None:
+    """One tiny dask.array computation: worker processes import numpy and dask.array now,
+    during start-up, rather than during the first timed repeat."""
+    dask.compute(da.ones(8, chunks=4).sum(), scheduler=get, **kwargs)
+
+
+class DaskLocalScheduler:
+    """dask's sync and threads schedulers: nothing to start."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def compute(self, case: Case) -> tuple[Any, ...]:
+        return dask.compute(*case.collections, scheduler=self.name)
+
+    def run_details(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessPoolScheduler:
+    """dask's processes scheduler on a pool started before timing.
+
+    Given no pool, dask starts one (spawning fresh interpreters) inside every compute; we
+    start it once, as dask would (same size, context and initializer), so that the
+    makespan compares running graphs, not starting interpreters.
+    """
+
+    def __init__(self, name: str) -> None:
+        from dask.multiprocessing import get_context, initialize_worker_process
+        from dask.system import CPU_COUNT
+
+        self.name = name
+        if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+            os.environ["PYTHONHASHSEED"] = "6640"  # what dask sets for its own pools
+        workers = dask.config.get("num_workers", None) or CPU_COUNT
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=get_context(), initializer=initialize_worker_process
+        )
+        warm_up("processes", pool=self.pool)
+
+    def compute(self, case: Case) -> tuple[Any, ...]:
+        return dask.compute(*case.collections, scheduler="processes", pool=self.pool)
+
+    def run_details(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DistributedScheduler:
+    """A distributed LocalCluster (DISTRIBUTED_CLUSTER) and a Client, started before timing."""
+
+    def __init__(self, name: str) -> None:
+        from distributed import Client, LocalCluster
+
+        self.name = name
+        self.cluster = LocalCluster(
+            **DISTRIBUTED_CLUSTER, dashboard_address=None, silence_logs=logging.ERROR
+        )
+        try:
+            self.client = Client(self.cluster, set_as_default=False)
+            warm_up(self.client.get)
+        except BaseException:
+            self.cluster.close()
+            raise
+
+    def compute(self, case: Case) -> tuple[Any, ...]:
+        return dask.compute(*case.collections, scheduler=self.client.get)
+
+    def run_details(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            self.cluster.close()
+
+
+class KongScheduler:
+    """A dask-kong session, created before timing; `run_details` is `last_run()`."""
+
+    def __init__(self, name: str, backend: str, store: str, planner: str | None) -> None:
+        from dask_kong import Kong, last_run
+
+        self.name = name
+        self._last_run = last_run
+        options = {"backend": backend, "store": store}
+        if planner:
+            options["planner"] = planner
+        self.session = Kong(**options)
+        try:
+            warm_up(self.session.get)
+        except BaseException:
+            self.session.close()
+            raise
+        self._details: dict[str, Any] | None = None
+
+    def compute(self, case: Case) -> tuple[Any, ...]:
+        before = self._last_run()
+        results = dask.compute(*case.collections, scheduler=self.session.get)
+        summary = self._last_run()
+        # A summary left over from an earlier run would be silently wrong: report none.
+        self._details = summary.as_dict() if summary is not None and summary is not before else None
+        return results
+
+    def run_details(self) -> dict[str, Any] | None:
+        return self._details
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class NumpyScheduler:
+    """Not a scheduler: the workload's NumPy equivalent, where it has one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def compute(self, case: Case) -> tuple[Any, ...]:
+        if case.numpy_fn is None:
+            raise NotImplementedError("this workload has no NumPy equivalent")
+        return case.numpy_fn()
+
+    def run_details(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,52 @@
+"""svd-compressed: `da.linalg.svd_compressed` (randomized SVD) of a square matrix of exact
+rank k, built in the graph as A @ B, so the rank-k answer is exact and checkable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .base import SEED, Case, check_svd
+
+NAME = "svd-compressed"
+SIZES = {
+    "quick": {"n": 2048, "chunk": 512, "rank": 20},
+    "full": {"n": 16384, "chunk": 2048, "rank": 100},
+}
+# da.linalg.svd_compressed's defaults, repeated for the NumPy version of the algorithm.
+OVERSAMPLES = 10
+
+
+def build(params: dict[str, Any]) -> Case:
+    n, chunk, rank = params["n"], params["chunk"], params["rank"]
+    rng = da.random.default_rng(SEED)
+    a = rng.random((n, rank), chunks=(chunk, rank))
+    b = rng.random((rank, n), chunks=(rank, chunk))
+    u, s, v = da.linalg.svd_compressed(a @ b, rank, seed=SEED)
+    a_np, b_np = dask.compute(a, b, scheduler="threads")
+    x_np = a_np @ b_np
+
+    def check(results: Any) -> str | None:
+        return check_svd(*results, x_np, tol=1e-7)
+
+    return Case(
+        collections=(u, s, v),
+        check=check,
+        numpy_fn=lambda: randomized_svd(a_np @ b_np, rank),
+        description=(
+            f"da.linalg.svd_compressed(A @ B, k={rank}) of a {n}x{n} rank-{rank} matrix "
+            f"in {chunk}x{chunk} chunks (A, B drawn in the graph); numpy: the same "
+            "randomized algorithm (one pass, 10 oversamples) on the materialized A, B"
+        ),
+    )
+
+
+def randomized_svd(x: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The algorithm of `da.linalg.svd_compressed` (no power iterations), in NumPy."""
+    omega = np.random.default_rng(SEED).standard_normal((x.shape[1], rank + OVERSAMPLES))
+    q, _ = np.linalg.qr(x @ omega)
+    u, s, v = np.linalg.svd(q.T @ x, full_matrices=False)
+    return (q @ u)[:, :rank], s[:rank], v[:rank]

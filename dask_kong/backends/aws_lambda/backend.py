@@ -1,0 +1,54 @@
+"""AWS Lambda backend: workers are invocations of a Lambda function, started through the
+Lambda Invoke API with aiobotocore (InvocationType="Event").
+
+The function runs `dask_kong.backends.aws_lambda.handler.lambda_handler` and reaches the
+same Redis as the client (its URL in the function's environment as
+DASK_KONG__STORE__URL). `endpoint_url` points the client, and the workers, at any
+endpoint that speaks the Invoke API: the local gateway does, which is how this backend is
+tested end to end without AWS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ... import config
+from ...errors import KongError
+from ...runtime.context import Invocation, RunContext
+from ...runtime.invokers import LambdaTransport, RemoteInvoker
+from ...runtime.remote import InvokerSpec, prepare_remote_run
+from ...store.base import Store
+
+
+class LambdaBackend:
+    """Invokes one Lambda per branch; workers invoke each other the same way."""
+
+    name = "lambda"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        function: str | None = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ) -> None:
+        if store.in_process:
+            raise KongError("backend='lambda' needs a Redis store reachable by the functions")
+        transport = LambdaTransport(endpoint_url, region)
+        self.spec = InvokerSpec(
+            kind="lambda",
+            function=str(config.get("lambda.function", function)),
+            endpoint_url=transport.endpoint_url,
+            region=transport.region,
+        )
+        self.invoker = RemoteInvoker(transport)
+
+    def prepare_run(self, ctx: RunContext) -> None:
+        ctx.shipment = prepare_remote_run(ctx, self.spec)
+
+    def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
+        self.invoker.invoke(ctx, invocations)
+
+    def close(self) -> None:
+        self.invoker.close()

@@ -1,0 +1,125 @@
+"""The worker entry point for serverless platforms: `lambda_handler(event, context)`.
+
+The same handler runs in the local gateway's worker processes and on AWS Lambda. A warm
+container serves many invocations, so what is expensive to build (the Redis connection
+pool, the heartbeat thread, the run specs fetched from the store, the Lambda client) is
+kept in one `WorkerProcess` per process and reused: that reuse is what makes a warm
+invocation cost milliseconds.
+
+Events: a dask-kong invocation (see `runtime/remote.py`), or `{"kong-warm": true}`, an
+empty invocation that only warms the container (pre-warm).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from typing import Any
+
+from ... import config, serialize
+from ...constants import DAG_KEY
+from ...runtime.context import RunContext
+from ...runtime.heartbeat import Heartbeater
+from ...runtime.invokers import GatewayPipeTransport, LambdaTransport, RemoteInvoker, Transport
+from ...runtime.remote import DecodedInvocation, InvokerSpec, RunSpec, Shipment, decode_invocation
+from ...runtime.worker import new_worker_id, run_branch
+from ...store.base import Store
+
+# Run specs cached per process; a container rarely serves more than a few runs at once.
+_SPEC_CACHE_SIZE = 8
+
+
+class WorkerProcess:
+    """State one container keeps across the invocations it serves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._store: Store | None = None
+        self._heartbeater: Heartbeater | None = None
+        self._specs: collections.OrderedDict[str, RunSpec] = collections.OrderedDict()
+        self._invokers: dict[InvokerSpec, RemoteInvoker] = {}
+        self.invocations = 0
+
+    def store(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                from ...store.redis import open_store
+
+                url = config.get("store.url")
+                if not url:
+                    raise RuntimeError("worker has no store: set DASK_KONG__STORE__URL")
+                self._store = open_store(url)
+                self._heartbeater = Heartbeater(self._store)
+            return self._store
+
+    def heartbeater(self) -> Heartbeater:
+        self.store()
+        assert self._heartbeater is not None
+        return self._heartbeater
+
+    def run_spec(self, run_id: str, decoded: DecodedInvocation) -> RunSpec:
+        """The run's spec: from the process cache, the payload, or the store (once)."""
+        cached = self._specs.get(run_id)
+        if cached is not None:
+            self._specs.move_to_end(run_id)
+            return cached
+        blob = decoded.spec_inline
+        if blob is None:
+            (blob,), _ = self.store().get_many(run_id, [DAG_KEY])
+        spec: RunSpec = serialize.loads(blob) if isinstance(blob, bytes) else blob
+        self._specs[run_id] = spec
+        while len(self._specs) > _SPEC_CACHE_SIZE:
+            self._specs.popitem(last=False)
+        return spec
+
+    def invoker(self, spec: InvokerSpec) -> RemoteInvoker:
+        with self._lock:
+            invoker = self._invokers.get(spec)
+            if invoker is None:
+                transport: Transport
+                if spec.kind == "gateway":
+                    transport = GatewayPipeTransport()
+                else:
+                    transport = LambdaTransport(spec.endpoint_url, spec.region)
+                invoker = self._invokers[spec] = RemoteInvoker(transport)
+            return invoker
+
+
+_process = WorkerProcess()
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Run one branch of a run, starting at the invocation's task."""
+    started = time.perf_counter()
+    if event.get("kong-warm"):
+        return {"warm": True, "pid": os.getpid()}
+    decoded = decode_invocation(event)
+    ctx = build_context(decoded)
+    worker_id = new_worker_id(ctx.run_id)
+    _process.invocations += 1
+    run_branch(ctx, decoded.invocation, worker_id)
+    return {
+        "worker": worker_id,
+        "pid": os.getpid(),
+        "cold": bool(getattr(context, "cold_start", False)),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def build_context(decoded: DecodedInvocation) -> RunContext:
+    """A RunContext for this process from the payload and the process's caches."""
+    run_id = decoded.invocation.run_id
+    spec = _process.run_spec(run_id, decoded)
+    return RunContext(
+        run_id=run_id,
+        dag=spec.dag,
+        plan=spec.plan,
+        store=_process.store(),
+        invoker=_process.invoker(decoded.invoker),
+        heartbeater=_process.heartbeater(),
+        settings=spec.settings,
+        output_tasks=spec.output_tasks,
+        shipment=Shipment(spec_inline=decoded.spec_b64, invoker=decoded.invoker),
+    )

@@ -1,0 +1,90 @@
+"""Local serverless backend: every worker is an invocation served by a worker process of
+the local Lambda-compatible gateway, with all data and coordination through Redis.
+
+The client owns the gateway and invokes through its in-process fast path (no HTTP);
+workers invoke each other through their pipe to the gateway. A worker process that dies
+mid-invocation is reported by the gateway; this backend turns that into a WORKER_FAILED
+event on the run's stream, so the client fails at once with the task named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from ...errors import KongError
+from ...runtime.context import Invocation, RunContext
+from ...runtime.invokers import RemoteInvoker
+from ...runtime.remote import InvokerSpec, prepare_remote_run
+from ...store.base import Event, EventKind, Store
+from .gateway import Gateway
+
+logger = logging.getLogger("dask_kong.backends.processes")
+
+HANDLER = "dask_kong.backends.aws_lambda.handler:lambda_handler"
+
+
+class GatewayDirectTransport:
+    """Event invocations through a gateway in this process, without HTTP."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def send(self, function: str, payloads: Sequence[bytes]) -> None:
+        self.gateway.invoke_many(function, payloads, sync=False)
+
+    def close(self) -> None:
+        """The backend stops the gateway."""
+
+
+class ProcessBackend:
+    """Worker processes behind a private local gateway."""
+
+    name = "processes"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        workers: int | None = None,
+        function: str | None = None,
+        **gateway_options: Any,
+    ) -> None:
+        url = getattr(store, "url", None)
+        if store.in_process or not url:
+            raise KongError("backend='processes' needs a Redis store (store='redis' or a URL)")
+        self.store = store
+        self.gateway = Gateway(
+            HANDLER,
+            concurrency=workers,
+            env={"DASK_KONG__STORE__URL": url},
+            on_worker_lost=self._on_worker_lost,
+            **gateway_options,
+        ).start()
+        self.spec = InvokerSpec(kind="gateway", function=function or self.gateway.default_function)
+        self.invoker = RemoteInvoker(GatewayDirectTransport(self.gateway))
+
+    def prepare_run(self, ctx: RunContext) -> None:
+        ctx.shipment = prepare_remote_run(ctx, self.spec)
+
+    def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
+        self.invoker.invoke(ctx, invocations)
+
+    def _on_worker_lost(self, function: str, payload: bytes, exitcode: int | None) -> None:
+        """Report a dead worker on its run's event stream (called on the gateway loop)."""
+        try:
+            body = json.loads(payload)
+            run_id, task = str(body["run"]), int(body["start"])
+        except (ValueError, KeyError, TypeError):
+            return  # not a dask-kong invocation (e.g. a pre-warm): nothing to report
+        reason = f"worker process of {function} exited with code {exitcode}"
+        event = Event(EventKind.WORKER_FAILED, task, worker="", message=reason)
+        try:
+            self.store.commit(run_id, {}, (), [event])
+        except Exception as exc:  # the client's stall detector still catches the run
+            logger.error("could not report lost worker of run %s: %s", run_id, exc)
+
+    def close(self) -> None:
+        self.gateway.stop()

@@ -1,0 +1,659 @@
+"""A local gateway that speaks the AWS Lambda Invoke API and runs handlers in processes.
+
+`Gateway("module:function")` serves `POST /2015-03-31/functions/{name}/invocations`
+on an aiohttp server whose event loop runs in a background thread, so aiobotocore's
+Lambda client (`endpoint_url=gateway.url`) works against it unchanged. Each invocation
+runs in a worker process of the pool (`pool.py`): warm pools per resource config, cold
+starts, keep-warm expiry, a concurrency limit with a FIFO queue, memory limits and
+timeouts. It is generic: it knows nothing of Dask, only `handler(event, context)`.
+
+A client in the same process can skip HTTP: `invoke`, `invoke_many` and `submit` hop
+straight onto the gateway's loop. Lambda's wire behaviour reproduced here:
+
+- `X-Amz-Invocation-Type: RequestResponse` (default) -> 200 and the handler's JSON; when
+  the handler failed, 200 with `X-Amz-Function-Error: Unhandled` and a body
+  `{"errorMessage", "errorType", "stackTrace"}`. `Event` -> 202 at once, empty body.
+  `DryRun` -> 204.
+- Unknown function -> 404 `ResourceNotFoundException`; payload above 6 MB (sync) or
+  1 MB (async) -> 413 `RequestTooLargeException`; both with `x-amzn-ErrorType`.
+- Every response carries `x-amzn-RequestId`; synchronous ones `X-Kong-Cold-Start: 1/0`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import enum
+import http.client
+import json
+import logging
+import os
+import statistics
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from ... import config
+from ...errors import KongError
+from .pool import (
+    GatewayStats,
+    InvocationOutcome,
+    PendingInvocation,
+    PoolSettings,
+    WorkerLostCallback,
+    WorkerPool,
+    new_request_id,
+)
+from .resources import FunctionTable, ResourceConfig, default_resource_configs, function_arn
+
+logger = logging.getLogger("dask_kong.gateway")
+
+T = TypeVar("T")
+
+INVOKE_ROUTE = "/2015-03-31/functions/{name}/invocations"
+HEADER_INVOCATION_TYPE = "X-Amz-Invocation-Type"
+HEADER_FUNCTION_ERROR = "X-Amz-Function-Error"
+HEADER_EXECUTED_VERSION = "X-Amz-Executed-Version"
+HEADER_REQUEST_ID = "x-amzn-RequestId"
+HEADER_ERROR_TYPE = "x-amzn-ErrorType"
+HEADER_COLD_START = "X-Kong-Cold-Start"
+JSON_CONTENT_TYPE = "application/json"
+
+
+class InvocationType(enum.StrEnum):
+    """Values of the `X-Amz-Invocation-Type` header."""
+
+    REQUEST_RESPONSE = "RequestResponse"
+    EVENT = "Event"
+    DRY_RUN = "DryRun"
+
+
+class GatewayError(KongError):
+    """The gateway refused an invocation, or is not running."""
+
+
+class FunctionNotFoundError(GatewayError):
+    """No function of that name (Lambda's ResourceNotFoundException)."""
+
+
+class PayloadTooLargeError(GatewayError):
+    """The payload exceeds Lambda's limit for its invocation type (RequestTooLargeException)."""
+
+
+class FunctionError(GatewayError):
+    """A synchronous invocation ended in a Lambda error: the handler raised, its worker
+    died (`Runtime.ExitError`) or it timed out (`Sandbox.Timedout`)."""
+
+    def __init__(self, request_id: str, payload: bytes) -> None:
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            body = {"errorType": "Unknown", "errorMessage": payload.decode(errors="replace")}
+        self.request_id = request_id
+        self.payload = payload
+        self.error_type: str = body.get("errorType", "Unknown")
+        self.error_message: str = body.get("errorMessage", "")
+        self.stack_trace: list[str] = list(body.get("stackTrace", []))
+        super().__init__(f"{self.error_type}: {self.error_message}")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The gateway's resolved configuration (arguments over `kong.gateway.*`)."""
+
+    handler: str
+    host: str
+    port: int
+    function_prefix: str
+    default_config: str
+    resource_configs: tuple[ResourceConfig, ...]
+    pool: PoolSettings
+
+
+def resolve_settings(
+    handler: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    resource_configs: Iterable[ResourceConfig] | None = None,
+    keep_warm_s: float | None = None,
+    concurrency: int | None = None,
+    env: Mapping[str, str] | None = None,
+    function_prefix: str | None = None,
+    default_config: str | None = None,
+    invocation_timeout_s: float | None = None,
+    cold_start_timeout_s: float | None = None,
+) -> GatewaySettings:
+    """Arguments where given, else `kong.gateway.*`."""
+    configs = tuple(resource_configs) if resource_configs is not None else None
+    default = config.get("gateway.default_resource_config", default_config)
+    if configs is None:
+        configs = tuple(default_resource_configs())
+    elif default_config is None and default not in {c.name for c in configs}:
+        default = configs[0].name  # explicit configs without the configured default
+    pool = PoolSettings(
+        handler=handler,
+        keep_warm_s=float(config.get("gateway.keep_warm_s", keep_warm_s)),
+        concurrency=int(config.get("gateway.concurrency", concurrency) or os.cpu_count() or 1),
+        cold_start_timeout_s=float(
+            config.get("gateway.cold_start_timeout_s", cold_start_timeout_s)
+        ),
+        invocation_timeout_s=float(
+            config.get("gateway.invocation_timeout_s", invocation_timeout_s)
+        ),
+        stop_timeout_s=float(config.get("gateway.stop_timeout_s")),
+        max_sync_payload_bytes=int(config.get("gateway.max_sync_payload_bytes")),
+        max_async_payload_bytes=int(config.get("gateway.max_async_payload_bytes")),
+        env=dict(env or {}),
+    )
+    if pool.concurrency < 1:
+        raise ValueError("gateway concurrency must be >= 1")
+    return GatewaySettings(
+        handler=handler,
+        host=str(config.get("gateway.host", host)),
+        port=int(config.get("gateway.port", port)),
+        function_prefix=str(config.get("gateway.function_prefix", function_prefix)),
+        default_config=str(default),
+        resource_configs=configs,
+        pool=pool,
+    )
+
+
+def _json_response(status: int, body: dict[str, Any], headers: dict[str, str]) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type=JSON_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def _api_error(status: int, error_type: str, message: str, request_id: str) -> web.Response:
+    """An error of the Invoke API itself (not of the function), as Lambda sends it."""
+    headers = {HEADER_REQUEST_ID: request_id, HEADER_ERROR_TYPE: error_type}
+    body = {"Type": "User", "Message": message, "message": message}
+    return _json_response(status, body, headers)
+
+
+class Gateway:
+    """A Lambda-compatible HTTP endpoint plus a pool of worker processes.
+
+    `on_worker_lost(function, payload, exitcode)` is called for every Event invocation
+    lost with its worker (died, killed for its timeout or its memory, or the handler
+    failed to load); `exitcode` follows `Popen.returncode` (negative: the signal). It
+    runs on the gateway's event loop thread: it must return quickly and must not wait
+    on a synchronous invocation.
+    """
+
+    def __init__(
+        self,
+        handler: str,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        resource_configs: Iterable[ResourceConfig] | None = None,
+        keep_warm_s: float | None = None,
+        concurrency: int | None = None,
+        env: Mapping[str, str] | None = None,
+        on_worker_lost: WorkerLostCallback | None = None,
+        function_prefix: str | None = None,
+        default_config: str | None = None,
+        invocation_timeout_s: float | None = None,
+        cold_start_timeout_s: float | None = None,
+    ) -> None:
+        self.settings = resolve_settings(
+            handler,
+            host=host,
+            port=port,
+            resource_configs=resource_configs,
+            keep_warm_s=keep_warm_s,
+            concurrency=concurrency,
+            env=env,
+            function_prefix=function_prefix,
+            default_config=default_config,
+            invocation_timeout_s=invocation_timeout_s,
+            cold_start_timeout_s=cold_start_timeout_s,
+        )
+        self.function_table = FunctionTable(
+            self.settings.function_prefix,
+            self.settings.resource_configs,
+            self.settings.default_config,
+        )
+        self.on_worker_lost = on_worker_lost
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._pool: WorkerPool | None = None
+        self._url: str | None = None
+        self._started = False
+        self._stopped = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> Gateway:
+        """Bind the HTTP server and return once it accepts connections."""
+        with self._lock:
+            if self._started:
+                raise GatewayError("this gateway was already started")
+            self._started = True
+            bound: concurrent.futures.Future[str] = concurrent.futures.Future()
+            self._thread = threading.Thread(
+                target=self._run_loop, args=(bound,), name="kong-gateway", daemon=True
+            )
+            self._thread.start()
+            try:
+                self._url = bound.result(timeout=self._loop_call_timeout_s)
+            except BaseException:
+                self._stopped = True
+                self._thread.join(timeout=self._loop_call_timeout_s)
+                raise
+            atexit.register(self.stop)
+        logger.info("gateway on %s serving %s", self._url, ", ".join(self.functions))
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end every worker process (by PID), join the loop thread.
+
+        Idempotent. Pending synchronous invocations fail with `Gateway.Stopped`; queued
+        Event invocations are dropped (and counted).
+        """
+        with self._lock:
+            if self._stopped or not self._started:
+                self._stopped = True
+                return
+            self._stopped = True
+        atexit.unregister(self.stop)
+        loop, thread = self._loop, self._thread
+        assert loop is not None and thread is not None
+        if threading.current_thread() is thread:
+            raise GatewayError("stop() cannot run on the gateway's own event loop thread")
+        pool = self._pool
+        deadline = 4 * self.settings.pool.stop_timeout_s
+        try:
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=deadline)
+        except Exception:
+            logger.exception("gateway did not close cleanly within %ss; killing workers", deadline)
+            if pool is not None:
+                pool.kill_all_now(self.settings.pool.stop_timeout_s)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=self._loop_call_timeout_s)
+        if thread.is_alive():
+            logger.error("gateway loop thread did not end within %ss", self._loop_call_timeout_s)
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """`http://host:port` of the running gateway."""
+        if self._url is None:
+            raise GatewayError("the gateway is not started")
+        return self._url
+
+    @property
+    def running(self) -> bool:
+        """Started and not stopped."""
+        return self._started and not self._stopped
+
+    @property
+    def functions(self) -> list[str]:
+        """The function names this gateway serves, the default one first."""
+        return self.function_table.names()
+
+    @property
+    def default_function(self) -> str:
+        """The function of the default resource config: the prefix alone."""
+        return self.settings.function_prefix
+
+    @property
+    def _loop_call_timeout_s(self) -> float:
+        # The loop answers at once unless wedged; stop_timeout_s bounds that wait too.
+        return self.settings.pool.stop_timeout_s
+
+    def _run_loop(self, bound: concurrent.futures.Future[str]) -> None:
+        """Body of the loop thread: open the server, serve until stop()."""
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._open(bound))
+            if bound.exception() is None:
+                loop.run_forever()
+        finally:
+            _cancel_remaining_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _open(self, bound: concurrent.futures.Future[str]) -> None:
+        """Start the HTTP server and the pool; report the URL or the error to start()."""
+        settings = self.settings
+        app = web.Application(
+            client_max_size=max(
+                settings.pool.max_sync_payload_bytes, settings.pool.max_async_payload_bytes
+            )
+        )
+        app.router.add_post(INVOKE_ROUTE, self._handle_invoke)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.pool.stop_timeout_s)
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            self._pool = WorkerPool(settings.pool, self.function_table, url, self.on_worker_lost)
+        except BaseException as exc:
+            await runner.cleanup()
+            bound.set_exception(exc)
+            return
+        self._runner = runner
+        bound.set_result(url)
+
+    async def _close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- HTTP -----------------------------------------------------------------------
+
+    async def _handle_invoke(self, request: web.Request) -> web.Response:
+        """POST /2015-03-31/functions/{name}/invocations (the Qualifier is ignored)."""
+        request_id = new_request_id()
+        name = request.match_info["name"]
+        resolved = self.function_table.resolve(name)
+        if resolved is None:
+            message = f"Function not found: {function_arn(name)}"
+            return _api_error(404, "ResourceNotFoundException", message, request_id)
+        function, resource_config = resolved
+        raw_type = request.headers.get(HEADER_INVOCATION_TYPE, InvocationType.REQUEST_RESPONSE)
+        try:
+            invocation_type = InvocationType(raw_type)
+        except ValueError:
+            message = f"Invalid invocation type {raw_type!r}"
+            return _api_error(400, "InvalidParameterValueException", message, request_id)
+        limit = self._payload_limit(sync=invocation_type is not InvocationType.EVENT)
+        too_large = _api_error(
+            413,
+            "RequestTooLargeException",
+            f"Request must be smaller than {limit} bytes for the InvokeFunction operation",
+            request_id,
+        )
+        # The unread body is not drained: the connection closes after the answer.
+        too_large.force_close()
+        if request.content_length is not None and request.content_length > limit:
+            return too_large
+        try:
+            payload = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return too_large
+        if len(payload) > limit:
+            return too_large
+        if invocation_type is InvocationType.DRY_RUN:
+            return web.Response(status=204, headers={HEADER_REQUEST_ID: request_id})
+        if invocation_type is InvocationType.EVENT:
+            self._submit([PendingInvocation(request_id, function, resource_config, payload, None)])
+            return web.Response(status=202, headers={HEADER_REQUEST_ID: request_id})
+        outcome = await self._run_sync(request_id, function, resource_config, payload)
+        return self._sync_response(outcome)
+
+    async def _run_sync(
+        self, request_id: str, function: str, resource_config: ResourceConfig, payload: bytes
+    ) -> InvocationOutcome:
+        """Run one synchronous invocation from the loop; the HTTP client bounds the wait."""
+        future: asyncio.Future[InvocationOutcome] = asyncio.get_running_loop().create_future()
+
+        def deliver(outcome: InvocationOutcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        self._submit([PendingInvocation(request_id, function, resource_config, payload, deliver)])
+        return await future
+
+    @staticmethod
+    def _sync_response(outcome: InvocationOutcome) -> web.Response:
+        headers = {HEADER_REQUEST_ID: outcome.request_id, HEADER_EXECUTED_VERSION: "$LATEST"}
+        if outcome.cold_start is not None:
+            headers[HEADER_COLD_START] = "1" if outcome.cold_start else "0"
+        if outcome.function_error:
+            headers[HEADER_FUNCTION_ERROR] = "Unhandled"
+        return web.Response(
+            status=200, body=outcome.payload, content_type=JSON_CONTENT_TYPE, headers=headers
+        )
+
+    def _payload_limit(self, *, sync: bool) -> int:
+        pool = self.settings.pool
+        return pool.max_sync_payload_bytes if sync else pool.max_async_payload_bytes
+
+    # -- fast path (same process, no HTTP) ------------------------------------------
+
+    def invoke(
+        self, function: str, payload: bytes, *, sync: bool = True, timeout_s: float | None = None
+    ) -> bytes | None:
+        """Invoke without HTTP. sync: the handler's JSON result (FunctionError when it
+        failed). Not sync (Event): None at once. `timeout_s` bounds the whole wait,
+        queueing included (default `kong.gateway.sync_wait_s`)."""
+        if not sync:
+            self.invoke_many(function, [payload], sync=False)
+            return None
+        outcome = self.submit(function, payload).result(timeout=self._sync_wait_s(timeout_s))
+        return self._result_or_raise(outcome)
+
+    def invoke_many(
+        self,
+        function: str,
+        payloads: Sequence[bytes],
+        *,
+        sync: bool = False,
+        timeout_s: float | None = None,
+    ) -> list[bytes] | None:
+        """Invoke once per payload in one hop onto the loop (fan-out). Not sync: None at
+        once. sync: the results in order, once all finished; FunctionError for the first
+        that failed."""
+        name, resource_config = self._resolve(function)
+        for payload in payloads:
+            self._check_size(payload, sync=sync)
+        if not sync:
+            self._submit_threadsafe(
+                [
+                    PendingInvocation(new_request_id(), name, resource_config, p, None)
+                    for p in payloads
+                ]
+            )
+            return None
+        futures = self._submit_sync_threadsafe(name, resource_config, payloads)
+        deadline = time.monotonic() + self._sync_wait_s(timeout_s)
+        outcomes = [f.result(timeout=max(deadline - time.monotonic(), 0)) for f in futures]
+        return [self._result_or_raise(o) for o in outcomes]
+
+    def submit(self, function: str, payload: bytes) -> concurrent.futures.Future[InvocationOutcome]:
+        """Start a synchronous invocation; the future gives its full outcome (result or
+        Lambda error body, cold start flag) without raising for function errors."""
+        name, resource_config = self._resolve(function)
+        self._check_size(payload, sync=True)
+        return self._submit_sync_threadsafe(name, resource_config, [payload])[0]
+
+    def _submit_sync_threadsafe(
+        self, function: str, resource_config: ResourceConfig, payloads: Sequence[bytes]
+    ) -> list[concurrent.futures.Future[InvocationOutcome]]:
+        futures: list[concurrent.futures.Future[InvocationOutcome]] = []
+        invocations = []
+        for payload in payloads:
+            future: concurrent.futures.Future[InvocationOutcome] = concurrent.futures.Future()
+            futures.append(future)
+            invocations.append(
+                PendingInvocation(
+                    new_request_id(), function, resource_config, payload, _deliver_to(future)
+                )
+            )
+        self._submit_threadsafe(invocations)
+        return futures
+
+    def _submit_threadsafe(self, invocations: list[PendingInvocation]) -> None:
+        loop = self._running_loop()
+        if threading.current_thread() is self._thread:
+            self._submit(invocations)
+        else:
+            loop.call_soon_threadsafe(self._submit, invocations)
+
+    def _submit(self, invocations: list[PendingInvocation]) -> None:
+        """On the loop thread: hand invocations to the pool."""
+        assert self._pool is not None
+        for invocation in invocations:
+            self._pool.submit(invocation)
+
+    def _resolve(self, function: str) -> tuple[str, ResourceConfig]:
+        resolved = self.function_table.resolve(function)
+        if resolved is None:
+            raise FunctionNotFoundError(f"Function not found: {function_arn(function)}")
+        return resolved
+
+    def _check_size(self, payload: bytes, *, sync: bool) -> None:
+        limit = self._payload_limit(sync=sync)
+        if len(payload) > limit:
+            raise PayloadTooLargeError(f"payload of {len(payload)} bytes exceeds {limit} bytes")
+
+    def _sync_wait_s(self, timeout_s: float | None) -> float:
+        return float(config.get("gateway.sync_wait_s", timeout_s))
+
+    @staticmethod
+    def _result_or_raise(outcome: InvocationOutcome) -> bytes:
+        if outcome.function_error:
+            raise FunctionError(outcome.request_id, outcome.payload)
+        return outcome.payload
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._pool is None or self._stopped:
+            raise GatewayError("the gateway is not running")
+        return self._loop
+
+    # -- introspection --------------------------------------------------------------
+
+    def _call_in_loop(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the loop thread (where pool state lives) and return its result."""
+        loop = self._running_loop()
+        if threading.current_thread() is self._thread:
+            return fn()
+
+        async def call() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(self._loop_call_timeout_s)
+
+    def stats(self) -> GatewayStats:
+        """Counts since start (invocations, cold/warm starts, ...) and current occupancy."""
+        assert self._pool is not None or self._stopped
+        pool = self._pool
+        if pool is None:
+            raise GatewayError("the gateway is not running")
+        return self._call_in_loop(pool.stats)
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the worker processes alive now."""
+        pool = self._pool
+        if pool is None:
+            raise GatewayError("the gateway is not running")
+        return self._call_in_loop(pool.worker_pids)
+
+    def retire_idle_workers(self) -> int:
+        """End every idle worker now, so that the next invocations start cold."""
+        pool = self._pool
+        if pool is None:
+            raise GatewayError("the gateway is not running")
+        return self._call_in_loop(pool.retire_idle)
+
+
+def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what still runs on the stopped loop (idle keep-alive connections, say) and
+    let it unwind, as asyncio.run does, so that nothing is destroyed while pending."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def _deliver_to(
+    future: concurrent.futures.Future[InvocationOutcome],
+) -> Callable[[InvocationOutcome], None]:
+    """An outcome callback resolving a thread-safe future (unless its caller cancelled)."""
+
+    def deliver(outcome: InvocationOutcome) -> None:
+        if future.set_running_or_notify_cancel():
+            future.set_result(outcome)
+
+    return deliver
+
+
+def _percentiles(samples_s: list[float], prefix: str) -> dict[str, float]:
+    ordered = sorted(samples_s)
+    return {
+        f"{prefix}_mean_ms": statistics.fmean(ordered) * 1000,
+        f"{prefix}_p50_ms": ordered[len(ordered) // 2] * 1000,
+        f"{prefix}_p99_ms": ordered[min(int(len(ordered) * 0.99), len(ordered) - 1)] * 1000,
+    }
+
+
+def _time_http_invocations(gateway: Gateway, function: str, payload: bytes, n: int) -> list[float]:
+    """Seconds per synchronous invocation over HTTP, on one keep-alive connection."""
+    url = urllib.parse.urlsplit(gateway.url)
+    path = INVOKE_ROUTE.format(name=urllib.parse.quote(function, safe=""))
+    headers = {HEADER_INVOCATION_TYPE: InvocationType.REQUEST_RESPONSE.value}
+    timeout = float(config.get("gateway.sync_wait_s"))
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout)
+    samples = []
+    try:
+        for _ in range(n):
+            started = time.perf_counter()
+            connection.request("POST", path, body=payload, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            samples.append(time.perf_counter() - started)
+            if response.status != 200 or response.getheader(HEADER_FUNCTION_ERROR):
+                raise GatewayError(f"latency probe failed with HTTP {response.status}")
+    finally:
+        connection.close()
+    return samples
+
+
+def measure_latency(
+    gateway: Gateway, n: int, *, function: str | None = None, payload: bytes = b"{}"
+) -> dict[str, float]:
+    """End-to-end latency of synchronous invocations: one cold (idle workers retired
+    first), then `n` warm through the fast path and `n` warm over HTTP. Milliseconds.
+
+    The handler should answer `payload` at once (an echo); its own time is included.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    function = function or gateway.default_function
+    gateway.retire_idle_workers()
+    started = time.perf_counter()
+    wait_s = float(config.get("gateway.sync_wait_s"))
+    cold = gateway.submit(function, payload).result(timeout=wait_s)
+    cold_s = time.perf_counter() - started
+    if cold.function_error:
+        raise FunctionError(cold.request_id, cold.payload)
+    fast = []
+    for _ in range(n):
+        started = time.perf_counter()
+        gateway.invoke(function, payload)
+        fast.append(time.perf_counter() - started)
+    http_samples = _time_http_invocations(gateway, function, payload, n)
+    stats = gateway.stats()
+    return {
+        "n": float(n),
+        "cold_invoke_ms": cold_s * 1000,
+        "cold_was_cold": float(bool(cold.cold_start)),
+        "cold_start_mean_ms": stats.cold_start_mean_s * 1000,
+        **_percentiles(fast, "warm_fast_path"),
+        **_percentiles(http_samples, "warm_http"),
+    }

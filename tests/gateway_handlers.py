@@ -1,0 +1,89 @@
+"""Lambda-style handlers the gateway tests run in worker processes.
+
+`handle` dispatches on `event["op"]`, so that one gateway (one handler) serves every
+test; each op is a small function of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from dask_kong.backends.processes.worker_main import LambdaContext, invoke_via_gateway
+
+
+def echo(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """The event back, plus what the worker and its context look like."""
+    if "say" in event:  # a line on stdout, which the gateway must log, not choke on
+        print(f"echo handler in pid {os.getpid()} says {event['say']}")
+    return {
+        "event": event,
+        "pid": os.getpid(),
+        "cold_start": context.cold_start,
+        "function_name": context.function_name,
+        "memory_limit_in_mb": context.memory_limit_in_mb,
+        "request_id": context.aws_request_id,
+        "arn": context.invoked_function_arn,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "gateway_url": os.environ.get("KONG_GATEWAY_URL"),
+    }
+
+
+def sleep(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Hold the worker busy for `seconds`."""
+    time.sleep(float(event["seconds"]))
+    return {"pid": os.getpid(), "slept": event["seconds"]}
+
+
+class HandlerFailure(Exception):
+    """What `fail` raises."""
+
+
+def fail(event: dict[str, Any], context: LambdaContext) -> None:
+    """Raise, as a buggy handler would."""
+    raise HandlerFailure(event.get("message", "boom"))
+
+
+def crash(event: dict[str, Any], context: LambdaContext) -> None:
+    """Kill the worker process mid-invocation, without any cleanup."""
+    os._exit(int(event.get("code", 3)))
+
+
+def allocate(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Allocate and touch `mb` megabytes."""
+    size = int(event["mb"]) * 1024 * 1024
+    block = bytearray(size)
+    block[::4096] = b"x" * len(range(0, size, 4096))
+    return {"pid": os.getpid(), "allocated_mb": event["mb"]}
+
+
+def fan_out(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Invoke `function` with `event["child"]` through the parent gateway's pipe."""
+    invoke_via_gateway(event["function"], json.dumps(event["child"]).encode())
+    return {"pid": os.getpid(), "invoked": event["function"]}
+
+
+def touch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Write `text` to `path`: a side effect a test can wait for after an Event."""
+    with open(event["path"], "w") as f:
+        f.write(event.get("text", str(os.getpid())))
+    return {"pid": os.getpid()}
+
+
+OPS = {
+    "echo": echo,
+    "sleep": sleep,
+    "fail": fail,
+    "crash": crash,
+    "allocate": allocate,
+    "fan_out": fan_out,
+    "touch": touch,
+}
+
+
+def handle(event: dict[str, Any], context: LambdaContext) -> Any:
+    """Run the op the event names (echo when it names none)."""
+    return OPS[event.get("op", "echo")](event, context)
