@@ -29,7 +29,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     """Serve the gateway until SIGINT/SIGTERM; the workers end with it."""
     from .backends.processes.gateway import Gateway
 
-    handler = args.handler or config.get("gateway.handler")
+    handler = config.get("gateway.handler", args.handler)
     if not handler:
         print("dask-kong gateway: --handler module:function is required", file=sys.stderr)
         return 2
@@ -50,7 +50,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         gateway.start()
         print(gateway.url, flush=True)
         print(f"functions: {', '.join(gateway.functions)}", file=sys.stderr, flush=True)
-        # Wake up now and then: a signal handler runs only between bytecodes of this thread.
+        # Serve until a signal sets `stop`; the timeout keeps the wait short between checks.
         while not stop.wait(timeout=0.5):
             pass
     finally:
@@ -80,7 +80,8 @@ SUBCOMMANDS = [register_gateway]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dask-kong", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     subcommands = parser.add_subparsers(title="commands", dest="subcommand", required=True)
     for register in SUBCOMMANDS:
         register(subcommands)
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    # INFO by default: the gateway logs its workers' output there, like a function's logs.
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     command: Command = args.command
     return command(args)

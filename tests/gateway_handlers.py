@@ -29,6 +29,7 @@ def echo(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         "remaining_ms": context.get_remaining_time_in_millis(),
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "gateway_url": os.environ.get("KONG_GATEWAY_URL"),
+        "test_mark": os.environ.get("KONG_TEST_MARK"),
     }
 
 
@@ -61,9 +62,16 @@ def allocate(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 def fan_out(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Invoke `function` with `event["child"]` through the parent gateway's pipe."""
+    """Invoke `function` with `event["child"]` through the parent gateway's pipe, then
+    stay busy until the file `wait_for` exists (at most 10 s): proof that the gateway ran
+    the child while this invocation was still running."""
     invoke_via_gateway(event["function"], json.dumps(event["child"]).encode())
-    return {"pid": os.getpid(), "invoked": event["function"]}
+    deadline = time.monotonic() + 10
+    while "wait_for" in event and not os.path.exists(event["wait_for"]):
+        if time.monotonic() > deadline:
+            return {"pid": os.getpid(), "invoked": event["function"], "child_seen": False}
+        time.sleep(0.01)
+    return {"pid": os.getpid(), "invoked": event["function"], "child_seen": True}
 
 
 def touch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -146,9 +146,9 @@ def apply_event(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, ev
         hooks.task_done(event.task, event.worker)
     elif event.kind is EventKind.WORKER_FAILED:
         raise WorkerLostError(
-            f"a worker of run {ctx.run_id} died ({event.message}) while running task "
-            f"{ctx.dag.keys[event.task]!r} or a task it continued with; "
-            + describe_unfinished(ctx.dag, progress)
+            f"a worker of run {ctx.run_id} died ({event.message}); it started at task "
+            f"{ctx.dag.keys[event.task]!r} and was running it or one of the unfinished "
+            f"tasks it may have continued with: {unfinished_below(ctx.dag, progress, event.task)}"
         )
     else:
         raise_task_failure(ctx.dag, event)
@@ -196,6 +196,21 @@ def describe_unfinished(dag: DAG, progress: RunProgress) -> str:
     more = len(frontier) - _STUCK_TASKS_SHOWN
     suffix = f" and {more} more" if more > 0 else ""
     return f"stuck tasks (ready but never finished): {shown}{suffix}"
+
+
+def unfinished_below(dag: DAG, progress: RunProgress, start: int) -> str:
+    """`start` and its descendants that never reported done, in topological order."""
+    seen = {start}
+    stack = [start]
+    while stack:
+        for child in dag.children[stack.pop()]:
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    unfinished = sorted(t for t in seen if t not in progress.done)
+    shown = ", ".join(repr(dag.keys[t]) for t in unfinished[:_STUCK_TASKS_SHOWN])
+    more = len(unfinished) - _STUCK_TASKS_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def collect_outputs(ctx: RunContext) -> dict[Any, Any]:

@@ -24,7 +24,7 @@ from dask.sizeof import sizeof
 from .. import config, serialize
 from ..constants import DAG_KEY, data_key
 from ..dag import DAG
-from ..errors import KongError
+from ..errors import KongError, SerializationError
 from ..planning import Plan
 from .context import Invocation, RunContext, RunSettings
 
@@ -88,7 +88,7 @@ def prepare_remote_run(ctx: RunContext, invoker: InvokerSpec) -> Shipment:
         settings=ctx.settings,
         output_tasks=ctx.output_tasks,
     )
-    blob = serialize.dumps(spec, what="the run's DAG")
+    blob = dumps_spec(spec)
     writes: dict[str, Any] = {data_key(name): v for name, v in large.items()}
     inline = len(blob) <= int(config.get("payload.inline_dag_bytes"))
     if not inline:
@@ -96,6 +96,16 @@ def prepare_remote_run(ctx: RunContext, invoker: InvokerSpec) -> Shipment:
     if writes:
         ctx.store.commit(ctx.run_id, writes)
     return Shipment(spec_inline=_b64(blob) if inline else None, invoker=invoker)
+
+
+def dumps_spec(spec: RunSpec) -> bytes:
+    """Pickle the spec; when that fails, name the first task that cannot be pickled."""
+    try:
+        return serialize.dumps(spec, what="the run's DAG")
+    except SerializationError:
+        for key, node in zip(spec.dag.keys, spec.dag.nodes, strict=True):
+            serialize.dumps(node, what=f"task {key!r}")  # raises naming the task
+        raise
 
 
 def encode_invocation(invocation: Invocation, shipment: Shipment) -> bytes:

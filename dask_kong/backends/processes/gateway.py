@@ -131,6 +131,9 @@ def resolve_settings(
     cold_start_timeout_s: float | None = None,
 ) -> GatewaySettings:
     """Arguments where given, else `kong.gateway.*`."""
+    module, sep, function = handler.partition(":")
+    if not (module and sep and function):
+        raise ValueError(f"handler {handler!r} is not of the form 'module:function'")
     configs = tuple(resource_configs) if resource_configs is not None else None
     default = config.get("gateway.default_resource_config", default_config)
     if configs is None:
@@ -252,6 +255,8 @@ class Gateway:
                 self._url = bound.result(timeout=self._loop_call_timeout_s)
             except BaseException:
                 self._stopped = True
+                if self._loop is not None and not bound.done():  # bind still hanging
+                    self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(timeout=self._loop_call_timeout_s)
                 raise
             atexit.register(self.stop)
@@ -264,6 +269,8 @@ class Gateway:
         Idempotent. Pending synchronous invocations fail with `Gateway.Stopped`; queued
         Event invocations are dropped (and counted).
         """
+        if threading.current_thread() is self._thread:
+            raise GatewayError("stop() cannot run on the gateway's own event loop thread")
         with self._lock:
             if self._stopped or not self._started:
                 self._stopped = True
@@ -272,8 +279,6 @@ class Gateway:
         atexit.unregister(self.stop)
         loop, thread = self._loop, self._thread
         assert loop is not None and thread is not None
-        if threading.current_thread() is thread:
-            raise GatewayError("stop() cannot run on the gateway's own event loop thread")
         pool = self._pool
         deadline = 4 * self.settings.pool.stop_timeout_s
         try:
@@ -326,7 +331,7 @@ class Gateway:
         self._loop = loop
         try:
             loop.run_until_complete(self._open(bound))
-            if bound.exception() is None:
+            if bound.done() and bound.exception() is None:
                 loop.run_forever()
         finally:
             _cancel_remaining_tasks(loop)
@@ -537,38 +542,30 @@ class Gateway:
 
     # -- introspection --------------------------------------------------------------
 
-    def _call_in_loop(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the loop thread (where pool state lives) and return its result."""
+    def _call_in_loop(self, fn: Callable[[WorkerPool], T]) -> T:
+        """Run `fn(pool)` on the loop thread (where pool state lives); return its result."""
         loop = self._running_loop()
+        pool = self._pool
+        assert pool is not None
         if threading.current_thread() is self._thread:
-            return fn()
+            return fn(pool)
 
         async def call() -> T:
-            return fn()
+            return fn(pool)
 
         return asyncio.run_coroutine_threadsafe(call(), loop).result(self._loop_call_timeout_s)
 
     def stats(self) -> GatewayStats:
         """Counts since start (invocations, cold/warm starts, ...) and current occupancy."""
-        assert self._pool is not None or self._stopped
-        pool = self._pool
-        if pool is None:
-            raise GatewayError("the gateway is not running")
-        return self._call_in_loop(pool.stats)
+        return self._call_in_loop(lambda pool: pool.stats())
 
     def worker_pids(self) -> list[int]:
         """PIDs of the worker processes alive now."""
-        pool = self._pool
-        if pool is None:
-            raise GatewayError("the gateway is not running")
-        return self._call_in_loop(pool.worker_pids)
+        return self._call_in_loop(lambda pool: pool.worker_pids())
 
     def retire_idle_workers(self) -> int:
         """End every idle worker now, so that the next invocations start cold."""
-        pool = self._pool
-        if pool is None:
-            raise GatewayError("the gateway is not running")
-        return self._call_in_loop(pool.retire_idle)
+        return self._call_in_loop(lambda pool: pool.retire_idle())
 
 
 def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:

@@ -1,0 +1,127 @@
+"""Serverless behaviour: workers in other processes, through Redis and the gateway."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from dask_kong import Kong, last_run
+from dask_kong.backends.aws_lambda.backend import LambdaBackend
+from dask_kong.backends.processes.backend import HANDLER
+from dask_kong.backends.processes.gateway import Gateway
+from dask_kong.errors import SerializationError, WorkerLostError
+from dask_kong.store.server import RedisServer
+
+from .kong_fixtures import pid_alive
+
+
+@pytest.fixture
+def processes(kong_sessions: object) -> Kong:
+    return kong_sessions("processes")  # type: ignore[operator]
+
+
+def die(value: int) -> int:
+    os._exit(3)
+
+
+def inc(value: int) -> int:
+    return value + 1
+
+
+def test_dead_worker_fails_the_run_naming_the_task(processes: Kong) -> None:
+    dsk = {"a": (inc, 1), "b": (die, "a"), "c": (inc, "b")}
+    started = time.monotonic()
+    with pytest.raises(WorkerLostError, match="'b'"):
+        processes.get(dsk, "c")
+    assert time.monotonic() - started < 10
+    assert processes.store.run_keys(processes.last_run_id or "") == []
+    assert processes.get({"a": (inc, 1)}, "a") == 2  # the gateway replaced the worker
+
+
+def test_unpicklable_task_is_named(processes: Kong) -> None:
+    lock = threading.Lock()
+    dsk = {"a": (inc, 1), "b": (lambda v, lk: v, "a", lock)}
+    with pytest.raises(SerializationError, match="task 'b'"):
+        processes.get(dsk, "b")
+
+
+def test_unpicklable_output_fails_with_serialization_error(processes: Kong) -> None:
+    dsk = {"a": (threading.Lock,), "b": (lambda v: 1, "a"), "c": (lambda v: 2, "a")}
+    with pytest.raises(SerializationError):
+        processes.get(dsk, ["b", "c"])
+
+
+def test_tree_reduction_with_4096_leaves(processes: Kong) -> None:
+    x = da.arange(4096, chunks=1, dtype="f8")
+    assert x.sum(split_every=2).compute(scheduler=processes.get) == 4096 * 4095 / 2
+    summary = last_run()
+    assert summary is not None and summary.tasks >= 4096
+
+
+@pytest.mark.filterwarnings("ignore::dask.array.core.PerformanceWarning")
+def test_gemm_with_over_1000_tasks_and_embedded_chunks(processes: Kong) -> None:
+    data = np.random.default_rng(0).random((320, 320))
+    x = da.from_array(data, chunks=32)  # 100 chunks embedded in the graph as constants
+    y = x @ x
+    assert len(y.__dask_graph__()) > 1000
+    np.testing.assert_allclose(y.compute(scheduler=processes.get), data @ data)
+
+
+def test_large_constants_are_fetched_only_by_their_readers(processes: Kong) -> None:
+    data = np.random.default_rng(1).random((512, 512))  # 8 chunks of 256 KB
+    x = da.from_array(data, chunks=(64, 512))
+    sums = [x.blocks[i].sum() for i in range(8)]
+    got = dask.compute(*sums, scheduler=processes.get)
+    np.testing.assert_allclose(got, [data[i * 64 : (i + 1) * 64].sum() for i in range(8)])
+    summary = last_run()
+    assert summary is not None
+    # every worker read only its own chunk: the bytes read are one copy of the data
+    assert summary.bytes_read < 1.2 * data.nbytes
+
+
+@pytest.fixture
+def lambda_gateway(redis_server: RedisServer) -> Iterator[Gateway]:
+    env = {"DASK_KONG__STORE__URL": redis_server.url}
+    gateway = Gateway(HANDLER, env=env, keep_warm_s=10.0).start()
+    pids: list[int] = []
+    try:
+        yield gateway
+    finally:
+        pids = gateway.worker_pids()
+        gateway.stop()
+        assert not [p for p in pids if pid_alive(p)]
+
+
+def test_lambda_backend_end_to_end_through_aiobotocore(
+    lambda_gateway: Gateway, redis_server: RedisServer
+) -> None:
+    with Kong(
+        backend="lambda",
+        store=redis_server.url,
+        endpoint_url=lambda_gateway.url,
+        function=lambda_gateway.default_function,
+    ) as kong:
+        assert isinstance(kong.backend, LambdaBackend)
+        x = da.random.default_rng(3).random((200, 200), chunks=50)
+        got = dask.compute(x.sum(split_every=2), x @ x.T, scheduler=kong.get)
+        want = dask.compute(x.sum(split_every=2), x @ x.T, scheduler="sync")
+        np.testing.assert_allclose(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1])
+        stats = lambda_gateway.stats()
+        assert stats.invocations >= 16  # client and workers invoked over HTTP
+        assert kong.store.run_keys(kong.last_run_id or "") == []
+
+
+def test_session_with_private_redis_leaves_no_server() -> None:
+    with Kong(backend="threads", store="redis") as kong:
+        server = kong.store._owned_server  # type: ignore[attr-defined]
+        pid = server.pid
+        assert kong.get({"a": (inc, 1)}, "a") == 2
+    assert pid is not None and not pid_alive(pid)
