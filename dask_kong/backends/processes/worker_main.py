@@ -230,7 +230,8 @@ def apply_memory_limit(memory_mb: int) -> None:
     mmap since Linux 4.7) counts private writable memory: the heap, NumPy arrays, thread
     stacks and BLAS buffers. It is stricter than Lambda's RSS-based limit only by the
     untouched parts of those stacks and buffers (a few tens of MB). An allocation beyond
-    it raises MemoryError in the handler.
+    it raises MemoryError in the handler. Measured here: a worker that ran a NumPy GEMM
+    and SVD holds ~105 MB of it with one OpenBLAS thread, ~150 MB with two.
     """
     limit = memory_mb * 1024 * 1024
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
