@@ -105,6 +105,7 @@ def follow_events(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks) 
     stall_s = float(config.get("run.stall_timeout_s"))
     deadline_s = config.get("run.deadline_s")
     deadline = None if deadline_s is None else time.monotonic() + float(deadline_s)
+    batch_s = float(config.get("run.event_batch_s"))
     cursor = "0"
     while progress.pending_outputs:
         cursor, events = ctx.store.events(ctx.run_id, cursor, _MAX_EVENT_WAIT_S)
@@ -112,6 +113,8 @@ def follow_events(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks) 
             apply_event(ctx, progress, hooks, event)
         if not events:
             check_stalled(ctx, progress, stall_s)
+        elif progress.pending_outputs and not any(e.wake for e in events):
+            time.sleep(batch_s)  # only progress news: let more accumulate per read
         if deadline is not None and time.monotonic() > deadline:
             raise StuckRunError(
                 f"run {ctx.run_id} passed its deadline of {deadline_s} s; "
