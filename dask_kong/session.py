@@ -19,7 +19,7 @@ from . import config
 from .backends.base import Backend
 from .dag import to_dag
 from .metrics.records import RunSummary
-from .planning import get_planner
+from .planning import PlanningContext, get_planner
 from .runtime.client import execute_run, new_run_id
 from .runtime.heartbeat import Heartbeater
 from .store.base import Store
@@ -80,7 +80,7 @@ class Kong:
         started = time.perf_counter()
         dag = to_dag(dsk, keys)
         planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
-        plan = planner(dag)
+        plan = planner(dag, self.planning_context())
         translate_s = time.perf_counter() - started
         self.last_run_id = new_run_id()
         values, summary = execute_run(
@@ -97,6 +97,10 @@ class Kong:
         summary.translate_s = translate_s
         _last_run = summary
         return nest(keys, values)
+
+    def planning_context(self) -> PlanningContext:
+        """What planners may consult: history of earlier runs, the backend's sizes."""
+        return PlanningContext(sla=str(config.get("planning.sla")))
 
     def __enter__(self) -> Kong:
         # Workers do not share memory, so dataframes must shuffle through tasks, not

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Optimization(enum.StrEnum):
@@ -53,3 +54,30 @@ class Plan:
     def has(self, task: int, optimization: Optimization) -> bool:
         """Whether `optimization` applies to `task`."""
         return optimization in self.tasks[task].optimizations
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """A worker size a planner may choose (like a Lambda memory size)."""
+
+    name: str
+    memory_mb: int
+    cpus: int
+
+
+@dataclass(frozen=True)
+class PlanningContext:
+    """What a planner may consult besides the DAG.
+
+    `history` is the metrics history of earlier runs (None: no history, e.g. naive);
+    `resources` the worker sizes the backend offers, default first; `sla` the percentile
+    ("p50", "p90", ...) predictions are taken at.
+    """
+
+    history: Any = None
+    resources: tuple[ResourceSpec, ...] = (ResourceSpec("default", 1024, 1),)
+    sla: str = "p50"
+
+    @property
+    def default_resource(self) -> str:
+        return self.resources[0].name

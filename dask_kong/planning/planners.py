@@ -10,24 +10,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..dag import DAG
-from .plan import Plan, TaskPlan
+from .plan import Plan, PlanningContext, TaskPlan
 
-Planner = Callable[[DAG], Plan]
+Planner = Callable[[DAG, PlanningContext], Plan]
 
 
-def plan_naive(dag: DAG) -> Plan:
+def plan_naive(dag: DAG, context: PlanningContext) -> Plan:
     """Every dependent is a new invocation and every output is written to the store."""
     return Plan(
         planner="naive",
-        tasks=tuple(TaskPlan() for _ in range(len(dag))),
+        tasks=tuple(TaskPlan(resource=context.default_resource) for _ in range(len(dag))),
         become=False,
         write_all_outputs=True,
     )
 
 
-def plan_wukong(dag: DAG) -> Plan:
+def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:
     """WUKONG: continue with one ready dependent; write outputs only when needed elsewhere."""
-    return Plan(planner="wukong", tasks=tuple(TaskPlan() for _ in range(len(dag))))
+    tasks = tuple(TaskPlan(resource=context.default_resource) for _ in range(len(dag)))
+    return Plan(planner="wukong", tasks=tasks)
 
 
 PLANNERS: dict[str, Planner] = {"naive": plan_naive, "wukong": plan_wukong}
