@@ -239,6 +239,7 @@ def run_cell(
     try:
         for repeat in range(1, options.repeat + 1):
             gc.collect()
+            scheduler.settle()
             started = time.perf_counter()
             try:
                 results = scheduler.compute(case)

@@ -3,8 +3,8 @@
 `open_scheduler(name)` starts a scheduler and returns it ready to time: anything that needs
 starting (a LocalCluster, a process pool, a kong session) is started and warmed up by one
 tiny computation here, so that the runner reports start-up apart from makespans. Each
-scheduler then offers `compute(case)`, `run_details()` (kong's `last_run()` summary, None
-for the others) and `close()`.
+scheduler then offers `settle()` (before each timed compute), `compute(case)`,
+`run_details()` (kong's `last_run()` summary, None for the others) and `close()`.
 
 Names: sync, threads, processes, distributed, numpy, kong-threads, kong-processes, and
 kong-<backend>:<planner> for a kong planner by name (e.g. kong-processes:naive).
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 import dask
 import dask.array as da
@@ -32,24 +33,31 @@ KONG_SESSIONS = {
 DEFAULT_SCHEDULERS = (*KONG_SESSIONS, *DASK_SCHEDULERS, "numpy")
 # The serverless issue's baseline: two single-threaded worker processes.
 DISTRIBUTED_CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True}
+# Bound on waiting for distributed to release the previous compute's keys (see settle).
+SETTLE_TIMEOUT_S = 30.0
 
 
-class Scheduler(Protocol):
-    """A started scheduler, ready to compute a workload under the runner's stopwatch."""
+class Scheduler:
+    """A started scheduler, ready to compute a workload under the runner's stopwatch.
+    Subclasses start what they need in `__init__` and override what differs."""
 
-    name: str
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def settle(self) -> None:
+        """Called before each timed compute, outside the timing: leave nothing from the
+        previous compute that could make this one faster (cached results)."""
 
     def compute(self, case: Case) -> tuple[Any, ...]:
         """Compute the workload; results in the order of `case.collections`."""
-        ...
+        return dask.compute(*case.collections, scheduler=self.name)
 
     def run_details(self) -> dict[str, Any] | None:
         """What the scheduler reports about the last compute (kong), else None."""
-        ...
+        return None
 
     def close(self) -> None:
-        """Stop everything `open_scheduler` started."""
-        ...
+        """Stop everything `__init__` started."""
 
 
 def check_name(name: str) -> None:
@@ -81,23 +89,11 @@ def warm_up(get: Any, **kwargs: Any) -> None:
     dask.compute(da.ones(8, chunks=4).sum(), scheduler=get, **kwargs)
 
 
-class DaskLocalScheduler:
+class DaskLocalScheduler(Scheduler):
     """dask's sync and threads schedulers: nothing to start."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
 
-    def compute(self, case: Case) -> tuple[Any, ...]:
-        return dask.compute(*case.collections, scheduler=self.name)
-
-    def run_details(self) -> dict[str, Any] | None:
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-class ProcessPoolScheduler:
+class ProcessPoolScheduler(Scheduler):
     """dask's processes scheduler on a pool started before timing.
 
     Given no pool, dask starts one (spawning fresh interpreters) inside every compute; we
@@ -109,7 +105,7 @@ class ProcessPoolScheduler:
         from dask.multiprocessing import get_context, initialize_worker_process
         from dask.system import CPU_COUNT
 
-        self.name = name
+        super().__init__(name)
         if os.environ.get("PYTHONHASHSEED") in (None, "0"):
             os.environ["PYTHONHASHSEED"] = "6640"  # what dask sets for its own pools
         workers = dask.config.get("num_workers", None) or CPU_COUNT
@@ -121,20 +117,17 @@ class ProcessPoolScheduler:
     def compute(self, case: Case) -> tuple[Any, ...]:
         return dask.compute(*case.collections, scheduler="processes", pool=self.pool)
 
-    def run_details(self) -> dict[str, Any] | None:
-        return None
-
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class DistributedScheduler:
+class DistributedScheduler(Scheduler):
     """A distributed LocalCluster (DISTRIBUTED_CLUSTER) and a Client, started before timing."""
 
     def __init__(self, name: str) -> None:
         from distributed import Client, LocalCluster
 
-        self.name = name
+        super().__init__(name)
         self.cluster = LocalCluster(
             **DISTRIBUTED_CLUSTER, dashboard_address=None, silence_logs=logging.ERROR
         )
@@ -145,11 +138,22 @@ class DistributedScheduler:
             self.cluster.close()
             raise
 
+    def settle(self) -> None:
+        """Wait (bounded) until the scheduler has forgotten every task: keys are
+        deterministic, so results of the last compute still held when the next one
+        starts would be reused and its makespan would be wrong."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        pause = 0.01
+        while self.client.run_on_scheduler(_count_scheduler_tasks):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"distributed still holds tasks {SETTLE_TIMEOUT_S} s after a compute"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
     def compute(self, case: Case) -> tuple[Any, ...]:
         return dask.compute(*case.collections, scheduler=self.client.get)
-
-    def run_details(self) -> dict[str, Any] | None:
-        return None
 
     def close(self) -> None:
         try:
@@ -158,13 +162,17 @@ class DistributedScheduler:
             self.cluster.close()
 
 
-class KongScheduler:
+def _count_scheduler_tasks(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.tasks)
+
+
+class KongScheduler(Scheduler):
     """A dask-kong session, created before timing; `run_details` is `last_run()`."""
 
     def __init__(self, name: str, backend: str, store: str, planner: str | None) -> None:
         from dask_kong import Kong, last_run
 
-        self.name = name
+        super().__init__(name)
         self._last_run = last_run
         options = {"backend": backend, "store": store}
         if planner:
@@ -192,19 +200,10 @@ class KongScheduler:
         self.session.close()
 
 
-class NumpyScheduler:
+class NumpyScheduler(Scheduler):
     """Not a scheduler: the workload's NumPy equivalent, where it has one."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
 
     def compute(self, case: Case) -> tuple[Any, ...]:
         if case.numpy_fn is None:
             raise NotImplementedError("this workload has no NumPy equivalent")
         return case.numpy_fn()
-
-    def run_details(self) -> dict[str, Any] | None:
-        return None
-
-    def close(self) -> None:
-        pass

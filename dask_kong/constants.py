@@ -29,6 +29,11 @@ def fan_in_key(child: int) -> str:
     return f"fanin:{child}"
 
 
+def claim_key(name: str) -> str:
+    """Run-relative name of a first-caller-wins claim (e.g. who may delay at a fan-in)."""
+    return f"claim:{name}"
+
+
 DAG_KEY = "dag"
 EVENTS_KEY = "events"
 HEARTBEATS_KEY = "heartbeats"

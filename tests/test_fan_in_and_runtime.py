@@ -169,3 +169,81 @@ def test_progress_bar_sees_every_task(capsys: pytest.CaptureFixture[str]) -> Non
     with Kong() as session, ProgressBar(minimum=0, dt=0.01):
         assert session.get(dsk, "total") == sum(range(1, 31))
     assert "100%" in capsys.readouterr().out
+
+
+WUKONG_EVERYWHERE = {
+    "kong.wukong.cluster_bytes": 0,
+    "kong.wukong.delay_io_bytes": 0,
+    "kong.wukong.delay_io_wait_s": 0.02,
+}
+
+
+def test_random_dags_match_sync_with_clustering_and_delayed_io_everywhere(kong: Kong) -> None:
+    """Thresholds at zero: every output is 'large', so every task clusters and delays."""
+    mode = next(m for m in RANDOM_SEEDS if kong is kong_for(kong, m))
+    with dask.config.set(WUKONG_EVERYWHERE):
+        for seed in range(RANDOM_SEEDS[mode] // 2):
+            dsk, wanted = random_graph(seed)
+            assert kong.get(dsk, wanted) == dask.get(dsk, wanted), f"seed {seed}"
+            assert kong.store.run_keys(kong.last_run_id or "") == []
+
+
+def make_block(n: int) -> list[int]:
+    return list(range(n))
+
+
+def part(block: list[int], i: int) -> int:
+    return sum(block[i::4])
+
+
+def combine_parts(*parts: int) -> int:
+    return sum(parts)
+
+
+def test_clustering_keeps_dependents_of_a_large_output_in_its_worker(
+    kong_sessions: object,
+) -> None:
+    session = kong_sessions("threads-redis")  # type: ignore[operator]
+    dsk: dict = {"block": (make_block, 50_000)}
+    dsk.update({f"p{i}": (part, "block", i) for i in range(4)})
+    dsk["total"] = (combine_parts, *(f"p{i}" for i in range(4)))
+    expected = sum(range(50_000))
+    with dask.config.set({"kong.wukong.cluster_bytes": 1024}):
+        assert session.get(dsk, "total") == expected
+    clustered = last_run()
+    with dask.config.set({"kong.wukong.cluster_bytes": 10**12}):
+        assert session.get(dsk, "total") == expected
+    spread = last_run()
+    assert clustered is not None and spread is not None
+    assert clustered.invocations == 1 and clustered.workers == 1
+    assert spread.invocations == 4  # the block travelled to three more workers
+    assert clustered.bytes_read < spread.bytes_read
+
+
+def slow_block(n: int, delay: float) -> list[int]:
+    import time as _time
+
+    _time.sleep(delay)
+    return list(range(n))
+
+
+def test_delayed_io_completes_a_fan_in_without_writing_the_large_output(
+    kong_sessions: object,
+) -> None:
+    session = kong_sessions("threads-redis")  # type: ignore[operator]
+    # "big" finishes first and waits; "small" finishes later and marks; "big" completes
+    # the fan-in and runs "join" itself: its 400 KB output never goes to the store.
+    dsk = {
+        "big": (slow_block, 50_000, 0.0),
+        "small": (slow_block, 10, 0.2),
+        "join": (lambda a, b: len(a) + len(b), "big", "small"),
+    }
+    settings = {"kong.wukong.delay_io_bytes": 100_000, "kong.wukong.delay_io_wait_s": 2.0}
+    with dask.config.set(settings):
+        assert session.get(dsk, "join") == 50_010
+    delayed = last_run()
+    with dask.config.set({"kong.wukong.delay_io_bytes": 10**12}):
+        assert session.get(dsk, "join") == 50_010
+    eager = last_run()
+    assert delayed is not None and eager is not None
+    assert delayed.bytes_written < 10_000 < eager.bytes_written

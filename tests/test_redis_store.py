@@ -401,3 +401,16 @@ def test_server_that_dies_at_start_raises_with_its_output(tmp_path: Path) -> Non
     with pytest.raises(StoreUnavailableError, match="FATAL CONFIG FILE ERROR") as info:
         RedisServer(binary=str(broken))
     assert "exited with code 1" in str(info.value)
+
+
+def test_claim_is_won_by_the_first_caller_only(any_store: Store, run_id: str) -> None:
+    assert any_store.claim(run_id, ["a", "b"]) == [True, True]
+    assert any_store.claim(run_id, ["a", "c"]) == [False, True]
+    assert any_store.claim(run_id + "x", ["a"]) == [True]  # claims are per run
+
+
+def test_fan_in_progress_counts_distinct_parents(any_store: Store, run_id: str) -> None:
+    any_store.commit(run_id, {}, [FanIn(7, 1, 3), FanIn(7, 1, 3), FanIn(8, 2, 2)])
+    assert any_store.fan_in_progress(run_id, [7, 8, 9]) == [1, 1, 0]
+    any_store.delete_run(run_id)
+    assert any_store.fan_in_progress(run_id, [7]) == [0]

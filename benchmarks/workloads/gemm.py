@@ -12,7 +12,7 @@ from .base import SEED, Case, compare_arrays
 
 NAME = "gemm"
 SIZES = {
-    "quick": {"n": 2048, "chunk": 512},
+    "quick": {"n": 1024, "chunk": 256},
     "core": {"n": 4096, "chunk": 1024},
     "full": {"n": 8192, "chunk": 2048},
 }

@@ -12,7 +12,7 @@ from .base import Case, check_equal
 
 NAME = "tree-reduction"
 SIZES = {
-    "quick": {"n": 2**24, "chunks": 1024},
+    "quick": {"n": 2**20, "chunks": 256},
     "core": {"n": 2**25, "chunks": 1024},
     "full": {"n": 2**27, "chunks": 1024},
 }

@@ -11,7 +11,7 @@ from .base import Case, check_equal
 
 NAME = "trivial"
 SIZES = {
-    "quick": {"leaves": 5000},
+    "quick": {"leaves": 500},
     "core": {"leaves": 5000},
     "full": {"leaves": 5000},
 }

@@ -12,7 +12,7 @@ from .base import SEED, Case, check_svd
 
 NAME = "tsqr-svd"
 SIZES = {
-    "quick": {"rows": 100_000, "cols": 100, "chunk_rows": 5_000},
+    "quick": {"rows": 50_000, "cols": 50, "chunk_rows": 2_500},
     "core": {"rows": 200_000, "cols": 100, "chunk_rows": 10_000},
     "full": {"rows": 1_000_000, "cols": 100, "chunk_rows": 10_000},
 }

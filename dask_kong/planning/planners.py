@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..dag import DAG
-from .plan import Plan, PlanningContext, TaskPlan
+from .plan import Optimization, Plan, PlanningContext, TaskPlan
 
 Planner = Callable[[DAG, PlanningContext], Plan]
 
@@ -25,10 +25,15 @@ def plan_naive(dag: DAG, context: PlanningContext) -> Plan:
     )
 
 
+WUKONG_OPTIMIZATIONS = frozenset({Optimization.CLUSTER, Optimization.DELAY_IO})
+
+
 def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:
-    """WUKONG: continue with one ready dependent; write outputs only when needed elsewhere."""
-    tasks = tuple(TaskPlan(resource=context.default_resource) for _ in range(len(dag)))
-    return Plan(planner="wukong", tasks=tasks)
+    """WUKONG: continue with one ready dependent, write outputs only when needed
+    elsewhere, and allow task clustering and delayed I/O everywhere (the runtime applies
+    them only to outputs above the size thresholds of `kong.wukong`)."""
+    task_plan = TaskPlan(resource=context.default_resource, optimizations=WUKONG_OPTIMIZATIONS)
+    return Plan(planner="wukong", tasks=(task_plan,) * len(dag))
 
 
 PLANNERS: dict[str, Planner] = {"naive": plan_naive, "wukong": plan_wukong}

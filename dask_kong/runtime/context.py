@@ -44,6 +44,9 @@ class RunSettings:
     inline_input_bytes: int
     progress_interval_s: float
     cancel_check_s: float
+    cluster_bytes: int
+    delay_io_bytes: int
+    delay_io_wait_s: float
 
     @classmethod
     def from_config(cls) -> RunSettings:
@@ -51,6 +54,9 @@ class RunSettings:
             inline_input_bytes=int(config.get("payload.inline_input_bytes")),
             progress_interval_s=float(config.get("run.progress_interval_s")),
             cancel_check_s=float(config.get("run.cancel_check_s")),
+            cluster_bytes=int(config.get("wukong.cluster_bytes")),
+            delay_io_bytes=int(config.get("wukong.delay_io_bytes")),
+            delay_io_wait_s=float(config.get("wukong.delay_io_wait_s")),
         )
 
 

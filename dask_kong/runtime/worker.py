@@ -15,17 +15,28 @@ invoked dependent whose input is too large to travel inline) or when it was requ
 Linear chains therefore never leave the worker's memory. The plan can switch `become`
 off and force every output to the store (the naive baseline).
 
+Two WUKONG optimizations, switched per task by the plan and triggered by output size:
+
+* task clustering (`Optimization.CLUSTER`, output >= `kong.wukong.cluster_bytes`): every
+  ready dependent runs here, one after the other, instead of shipping the output;
+* delayed I/O (`Optimization.DELAY_IO`, output >= `kong.wukong.delay_io_bytes`): at a
+  fan-in the output stays in memory while the worker waits (bounded, with backoff) for
+  the other parents. If they all finish, this worker completes the fan-in and runs the
+  dependent here without ever writing the output; on timeout it writes, then marks.
+
 `run_branch` reads top to bottom like dask/local.py: it only calls `gather_inputs`,
 `execute`, `route_dependents`, `flush_events` and `report_failure`.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +46,18 @@ from .. import serialize
 from ..constants import data_key, output_key
 from ..errors import MissingOutputError
 from ..metrics.records import TaskMetrics
+from ..planning import Optimization
 from ..store.base import Event, EventKind, FanIn, MissingKeyError
 from .context import Invocation, RunContext
 
 logger = logging.getLogger("dask_kong.runtime")
 
 _worker_ids = itertools.count()
+
+# Delayed I/O polls the fan-in with exponential backoff between these pauses: the first
+# catches a sibling that is about to finish, the cap keeps polling cheap for the store.
+_DELAY_IO_FIRST_PAUSE_S = 0.001
+_DELAY_IO_MAX_PAUSE_S = 0.05
 
 
 def new_worker_id(run_id: str) -> str:
@@ -58,16 +75,19 @@ class Branch:
     data: dict[str, Any] = field(default_factory=dict)
     pending: list[Event] = field(default_factory=list)
     last_flush: float = field(default_factory=time.monotonic)
+    written: set[int] = field(default_factory=set)
 
 
 def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = None) -> None:
-    """Run tasks from `invocation.start` until this branch has nothing ready to become."""
+    """Run tasks from `invocation.start` until this branch has nothing left to run here."""
     branch = Branch(ctx, worker_id or new_worker_id(ctx.run_id), dict(invocation.inputs))
-    task: int | None = invocation.start
+    todo = collections.deque([invocation.start])
     try:
-        while task is not None and not ctx.cancelled():
+        while todo and not ctx.cancelled():
+            task = todo.popleft()
             ctx.heartbeater.beat(ctx.run_id, branch.worker_id, task)
-            task = run_task(branch, task)
+            todo.extend(run_task(branch, task))
+            keep_only_inputs_of(branch, todo)
         flush_events(branch)
     except Exception as exc:  # store unreachable while flushing: the client's stall check
         logger.error("worker %s lost contact with the store: %s", branch.worker_id, exc)
@@ -75,8 +95,8 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
         ctx.heartbeater.done(ctx.run_id, branch.worker_id)
 
 
-def run_task(branch: Branch, task: int) -> int | None:
-    """Run one task; the task to continue with, or None when the branch ends."""
+def run_task(branch: Branch, task: int) -> list[int]:
+    """Run one task; the tasks this worker runs next (none when the branch ends)."""
     metrics = TaskMetrics(worker=branch.worker_id, start=time.time())
     try:
         values = gather_inputs(branch, task, metrics)
@@ -84,7 +104,7 @@ def run_task(branch: Branch, task: int) -> int | None:
         return route_dependents(branch, task, value, metrics)
     except Exception as exc:
         report_failure(branch, task, exc)
-        return None
+        return []
 
 
 def gather_inputs(branch: Branch, task: int, metrics: TaskMetrics) -> dict[Any, Any]:
@@ -144,42 +164,117 @@ def execute(branch: Branch, task: int, values: dict[Any, Any], metrics: TaskMetr
     return value
 
 
-def route_dependents(branch: Branch, task: int, value: Any, metrics: TaskMetrics) -> int | None:
-    """Publish what others need, mark fan-ins, then become one ready dependent and invoke
-    workers for the rest. Returns the dependent this worker continues with."""
+@dataclass(frozen=True)
+class Routing:
+    """How one finished task's dependents are handled (see the module docstring)."""
+
+    direct: list[int]  # single-parent dependents: ready now
+    marked: list[int]  # fan-in dependents marked at once (output written first)
+    delayed: list[int]  # fan-in dependents handled by delayed I/O
+    cluster: bool  # run every ready dependent here
+    write: bool  # the output goes to the store now
+
+
+def route_dependents(branch: Branch, task: int, value: Any, metrics: TaskMetrics) -> list[int]:
+    """Publish what others need, mark fan-ins, invoke workers for dependents that run
+    elsewhere, and return the dependents this worker runs next."""
     ctx = branch.ctx
-    dag, plan = ctx.dag, ctx.plan
     branch.local[task] = value
-    direct = [c for c in dag.children[task] if len(dag.parents[c]) == 1]
-    fan_ins = [
-        FanIn(c, task, len(dag.parents[c])) for c in dag.children[task] if len(dag.parents[c]) > 1
-    ]
-    is_output = task in ctx.output_tasks
-    ready = direct
-    if needs_store(branch, task, value, len(direct), bool(fan_ins), is_output):
-        ready = direct + commit_output(branch, task, value, fan_ins, metrics)
-    become = choose_become(branch, ready) if plan.become else None
-    invoke_others(branch, [c for c in ready if c != become], metrics)
+    metrics.output_bytes = sizeof(value)
+    routing = plan_routing(branch, task, value, metrics.output_bytes)
+    ready = list(routing.direct)
+    if routing.write:
+        fan_ins = [FanIn(c, task, len(ctx.dag.parents[c])) for c in routing.marked]
+        ready += commit_output(branch, task, value, fan_ins, metrics)
+    if routing.delayed:
+        ready += delay_then_mark(branch, task, value, routing.delayed, metrics)
+    here, elsewhere = split_ready(branch, ready, routing.cluster)
+    invoke_others(branch, elsewhere, metrics)
     metrics.end = time.time()
+    is_output = task in ctx.output_tasks
     branch.pending.append(
         Event(EventKind.TASK_DONE, task, branch.worker_id, metrics, wake=is_output)
     )
     if is_output or time.monotonic() - branch.last_flush > ctx.settings.progress_interval_s:
         flush_events(branch)
-    keep_only_inputs_of(branch, become)
-    return become
+    return here
 
 
-def needs_store(
-    branch: Branch, task: int, value: Any, n_direct: int, has_fan_in: bool, is_output: bool
-) -> bool:
-    """Whether the output must be written: requested, read by a fan-in elsewhere, or
-    shipped to an invoked dependent but too large to travel inline."""
+def plan_routing(branch: Branch, task: int, value: Any, nbytes: int) -> Routing:
+    """Decide, from the plan and the output's size, how dependents are handled."""
     ctx = branch.ctx
-    if ctx.plan.write_all_outputs or is_output or has_fan_in:
-        return True
-    invoked = n_direct - (1 if ctx.plan.become else 0)
-    return invoked > 0 and not inlinable(branch, value)
+    dag, plan, settings = ctx.dag, ctx.plan, ctx.settings
+    direct = [c for c in dag.children[task] if len(dag.parents[c]) == 1]
+    fan_in = [c for c in dag.children[task] if len(dag.parents[c]) > 1]
+    # Both optimizations save store traffic; an in-process store moves nothing (a write
+    # is a dict insert), so there they would only cost parallelism.
+    saves_io = not ctx.store.in_process
+    cluster = saves_io and plan.has(task, Optimization.CLUSTER) and nbytes >= settings.cluster_bytes
+    invoked = 0 if cluster else len(direct) - (1 if plan.become else 0)
+    must_write = (
+        plan.write_all_outputs
+        or task in ctx.output_tasks
+        or (invoked > 0 and not inlinable(branch, value))
+    )
+    delay = (
+        saves_io
+        and bool(fan_in)
+        and not must_write
+        and plan.has(task, Optimization.DELAY_IO)
+        and nbytes >= settings.delay_io_bytes
+    )
+    return Routing(
+        direct=direct,
+        marked=[] if delay else fan_in,
+        delayed=fan_in if delay else [],
+        cluster=cluster,
+        write=must_write or (bool(fan_in) and not delay),
+    )
+
+
+def split_ready(branch: Branch, ready: list[int], cluster: bool) -> tuple[list[int], list[int]]:
+    """(run here, invoke elsewhere): all here when clustering, else become one."""
+    if cluster:
+        return ready, []
+    become = choose_become(branch, ready) if branch.ctx.plan.become else None
+    if become is None:
+        return [], ready
+    return [become], [c for c in ready if c != become]
+
+
+def delay_then_mark(
+    branch: Branch, task: int, value: Any, children: list[int], metrics: TaskMetrics
+) -> list[int]:
+    """Delayed I/O: wait (bounded, backoff) until this task is the last missing parent of
+    a fan-in; then complete it without writing and run the child here. Only one parent
+    per fan-in may delay (the first to claim it): two delaying parents would wait for
+    each other. Children not claimed, or still waiting at the deadline, get the output
+    written, then marked, as usual."""
+    ctx = branch.ctx
+    parents = ctx.dag.parents
+    deadline = time.monotonic() + ctx.settings.delay_io_wait_s
+    pause = _DELAY_IO_FIRST_PAUSE_S
+    won = ctx.store.claim(ctx.run_id, [f"delay-io:{c}" for c in children])
+    pending = [c for c, w in zip(children, won, strict=True) if w]
+    ready: list[int] = []
+    if len(pending) < len(children):
+        lost = [FanIn(c, task, len(parents[c])) for c in children if c not in pending]
+        ready += commit_output(branch, task, value, lost, metrics)
+    while pending:
+        progress = ctx.store.fan_in_progress(ctx.run_id, pending)
+        last = [c for c, n in zip(pending, progress, strict=True) if n == len(parents[c]) - 1]
+        if last:
+            marks = [FanIn(c, task, len(parents[c])) for c in last]
+            ready += ctx.store.commit(ctx.run_id, {}, marks).ready
+            pending = [c for c in pending if c not in last]
+        if not pending or time.monotonic() + pause > deadline:
+            break
+        time.sleep(pause)
+        pause = min(pause * 2, _DELAY_IO_MAX_PAUSE_S)
+    if pending:
+        fan_ins = [FanIn(c, task, len(parents[c])) for c in pending]
+        ready += commit_output(branch, task, value, fan_ins, metrics)
+    return ready
 
 
 def inlinable(branch: Branch, value: Any) -> bool:
@@ -191,15 +286,17 @@ def inlinable(branch: Branch, value: Any) -> bool:
 def commit_output(
     branch: Branch, task: int, value: Any, fan_ins: list[FanIn], metrics: TaskMetrics
 ) -> list[int]:
-    """Write the output, then mark the fan-ins, in one store round-trip (with any batched
-    events). Returns the fan-in dependents this worker's mark made ready."""
+    """Write the output (once per branch), then mark the fan-ins, in one store
+    round-trip with any batched events. Returns the dependents the marks made ready."""
     ctx = branch.ctx
     started = time.perf_counter()
     events, branch.pending = branch.pending, []
-    result = ctx.store.commit(ctx.run_id, {output_key(task): value}, fan_ins, events)
+    writes = {} if task in branch.written else {output_key(task): value}
+    result = ctx.store.commit(ctx.run_id, writes, fan_ins, events)
+    branch.written.add(task)
     branch.last_flush = time.monotonic()
-    metrics.write_s = time.perf_counter() - started
-    metrics.written_bytes = result.bytes_written
+    metrics.write_s += time.perf_counter() - started
+    metrics.written_bytes += result.bytes_written
     return result.ready
 
 
@@ -233,14 +330,12 @@ def inline_inputs(branch: Branch, child: int) -> dict[int, Any]:
     }
 
 
-def keep_only_inputs_of(branch: Branch, task: int | None) -> None:
+def keep_only_inputs_of(branch: Branch, tasks: Iterable[int]) -> None:
     """Drop values no longer needed here: everything else was routed already (written,
-    inlined into an invocation, or is read by the task we continue with)."""
-    if task is None:
-        branch.local.clear()
-        return
-    needed = branch.ctx.dag.parents[task]
-    branch.local = {p: branch.local[p] for p in needed if p in branch.local}
+    inlined into an invocation, or is read by a task this worker runs next)."""
+    parents = branch.ctx.dag.parents
+    local = branch.local
+    branch.local = {p: local[p] for t in tasks for p in parents[t] if p in local}
 
 
 def flush_events(branch: Branch) -> None:

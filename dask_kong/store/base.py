@@ -105,6 +105,16 @@ class Store(Protocol):
         """Whether `key` was written (a late worker checks this, never a notification)."""
         ...
 
+    def claim(self, run_id: str, names: Sequence[str]) -> list[bool]:
+        """For each name, True only for the first caller ever to claim it in this run
+        (e.g. the one parent of a fan-in allowed to delay its I/O)."""
+        ...
+
+    def fan_in_progress(self, run_id: str, children: Sequence[int]) -> list[int]:
+        """How many distinct parents have marked each child's fan-in so far (delayed I/O
+        polls this to learn whether it is the last parent)."""
+        ...
+
     def sizes(self, run_id: str, keys: Sequence[str]) -> list[int]:
         """Stored size in bytes of each key (0 when absent): for metrics and planning."""
         ...

@@ -26,6 +26,7 @@ class _RunState:
     fan_ins: dict[int, set[int]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     heartbeats: dict[str, tuple[float, int]] = field(default_factory=dict)
+    claims: set[str] = field(default_factory=set)
     cancelled: bool = False
 
 
@@ -91,6 +92,19 @@ class MemoryStore:
         with self._lock:
             run = self._runs.get(run_id)
             return run is not None and key in run.values
+
+    def claim(self, run_id: str, names: Sequence[str]) -> list[bool]:
+        with self._lock:
+            claims = self._run(run_id).claims
+            won = [name not in claims for name in names]
+            claims.update(names)
+        return won
+
+    def fan_in_progress(self, run_id: str, children: Sequence[int]) -> list[int]:
+        with self._lock:
+            run = self._runs.get(run_id)
+            fan_ins = run.fan_ins if run is not None else {}
+            return [len(fan_ins.get(c, ())) for c in children]
 
     def sizes(self, run_id: str, keys: Sequence[str]) -> list[int]:
         with self._lock:

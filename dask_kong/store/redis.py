@@ -39,7 +39,14 @@ from redis.exceptions import AuthenticationError, NoScriptError
 from redis.retry import Retry
 
 from .. import config, serialize
-from ..constants import CANCEL_KEY, EVENTS_KEY, HEARTBEATS_KEY, fan_in_key, run_prefix
+from ..constants import (
+    CANCEL_KEY,
+    EVENTS_KEY,
+    HEARTBEATS_KEY,
+    claim_key,
+    fan_in_key,
+    run_prefix,
+)
 from ..errors import StoreUnavailableError
 from . import lua
 from .base import CommitResult, Event, FanIn, MissingKeyError
@@ -259,6 +266,34 @@ class RedisStore:
             f"check {key!r} of run {run_id}", functools.partial(self._client.exists, full_key)
         )
         return bool(count)
+
+    def claim(self, run_id: str, names: Sequence[str]) -> list[bool]:
+        if not names:
+            return []
+        prefix = run_prefix(run_id)
+
+        def set_nx_all() -> list[bool]:
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.set(prefix + claim_key(name), b"1", nx=True, ex=self.key_ttl_s)
+            return [bool(won) for won in pipe.execute()]
+
+        # A retry after a lost reply may report a claim we made as lost: the caller then
+        # takes the ordinary path (write, then mark), which is always correct.
+        return self._call(f"claims in run {run_id}", set_nx_all)
+
+    def fan_in_progress(self, run_id: str, children: Sequence[int]) -> list[int]:
+        if not children:
+            return []
+        prefix = run_prefix(run_id)
+
+        def scard_all() -> list[int]:
+            pipe = self._client.pipeline(transaction=False)
+            for child in children:
+                pipe.scard(prefix + fan_in_key(child))
+            return [int(n) for n in pipe.execute()]
+
+        return self._call(f"fan-in progress in run {run_id}", scard_all)
 
     def sizes(self, run_id: str, keys: Sequence[str]) -> list[int]:
         if not keys:

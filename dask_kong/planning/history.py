@@ -1,0 +1,500 @@
+"""Metrics history: bounded summaries of earlier runs, which predictions are made from.
+
+Nothing here grows with the number of runs. Observations are grouped, and each group
+keeps, per metric, a count and a sum (for means) and a window of the latest
+`kong.planning.history_samples` samples (for percentiles):
+
+* ``fn/<resource>/<function>``, per task function (``key_split`` of its key) and resource
+  config: execution seconds per task and per input byte, output bytes, output/input ratio;
+* ``res/<resource>``, per resource config: read and write throughput (bytes/s), seconds
+  per read and per write (when sizes are unknown), invocation latency, cold and warm
+  worker start-up;
+* ``shape/<shape hash>``, per DAG shape: observed and predicted makespans, and the
+  relative error of the prediction.
+
+So the stored size is bounded by (functions x configs + configs + shapes) x metrics x
+window, however many runs are recorded. `MemoryHistory` keeps the groups in this process
+(at most `kong.planning.memory_history_groups`, least recently used dropped first);
+`RedisHistory` keeps them in Redis, one hash of counts and sums and one capped list per
+metric, outliving runs (each key expires `kong.planning.history_ttl_s` after the last
+record that touched it). Recording a run is one pipelined round-trip; so is a look-up.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import redis
+from dask.utils import key_split
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .. import config
+from ..dag import DAG
+from ..errors import StoreUnavailableError
+from ..metrics.records import RunSummary, TaskMetrics
+from ..store.redis import RetryPolicy, describe_address
+from .plan import Plan
+
+logger = logging.getLogger("dask_kong.planning")
+
+T = TypeVar("T")
+
+#: Prefix of every history key in Redis. History is not run-scoped: no run id in it.
+DEFAULT_PREFIX = "kong:history:"
+
+
+class Metric(enum.StrEnum):
+    """What a history group summarises. Durations in seconds, sizes in bytes."""
+
+    # per (function, resource config)
+    EXEC_S = "exec_s"  # execution time of one task
+    EXEC_S_PER_BYTE = "exec_s_per_byte"  # execution time / input bytes (sizes known)
+    OUTPUT_BYTES = "output_bytes"  # size of one task's output
+    OUTPUT_RATIO = "output_ratio"  # output bytes / input bytes
+    # per resource config
+    READ_BPS = "read_bps"  # bytes read from the store per second of reading
+    WRITE_BPS = "write_bps"  # bytes written to the store per second of writing
+    READ_S = "read_s"  # one task's store read, for when sizes are unknown
+    WRITE_S = "write_s"  # one task's store write, for when sizes are unknown
+    INVOKE_S = "invoke_s"  # one invocation, as seen by the invoking worker
+    STARTUP_COLD_S = "startup_cold_s"  # a new worker's start-up (fed by the runtime)
+    STARTUP_WARM_S = "startup_warm_s"  # a warm worker's start-up (fed by the runtime)
+    # per DAG shape
+    MAKESPAN_S = "makespan_s"  # observed makespan of a run
+    PREDICTED_MAKESPAN_S = "predicted_makespan_s"  # the plan's prediction for that run
+    MAKESPAN_ERROR = "makespan_error"  # |predicted - observed| / observed
+
+
+FUNCTION_METRICS = (
+    Metric.EXEC_S,
+    Metric.EXEC_S_PER_BYTE,
+    Metric.OUTPUT_BYTES,
+    Metric.OUTPUT_RATIO,
+)
+RESOURCE_METRICS = (
+    Metric.READ_BPS,
+    Metric.WRITE_BPS,
+    Metric.READ_S,
+    Metric.WRITE_S,
+    Metric.INVOKE_S,
+    Metric.STARTUP_COLD_S,
+    Metric.STARTUP_WARM_S,
+)
+SHAPE_METRICS = (Metric.MAKESPAN_S, Metric.PREDICTED_MAKESPAN_S, Metric.MAKESPAN_ERROR)
+
+
+def function_group(function: str, resource: str) -> str:
+    """Group of a task function on a resource config (config names contain no '/')."""
+    return f"fn/{resource}/{function}"
+
+
+def resource_group(resource: str) -> str:
+    return f"res/{resource}"
+
+
+def shape_group(shape_hash: str) -> str:
+    return f"shape/{shape_hash}"
+
+
+def group_metrics(group: str) -> tuple[Metric, ...]:
+    """The metrics a group can hold, from its kind."""
+    kind = group.split("/", 1)[0]
+    return {"fn": FUNCTION_METRICS, "res": RESOURCE_METRICS, "shape": SHAPE_METRICS}[kind]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) of `values`, interpolating linearly between the two
+    closest ranks (numpy's default), so p50 of [1, 2, 3, 4] is 2.5."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * min(100.0, max(0.0, q)) / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """One group's summary: per metric, observations ever, their sum, the latest samples."""
+
+    counts: Mapping[Metric, int]
+    sums: Mapping[Metric, float]
+    samples: Mapping[Metric, tuple[float, ...]]
+
+    def count(self, metric: Metric) -> int:
+        return self.counts.get(metric, 0)
+
+    def mean(self, metric: Metric) -> float | None:
+        n = self.count(metric)
+        return self.sums.get(metric, 0.0) / n if n else None
+
+    def percentile(self, metric: Metric, q: float) -> float | None:
+        """The q-th percentile of the latest samples (None without samples)."""
+        values = self.samples.get(metric, ())
+        return percentile(values, q) if values else None
+
+
+#: Per group, per metric: the values observed by one record.
+Observations = dict[str, dict[Metric, list[float]]]
+
+
+@runtime_checkable
+class History(Protocol):
+    """Where metrics of earlier runs are summarised; what `Predictor` reads."""
+
+    def record(self, dag: DAG, summary: RunSummary, plan: Plan | None = None) -> None:
+        """Add one finished run: its per-task metrics and, if given, its plan's prediction."""
+        ...
+
+    def record_startup(self, resource: str, cold: bool, seconds: float) -> None:
+        """Add one worker start-up of `resource` (the runtime measures these)."""
+        ...
+
+    def function_stats(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Stats]:
+        """Stats of each known (function, resource) pair; unknown pairs are left out."""
+        ...
+
+    def resource_stats(self, resources: Iterable[str]) -> dict[str, Stats]:
+        """Stats of each known resource config; unknown ones are left out."""
+        ...
+
+    def shape_stats(self, shape_hash: str) -> Stats | None:
+        """Stats of a DAG shape, None before its first recorded run."""
+        ...
+
+
+def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Observations:
+    """What one run tells the history, grouped and ready to apply.
+
+    A task's input bytes are the sum of its parents' output sizes, known only when every
+    parent reported one (TaskMetrics.output_bytes > 0); otherwise, and for roots (whose
+    inputs are data), only the per-task execution time is recorded.
+    """
+    metrics = summary.task_metrics
+    obs: Observations = {}
+
+    def add(group: str, metric: Metric, value: float) -> None:
+        if math.isfinite(value):
+            obs.setdefault(group, {}).setdefault(metric, []).append(value)
+
+    for task, m in metrics.items():
+        resource = plan.tasks[task].resource if plan is not None else "default"
+        group = function_group(key_split(dag.keys[task]), resource)
+        add(group, Metric.EXEC_S, m.exec_s)
+        input_bytes = known_input_bytes(dag, metrics, task)
+        if m.output_bytes > 0:
+            add(group, Metric.OUTPUT_BYTES, m.output_bytes)
+        if input_bytes:
+            add(group, Metric.EXEC_S_PER_BYTE, m.exec_s / input_bytes)
+            if m.output_bytes > 0:
+                add(group, Metric.OUTPUT_RATIO, m.output_bytes / input_bytes)
+        observe_io(obs, resource_group(resource), m, add)
+    observe_makespan(summary, plan, add)
+    return obs
+
+
+def known_input_bytes(dag: DAG, metrics: Mapping[int, TaskMetrics], task: int) -> int | None:
+    """Sum of the parents' output sizes; None when a parent's size is unknown or no
+    parent is a task."""
+    parents = dag.parents[task]
+    sizes = [metrics[p].output_bytes if p in metrics else 0 for p in parents]
+    if not sizes or min(sizes) <= 0:
+        return None
+    return sum(sizes)
+
+
+def observe_io(
+    obs: Observations, group: str, m: TaskMetrics, add: Callable[[str, Metric, float], None]
+) -> None:
+    """Store throughput and invocation latency seen by one task's worker."""
+    if m.read_s > 0 and m.read_bytes > 0:
+        add(group, Metric.READ_BPS, m.read_bytes / m.read_s)
+        add(group, Metric.READ_S, m.read_s)
+    if m.write_s > 0 and m.written_bytes > 0:
+        add(group, Metric.WRITE_BPS, m.written_bytes / m.write_s)
+        add(group, Metric.WRITE_S, m.write_s)
+    if m.invocations > 0:
+        add(group, Metric.INVOKE_S, m.invoke_s / m.invocations)
+
+
+def observe_makespan(
+    summary: RunSummary, plan: Plan | None, add: Callable[[str, Metric, float], None]
+) -> None:
+    if not summary.shape_hash:
+        return
+    group = shape_group(summary.shape_hash)
+    add(group, Metric.MAKESPAN_S, summary.makespan_s)
+    predicted = plan.predicted_makespan_s if plan is not None else None
+    if predicted is not None:
+        add(group, Metric.PREDICTED_MAKESPAN_S, predicted)
+        if summary.makespan_s > 0:
+            add(group, Metric.MAKESPAN_ERROR, abs(predicted - summary.makespan_s) / summary.makespan_s)
+
+
+def bounded_sample(values: list[float], size: int) -> list[float]:
+    """At most `size` of `values`: all of them, or a uniform random subset when a run
+    brought more, so that a window is not filled by one run's last tasks alone."""
+    return values if len(values) <= size else random.sample(values, size)
+
+
+class SummaryHistory:
+    """What both histories share: turning runs into observations, and typed look-ups.
+    Subclasses store observations (`_apply`) and read groups back (`_read`)."""
+
+    def __init__(self, samples: int | None = None) -> None:
+        #: Samples kept per metric of a group (the percentile window).
+        self.samples = int(config.get("planning.history_samples", samples))
+        if self.samples < 1:
+            raise ValueError(f"history_samples must be at least 1, not {self.samples}")
+
+    def record(self, dag: DAG, summary: RunSummary, plan: Plan | None = None) -> None:
+        self._apply(observe_run(dag, summary, plan))
+
+    def record_startup(self, resource: str, cold: bool, seconds: float) -> None:
+        metric = Metric.STARTUP_COLD_S if cold else Metric.STARTUP_WARM_S
+        self._apply({resource_group(resource): {metric: [seconds]}})
+
+    def function_stats(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Stats]:
+        groups = {function_group(f, r): (f, r) for f, r in pairs}
+        return {groups[g]: stats for g, stats in self._read(list(groups)).items()}
+
+    def resource_stats(self, resources: Iterable[str]) -> dict[str, Stats]:
+        groups = {resource_group(r): r for r in resources}
+        return {groups[g]: stats for g, stats in self._read(list(groups)).items()}
+
+    def shape_stats(self, shape_hash: str) -> Stats | None:
+        return self._read([shape_group(shape_hash)]).get(shape_group(shape_hash))
+
+    def _apply(self, obs: Observations) -> None:
+        raise NotImplementedError
+
+    def _read(self, groups: Sequence[str]) -> dict[str, Stats]:
+        raise NotImplementedError
+
+
+@dataclass
+class _MemoryGroup:
+    counts: dict[Metric, int]
+    sums: dict[Metric, float]
+    windows: dict[Metric, deque[float]]
+
+
+class MemoryHistory(SummaryHistory):
+    """History in this process (embedded mode, tests): gone when the process ends."""
+
+    def __init__(self, samples: int | None = None, max_groups: int | None = None) -> None:
+        super().__init__(samples)
+        self.max_groups = int(config.get("planning.memory_history_groups", max_groups))
+        self._groups: OrderedDict[str, _MemoryGroup] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryHistory({len(self._groups)} groups)"
+
+    def _apply(self, obs: Observations) -> None:
+        with self._lock:
+            for name, by_metric in obs.items():
+                group = self._groups.get(name)
+                if group is None:
+                    group = self._groups[name] = _MemoryGroup({}, {}, {})
+                self._groups.move_to_end(name)
+                for metric, values in by_metric.items():
+                    group.counts[metric] = group.counts.get(metric, 0) + len(values)
+                    group.sums[metric] = group.sums.get(metric, 0.0) + sum(values)
+                    window = group.windows.setdefault(metric, deque(maxlen=self.samples))
+                    window.extend(bounded_sample(values, self.samples))
+            while len(self._groups) > self.max_groups:
+                self._groups.popitem(last=False)
+
+    def _read(self, groups: Sequence[str]) -> dict[str, Stats]:
+        with self._lock:
+            found = {}
+            for name in groups:
+                group = self._groups.get(name)
+                if group is not None:
+                    found[name] = Stats(
+                        dict(group.counts),
+                        dict(group.sums),
+                        {m: tuple(w) for m, w in group.windows.items()},
+                    )
+            return found
+
+    def stored_size(self) -> tuple[int, int]:
+        """(groups, samples held in all windows): constant once every group is full."""
+        with self._lock:
+            samples = sum(len(w) for g in self._groups.values() for w in g.windows.values())
+            return len(self._groups), samples
+
+
+class RedisHistory(SummaryHistory):
+    """History in Redis, shared by every client of that Redis and kept across runs.
+
+    Per group: a hash ``<prefix><group>`` with fields ``n:<metric>`` (HINCRBY) and
+    ``sum:<metric>`` (HINCRBYFLOAT), and a list ``<prefix><group>:w:<metric>`` of the
+    latest samples (LPUSH then LTRIM to the window). Increments and pushes commute, so
+    concurrent recorders never lose an observation.
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        ttl_s: float | None = None,
+        samples: int | None = None,
+    ) -> None:
+        super().__init__(samples)
+        self.prefix = prefix
+        self.ttl_s = max(1, math.ceil(float(config.get("planning.history_ttl_s", ttl_s))))
+        self._retry = RetryPolicy.from_config()
+        self._owned_pool: redis.ConnectionPool | None = None
+        if isinstance(url_or_client, str):
+            # Same connection settings as RedisStore: our `_call` retries, redis-py must not.
+            self._owned_pool = redis.ConnectionPool.from_url(
+                url_or_client,
+                socket_timeout=float(config.get("store.socket_timeout_s")),
+                socket_connect_timeout=float(config.get("store.connect_timeout_s")),
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._client = redis.Redis(connection_pool=self._owned_pool)
+        else:
+            self._client = url_or_client
+        #: Where the server is, safe to log: host:port or unix:path.
+        self.address = describe_address(self._client.connection_pool.connection_kwargs)
+
+    def __repr__(self) -> str:
+        return f"RedisHistory({self.address}, prefix={self.prefix!r})"
+
+    def hash_key(self, group: str) -> str:
+        return self.prefix + group
+
+    def window_key(self, group: str, metric: Metric) -> str:
+        return f"{self.prefix}{group}:w:{metric}"
+
+    def _apply(self, obs: Observations) -> None:
+        if not obs:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for group, by_metric in obs.items():
+            key = self.hash_key(group)
+            for metric, values in by_metric.items():
+                window = self.window_key(group, metric)
+                pipe.hincrby(key, f"n:{metric}", len(values))
+                pipe.hincrbyfloat(key, f"sum:{metric}", sum(values))
+                pipe.lpush(window, *bounded_sample(values, self.samples))
+                pipe.ltrim(window, 0, self.samples - 1)
+                pipe.expire(window, self.ttl_s)
+            pipe.expire(key, self.ttl_s)
+        # Not idempotent (a retry after a lost reply may count a run twice): harmless for
+        # statistics, and far cheaper than a token per record.
+        self._call("record metrics history", pipe.execute)
+
+    def _read(self, groups: Sequence[str]) -> dict[str, Stats]:
+        if not groups:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        for group in groups:
+            pipe.hgetall(self.hash_key(group))
+            for metric in group_metrics(group):
+                pipe.lrange(self.window_key(group, metric), 0, self.samples - 1)
+        replies: list[Any] = self._call("read metrics history", pipe.execute)
+        found = {}
+        position = 0
+        for group in groups:
+            fields = replies[position]
+            metrics = group_metrics(group)
+            windows = replies[position + 1 : position + 1 + len(metrics)]
+            position += 1 + len(metrics)
+            if fields:
+                found[group] = _decode_stats(fields, dict(zip(metrics, windows, strict=True)))
+        return found
+
+    def close(self) -> None:
+        """Disconnect the pool this history opened (a client passed in is left alone)."""
+        if self._owned_pool is not None:
+            self._owned_pool.disconnect()
+
+    def _call(self, what: str, operation: Callable[[], T]) -> T:
+        """Run `operation`, retrying lost connections with backoff (as RedisStore does,
+        with the same kong.store.retries policy); then give up loudly."""
+        attempt = 0
+        while True:
+            try:
+                return operation()
+            except redis.AuthenticationError as exc:
+                raise StoreUnavailableError(
+                    f"Redis at {self.address} refused our credentials ({what}): {exc}"
+                ) from exc
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt >= self._retry.retries:
+                    raise StoreUnavailableError(
+                        f"Redis at {self.address} unreachable after {attempt + 1} attempts "
+                        f"({what}): {exc}"
+                    ) from exc
+                delay = self._retry.delay_s(attempt)
+                attempt += 1
+                logger.warning(
+                    "Redis at %s: %s failed (%s); retry %d/%d in %.2f s",
+                    self.address,
+                    what,
+                    exc,
+                    attempt,
+                    self._retry.retries,
+                    delay,
+                )
+                time.sleep(delay)
+
+
+def _decode_stats(fields: Mapping[bytes, bytes], windows: Mapping[Metric, list[bytes]]) -> Stats:
+    counts: dict[Metric, int] = {}
+    sums: dict[Metric, float] = {}
+    for raw_name, raw_value in fields.items():
+        kind, _, name = raw_name.decode().partition(":")
+        try:
+            metric = Metric(name)
+        except ValueError:
+            continue  # a metric that a newer version records: not ours to read
+        if kind == "n":
+            counts[metric] = int(raw_value)
+        elif kind == "sum":
+            sums[metric] = float(raw_value)
+    samples = {m: tuple(float(v) for v in values) for m, values in windows.items() if values}
+    return Stats(counts, sums, samples)
+
+
+def record_run(history: History | None, dag: DAG, plan: Plan | None, summary: RunSummary) -> bool:
+    """Add a finished run to `history` (None: nothing to do). Call it after every run.
+
+    A history that cannot be written never fails the run whose results are already in
+    hand: the error is logged and False returned.
+    """
+    if history is None or not summary.succeeded:
+        return False
+    try:
+        history.record(dag, summary, plan)
+    except Exception as exc:
+        logger.warning("could not record run %s in the metrics history: %s", summary.run_id, exc)
+        return False
+    return True
+
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "History",
+    "MemoryHistory",
+    "Metric",
+    "RedisHistory",
+    "Stats",
+    "record_run",
+]

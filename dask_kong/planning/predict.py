@@ -1,0 +1,216 @@
+"""Predictions for planners, from the metrics history of earlier runs.
+
+`Predictor` answers, per task and resource config: execution seconds (seconds per input
+byte x input bytes, or seconds per task when sizes are unknown), output bytes, transfer
+seconds (bytes / store throughput) and worker start-up seconds (cold or warm). Every
+answer is None when the history knows nothing that applies: planners must cope.
+
+Values are taken at the SLA percentile ("p50", "p90", ..., or "mean"). For durations and
+sizes a higher percentile is more conservative; for throughputs the mirrored percentile
+is (p90 of a transfer's time is p10 of the throughput), so `sla` always means "how
+pessimistic".
+
+Across resource configs: execution time is normalised by `scale_exec_s` (Amdahl's law
+over the configs' cpus), and a config with fewer than `kong.planning.min_samples`
+samples of a metric borrows the nearest config that has enough (`nearest_resources`:
+closest cpus, then closest memory). Sizes, throughputs and start-ups are borrowed as is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from .. import config
+from .history import History, Metric, Stats
+from .plan import ResourceSpec
+
+_SLA_PATTERN = re.compile(r"p(\d+(?:\.\d+)?)")
+# Metrics where larger is better: the conservative end is the low percentile.
+_HIGHER_IS_BETTER = frozenset({Metric.READ_BPS, Metric.WRITE_BPS})
+
+
+def parse_sla(sla: str) -> float | None:
+    """The percentile (0..100) an SLA names: "p90" -> 90.0; "mean" -> None."""
+    if sla == "mean":
+        return None
+    match = _SLA_PATTERN.fullmatch(sla)
+    if match is None or float(match.group(1)) > 100:
+        raise ValueError(f"unknown SLA {sla!r}: use 'mean' or a percentile such as 'p50', 'p90'")
+    return float(match.group(1))
+
+
+def scale_exec_s(seconds: float, from_cpus: int, to_cpus: int, parallel_fraction: float) -> float:
+    """Execution time observed on `from_cpus` cpus, predicted for `to_cpus` (Amdahl).
+
+    A task whose work is a fraction f parallel takes t1 * ((1 - f) + f / c) on c cpus.
+    f = 1 (kong.planning.parallel_fraction's default) is pure CPU-bound parallel work:
+    time scales with 1 / cpus; f = 0 is single-threaded Python: no change.
+    """
+    if from_cpus < 1 or to_cpus < 1:
+        raise ValueError(f"cpus must be at least 1 (got {from_cpus} and {to_cpus})")
+    f = min(1.0, max(0.0, parallel_fraction))
+    return seconds * ((1 - f) + f / to_cpus) / ((1 - f) + f / from_cpus)
+
+
+def nearest_resources(
+    target: ResourceSpec, resources: Sequence[ResourceSpec]
+) -> list[ResourceSpec]:
+    """`resources` from the most to the least like `target`: closest cpus first, then
+    closest memory; between two equally near, the weaker first, since its timings err on
+    the slow (safe) side."""
+    return sorted(
+        resources,
+        key=lambda r: (
+            abs(r.cpus - target.cpus),
+            abs(r.memory_mb - target.memory_mb),
+            r.cpus,
+            r.memory_mb,
+            r.name,
+        ),
+    )
+
+
+class Predictor:
+    """Predictions at one SLA from one history, for the configs in `resources`.
+
+    Look-ups are cached: call `prefetch` with every function of a DAG first, so that a
+    Redis history answers in one round-trip instead of one per function.
+    """
+
+    def __init__(
+        self,
+        history: History | None,
+        sla: str = "p50",
+        resources: Sequence[ResourceSpec] = (ResourceSpec("default", 1024, 1),),
+        *,
+        min_samples: int | None = None,
+        parallel_fraction: float | None = None,
+    ) -> None:
+        self.history = history
+        self.sla = sla
+        self.quantile = parse_sla(sla)
+        self.resources = {r.name: r for r in resources}
+        self.min_samples = int(config.get("planning.min_samples", min_samples))
+        self.parallel_fraction = float(config.get("planning.parallel_fraction", parallel_fraction))
+        self._functions: dict[str, dict[str, Stats]] = {}
+        self._resource_stats: dict[str, Stats] | None = None
+
+    # -- look-ups -------------------------------------------------------------------
+
+    def prefetch(self, functions: Iterable[str]) -> None:
+        """Load the stats of `functions` on every config (one history look-up)."""
+        missing = sorted(set(functions) - set(self._functions))
+        if not missing:
+            return
+        found = {}
+        if self.history is not None:
+            pairs = [(f, r) for f in missing for r in self.resources]
+            found = self.history.function_stats(pairs)
+        for function in missing:
+            self._functions[function] = {r: found[(function, r)] for r in self.resources if (function, r) in found}
+
+    def knows(self, function: str) -> bool:
+        """Whether any config has history of `function`."""
+        self.prefetch([function])
+        return bool(self._functions[function])
+
+    def _resources(self) -> dict[str, Stats]:
+        if self._resource_stats is None:
+            found = self.history.resource_stats(self.resources) if self.history else {}
+            self._resource_stats = found
+        return self._resource_stats
+
+    def pick(
+        self, by_resource: dict[str, Stats], resource: str, metric: Metric
+    ) -> tuple[ResourceSpec, Stats] | None:
+        """The config whose samples of `metric` stand in for `resource`: itself with
+        enough samples, else the nearest with enough, else the nearest with any."""
+        target = self.resources[resource]
+        ranked = nearest_resources(target, list(self.resources.values()))
+        with_samples = [
+            r for r in ranked if r.name in by_resource and by_resource[r.name].count(metric)
+        ]
+        for spec in with_samples:
+            if by_resource[spec.name].count(metric) >= self.min_samples:
+                return spec, by_resource[spec.name]
+        if with_samples:
+            return with_samples[0], by_resource[with_samples[0].name]
+        return None
+
+    def value(self, stats: Stats, metric: Metric) -> float | None:
+        """`metric` at the SLA: its mean, or its (mirrored, for throughputs) percentile."""
+        if self.quantile is None:
+            return stats.mean(metric)
+        q = 100 - self.quantile if metric in _HIGHER_IS_BETTER else self.quantile
+        return stats.percentile(metric, q)
+
+    # -- predictions ----------------------------------------------------------------
+
+    def exec_s(self, function: str, resource: str, input_bytes: float | None = None) -> float | None:
+        """Execution seconds of one task of `function` on `resource`."""
+        self.prefetch([function])
+        by_resource = self._functions[function]
+        if input_bytes:
+            picked = self.pick(by_resource, resource, Metric.EXEC_S_PER_BYTE)
+            if picked is not None:
+                rate = self.value(picked[1], Metric.EXEC_S_PER_BYTE)
+                if rate is not None:
+                    return self._normalised(rate * input_bytes, picked[0], resource)
+        picked = self.pick(by_resource, resource, Metric.EXEC_S)
+        if picked is None:
+            return None
+        seconds = self.value(picked[1], Metric.EXEC_S)
+        return None if seconds is None else self._normalised(seconds, picked[0], resource)
+
+    def _normalised(self, seconds: float, observed_on: ResourceSpec, resource: str) -> float:
+        target = self.resources[resource]
+        return scale_exec_s(seconds, observed_on.cpus, target.cpus, self.parallel_fraction)
+
+    def output_bytes(
+        self, function: str, resource: str, input_bytes: float | None = None
+    ) -> float | None:
+        """Output size of one task of `function`: output/input ratio x input bytes, or the
+        typical output size when the input size is unknown."""
+        self.prefetch([function])
+        by_resource = self._functions[function]
+        if input_bytes:
+            picked = self.pick(by_resource, resource, Metric.OUTPUT_RATIO)
+            if picked is not None:
+                ratio = self.value(picked[1], Metric.OUTPUT_RATIO)
+                if ratio is not None:
+                    return ratio * input_bytes
+        picked = self.pick(by_resource, resource, Metric.OUTPUT_BYTES)
+        return None if picked is None else self.value(picked[1], Metric.OUTPUT_BYTES)
+
+    def transfer_s(self, nbytes: float | None, source: str, dest: str) -> float | None:
+        """Seconds to move an output: written by a worker of `source`, read by one of
+        `dest`. With the size unknown, the typical time of one write and one read."""
+        write = self._io_s(nbytes, source, Metric.WRITE_BPS, Metric.WRITE_S)
+        read = self._io_s(nbytes, dest, Metric.READ_BPS, Metric.READ_S)
+        if write is None and read is None:
+            return None
+        return (write or 0.0) + (read or 0.0)
+
+    def _io_s(
+        self, nbytes: float | None, resource: str, rate: Metric, per_op: Metric
+    ) -> float | None:
+        stats = self._resources()
+        if nbytes is not None:
+            picked = self.pick(stats, resource, rate)
+            bps = self.value(picked[1], rate) if picked else None
+            if bps:
+                return nbytes / bps
+        picked = self.pick(stats, resource, per_op)
+        return self.value(picked[1], per_op) if picked else None
+
+    def startup_s(self, resource: str, cold: bool) -> float | None:
+        """Seconds from invocation to a worker of `resource` running its first task."""
+        metric = Metric.STARTUP_COLD_S if cold else Metric.STARTUP_WARM_S
+        picked = self.pick(self._resources(), resource, metric)
+        return self.value(picked[1], metric) if picked else None
+
+    def invoke_s(self, resource: str) -> float | None:
+        """Seconds a worker of `resource` spends invoking another."""
+        picked = self.pick(self._resources(), resource, Metric.INVOKE_S)
+        return self.value(picked[1], Metric.INVOKE_S) if picked else None

@@ -1,0 +1,223 @@
+"""Predicted timelines: which worker runs each task, and when (a forward pass).
+
+The model follows WUKONG. A worker runs a chain of tasks: after a task it continues
+("becomes") one dependent; every other dependent starts a new worker. `assign_workers`
+continues each task on the worker of its parent with the largest (predicted) output,
+if that worker has not already continued with another child, else the next largest,
+else a new worker. Moving an output between workers costs a transfer (write + read);
+an output that stays in its worker costs nothing.
+
+`simulate` then walks the DAG in topological order (task indices are one):
+
+    arrival(p -> t) = end(p) + (0 if p ran on t's worker else transfer(p))
+    start(t)        = max(arrival(p -> t) for parents p, default 0)
+                      + (invoke + start-up, if t is its worker's first task)
+    end(t)          = start(t) + exec(t on its worker's resource config)
+
+Start-up is predicted cold for a worker of the default config and warm for any other
+config (planners pre-warm those: Optimization.PREWARM). Unknown predictions count as 0 s.
+The critical path runs from the latest-finishing output back through each task's
+binding parent: the one whose output arrived last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dask.utils import key_split
+
+from ..dag import DAG
+from .predict import Predictor
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Predicted bytes per task (None: unknown)."""
+
+    input_bytes: tuple[float | None, ...]
+    output_bytes: tuple[float | None, ...]
+
+
+def task_functions(dag: DAG) -> tuple[str, ...]:
+    """The history name of every task's function: `key_split` of its key."""
+    return tuple(key_split(key) for key in dag.keys)
+
+
+def predict_sizes(dag: DAG, predictor: Predictor, resource: str) -> Sizes:
+    """Input and output bytes of every task, outputs propagated through the DAG. A task's
+    input size is known only when all its parents' output sizes are (roots read data
+    nodes, whose sizes the history does not hold)."""
+    functions = task_functions(dag)
+    inputs: list[float | None] = []
+    outputs: list[float | None] = []
+    for task, parents in enumerate(dag.parents):
+        sizes = [outputs[p] for p in parents]
+        known = [s for s in sizes if s is not None]
+        input_bytes = sum(known) if parents and len(known) == len(sizes) else None
+        inputs.append(input_bytes)
+        outputs.append(predictor.output_bytes(functions[task], resource, input_bytes))
+    return Sizes(tuple(inputs), tuple(outputs))
+
+
+def assign_workers(dag: DAG, output_bytes: Sequence[float | None]) -> tuple[int, ...]:
+    """Worker number of every task (0, 1, ... in order of first task), WUKONG-style:
+    continue on the free worker of the parent with the largest output (ties: the lower
+    task index); a worker is free for a child while its last task is that parent."""
+    workers: list[int] = []
+    last_task: list[int] = []  # per worker
+    for task, parents in enumerate(dag.parents):
+        by_size = sorted(parents, key=lambda p: (-(output_bytes[p] or 0.0), p))
+        worker = next((workers[p] for p in by_size if last_task[workers[p]] == p), None)
+        if worker is None:
+            worker = len(last_task)
+            last_task.append(task)
+        else:
+            last_task[worker] = task
+        workers.append(worker)
+    return tuple(workers)
+
+
+def first_tasks(workers: Sequence[int]) -> dict[int, int]:
+    """Worker -> its first task."""
+    first: dict[int, int] = {}
+    for task, worker in enumerate(workers):
+        first.setdefault(worker, task)
+    return first
+
+
+class Estimates:
+    """Predictions for one DAG, cached: `simulate` asks them many times (non_uniform
+    re-simulates per candidate downgrade). Unknown values are None."""
+
+    def __init__(self, dag: DAG, predictor: Predictor, sizes: Sizes, default_resource: str):
+        self.dag = dag
+        self.predictor = predictor
+        self.sizes = sizes
+        self.default_resource = default_resource
+        self.functions = task_functions(dag)
+        self._exec: dict[tuple[int, str], float | None] = {}
+        self._transfer: dict[tuple[int, str, str], float | None] = {}
+        self._overhead: dict[str, float] = {}
+
+    def exec_s(self, task: int, resource: str) -> float | None:
+        key = (task, resource)
+        if key not in self._exec:
+            self._exec[key] = self.predictor.exec_s(
+                self.functions[task], resource, self.sizes.input_bytes[task]
+            )
+        return self._exec[key]
+
+    def transfer_s(self, task: int, source: str, dest: str) -> float | None:
+        """Moving `task`'s output from a worker of `source` to one of `dest`."""
+        key = (task, source, dest)
+        if key not in self._transfer:
+            self._transfer[key] = self.predictor.transfer_s(
+                self.sizes.output_bytes[task], source, dest
+            )
+        return self._transfer[key]
+
+    def overhead_s(self, resource: str) -> float:
+        """Invocation plus start-up before a new worker of `resource` runs its first task."""
+        if resource not in self._overhead:
+            cold = resource == self.default_resource
+            invoke = self.predictor.invoke_s(resource) or 0.0
+            self._overhead[resource] = invoke + (self.predictor.startup_s(resource, cold) or 0.0)
+        return self._overhead[resource]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """A predicted run: per task its worker, config, times; and the critical path."""
+
+    workers: tuple[int, ...]
+    resources: tuple[str, ...]
+    start: tuple[float, ...]
+    end: tuple[float, ...]
+    exec_s: tuple[float | None, ...]
+    overhead_s: tuple[float, ...]
+    #: Per task: parent -> when the parent's output is usable by the task's worker.
+    arrivals: tuple[dict[int, float], ...]
+    critical_path: tuple[int, ...]
+    makespan_s: float
+
+    def binding_parent(self, task: int) -> int | None:
+        """The parent whose output arrived last (ties: the lower index)."""
+        arrivals = self.arrivals[task]
+        if not arrivals:
+            return None
+        return max(arrivals, key=lambda p: (arrivals[p], -p))
+
+
+def simulate(
+    dag: DAG,
+    workers: Sequence[int],
+    worker_resources: Sequence[str],
+    estimates: Estimates,
+) -> Timeline:
+    """The forward pass described in the module docstring."""
+    first = first_tasks(workers)
+    n = len(dag)
+    resources = [worker_resources[w] for w in workers]
+    start = [0.0] * n
+    end = [0.0] * n
+    execs: list[float | None] = [None] * n
+    overheads = [0.0] * n
+    arrivals: list[dict[int, float]] = []
+    for task, parents in enumerate(dag.parents):
+        worker, resource = workers[task], resources[task]
+        arrived = {}
+        for p in parents:
+            moved = workers[p] != worker
+            transfer = estimates.transfer_s(p, resources[p], resource) if moved else 0.0
+            arrived[p] = end[p] + (transfer or 0.0)
+        arrivals.append(arrived)
+        if first[worker] == task:
+            overheads[task] = estimates.overhead_s(resource)
+        start[task] = max(arrived.values(), default=0.0) + overheads[task]
+        execs[task] = estimates.exec_s(task, resource)
+        end[task] = start[task] + (execs[task] or 0.0)
+    timeline = Timeline(
+        workers=tuple(workers),
+        resources=tuple(resources),
+        start=tuple(start),
+        end=tuple(end),
+        exec_s=tuple(execs),
+        overhead_s=tuple(overheads),
+        arrivals=tuple(arrivals),
+        critical_path=(),
+        makespan_s=max(end, default=0.0),
+    )
+    return _with_critical_path(dag, timeline)
+
+
+def _with_critical_path(dag: DAG, timeline: Timeline) -> Timeline:
+    outputs = dag.output_tasks or frozenset(range(len(dag)))
+    if not outputs:
+        return timeline
+    task: int | None = max(outputs, key=lambda t: (timeline.end[t], -t))
+    path = []
+    while task is not None:
+        path.append(task)
+        task = timeline.binding_parent(task)
+    return dataclasses.replace(timeline, critical_path=tuple(reversed(path)))
+
+
+def worker_slack(dag: DAG, timeline: Timeline) -> dict[int, float]:
+    """Per worker, how much later its tasks could finish without delaying the makespan
+    (the least slack of its tasks; a backward pass over the same model)."""
+    n = len(dag)
+    latest_end = [timeline.makespan_s] * n
+    latest_start = [0.0] * n
+    for task in reversed(range(n)):
+        for child in dag.children[task]:
+            delay = timeline.arrivals[child][task] - timeline.end[task]  # the transfer
+            bound = latest_start[child] - timeline.overhead_s[child] - delay
+            latest_end[task] = min(latest_end[task], bound)
+        latest_start[task] = latest_end[task] - (timeline.exec_s[task] or 0.0)
+    slack: dict[int, float] = {}
+    for task, worker in enumerate(timeline.workers):
+        task_slack = latest_end[task] - timeline.end[task]
+        slack[worker] = min(slack.get(worker, task_slack), task_slack)
+    return slack
