@@ -239,7 +239,11 @@ def observe_makespan(
     if predicted is not None:
         add(group, Metric.PREDICTED_MAKESPAN_S, predicted)
         if summary.makespan_s > 0:
-            add(group, Metric.MAKESPAN_ERROR, abs(predicted - summary.makespan_s) / summary.makespan_s)
+            add(
+                group,
+                Metric.MAKESPAN_ERROR,
+                abs(predicted - summary.makespan_s) / summary.makespan_s,
+            )
 
 
 def bounded_sample(values: list[float], size: int) -> list[float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..dag import DAG
+from .history import Metric
 from .plan import Optimization, Plan, PlanningContext, TaskPlan
 
 Planner = Callable[[DAG, PlanningContext], Plan]
@@ -36,7 +37,250 @@ def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:
     return Plan(planner="wukong", tasks=(task_plan,) * len(dag))
 
 
-PLANNERS: dict[str, Planner] = {"naive": plan_naive, "wukong": plan_wukong}
+# -- planners from predictions (octoflows-style) ------------------------------------------
+
+
+def plan_uniform(dag: DAG, context: PlanningContext) -> Plan:
+    """Every task on the default resource config, with predicted times, worker hints, the
+    critical path and per-task optimizations from the metrics history (see `schedule`).
+    Without history: WUKONG's plan with worker hints and no predictions."""
+    resource = context.default_resource
+    predictor = load_predictor(dag, context)
+    if predictor is None:
+        return unpredicted_plan("uniform", dag, context)
+    sizes = predict_sizes(dag, predictor, resource)
+    estimates = Estimates(dag, predictor, sizes, resource)
+    workers = assign_workers(dag, sizes.output_bytes)
+    timeline = simulate(dag, workers, [resource] * worker_count(workers), estimates)
+    return predicted_plan("uniform", dag, timeline, sizes, estimates, context, {})
+
+
+def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
+    """Per-worker resource configs: every worker starts on the strongest config (most
+    cpus, then memory); workers off the critical path are then downgraded to weaker
+    configs while the predicted makespan stays within kong.planning.downgrade_tolerance
+    of the all-strongest prediction. Without history: every task on the default config."""
+    predictor = load_predictor(dag, context)
+    if predictor is None:
+        return unpredicted_plan("non_uniform", dag, context)
+    by_strength = sorted(context.resources, key=lambda r: (r.cpus, r.memory_mb, r.name))
+    strongest = by_strength[-1]
+    sizes = predict_sizes(dag, predictor, context.default_resource)
+    estimates = Estimates(dag, predictor, sizes, context.default_resource)
+    workers = assign_workers(dag, sizes.output_bytes)
+    configs = [strongest.name] * worker_count(workers)
+    strong = simulate(dag, workers, configs, estimates)
+    tolerance = float(config.get("planning.downgrade_tolerance"))
+    timeline = downgrade_off_critical_path(
+        dag, strong, estimates, [r.name for r in by_strength[:-1]], tolerance
+    )
+    notes = downgrade_notes(strong, timeline, strongest.name, tolerance)
+    return predicted_plan("non_uniform", dag, timeline, sizes, estimates, context, notes)
+
+
+def downgrade_off_critical_path(
+    dag: DAG, strong: Timeline, estimates: Estimates, weaker: list[str], tolerance: float
+) -> Timeline:
+    """`strong` with as many workers off its critical path as possible moved to the
+    `weaker` configs (weakest first), keeping the makespan within `tolerance` of
+    `strong`'s. Workers with the most slack go first. Adding a downgrade never shortens
+    the predicted makespan, so for each config a binary search finds the longest
+    feasible run of candidates in O(log workers) simulations."""
+    bound = strong.makespan_s * (1 + tolerance) + 1e-9
+    configs = [strong.resources[first] for _, first in sorted(first_tasks(strong.workers).items())]
+    on_path = {strong.workers[t] for t in strong.critical_path}
+    slack = worker_slack(dag, strong)
+    candidates = sorted((w for w in slack if w not in on_path), key=lambda w: (-slack[w], w))
+    best = strong
+    for resource in weaker:
+
+        def trial(k: int, resource: str = resource) -> Timeline:
+            chosen = set(candidates[:k])
+            trial_configs = [resource if w in chosen else c for w, c in enumerate(configs)]
+            return simulate(dag, strong.workers, trial_configs, estimates)
+
+        low, high = 0, len(candidates)
+        while low < high:
+            mid = (low + high + 1) // 2
+            timeline = trial(mid)
+            if timeline.makespan_s <= bound:
+                low, best = mid, timeline
+            else:
+                high = mid - 1
+        for w in candidates[:low]:
+            configs[w] = resource
+        candidates = candidates[low:]
+    return best
+
+
+def downgrade_notes(
+    strong: Timeline, chosen: Timeline, strongest: str, tolerance: float
+) -> dict[str, str]:
+    configs = dict(zip(chosen.workers, chosen.resources, strict=True))
+    counts = Counter(configs.values())
+    on_path = sorted({chosen.workers[t] for t in strong.critical_path})
+    spread = ", ".join(f"{n} on {name}" for name, n in sorted(counts.items()))
+    downgraded = sum(n for name, n in counts.items() if name != strongest)
+    return {
+        "resources": (
+            f"{downgraded} of {len(configs)} workers downgraded from {strongest} "
+            f"({spread}); critical-path workers {on_path} stay on {strongest}"
+        ),
+        "makespan": (
+            f"predicted {chosen.makespan_s:.3g} s against {strong.makespan_s:.3g} s with every "
+            f"worker on {strongest} (tolerance {tolerance:.0%})"
+        ),
+    }
+
+
+# -- shared by the predicting planners ----------------------------------------------------
+
+
+def load_predictor(dag: DAG, context: PlanningContext) -> Predictor | None:
+    """A predictor with the history of this DAG's functions loaded (one look-up); None
+    when there is no history or it knows none of them."""
+    if context.history is None:
+        return None
+    predictor = Predictor(context.history, context.sla, context.resources)
+    functions = set(task_functions(dag))
+    predictor.prefetch(functions)
+    if not any(predictor.knows(f) for f in functions):
+        return None
+    return predictor
+
+
+def worker_count(workers: tuple[int, ...]) -> int:
+    return max(workers, default=-1) + 1
+
+
+def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
+    """WUKONG's plan on the default config, with worker hints from the DAG's structure
+    alone, and no predictions."""
+    workers = assign_workers(dag, [None] * len(dag))
+    resource = context.default_resource
+    return Plan(
+        planner=name,
+        tasks=tuple(TaskPlan(resource=resource, worker_hint=w) for w in workers),
+        notes={"predictions": f"no history for this DAG's functions: every task on {resource}"},
+    )
+
+
+def predicted_plan(
+    name: str,
+    dag: DAG,
+    timeline: Timeline,
+    sizes: Sizes,
+    estimates: Estimates,
+    context: PlanningContext,
+    notes: dict[str, str],
+) -> Plan:
+    """The plan a timeline describes, with its optimizations and what the notes say."""
+    flags = choose_optimizations(dag, timeline, estimates, context.default_resource)
+    tasks = tuple(
+        TaskPlan(
+            resource=timeline.resources[t],
+            optimizations=frozenset(flags[t]),
+            worker_hint=timeline.workers[t],
+            predicted_start_s=timeline.start[t],
+            predicted_end_s=timeline.end[t],
+            predicted_exec_s=timeline.exec_s[t],
+            predicted_output_bytes=None if size is None else round(size),
+        )
+        for t, size in enumerate(sizes.output_bytes)
+    )
+    notes = {**notes, **coverage_notes(dag, estimates, flags)}
+    shape = shape_note(context, dag)
+    if shape:
+        notes["history"] = shape
+    return Plan(
+        planner=name,
+        tasks=tasks,
+        critical_path=timeline.critical_path,
+        predicted_makespan_s=timeline.makespan_s,
+        notes=notes,
+    )
+
+
+def coverage_notes(
+    dag: DAG, estimates: Estimates, flags: list[set[Optimization]]
+) -> dict[str, str]:
+    notes = {}
+    unknown = sorted({f for f in estimates.functions if not estimates.predictor.knows(f)})
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        notes["predictions"] = f"no history for {shown}: their tasks count as 0 s"
+    if any(Optimization.TASK_DUP in f for f in flags):
+        notes["task-dup"] = "predicted times assume task-dup tasks wait for their slow parent"
+    return notes
+
+
+def shape_note(context: PlanningContext, dag: DAG) -> str:
+    """What the history says about earlier runs of this DAG's shape ('' when nothing)."""
+    stats = context.history.shape_stats(dag.shape_hash)
+    if stats is None or not stats.count(Metric.MAKESPAN_S):
+        return ""
+    runs = stats.count(Metric.MAKESPAN_S)
+    note = f"{runs} earlier runs of this shape, median makespan "
+    note += f"{stats.percentile(Metric.MAKESPAN_S, 50):.3g} s"
+    error = stats.percentile(Metric.MAKESPAN_ERROR, 50)
+    if error is not None:
+        note += f", median prediction error {error:.0%}"
+    return note
+
+
+def choose_optimizations(
+    dag: DAG, timeline: Timeline, estimates: Estimates, default_resource: str
+) -> list[set[Optimization]]:
+    """Per task, the optimizations the predictions justify (thresholds in kong.yaml)."""
+    flags: list[set[Optimization]] = [set() for _ in range(len(dag))]
+    for task in first_tasks(timeline.workers).values():
+        if timeline.resources[task] != default_resource:
+            flags[task].add(Optimization.PREWARM)
+    preload_wait_s = float(config.get("planning.preload_min_wait_s"))
+    dup_gain_s = float(config.get("planning.task_dup_min_gain_s"))
+    for task, arrived in enumerate(timeline.arrivals):
+        if len(arrived) < 2:
+            continue
+        if max(arrived.values()) - min(arrived.values()) > preload_wait_s:
+            flags[task].add(Optimization.PRELOAD)
+        gain = task_dup_gain_s(dag, timeline, estimates, task)
+        if gain is not None and gain > dup_gain_s:
+            flags[task].add(Optimization.TASK_DUP)
+    return flags
+
+
+def task_dup_gain_s(dag: DAG, timeline: Timeline, estimates: Estimates, task: int) -> float | None:
+    """How much sooner fan-in `task` could start if its worker, instead of waiting for
+    the slowest parent's output to arrive, recomputed that parent itself. None when no
+    worker waits there (the task starts a new worker) or the parent's time is unknown."""
+    worker, resource = timeline.workers[task], timeline.resources[task]
+    arrived = timeline.arrivals[task]
+    own = [p for p in arrived if timeline.workers[p] == worker]
+    slow = timeline.binding_parent(task)
+    if not own or slow is None or timeline.workers[slow] == worker:
+        return None
+    dup_exec = estimates.exec_s(slow, resource)
+    if dup_exec is None:
+        return None
+    inputs_here = 0.0
+    for q in dag.parents[slow]:
+        moved = timeline.workers[q] != worker
+        transfer = estimates.transfer_s(q, timeline.resources[q], resource) if moved else 0.0
+        inputs_here = max(inputs_here, timeline.end[q] + (transfer or 0.0))
+    own_ready = max(timeline.end[p] for p in own)
+    duplicated_at = max(own_ready, inputs_here) + dup_exec
+    others = max((a for p, a in arrived.items() if p != slow), default=0.0)
+    return arrived[slow] - max(duplicated_at, others)
+
+
+PLANNERS: dict[str, Planner] = {
+    "naive": plan_naive,
+    "wukong": plan_wukong,
+    "uniform": plan_uniform,
+    "non_uniform": plan_non_uniform,
+}
 
 
 def get_planner(name: str) -> Planner:

@@ -108,7 +108,9 @@ class Predictor:
             pairs = [(f, r) for f in missing for r in self.resources]
             found = self.history.function_stats(pairs)
         for function in missing:
-            self._functions[function] = {r: found[(function, r)] for r in self.resources if (function, r) in found}
+            self._functions[function] = {
+                r: found[(function, r)] for r in self.resources if (function, r) in found
+            }
 
     def knows(self, function: str) -> bool:
         """Whether any config has history of `function`."""
@@ -147,7 +149,9 @@ class Predictor:
 
     # -- predictions ----------------------------------------------------------------
 
-    def exec_s(self, function: str, resource: str, input_bytes: float | None = None) -> float | None:
+    def exec_s(
+        self, function: str, resource: str, input_bytes: float | None = None
+    ) -> float | None:
         """Execution seconds of one task of `function` on `resource`."""
         self.prefetch([function])
         by_resource = self._functions[function]
