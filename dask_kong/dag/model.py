@@ -8,11 +8,14 @@ lives apart from tasks so that a mode with a remote store keeps it once per run.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from dask._task_spec import GraphNode
+from dask.utils import key_split
 
 Key = Hashable
 
@@ -52,7 +55,6 @@ class DAG:
     children: tuple[tuple[int, ...], ...]
     data: Mapping[str, Any]
     outputs: tuple[Output, ...]
-    shape_hash: str
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -67,6 +69,31 @@ class DAG:
         """Indices of tasks whose value was requested."""
         return frozenset(o.task for o in self.outputs if o.task is not None)
 
+    @functools.cached_property
+    def shape_hash(self) -> str:
+        """Digest of the structure (computed on first use: only history needs it)."""
+        return shape_hash(self.keys, self.parents)
+
     def index_of(self, key: Key) -> int:
         """Index of the task computing `key` (tests and diagnostics; O(n))."""
         return self.keys.index(key)
+
+
+def shape_hash(order: tuple[Key, ...], parents: tuple[tuple[int, ...], ...]) -> str:
+    """A digest of the graph's structure: task name prefixes, block positions and edges,
+    not data tokens nor dict order, so two runs of one computation on other data share a
+    history. Each task's digest covers its parents' (Merkle-style); the graph's digest is
+    that of the sorted task digests."""
+    node_digests: list[bytes] = []
+    for key, ps in zip(order, parents, strict=True):
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(repr((key_split(key), _key_position(key))).encode())
+        for parent_digest in sorted(node_digests[p] for p in ps):
+            digest.update(parent_digest)
+        node_digests.append(digest.digest())
+    return hashlib.blake2b(b"".join(sorted(node_digests)), digest_size=16).hexdigest()
+
+
+def _key_position(key: Hashable) -> tuple[Any, ...]:
+    """The block index part of a tuple key ('x-token', 0, 1) -> (0, 1)."""
+    return tuple(key[1:]) if isinstance(key, tuple) else ()

@@ -15,13 +15,11 @@ The caller's graph is never mutated: nodes are only read, and a lifted task is a
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
 from dask.core import flatten
-from dask.utils import key_split
 
 from .. import config
 from .model import DAG, Key, Output, TaskInput
@@ -111,17 +109,22 @@ def split_tasks_and_data(
     return tasks, data
 
 
+# Argument types that are never lifted: checked first because they are most arguments.
+_NEVER_LARGE = frozenset({int, float, str, bool, type(None), TaskRef, tuple, slice})
+
+
 def lift_constants(node: GraphNode, data: dict[Key, Any], constant_bytes: int) -> GraphNode:
     """Replace top-level array arguments of at least `constant_bytes` by references to new
     data entries, so a remote mode stores each once and ships it only to its reader."""
     if type(node) is not Task:
         return node
     lifted: dict[int | str, Key] = {}
-    for slot, value in _argument_slots(node):
+    for slot, value in enumerate(node.args):
         if _is_large_constant(value, constant_bytes):
-            const_key = ("kong-constant", node.key, slot)
-            data[const_key] = value
-            lifted[slot] = const_key
+            lifted[slot] = _lift(node, slot, value, data)
+    for name, value in node.kwargs.items():
+        if _is_large_constant(value, constant_bytes):
+            lifted[name] = _lift(node, name, value, data)
     if not lifted:
         return node
     args = [TaskRef(lifted[i]) if i in lifted else a for i, a in enumerate(node.args)]  # type: ignore[arg-type]
@@ -129,13 +132,14 @@ def lift_constants(node: GraphNode, data: dict[Key, Any], constant_bytes: int) -
     return Task(node.key, node.func, *args, _data_producer=node.data_producer, **kwargs)
 
 
-def _argument_slots(node: Task) -> Iterable[tuple[int | str, Any]]:
-    yield from enumerate(node.args)
-    yield from node.kwargs.items()
+def _lift(node: Task, slot: int | str, value: Any, data: dict[Key, Any]) -> Key:
+    const_key = ("kong-constant", node.key, slot)
+    data[const_key] = value
+    return const_key
 
 
 def _is_large_constant(value: Any, constant_bytes: int) -> bool:
-    if isinstance(value, (GraphNode, TaskRef)):
+    if type(value) in _NEVER_LARGE:
         return False
     nbytes = getattr(value, "nbytes", None)
     if isinstance(value, (bytes, bytearray)):
@@ -215,7 +219,6 @@ def assemble(
         children=tuple(tuple(c) for c in children),
         data={data_names[k]: v for k, v in data.items()},
         outputs=outputs,
-        shape_hash=shape_hash(order, parents),
     )
 
 
@@ -226,23 +229,3 @@ def _input(
     if source in index:
         return TaskInput(key=key, task=index[source])
     return TaskInput(key=key, data=data_names[source])
-
-
-def shape_hash(order: list[Key], parents: tuple[tuple[int, ...], ...]) -> str:
-    """A digest of the graph's structure: task name prefixes, block positions and edges,
-    not data tokens nor dict order, so two runs of one computation on other data share a
-    history. Each task's digest covers its parents' (Merkle-style); the graph's digest is
-    that of the sorted task digests."""
-    node_digests: list[bytes] = []
-    for key, ps in zip(order, parents, strict=True):
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(repr((key_split(key), _key_position(key))).encode())
-        for parent_digest in sorted(node_digests[p] for p in ps):
-            digest.update(parent_digest)
-        node_digests.append(digest.digest())
-    return hashlib.blake2b(b"".join(sorted(node_digests)), digest_size=16).hexdigest()
-
-
-def _key_position(key: Hashable) -> tuple[Any, ...]:
-    """The block index part of a tuple key ('x-token', 0, 1) -> (0, 1)."""
-    return tuple(key[1:]) if isinstance(key, tuple) else ()
