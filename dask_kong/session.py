@@ -67,6 +67,8 @@ class Kong:
             self.store.close()  # never leak a private redis-server started just above
             raise
         self.heartbeater = Heartbeater(self.store)
+        #: Metrics of earlier runs, for predictive planners (None until wired).
+        self.history: Any = None
         self._config_ctx: Any = None
         self._closed = False
         #: Run id of the latest run started by this session, failed or not.
@@ -100,7 +102,11 @@ class Kong:
 
     def planning_context(self) -> PlanningContext:
         """What planners may consult: history of earlier runs, the backend's sizes."""
-        return PlanningContext(sla=str(config.get("planning.sla")))
+        return PlanningContext(
+            history=self.history,
+            resources=self.backend.resources(),
+            sla=str(config.get("planning.sla")),
+        )
 
     def __enter__(self) -> Kong:
         # Workers do not share memory, so dataframes must shuffle through tasks, not

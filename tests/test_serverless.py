@@ -125,3 +125,28 @@ def test_session_with_private_redis_leaves_no_server() -> None:
         pid = server.pid
         assert kong.get({"a": (inc, 1)}, "a") == 2
     assert pid is not None and not pid_alive(pid)
+
+
+def test_tasks_run_on_their_planned_resource_config_and_prewarm_warms_it(
+    processes: Kong, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from dask_kong.planning import PLANNERS, Optimization
+    from dask_kong.planning.planners import plan_wukong
+
+    def plan_large_with_prewarm(dag, context):  # type: ignore[no-untyped-def]
+        plan = plan_wukong(dag, context)
+        large = replace(plan.tasks[0], resource="large")
+        flagged = replace(large, optimizations=large.optimizations | {Optimization.PREWARM})
+        return replace(plan, planner="test-large", tasks=(flagged,) * len(dag))
+
+    monkeypatch.setitem(PLANNERS, "test-large", plan_large_with_prewarm)
+    gateway = processes.backend.gateway  # type: ignore[attr-defined]
+    dsk = {f"x{i}": (inc, i) for i in range(6)}
+    dsk["total"] = (sum, [f"x{i}" for i in range(6)])
+    assert processes.get(dsk, "total", planner="test-large") == sum(range(1, 7))
+    summary = last_run()
+    assert summary is not None
+    assert {m.resource for m in summary.task_metrics.values()} == {"large"}
+    assert gateway.stats().live_by_config["large"] >= 1

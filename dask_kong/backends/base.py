@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from ..planning import ResourceSpec
 from ..runtime.context import Invocation, RunContext
 
 
@@ -23,6 +24,14 @@ class Backend(Protocol):
 
     def prepare_run(self, ctx: RunContext) -> None:
         """Make the run reachable by workers before the first invocation."""
+        ...
+
+    def resources(self) -> tuple[ResourceSpec, ...]:
+        """The worker sizes this backend offers, default first (for planners)."""
+        ...
+
+    def prewarm(self, resource: str) -> None:
+        """Start (warm) a worker of `resource` ahead of need; no-op where meaningless."""
         ...
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ class TaskMetrics:
     """What happened to one task in one worker."""
 
     worker: str
+    resource: str = "default"
     start: float = 0.0
     end: float = 0.0
     read_s: float = 0.0

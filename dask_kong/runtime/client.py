@@ -9,6 +9,7 @@ timeout). Whatever happens, the run's keys are deleted before `execute_run` retu
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from ..constants import output_key
 from ..dag import DAG
 from ..errors import RemoteTaskError, StuckRunError, WorkerLostError
 from ..metrics.records import RunSummary, TaskMetrics
-from ..planning import Plan
+from ..planning import Optimization, Plan
 from ..store.base import Event, EventKind, Store
 from .context import Invocation, RunContext, RunSettings
 from .heartbeat import Heartbeater
@@ -79,6 +80,7 @@ def execute_run(
     succeeded = False
     with local_callbacks(callbacks) as cbs:
         hooks = CallbackHooks(cbs, dsk, dag, progress)
+        prewarms = schedule_prewarms(ctx, backend)
         try:
             submit_roots(ctx, backend)
             submit_s = time.perf_counter() - started
@@ -86,10 +88,37 @@ def execute_run(
             values = collect_outputs(ctx)
             succeeded = True
         finally:
+            for timer in prewarms:
+                timer.cancel()
             hooks.finish(errored=not succeeded)
             cleanup_run(ctx, succeeded)
     makespan = time.perf_counter() - started
     return values, summarize(ctx, progress, makespan, submit_s, backend.name, store_name)
+
+
+def schedule_prewarms(ctx: RunContext, backend: Backend) -> list[threading.Timer]:
+    """Pre-warm: for each task the plan flags, an empty invocation of its resource config
+    fired so that a worker has started by the task's predicted start. Timers are
+    cancelled when the run ends; a task without a predicted start is warmed at once."""
+    lead_s = float(config.get("planning.prewarm_lead_s"))
+    timers = []
+    for task_plan in ctx.plan.tasks:
+        if Optimization.PREWARM not in task_plan.optimizations:
+            continue
+        delay = max(0.0, (task_plan.predicted_start_s or 0.0) - lead_s)
+        timer = threading.Timer(delay, prewarm_quietly, (backend, task_plan.resource))
+        timer.daemon = True
+        timer.start()
+        timers.append(timer)
+    return timers
+
+
+def prewarm_quietly(backend: Backend, resource: str) -> None:
+    """Pre-warming is an optimization: a failure is logged, never fatal."""
+    try:
+        backend.prewarm(resource)
+    except Exception as exc:
+        logger.warning("pre-warm of %s failed: %s", resource, exc)
 
 
 def submit_roots(ctx: RunContext, backend: Backend) -> None:

@@ -43,8 +43,16 @@ class RemoteInvoker:
         shipment = ctx.shipment
         if shipment is None:
             raise KongError(f"run {ctx.run_id} was not prepared for remote workers")
-        payloads = [self._payload(ctx, inv) for inv in invocations]
-        self.transport.send(shipment.invoker.function, payloads)
+        by_function: dict[str, list[bytes]] = {}
+        for inv in invocations:
+            function = function_for(shipment.invoker.function, ctx.plan.tasks[inv.start].resource)
+            by_function.setdefault(function, []).append(self._payload(ctx, inv))
+        for function, payloads in by_function.items():
+            self.transport.send(function, payloads)
+
+    def prewarm(self, base_function: str, resource: str) -> None:
+        """An empty invocation that only starts (warms) a worker of `resource`."""
+        self.transport.send(function_for(base_function, resource), [PREWARM_PAYLOAD])
 
     def _payload(self, ctx: RunContext, invocation: Invocation) -> bytes:
         """The payload; inline inputs that would break the size limit go to the store."""
@@ -65,6 +73,16 @@ class RemoteInvoker:
 
     def close(self) -> None:
         self.transport.close()
+
+
+# The event a pre-warm invocation carries: the handler returns at once.
+PREWARM_PAYLOAD = b'{"kong-warm": true}'
+
+
+def function_for(base: str, resource: str) -> str:
+    """The function serving `resource`: one function per resource config, named
+    <base>-<config> (as the local gateway names them); "default" is <base> itself."""
+    return base if resource in ("", "default") else f"{base}-{resource}"
 
 
 class GatewayPipeTransport:

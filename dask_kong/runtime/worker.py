@@ -97,7 +97,8 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
 
 def run_task(branch: Branch, task: int) -> list[int]:
     """Run one task; the tasks this worker runs next (none when the branch ends)."""
-    metrics = TaskMetrics(worker=branch.worker_id, start=time.time())
+    resource = branch.ctx.plan.tasks[task].resource
+    metrics = TaskMetrics(worker=branch.worker_id, resource=resource, start=time.time())
     try:
         values = gather_inputs(branch, task, metrics)
         value = execute(branch, task, values, metrics)

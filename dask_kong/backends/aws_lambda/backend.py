@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ... import config
 from ...errors import KongError
+from ...planning import ResourceSpec
 from ...runtime.context import Invocation, RunContext
 from ...runtime.invokers import LambdaTransport, RemoteInvoker
 from ...runtime.remote import InvokerSpec, prepare_remote_run
@@ -49,6 +50,14 @@ class LambdaBackend:
 
     def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
         self.invoker.invoke(ctx, invocations)
+
+    def resources(self) -> tuple[ResourceSpec, ...]:
+        """The configs of `kong.lambda.resources` (one function each), default first."""
+        specs = config.get("lambda.resources") or {"default": {"memory_mb": 1769, "cpus": 1}}
+        return tuple(ResourceSpec(n, int(s["memory_mb"]), int(s["cpus"])) for n, s in specs.items())
+
+    def prewarm(self, resource: str) -> None:
+        self.invoker.prewarm(self.spec.function, resource)
 
     def close(self) -> None:
         self.invoker.close()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...errors import KongError
+from ...planning import ResourceSpec
 from ...runtime.context import Invocation, RunContext
 from ...runtime.invokers import RemoteInvoker
 from ...runtime.remote import InvokerSpec, prepare_remote_run
@@ -63,7 +64,9 @@ class ProcessBackend:
             on_worker_lost=self._on_worker_lost,
             **gateway_options,
         ).start()
-        self.spec = InvokerSpec(kind="gateway", function=function or self.gateway.default_function)
+        # Tasks name their resource config; the invoker maps it to <prefix>-<config>.
+        prefix = self.gateway.settings.function_prefix
+        self.spec = InvokerSpec(kind="gateway", function=function or prefix)
         self.invoker = RemoteInvoker(GatewayDirectTransport(self.gateway))
 
     def prepare_run(self, ctx: RunContext) -> None:
@@ -71,6 +74,16 @@ class ProcessBackend:
 
     def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
         self.invoker.invoke(ctx, invocations)
+
+    def resources(self) -> tuple[ResourceSpec, ...]:
+        """The gateway's resource configs, its default first."""
+        settings = self.gateway.settings
+        specs = [ResourceSpec(c.name, c.memory_mb, c.cpus) for c in settings.resource_configs]
+        specs.sort(key=lambda r: r.name != settings.default_config)
+        return tuple(specs)
+
+    def prewarm(self, resource: str) -> None:
+        self.invoker.prewarm(self.spec.function, resource)
 
     def _on_worker_lost(self, function: str, payload: bytes, exitcode: int | None) -> None:
         """Report a dead worker on its run's event stream (called on the gateway loop)."""

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 
 from ... import config
+from ...planning import ResourceSpec
 from ...runtime.context import Invocation, RunContext
 from ...runtime.worker import run_branch
 
@@ -41,6 +42,13 @@ class ThreadBackend:
 
     def prepare_run(self, ctx: RunContext) -> None:
         """Nothing to do: threads share the client's RunContext."""
+
+    def resources(self) -> tuple[ResourceSpec, ...]:
+        """One size: threads share this process's memory and cores."""
+        return (ResourceSpec("default", memory_mb=0, cpus=1),)
+
+    def prewarm(self, resource: str) -> None:
+        """Threads start in microseconds: nothing to warm."""
 
     def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
         if self._closed:
