@@ -20,6 +20,7 @@ from .backends.base import Backend
 from .dag import to_dag
 from .metrics.records import RunSummary
 from .planning import PlanningContext, get_planner
+from .planning.history import History, MemoryHistory, RedisHistory, record_run
 from .runtime.client import execute_run, new_run_id
 from .runtime.heartbeat import Heartbeater
 from .store.base import Store
@@ -67,8 +68,8 @@ class Kong:
             self.store.close()  # never leak a private redis-server started just above
             raise
         self.heartbeater = Heartbeater(self.store)
-        #: Metrics of earlier runs, for predictive planners (None until wired).
-        self.history: Any = None
+        #: Metrics of earlier runs, for predictive planners: in the session's store.
+        self.history: History = open_history(self.store)
         self._config_ctx: Any = None
         self._closed = False
         #: Run id of the latest run started by this session, failed or not.
@@ -97,6 +98,7 @@ class Kong:
             dsk=dsk,
         )
         summary.translate_s = translate_s
+        record_run(self.history, dag, plan, summary)
         _last_run = summary
         return nest(keys, values)
 
@@ -135,6 +137,7 @@ class Kong:
         self._closed = True
         self.backend.close()
         self.heartbeater.close()
+        self.history.close()
         self.store.close()
 
 
@@ -167,6 +170,15 @@ def default_store(backend: str, store: str | None) -> str:
     if store is None and spec == "memory" and backend != "threads":
         return "redis"
     return spec
+
+
+def open_history(store: Store) -> History:
+    """The metrics history next to the store: memory for the embedded store, the same
+    Redis otherwise (keys under kong:history:, not tied to a run)."""
+    url = getattr(store, "url", None)
+    if store.in_process or not url:
+        return MemoryHistory()
+    return RedisHistory(url)
 
 
 def open_backend(name: str, store: Store, workers: int | None, options: dict[str, Any]) -> Backend:

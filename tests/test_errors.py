@@ -96,6 +96,12 @@ class DroppingBackend:
         kept = [i for i in invocations if i.start != self.drop_start]
         self.inner.invoke(ctx, kept)  # type: ignore[attr-defined]
 
+    def resources(self) -> object:
+        return self.inner.resources()  # type: ignore[attr-defined]
+
+    def prewarm(self, resource: str) -> None:
+        self.inner.prewarm(resource)  # type: ignore[attr-defined]
+
     def close(self) -> None:
         self.inner.close()  # type: ignore[attr-defined]
 

@@ -2,16 +2,35 @@
 
 `naive` is the baseline (every dependent a new invocation, every output written);
 `wukong` is WUKONG's policy (become one ready dependent, write only what another worker
-needs). Planners are looked up by name through `get_planner`.
+needs). `uniform` and `non_uniform` keep WUKONG's runtime policy and add predictions from
+the metrics history (`predict`, `schedule`): worker hints, predicted times, the critical
+path, per-task optimizations, and for `non_uniform` a resource config per worker.
+Without history they still return a valid plan, with every prediction None. The runtime
+treats every flag and hint as a hint, so a wrong prediction costs time, never results.
+Planners are looked up by name through `get_planner`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
+from .. import config
 from ..dag import DAG
 from .history import Metric
 from .plan import Optimization, Plan, PlanningContext, TaskPlan
+from .predict import Predictor
+from .schedule import (
+    Estimates,
+    Sizes,
+    Timeline,
+    assign_workers,
+    first_tasks,
+    predict_sizes,
+    simulate,
+    task_functions,
+    worker_slack,
+)
 
 Planner = Callable[[DAG, PlanningContext], Plan]
 
@@ -83,34 +102,36 @@ def downgrade_off_critical_path(
 ) -> Timeline:
     """`strong` with as many workers off its critical path as possible moved to the
     `weaker` configs (weakest first), keeping the makespan within `tolerance` of
-    `strong`'s. Workers with the most slack go first. Adding a downgrade never shortens
-    the predicted makespan, so for each config a binary search finds the longest
-    feasible run of candidates in O(log workers) simulations."""
+    `strong`'s. Workers with the most slack go first. A downgrade only lengthens a
+    timeline (slower tasks, a cold start on the default config), so for each config a
+    binary search finds the longest feasible run of candidates in O(log workers)
+    simulations; should a history predict a weaker config faster, the search still only
+    accepts sets it simulated within the bound."""
     bound = strong.makespan_s * (1 + tolerance) + 1e-9
-    configs = [strong.resources[first] for _, first in sorted(first_tasks(strong.workers).items())]
+    configs = [strong.resources[t] for _, t in sorted(first_tasks(strong.workers).items())]
     on_path = {strong.workers[t] for t in strong.critical_path}
     slack = worker_slack(dag, strong)
     candidates = sorted((w for w in slack if w not in on_path), key=lambda w: (-slack[w], w))
     best = strong
     for resource in weaker:
-
-        def trial(k: int, resource: str = resource) -> Timeline:
-            chosen = set(candidates[:k])
-            trial_configs = [resource if w in chosen else c for w, c in enumerate(configs)]
-            return simulate(dag, strong.workers, trial_configs, estimates)
-
         low, high = 0, len(candidates)
         while low < high:
             mid = (low + high + 1) // 2
-            timeline = trial(mid)
+            trial = with_config(configs, candidates[:mid], resource)
+            timeline = simulate(dag, strong.workers, trial, estimates)
             if timeline.makespan_s <= bound:
                 low, best = mid, timeline
             else:
                 high = mid - 1
-        for w in candidates[:low]:
-            configs[w] = resource
+        configs = with_config(configs, candidates[:low], resource)
         candidates = candidates[low:]
     return best
+
+
+def with_config(configs: list[str], workers: list[int], resource: str) -> list[str]:
+    """`configs` (one per worker) with `workers` moved to `resource`."""
+    moved = set(workers)
+    return [resource if w in moved else c for w, c in enumerate(configs)]
 
 
 def downgrade_notes(
@@ -154,13 +175,16 @@ def worker_count(workers: tuple[int, ...]) -> int:
 
 
 def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
-    """WUKONG's plan on the default config, with worker hints from the DAG's structure
-    alone, and no predictions."""
+    """WUKONG's plan (its runtime switches and per-task optimizations) on the default
+    config, with worker hints from the DAG's structure alone, and no predictions."""
     workers = assign_workers(dag, [None] * len(dag))
     resource = context.default_resource
     return Plan(
         planner=name,
-        tasks=tuple(TaskPlan(resource=resource, worker_hint=w) for w in workers),
+        tasks=tuple(
+            TaskPlan(resource=resource, optimizations=WUKONG_OPTIMIZATIONS, worker_hint=w)
+            for w in workers
+        ),
         notes={"predictions": f"no history for this DAG's functions: every task on {resource}"},
     )
 
@@ -174,12 +198,13 @@ def predicted_plan(
     context: PlanningContext,
     notes: dict[str, str],
 ) -> Plan:
-    """The plan a timeline describes, with its optimizations and what the notes say."""
+    """The plan a timeline describes: WUKONG's optimizations everywhere (the runtime
+    applies them by size), plus those the predictions justify; and the notes."""
     flags = choose_optimizations(dag, timeline, estimates, context.default_resource)
     tasks = tuple(
         TaskPlan(
             resource=timeline.resources[t],
-            optimizations=frozenset(flags[t]),
+            optimizations=WUKONG_OPTIMIZATIONS | flags[t],
             worker_hint=timeline.workers[t],
             predicted_start_s=timeline.start[t],
             predicted_end_s=timeline.end[t],
@@ -188,7 +213,7 @@ def predicted_plan(
         )
         for t, size in enumerate(sizes.output_bytes)
     )
-    notes = {**notes, **coverage_notes(dag, estimates, flags)}
+    notes = {**notes, **coverage_notes(estimates, flags)}
     shape = shape_note(context, dag)
     if shape:
         notes["history"] = shape
@@ -201,9 +226,8 @@ def predicted_plan(
     )
 
 
-def coverage_notes(
-    dag: DAG, estimates: Estimates, flags: list[set[Optimization]]
-) -> dict[str, str]:
+def coverage_notes(estimates: Estimates, flags: list[set[Optimization]]) -> dict[str, str]:
+    """Where the predictions are thin: functions without history, task-dup's caveat."""
     notes = {}
     unknown = sorted({f for f in estimates.functions if not estimates.predictor.knows(f)})
     if unknown:
@@ -233,7 +257,14 @@ def shape_note(context: PlanningContext, dag: DAG) -> str:
 def choose_optimizations(
     dag: DAG, timeline: Timeline, estimates: Estimates, default_resource: str
 ) -> list[set[Optimization]]:
-    """Per task, the optimizations the predictions justify (thresholds in kong.yaml)."""
+    """Per task, the optimizations the predictions justify (thresholds in kong.yaml):
+
+    * pre-warm: the first task of a worker whose config is not the default one;
+    * pre-load: a fan-in whose first and last inputs arrive more than
+      kong.planning.preload_min_wait_s apart;
+    * task-dup: a fan-in whose worker would start it more than
+      kong.planning.task_dup_min_gain_s sooner by recomputing its slowest parent.
+    """
     flags: list[set[Optimization]] = [set() for _ in range(len(dag))]
     for task in first_tasks(timeline.workers).values():
         if timeline.resources[task] != default_resource:

@@ -94,7 +94,8 @@ class Predictor:
         self.min_samples = int(config.get("planning.min_samples", min_samples))
         self.parallel_fraction = float(config.get("planning.parallel_fraction", parallel_fraction))
         self._functions: dict[str, dict[str, Stats]] = {}
-        self._resource_stats: dict[str, Stats] | None = None
+        self._resources: dict[str, Stats] | None = None
+        self._values: dict[tuple[str | None, str, Metric], tuple[ResourceSpec, float] | None] = {}
 
     # -- look-ups -------------------------------------------------------------------
 
@@ -114,22 +115,32 @@ class Predictor:
 
     def knows(self, function: str) -> bool:
         """Whether any config has history of `function`."""
-        self.prefetch([function])
-        return bool(self._functions[function])
+        return bool(self._function_stats(function))
 
-    def _resources(self) -> dict[str, Stats]:
-        if self._resource_stats is None:
-            found = self.history.resource_stats(self.resources) if self.history else {}
-            self._resource_stats = found
-        return self._resource_stats
+    def _function_stats(self, function: str) -> dict[str, Stats]:
+        if function not in self._functions:
+            self.prefetch([function])
+        return self._functions[function]
+
+    def _resource_stats(self) -> dict[str, Stats]:
+        if self._resources is None:
+            self._resources = self.history.resource_stats(self.resources) if self.history else {}
+        return self._resources
+
+    def spec(self, resource: str) -> ResourceSpec:
+        """The config called `resource`; one the planner was not given is an error."""
+        try:
+            return self.resources[resource]
+        except KeyError:
+            known = ", ".join(self.resources)
+            raise ValueError(f"unknown resource config {resource!r}; known: {known}") from None
 
     def pick(
         self, by_resource: dict[str, Stats], resource: str, metric: Metric
     ) -> tuple[ResourceSpec, Stats] | None:
         """The config whose samples of `metric` stand in for `resource`: itself with
         enough samples, else the nearest with enough, else the nearest with any."""
-        target = self.resources[resource]
-        ranked = nearest_resources(target, list(self.resources.values()))
+        ranked = nearest_resources(self.spec(resource), list(self.resources.values()))
         with_samples = [
             r for r in ranked if r.name in by_resource and by_resource[r.name].count(metric)
         ]
@@ -147,28 +158,34 @@ class Predictor:
         q = 100 - self.quantile if metric in _HIGHER_IS_BETTER else self.quantile
         return stats.percentile(metric, q)
 
+    def _at(
+        self, function: str | None, resource: str, metric: Metric
+    ) -> tuple[ResourceSpec, float] | None:
+        """`metric` of `function` (None: of the config itself) at the SLA, for
+        `resource`, and the config it was observed on. Cached: planners ask per task."""
+        key = (function, resource, metric)
+        if key not in self._values:
+            stats = self._function_stats(function) if function else self._resource_stats()
+            picked = self.pick(stats, resource, metric)
+            value = self.value(picked[1], metric) if picked else None
+            self._values[key] = None if picked is None or value is None else (picked[0], value)
+        return self._values[key]
+
     # -- predictions ----------------------------------------------------------------
 
     def exec_s(
         self, function: str, resource: str, input_bytes: float | None = None
     ) -> float | None:
         """Execution seconds of one task of `function` on `resource`."""
-        self.prefetch([function])
-        by_resource = self._functions[function]
         if input_bytes:
-            picked = self.pick(by_resource, resource, Metric.EXEC_S_PER_BYTE)
-            if picked is not None:
-                rate = self.value(picked[1], Metric.EXEC_S_PER_BYTE)
-                if rate is not None:
-                    return self._normalised(rate * input_bytes, picked[0], resource)
-        picked = self.pick(by_resource, resource, Metric.EXEC_S)
-        if picked is None:
-            return None
-        seconds = self.value(picked[1], Metric.EXEC_S)
-        return None if seconds is None else self._normalised(seconds, picked[0], resource)
+            rate = self._at(function, resource, Metric.EXEC_S_PER_BYTE)
+            if rate is not None:
+                return self._normalised(rate[1] * input_bytes, rate[0], resource)
+        per_task = self._at(function, resource, Metric.EXEC_S)
+        return None if per_task is None else self._normalised(per_task[1], per_task[0], resource)
 
     def _normalised(self, seconds: float, observed_on: ResourceSpec, resource: str) -> float:
-        target = self.resources[resource]
+        target = self.spec(resource)
         return scale_exec_s(seconds, observed_on.cpus, target.cpus, self.parallel_fraction)
 
     def output_bytes(
@@ -176,16 +193,12 @@ class Predictor:
     ) -> float | None:
         """Output size of one task of `function`: output/input ratio x input bytes, or the
         typical output size when the input size is unknown."""
-        self.prefetch([function])
-        by_resource = self._functions[function]
         if input_bytes:
-            picked = self.pick(by_resource, resource, Metric.OUTPUT_RATIO)
-            if picked is not None:
-                ratio = self.value(picked[1], Metric.OUTPUT_RATIO)
-                if ratio is not None:
-                    return ratio * input_bytes
-        picked = self.pick(by_resource, resource, Metric.OUTPUT_BYTES)
-        return None if picked is None else self.value(picked[1], Metric.OUTPUT_BYTES)
+            ratio = self._at(function, resource, Metric.OUTPUT_RATIO)
+            if ratio is not None:
+                return ratio[1] * input_bytes
+        size = self._at(function, resource, Metric.OUTPUT_BYTES)
+        return None if size is None else size[1]
 
     def transfer_s(self, nbytes: float | None, source: str, dest: str) -> float | None:
         """Seconds to move an output: written by a worker of `source`, read by one of
@@ -199,22 +212,20 @@ class Predictor:
     def _io_s(
         self, nbytes: float | None, resource: str, rate: Metric, per_op: Metric
     ) -> float | None:
-        stats = self._resources()
         if nbytes is not None:
-            picked = self.pick(stats, resource, rate)
-            bps = self.value(picked[1], rate) if picked else None
-            if bps:
-                return nbytes / bps
-        picked = self.pick(stats, resource, per_op)
-        return self.value(picked[1], per_op) if picked else None
+            bps = self._at(None, resource, rate)
+            if bps is not None and bps[1] > 0:
+                return nbytes / bps[1]
+        seconds = self._at(None, resource, per_op)
+        return None if seconds is None else seconds[1]
 
     def startup_s(self, resource: str, cold: bool) -> float | None:
         """Seconds from invocation to a worker of `resource` running its first task."""
         metric = Metric.STARTUP_COLD_S if cold else Metric.STARTUP_WARM_S
-        picked = self.pick(self._resources(), resource, metric)
-        return self.value(picked[1], metric) if picked else None
+        seconds = self._at(None, resource, metric)
+        return None if seconds is None else seconds[1]
 
     def invoke_s(self, resource: str) -> float | None:
         """Seconds a worker of `resource` spends invoking another."""
-        picked = self.pick(self._resources(), resource, Metric.INVOKE_S)
-        return self.value(picked[1], Metric.INVOKE_S) if picked else None
+        seconds = self._at(None, resource, Metric.INVOKE_S)
+        return None if seconds is None else seconds[1]

@@ -3,9 +3,9 @@
 The model follows WUKONG. A worker runs a chain of tasks: after a task it continues
 ("becomes") one dependent; every other dependent starts a new worker. `assign_workers`
 continues each task on the worker of its parent with the largest (predicted) output,
-if that worker has not already continued with another child, else the next largest,
-else a new worker. Moving an output between workers costs a transfer (write + read);
-an output that stays in its worker costs nothing.
+if no sibling took that worker, else the next largest, else a new worker. Moving an
+output between workers costs a transfer (write + read); an output that stays in its
+worker costs nothing.
 
 `simulate` then walks the DAG in topological order (task indices are one):
 
@@ -62,20 +62,33 @@ def predict_sizes(dag: DAG, predictor: Predictor, resource: str) -> Sizes:
 
 
 def assign_workers(dag: DAG, output_bytes: Sequence[float | None]) -> tuple[int, ...]:
-    """Worker number of every task (0, 1, ... in order of first task), WUKONG-style:
-    continue on the free worker of the parent with the largest output (ties: the lower
-    task index); a worker is free for a child while its last task is that parent."""
+    """Worker number of every task (0, 1, ... in order of first task), WUKONG-style.
+
+    A worker continues with at most one child of each task it ran. A task continues on
+    the worker of its parent with the largest output, unless a sibling took that worker,
+    then on the next largest, else it starts a new worker. Siblings contend for their
+    parent's worker in order of their own output size, largest first, so large data
+    stays put. Remaining ties go to the lower task index.
+    """
+    size = [s or 0.0 for s in output_bytes]
+    edges = sorted(
+        ((p, c) for c, parents in enumerate(dag.parents) for p in parents),
+        key=lambda edge: (-size[edge[0]], -size[edge[1]], edge[1], edge[0]),
+    )
+    heir: dict[int, int] = {}  # task -> the child that continues on its worker
+    continues: dict[int, int] = {}  # task -> the parent whose worker it continues on
+    for parent, child in edges:
+        if parent not in heir and child not in continues:
+            heir[parent] = child
+            continues[child] = parent
     workers: list[int] = []
-    last_task: list[int] = []  # per worker
-    for task, parents in enumerate(dag.parents):
-        by_size = sorted(parents, key=lambda p: (-(output_bytes[p] or 0.0), p))
-        worker = next((workers[p] for p in by_size if last_task[workers[p]] == p), None)
-        if worker is None:
-            worker = len(last_task)
-            last_task.append(task)
+    count = 0
+    for task in range(len(dag)):
+        if task in continues:
+            workers.append(workers[continues[task]])
         else:
-            last_task[worker] = task
-        workers.append(worker)
+            workers.append(count)
+            count += 1
     return tuple(workers)
 
 
@@ -91,7 +104,7 @@ class Estimates:
     """Predictions for one DAG, cached: `simulate` asks them many times (non_uniform
     re-simulates per candidate downgrade). Unknown values are None."""
 
-    def __init__(self, dag: DAG, predictor: Predictor, sizes: Sizes, default_resource: str):
+    def __init__(self, dag: DAG, predictor: Predictor, sizes: Sizes, default_resource: str) -> None:
         self.dag = dag
         self.predictor = predictor
         self.sizes = sizes

@@ -1,0 +1,232 @@
+"""Metrics history: bounded summaries in memory and in a real Redis, percentiles, cost."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from dask_kong.dag import DAG, to_dag
+from dask_kong.metrics.records import RunSummary, TaskMetrics
+from dask_kong.planning import MemoryHistory, Plan, RedisHistory, TaskPlan, record_run
+from dask_kong.planning.history import Metric, Stats, percentile
+from dask_kong.store.server import RedisServer
+
+WINDOW = 64
+
+
+def work(*args: object) -> int:
+    return 1
+
+
+def fan_in_dag(width: int) -> DAG:
+    """`width` loads, each processed, all joined: functions load, process, join."""
+    dsk: dict = {f"load-{i}": (work,) for i in range(width)}
+    dsk.update({f"process-{i}": (work, f"load-{i}") for i in range(width)})
+    dsk["join-0"] = (work, *[f"process-{i}" for i in range(width)])
+    return to_dag(dsk, "join-0")
+
+
+def observed_run(dag: DAG, seed: int = 0, makespan_s: float = 1.0) -> RunSummary:
+    """A run in which every metric the history reads has a value, varied by `seed`."""
+    metrics = {}
+    for task in range(len(dag)):
+        scale = 1 + (seed * 7 + task) % 13
+        metrics[task] = TaskMetrics(
+            worker=f"w{task % 4}",
+            start=100.0 + task * 0.001,
+            end=100.0 + task * 0.001 + 0.01 * scale,
+            read_s=0.001 * scale,
+            read_bytes=1000 * scale,
+            exec_s=0.01 * scale,
+            write_s=0.002 * scale,
+            written_bytes=2000 * scale,
+            invoke_s=0.003,
+            invocations=1,
+            output_bytes=500 * scale,
+        )
+    return RunSummary(
+        run_id=f"run-{seed}",
+        tasks=len(dag),
+        workers=4,
+        invocations=len(dag),
+        makespan_s=makespan_s,
+        bytes_written=0,
+        bytes_read=0,
+        planner="uniform",
+        backend="threads",
+        store="memory",
+        shape_hash=dag.shape_hash,
+        task_metrics=metrics,
+    )
+
+
+def plan_for(dag: DAG, resource: str = "default", makespan_s: float | None = 1.5) -> Plan:
+    return Plan(
+        planner="uniform",
+        tasks=tuple(TaskPlan(resource=resource) for _ in range(len(dag))),
+        predicted_makespan_s=makespan_s,
+    )
+
+
+@pytest.fixture
+def redis_history(redis_server: RedisServer) -> Iterator[RedisHistory]:
+    """A RedisHistory under a prefix of its own on the session's real redis-server."""
+    history = RedisHistory(redis_server.url, prefix=f"test:{uuid.uuid4().hex}:")
+    try:
+        yield history
+    finally:
+        history.close()
+
+
+def history_keys(history: RedisHistory) -> list[bytes]:
+    return list(history._client.scan_iter(match=history.prefix + "*", count=1000))
+
+
+def test_memory_history_stays_the_same_size_over_10000_runs() -> None:
+    dag = fan_in_dag(3)
+    plan = plan_for(dag)
+    history = MemoryHistory(samples=WINDOW)
+    for seed in range(100):
+        history.record(dag, observed_run(dag, seed), plan)
+    size_after_100 = history.stored_size()
+    for seed in range(100, 10_000):
+        history.record(dag, observed_run(dag, seed), plan)
+    assert history.stored_size() == size_after_100
+    groups, samples = size_after_100
+    assert groups == 3 + 1 + 1  # three functions, one config, one shape
+    assert samples <= groups * len(Metric) * WINDOW
+    stats = history.function_stats([("load", "default")])[("load", "default")]
+    assert stats.count(Metric.EXEC_S) == 3 * 10_000  # counts keep counting
+    assert len(stats.samples[Metric.EXEC_S]) == WINDOW  # samples do not
+
+
+def test_memory_history_drops_least_recent_groups_beyond_its_cap() -> None:
+    history = MemoryHistory(max_groups=4)
+    for i in range(10):
+        history.record_startup(f"config{i}", cold=True, seconds=1.0)
+    assert history.stored_size()[0] == 4
+    assert set(history.resource_stats([f"config{i}" for i in range(10)])) == {
+        "config6",
+        "config7",
+        "config8",
+        "config9",
+    }
+
+
+def test_redis_history_stays_the_same_size_over_10000_concurrent_runs(
+    redis_history: RedisHistory,
+) -> None:
+    dag = fan_in_dag(1)
+    plan = plan_for(dag)
+    for seed in range(100):
+        redis_history.record(dag, observed_run(dag, seed), plan)
+    keys_after_100 = sorted(history_keys(redis_history))
+    # Four recorders at once, as several clients of one Redis would: nothing is lost.
+    with ThreadPoolExecutor(4) as pool:
+        runs = (observed_run(dag, seed) for seed in range(100, 10_000))
+        list(pool.map(lambda summary: redis_history.record(dag, summary, plan), runs))
+    keys = sorted(history_keys(redis_history))
+    assert keys == keys_after_100
+    client = redis_history._client
+    lists = [k for k in keys if client.type(k) == b"list"]
+    hashes = [k for k in keys if client.type(k) == b"hash"]
+    assert len(hashes) == 3 + 1 + 1
+    assert lists and all(client.llen(k) <= WINDOW for k in lists)
+    assert max(client.llen(k) for k in lists) == WINDOW
+    assert all(len(client.hkeys(k)) <= 2 * len(Metric) for k in hashes)
+    assert all(0 < client.ttl(k) <= redis_history.ttl_s for k in keys)  # expire, not run-scoped
+    stats = redis_history.function_stats([("join", "default")])[("join", "default")]
+    assert stats.count(Metric.EXEC_S) == 10_000
+
+
+def test_redis_and_memory_histories_summarise_a_run_alike(redis_history: RedisHistory) -> None:
+    dag = fan_in_dag(4)
+    memory = MemoryHistory()
+    for seed in range(3):
+        for history in (memory, redis_history):
+            history.record(dag, observed_run(dag, seed), plan_for(dag))
+    pairs = [(f, "default") for f in ("load", "process", "join")]
+    for pair in pairs:
+        in_memory = memory.function_stats(pairs)[pair]
+        in_redis = redis_history.function_stats(pairs)[pair]
+        for metric in (Metric.EXEC_S, Metric.EXEC_S_PER_BYTE, Metric.OUTPUT_RATIO):
+            assert in_redis.count(metric) == in_memory.count(metric)
+            if not in_memory.count(metric):
+                continue  # roots have no input bytes, hence no per-byte metrics
+            assert in_redis.mean(metric) == pytest.approx(in_memory.mean(metric), rel=1e-5)
+            assert sorted(in_redis.samples.get(metric, ())) == pytest.approx(
+                sorted(in_memory.samples.get(metric, ())), rel=1e-5
+            )
+    shape = redis_history.shape_stats(dag.shape_hash)
+    assert shape is not None and shape.count(Metric.MAKESPAN_S) == 3
+    assert shape.mean(Metric.MAKESPAN_ERROR) == pytest.approx(0.5)
+
+
+def test_history_without_output_sizes_records_per_task_time_only() -> None:
+    """Today's runtime reports output_bytes = 0: no per-byte rates may be invented."""
+    dag = fan_in_dag(2)
+    summary = observed_run(dag)
+    for m in summary.task_metrics.values():
+        m.output_bytes = 0
+    history = MemoryHistory()
+    history.record(dag, summary, plan_for(dag))
+    stats = history.function_stats([("process", "default")])[("process", "default")]
+    assert stats.count(Metric.EXEC_S) == 2
+    assert stats.count(Metric.EXEC_S_PER_BYTE) == 0
+    assert stats.count(Metric.OUTPUT_BYTES) == 0
+
+
+def test_startup_samples_are_kept_per_config_and_temperature() -> None:
+    history = MemoryHistory()
+    history.record_startup("small", cold=True, seconds=1.5)
+    history.record_startup("small", cold=False, seconds=0.05)
+    stats = history.resource_stats(["small"])["small"]
+    assert stats.mean(Metric.STARTUP_COLD_S) == 1.5
+    assert stats.mean(Metric.STARTUP_WARM_S) == 0.05
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([1, 2, 3, 4], 0) == 1
+    assert percentile([1, 2, 3, 4], 100) == 4
+    assert percentile([5], 90) == 5
+    skewed = [1.0] * 80 + [10.0] * 20
+    stats = Stats({Metric.EXEC_S: 100}, {Metric.EXEC_S: 280.0}, {Metric.EXEC_S: tuple(skewed)})
+    assert stats.percentile(Metric.EXEC_S, 50) == 1.0
+    assert stats.percentile(Metric.EXEC_S, 90) == 10.0
+    assert stats.mean(Metric.EXEC_S) == 2.8
+
+
+def test_record_run_skips_missing_history_and_survives_a_dead_redis() -> None:
+    dag = fan_in_dag(1)
+    assert record_run(None, dag, plan_for(dag), observed_run(dag)) is False
+    # Nothing listens on port 1: the history's retries give up, the run is not failed.
+    client = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    dead = RedisHistory(client)
+    dead._retry = type(dead._retry)(retries=0, base_s=0.0, max_s=0.0)
+    assert record_run(dead, dag, plan_for(dag), observed_run(dag)) is False
+    memory = MemoryHistory()
+    assert record_run(memory, dag, plan_for(dag), observed_run(dag)) is True
+
+
+def test_recording_1000_tasks_in_redis_takes_well_under_50_ms(
+    redis_history: RedisHistory,
+) -> None:
+    dag = fan_in_dag(500)  # 1,001 tasks
+    plan = plan_for(dag)
+    runs = [observed_run(dag, seed) for seed in range(7)]
+    redis_history.record(dag, runs[0], plan)  # connect once
+    timings = []
+    for summary in runs[1:]:
+        started = time.perf_counter()
+        redis_history.record(dag, summary, plan)
+        timings.append(time.perf_counter() - started)
+    assert statistics.median(timings) < 0.050, timings

@@ -1,0 +1,346 @@
+"""The uniform and non_uniform planners: hand-computed timelines, downgrades, no history,
+and correct results when a session runs their plans."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import dask
+import pytest
+
+from dask_kong import Kong, last_run
+from dask_kong.dag import DAG, to_dag
+from dask_kong.metrics.records import RunSummary, TaskMetrics
+from dask_kong.planning import (
+    PLANNERS,
+    MemoryHistory,
+    Optimization,
+    Plan,
+    PlanningContext,
+    ResourceSpec,
+    TaskPlan,
+    compare_plan,
+    get_planner,
+    record_run,
+)
+from dask_kong.planning.planners import (
+    WUKONG_OPTIMIZATIONS,
+    Planner,
+    plan_non_uniform,
+    plan_uniform,
+)
+
+SMALL = ResourceSpec("small", 1024, 1)
+LARGE = ResourceSpec("large", 3072, 2)
+
+
+def work(*args: object) -> int:
+    return 1
+
+
+def diamond() -> DAG:
+    """src feeds left, right and side; join reads all three. Only join is requested."""
+    dsk = {
+        "src-0": (work,),
+        "left-0": (work, "src-0"),
+        "right-0": (work, "src-0"),
+        "side-0": (work, "src-0"),
+        "join-0": (work, "left-0", "right-0", "side-0"),
+    }
+    return to_dag(dsk, "join-0")
+
+
+def summary_of(dag: DAG, metrics: dict[str, TaskMetrics], makespan_s: float) -> RunSummary:
+    return RunSummary(
+        run_id="synthetic",
+        tasks=len(dag),
+        workers=len({m.worker for m in metrics.values()}),
+        invocations=0,
+        makespan_s=makespan_s,
+        bytes_written=0,
+        bytes_read=0,
+        planner="wukong",
+        backend="threads",
+        store="memory",
+        shape_hash=dag.shape_hash,
+        task_metrics={dag.index_of(key): m for key, m in metrics.items()},
+    )
+
+
+def diamond_history(side_exec_s: float = 1.0, runs: int = 5) -> MemoryHistory:
+    """Runs of `diamond` on `small` with the store moving 1000 bytes per second each way:
+
+    task    exec s   output bytes   store I/O
+    src     1        1000           writes 1000 B in 1 s
+    left    1        500            -
+    right   4        100            reads 1000 B in 1 s, writes 100 B in 0.1 s
+    side    side     10             reads 1000 B in 1 s, writes 10 B in 0.01 s
+    join    1        10             reads 110 B in 0.11 s
+    """
+    dag = diamond()
+    metrics = {
+        "src-0": TaskMetrics("w0", exec_s=1.0, output_bytes=1000, written_bytes=1000, write_s=1.0),
+        "left-0": TaskMetrics("w0", exec_s=1.0, output_bytes=500),
+        "right-0": TaskMetrics(
+            "w1",
+            exec_s=4.0,
+            output_bytes=100,
+            read_bytes=1000,
+            read_s=1.0,
+            written_bytes=100,
+            write_s=0.1,
+        ),
+        "side-0": TaskMetrics(
+            "w2",
+            exec_s=side_exec_s,
+            output_bytes=10,
+            read_bytes=1000,
+            read_s=1.0,
+            written_bytes=10,
+            write_s=0.01,
+        ),
+        "join-0": TaskMetrics("w0", exec_s=1.0, output_bytes=10, read_bytes=110, read_s=0.11),
+    }
+    plan = Plan("wukong", tuple(TaskPlan(resource="small") for _ in range(len(dag))))
+    history = MemoryHistory()
+    for _ in range(runs):
+        history.record(dag, summary_of(dag, metrics, makespan_s=9.0), plan)
+    return history
+
+
+def context(
+    history: MemoryHistory | None, resources: tuple[ResourceSpec, ...] = (SMALL, LARGE)
+) -> PlanningContext:
+    return PlanningContext(history=history, resources=resources, sla="p50")
+
+
+def by_key(dag: DAG, plan: Plan, attribute: str) -> dict[str, object]:
+    return {str(key): getattr(plan.tasks[i], attribute) for i, key in enumerate(dag.keys)}
+
+
+def test_uniform_plan_of_the_diamond_matches_the_hand_computed_timeline() -> None:
+    """On small, moving an output costs bytes/1000 s to write plus as much to read:
+
+    src   worker 0  0   -> 1
+    left  worker 0  1   -> 2      stays with src's output: the largest of its children
+    right worker 1  1+2 -> 7      src's 1000 B move: 2 s (worker numbers 1 and 2 follow
+    side  worker 2  1+2 -> 4      the task order, which the translation may vary)
+    join  worker 0  7.2 -> 8.2    left's 500 B is the largest input: join runs on worker 0;
+                                  right's 100 B arrive at 7 + 0.2 (the binding parent)
+    """
+    dag = diamond()
+    plan = plan_uniform(dag, context(diamond_history()))
+    workers = by_key(dag, plan, "worker_hint")
+    assert workers["src-0"] == workers["left-0"] == workers["join-0"] == 0
+    assert sorted([workers["right-0"], workers["side-0"]]) == [1, 2]
+    starts = by_key(dag, plan, "predicted_start_s")
+    ends = by_key(dag, plan, "predicted_end_s")
+    assert starts == pytest.approx(
+        {"src-0": 0, "left-0": 1, "right-0": 3, "side-0": 3, "join-0": 7.2}
+    )
+    assert ends == pytest.approx(
+        {"src-0": 1, "left-0": 2, "right-0": 7, "side-0": 4, "join-0": 8.2}
+    )
+    assert plan.predicted_makespan_s == pytest.approx(8.2)
+    assert [dag.keys[t] for t in plan.critical_path] == ["src-0", "right-0", "join-0"]
+    assert by_key(dag, plan, "predicted_output_bytes") == {
+        "src-0": 1000,
+        "left-0": 500,
+        "right-0": 100,
+        "side-0": 10,
+        "join-0": 10,
+    }
+    assert set(by_key(dag, plan, "resource").values()) == {"small"}
+    assert plan.become and not plan.write_all_outputs
+
+
+def test_uniform_flags_preload_and_task_dup_at_the_slow_fan_in() -> None:
+    """join's inputs arrive 5.2 s apart (pre-load); worker 0 is free at 2 s and could
+    recompute right (4 s, src's output is local) by 6 s instead of waiting until 7.2 s."""
+    dag = diamond()
+    plan = plan_uniform(dag, context(diamond_history()))
+    join = dag.index_of("join-0")
+    assert plan.tasks[join].optimizations == WUKONG_OPTIMIZATIONS | {
+        Optimization.PRELOAD,
+        Optimization.TASK_DUP,
+    }
+    others = [t for t in range(len(dag)) if t != join]
+    assert all(plan.tasks[t].optimizations == WUKONG_OPTIMIZATIONS for t in others)
+
+
+def test_non_uniform_downgrades_the_worker_off_the_critical_path() -> None:
+    """Everything on large (2 cpus) halves exec times: makespan 5.2 s with critical path
+    src, right, join (workers 0 and 1). side's worker 2 has 1.68 s of slack, so on small
+    side ends at 3.5 s instead of 3 s and join still starts at 4.7 s."""
+    dag = diamond()
+    plan = plan_non_uniform(dag, context(diamond_history(side_exec_s=1.0)))
+    assert by_key(dag, plan, "resource") == {
+        "src-0": "large",
+        "left-0": "large",
+        "right-0": "large",
+        "side-0": "small",
+        "join-0": "large",
+    }
+    assert plan.predicted_makespan_s == pytest.approx(5.2)
+    assert [dag.keys[t] for t in plan.critical_path] == ["src-0", "right-0", "join-0"]
+    assert "1 of 3 workers downgraded from large" in plan.notes["resources"]
+    # Workers on large are pre-warmed at their first task; side's small worker is not.
+    prewarmed = {str(key) for t, key in enumerate(dag.keys) if plan.has(t, Optimization.PREWARM)}
+    assert prewarmed == {"src-0", "right-0"}
+
+
+def test_non_uniform_keeps_a_worker_strong_when_downgrading_it_breaks_the_tolerance() -> None:
+    """side takes 4 s on small: on small it would end at 6.5 s and push join to 7.02 s,
+    35% over the all-large 5.2 s, beyond the 10% tolerance."""
+    dag = diamond()
+    with dask.config.set({"kong.planning.downgrade_tolerance": 0.1}):
+        plan = plan_non_uniform(dag, context(diamond_history(side_exec_s=4.0)))
+    assert set(by_key(dag, plan, "resource").values()) == {"large"}
+    assert plan.predicted_makespan_s == pytest.approx(5.2)
+    assert "0 of 3 workers downgraded" in plan.notes["resources"]
+    with dask.config.set({"kong.planning.downgrade_tolerance": 0.5}):
+        relaxed = plan_non_uniform(dag, context(diamond_history(side_exec_s=4.0)))
+    assert relaxed.tasks[dag.index_of("side-0")].resource == "small"
+    assert relaxed.predicted_makespan_s == pytest.approx(7.02)
+    assert relaxed.predicted_makespan_s <= 5.2 * 1.5
+
+
+@pytest.mark.parametrize("planner", [plan_uniform, plan_non_uniform])
+@pytest.mark.parametrize("history", [None, MemoryHistory()], ids=["none", "empty"])
+def test_planners_without_history_give_valid_plans_with_no_predictions(
+    planner: Planner, history: MemoryHistory | None
+) -> None:
+    dag = diamond()
+    plan = planner(dag, context(history))
+    assert len(plan.tasks) == len(dag)
+    assert plan.become and not plan.write_all_outputs
+    assert plan.predicted_makespan_s is None and plan.critical_path == ()
+    for task in plan.tasks:
+        assert task.resource == "small"
+        assert task.optimizations == WUKONG_OPTIMIZATIONS
+        assert task.predicted_start_s is None and task.predicted_end_s is None
+        assert task.predicted_exec_s is None and task.predicted_output_bytes is None
+    assert "no history" in plan.notes["predictions"]
+
+
+def test_uniform_with_partial_history_counts_unknown_functions_as_zero_and_says_so() -> None:
+    dsk = {"src-0": (work,), "new-0": (work, "src-0")}
+    dag = to_dag(dsk, "new-0")
+    plan = plan_uniform(dag, context(diamond_history()))
+    assert plan.tasks[dag.index_of("new-0")].predicted_exec_s is None
+    assert plan.predicted_makespan_s == pytest.approx(1.0)  # src's 1 s, new's 0 s
+    assert "no history for new" in plan.notes["predictions"]
+
+
+def test_planners_are_registered_by_name() -> None:
+    assert get_planner("uniform") is plan_uniform
+    assert get_planner("non_uniform") is plan_non_uniform
+    assert set(PLANNERS) >= {"naive", "wukong", "uniform", "non_uniform"}
+
+
+def random_graph(seed: int) -> tuple[dict, list]:
+    """A random DAG: a few function names, random fan-ins and fan-outs, some data."""
+    rng = random.Random(seed)
+    dsk: dict = {}
+    for i in range(rng.randint(1, 40)):
+        earlier = list(dsk)
+        if not earlier or rng.random() < 0.1:
+            dsk[f"data-{i}"] = rng.randint(0, 9)
+            continue
+        parents = rng.sample(earlier, min(len(earlier), rng.randint(1, 4)))
+        dsk[f"{rng.choice(['load', 'mix', 'sum'])}-{i}"] = (combine, i, *parents)
+    wanted = rng.sample(sorted(dsk), rng.randint(1, min(3, len(dsk))))
+    return dsk, wanted
+
+
+def combine(i: int, *values: int) -> int:
+    return (i + 7 * sum(values)) % 100_003
+
+
+def random_history(dag: DAG, seed: int) -> MemoryHistory:
+    """Synthetic runs of `dag` with random times and sizes on small."""
+    rng = random.Random(seed)
+    history = MemoryHistory()
+    plan = Plan("wukong", tuple(TaskPlan(resource="small") for _ in range(len(dag))))
+    for run in range(3):
+        metrics = {
+            key: TaskMetrics(
+                f"w{rng.randint(0, 3)}",
+                exec_s=rng.uniform(0.01, 2),
+                output_bytes=rng.randint(1, 10_000),
+                read_bytes=rng.randint(1, 10_000),
+                read_s=rng.uniform(0.001, 0.1),
+                written_bytes=rng.randint(1, 10_000),
+                write_s=rng.uniform(0.001, 0.1),
+            )
+            for key in dag.keys
+        }
+        history.record(dag, summary_of(dag, metrics, makespan_s=1.0 + run), plan)
+    return history
+
+
+@pytest.mark.parametrize("planner", [plan_uniform, plan_non_uniform])
+def test_predicted_plans_of_random_dags_are_consistent_timelines(planner: Planner) -> None:
+    """Children start after their parents end, the critical path is a chain of edges that
+    ends at the latest output, and the makespan is the latest end."""
+    for seed in range(40):
+        dsk, wanted = random_graph(seed)
+        dag = to_dag(dsk, wanted)
+        if not len(dag):
+            continue
+        plan = planner(dag, context(random_history(dag, seed)))
+        tasks = plan.tasks
+        for t, parents in enumerate(dag.parents):
+            start, end = tasks[t].predicted_start_s, tasks[t].predicted_end_s
+            assert start is not None and end is not None and end >= start
+            for p in parents:
+                assert start >= (tasks[p].predicted_end_s or 0) - 1e-9, f"seed {seed}"
+        path = plan.critical_path
+        assert all(a in dag.parents[b] for a, b in itertools.pairwise(path))
+        assert not dag.parents[path[0]] and path[-1] in dag.output_tasks
+        ends = [t.predicted_end_s or 0 for t in tasks]
+        assert plan.predicted_makespan_s == pytest.approx(max(ends))
+        assert tasks[path[-1]].predicted_end_s == pytest.approx(max(ends))
+
+
+@pytest.mark.parametrize("planner", ["uniform", "non_uniform"])
+def test_kong_with_predicting_planner_computes_random_dags_correctly(planner: str) -> None:
+    with Kong(planner=planner) as kong:
+        for seed in range(60):
+            dsk, wanted = random_graph(seed)
+            assert kong.get(dsk, wanted) == dask.get(dsk, wanted), f"seed {seed}"
+    summary = last_run()
+    assert summary is not None and summary.planner == planner
+
+
+class KongWithHistory(Kong):
+    """A session that plans from its own history, as the session will once wired."""
+
+    def __init__(self, planner: str) -> None:
+        super().__init__(planner=planner)
+        self.history = MemoryHistory()
+
+    def planning_context(self) -> PlanningContext:
+        return PlanningContext(history=self.history, resources=(SMALL, LARGE), sla="p90")
+
+
+@pytest.mark.parametrize("planner", ["uniform", "non_uniform"])
+def test_kong_runs_plans_made_from_its_own_history_correctly(planner: str) -> None:
+    """Record every run, plan the next from the history: predictions, worker hints,
+    pre-load, task-dup and non-default configs are hints, and never change results."""
+    kong = KongWithHistory(planner)
+    predicted_runs = 0
+    with kong:
+        for seed in list(range(30)) * 2:
+            dsk, wanted = random_graph(seed)
+            assert kong.get(dsk, wanted) == dask.get(dsk, wanted), f"seed {seed}"
+            summary = last_run()
+            assert summary is not None
+            dag = to_dag(dsk, wanted)
+            assert record_run(kong.history, dag, summary.plan, summary)
+            if summary.plan.predicted_makespan_s is not None:
+                predicted_runs += 1
+                report = compare_plan(dag, summary.plan, summary)
+                assert report.makespan_error is not None
+    assert predicted_runs >= 30  # the second pass over the seeds plans from history
