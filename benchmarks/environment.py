@@ -60,7 +60,7 @@ def describe_blas() -> dict[str, Any]:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         info["library"] = f"{blas.get('name')} {blas.get('version')}".strip()
     try:
-        from threadpoolctl import threadpool_info  # type: ignore[import-not-found]
+        from threadpoolctl import threadpool_info
 
         pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
         if pools:

@@ -16,16 +16,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import shlex
 import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import environment, report, workloads
-from .schedulers import DEFAULT_SCHEDULERS, check_name, open_scheduler
+from .schedulers import DEFAULT_SCHEDULERS, Scheduler, check_name, open_scheduler
 from .workloads.base import Case
 
 KONG_SUMMARY_FROM = "last_run() of the fastest repeat"
@@ -118,9 +121,17 @@ def parse_args(argv: list[str]) -> Options:
         "(default: leave as found; the JSON reports it either way)",
     )
     parser.add_argument("--list", action="store_true", help="list workloads and exit")
+    parser.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="run nothing: print the table (and --plot) of a JSON written earlier",
+    )
     namespace = parser.parse_args(argv)
     if namespace.list:
         print(list_workloads())
+        raise SystemExit(0)
+    if namespace.from_json:
+        report_from_json(namespace.from_json, namespace.plot)
         raise SystemExit(0)
     if namespace.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -147,10 +158,17 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def report_from_json(path: str, plot_path: str | None) -> None:
+    suite = json.loads(Path(path).read_text())
+    print(report.markdown(suite))
+    if plot_path:
+        report.plot(suite, plot_path)
+
+
 def list_workloads() -> str:
     lines = []
     for module in workloads.MODULES:
-        lines.append(f"{module.NAME}: {module.__doc__.splitlines()[0]}")
+        lines.append(" ".join((module.__doc__ or module.NAME).split("\n\n")[0].split()))
         for size, params in module.SIZES.items():
             lines.append(f"    {size}: {params}")
     return "\n".join(lines)
@@ -235,41 +253,54 @@ def run_cell(
     if scheduler_name not in NOTHING_TO_START:
         cell.startup_s = round(time.perf_counter() - started, 4)
         progress(f"{label}: started in {cell.startup_s:.2f} s (not timed)")
-    details: list[dict[str, Any] | None] = []
     try:
-        for repeat in range(1, options.repeat + 1):
-            gc.collect()
-            scheduler.settle()
-            started = time.perf_counter()
-            try:
-                results = scheduler.compute(case)
-            except Exception as exc:
-                traceback.print_exc(file=sys.stderr)
-                return _give_up(cell, "failed", _reason(exc), label, progress)
-            seconds = time.perf_counter() - started
-            wrong = _check(case, results)
-            del results
-            if wrong:
-                return _give_up(cell, "failed", f"wrong result: {wrong}", label, progress)
-            cell.times_s.append(round(seconds, 6))
-            details.append(scheduler.run_details())
-            progress(f"{label}: repeat {repeat}/{options.repeat} {seconds:.3f} s, checked")
-            if sum(cell.times_s) >= options.cell_budget_s and repeat < options.repeat:
-                cell.note = (
-                    f"{repeat} of {options.repeat} repeats: stopped at the "
-                    f"{options.cell_budget_s:g} s cell budget"
-                )
-                progress(f"{label}: {cell.note}")
-                break
+        failure = time_repeats(scheduler, case, cell, options, lambda m: progress(f"{label}: {m}"))
     finally:
         _close(scheduler, label, progress)
+    if failure:
+        return _give_up(cell, "failed", failure, label, progress)
     cell.repeats = len(cell.times_s)
     cell.min_s = min(cell.times_s)
     cell.median_s = round(statistics.median(cell.times_s), 6)
-    if any(d is not None for d in details):
-        fastest = cell.times_s.index(cell.min_s)
-        cell.kong = details[fastest]
     return cell
+
+
+def time_repeats(
+    scheduler: Scheduler,
+    case: Case,
+    cell: CellResult,
+    options: Options,
+    progress: Callable[[str], None],
+) -> str | None:
+    """Time checked computes into `cell.times_s` (and kong's details of the fastest into
+    `cell.kong`); stop early at the cell budget. Returns why the cell failed, or None."""
+    fastest = float("inf")
+    for repeat in range(1, options.repeat + 1):
+        gc.collect()
+        try:
+            scheduler.settle()
+            started = time.perf_counter()
+            results = scheduler.compute(case)
+            seconds = time.perf_counter() - started
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            return _reason(exc)
+        wrong = _check(case, results)
+        del results
+        if wrong:
+            return f"wrong result: {wrong}"
+        cell.times_s.append(round(seconds, 6))
+        if seconds < fastest:
+            fastest, cell.kong = seconds, scheduler.run_details()
+        progress(f"repeat {repeat}/{options.repeat} {seconds:.3f} s, checked")
+        if sum(cell.times_s) >= options.cell_budget_s and repeat < options.repeat:
+            cell.note = (
+                f"{repeat} of {options.repeat} repeats: stopped at the "
+                f"{options.cell_budget_s:g} s cell budget"
+            )
+            progress(cell.note)
+            break
+    return None
 
 
 def _check(case: Case, results: Any) -> str | None:
@@ -284,12 +315,12 @@ def _give_up(
     cell: CellResult, status: str, reason: str, label: str, progress: Progress
 ) -> CellResult:
     cell.status, cell.reason = status, reason
-    cell.times_s, cell.repeats = [], 0
+    cell.times_s, cell.repeats, cell.kong = [], 0, None
     progress(f"{label}: {status.upper()}: {reason}")
     return cell
 
 
-def _close(scheduler: Any, label: str, progress: Progress) -> None:
+def _close(scheduler: Scheduler, label: str, progress: Progress) -> None:
     try:
         scheduler.close()
     except Exception as exc:

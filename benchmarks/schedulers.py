@@ -174,10 +174,8 @@ class KongScheduler(Scheduler):
 
         super().__init__(name)
         self._last_run = last_run
-        options = {"backend": backend, "store": store}
-        if planner:
-            options["planner"] = planner
-        self.session = Kong(**options)
+        # planner=None: the session's default (dask config `kong.planner`).
+        self.session = Kong(backend=backend, store=store, planner=planner)
         try:
             warm_up(self.session.get)
         except BaseException:

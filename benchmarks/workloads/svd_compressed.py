@@ -30,7 +30,8 @@ def build(params: dict[str, Any]) -> Case:
     x_np = a_np @ b_np
 
     def check(results: Any) -> str | None:
-        return check_svd(*results, x_np, tol=1e-7)
+        u, s, v = results
+        return check_svd(u, s, v, x_np, tol=1e-7)
 
     return Case(
         collections=(u, s, v),

@@ -25,7 +25,8 @@ def build(params: dict[str, Any]) -> Case:
     x_np = x.compute(scheduler="threads")
 
     def check(results: Any) -> str | None:
-        return check_svd(*results, x_np, tol=1e-8)
+        u, s, v = results
+        return check_svd(u, s, v, x_np, tol=1e-8)
 
     return Case(
         collections=(u, s, v),
