@@ -7,7 +7,8 @@ scheduler then offers `settle()` (before each timed compute), `compute(case)`,
 `run_details()` (kong's `last_run()` summary, None for the others) and `close()`.
 
 Names: sync, threads, processes, distributed, numpy, kong-threads, kong-processes, and
-kong-<backend>:<planner> for a kong planner by name (e.g. kong-processes:naive).
+kong-<backend>:<planner> for a kong planner by name (e.g. kong-processes:naive), and an
+optional @N suffix capping kong's concurrent workers (e.g. kong-threads@64).
 """
 
 from __future__ import annotations
@@ -60,9 +61,18 @@ class Scheduler:
         """Stop everything `__init__` started."""
 
 
+def split_workers(name: str) -> tuple[str, int | None]:
+    """ "kong-threads:wukong@64" -> ("kong-threads:wukong", 64): @N caps kong's workers."""
+    base, at, workers = name.partition("@")
+    return base, int(workers) if at else None
+
+
 def check_name(name: str) -> None:
     """Raise ValueError for a name that no scheduler could ever have (a typo)."""
+    name, workers = split_workers(name)
     base = name.split(":", 1)[0]
+    if workers is not None and base not in KONG_SESSIONS:
+        raise ValueError(f"@N (worker limit) only applies to kong schedulers, not {base!r}")
     if base not in DEFAULT_SCHEDULERS or (":" in name and base not in KONG_SESSIONS):
         known = ", ".join(DEFAULT_SCHEDULERS)
         raise ValueError(f"unknown scheduler {name!r}; known: {known}, kong-<backend>:<planner>")
@@ -71,9 +81,10 @@ def check_name(name: str) -> None:
 def open_scheduler(name: str) -> Scheduler:
     """Start the scheduler called `name`. Raises whatever its import or start-up raises."""
     check_name(name)
-    base, _, planner = name.partition(":")
+    plain, workers = split_workers(name)
+    base, _, planner = plain.partition(":")
     if base in KONG_SESSIONS:
-        return KongScheduler(name, planner=planner or None, **KONG_SESSIONS[base])
+        return KongScheduler(name, planner=planner or None, workers=workers, **KONG_SESSIONS[base])
     if base == "distributed":
         return DistributedScheduler(name)
     if base == "processes":
@@ -169,13 +180,15 @@ def _count_scheduler_tasks(dask_scheduler: Any) -> int:
 class KongScheduler(Scheduler):
     """A dask-kong session, created before timing; `run_details` is `last_run()`."""
 
-    def __init__(self, name: str, backend: str, store: str, planner: str | None) -> None:
+    def __init__(
+        self, name: str, backend: str, store: str, planner: str | None, workers: int | None
+    ) -> None:
         from dask_kong import Kong, last_run
 
         super().__init__(name)
         self._last_run = last_run
         # planner=None: the session's default (dask config `kong.planner`).
-        self.session = Kong(backend=backend, store=store, planner=planner)
+        self.session = Kong(backend=backend, store=store, planner=planner, workers=workers)
         try:
             warm_up(self.session.get)
         except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import dask
 import pytest
@@ -247,3 +248,69 @@ def test_delayed_io_completes_a_fan_in_without_writing_the_large_output(
     eager = last_run()
     assert delayed is not None and eager is not None
     assert delayed.bytes_written < 10_000 < eager.bytes_written
+
+
+def plan_every_optimization(dag, context):  # type: ignore[no-untyped-def]
+    """wukong plus pre-load and task-dup on every task: the runtime must stay correct."""
+    from dataclasses import replace
+
+    from dask_kong.planning import Optimization
+    from dask_kong.planning.planners import plan_wukong
+
+    plan = plan_wukong(dag, context)
+    if not plan.tasks:
+        return plan
+    extra = {Optimization.PRELOAD, Optimization.TASK_DUP}
+    task = replace(plan.tasks[0], optimizations=plan.tasks[0].optimizations | extra)
+    return replace(plan, planner="everything", tasks=(task,) * len(dag))
+
+
+def test_random_dags_match_sync_with_preload_and_task_dup_everywhere(
+    kong: Kong, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dask_kong.planning import PLANNERS
+
+    monkeypatch.setitem(PLANNERS, "everything", plan_every_optimization)
+    mode = next(m for m in RANDOM_SEEDS if kong is kong_for(kong, m))
+    with dask.config.set(WUKONG_EVERYWHERE):
+        for seed in range(RANDOM_SEEDS[mode] // 2):
+            dsk, wanted = random_graph(seed)
+            got = kong.get(dsk, wanted, planner="everything")
+            assert got == dask.get(dsk, wanted), f"seed {seed}"
+            assert kong.store.run_keys(kong.last_run_id or "") == []
+
+
+def test_task_dup_recomputes_a_slow_parent_while_waiting(
+    kong_sessions: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dask_kong.planning import PLANNERS
+
+    monkeypatch.setitem(PLANNERS, "everything", plan_every_optimization)
+    session = kong_sessions("threads-redis")  # type: ignore[operator]
+    calls: list[str] = []
+
+    def slow_then_fast(name: str, delay: float) -> str:
+        calls.append(name)
+        if calls.count(name) == 1:  # the first (original) run is slow, a duplicate is not
+            time.sleep(delay)
+        return name
+
+    # "big" waits on the fan-in of "join" (delayed I/O); "late" would take 1.5 s: the
+    # waiting worker recomputes it instead, so "join" finishes long before "late" does.
+    joined_at: list[float] = []
+
+    def join(a: list[int], b: str) -> tuple[int, str]:
+        joined_at.append(time.monotonic())
+        return len(a), b
+
+    dsk = {
+        "big": (make_block, 50_000),
+        "late": (slow_then_fast, "slow-one", 1.5),
+        "join": (join, "big", "late"),
+    }
+    settings = {"kong.wukong.delay_io_bytes": 1000, "kong.wukong.delay_io_wait_s": 3.0}
+    started = time.monotonic()
+    with dask.config.set(settings):
+        assert session.get(dsk, "join", planner="everything") == (50_000, "slow-one")
+    assert calls.count("slow-one") == 2  # the original and the duplicate
+    assert joined_at[0] - started < 1.0  # did not wait for the original's 1.5 s

@@ -14,6 +14,7 @@ from .base import SEED, Case, check_svd
 NAME = "svd-compressed"
 SIZES = {
     "quick": {"n": 1024, "chunk": 256, "rank": 10},
+    "core": {"n": 4096, "chunk": 1024, "rank": 20},
     "full": {"n": 16384, "chunk": 2048, "rank": 100},
 }
 # da.linalg.svd_compressed's defaults, repeated for the NumPy version of the algorithm.

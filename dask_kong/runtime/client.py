@@ -258,13 +258,17 @@ def collect_outputs(ctx: RunContext) -> dict[Any, Any]:
 
 
 def cleanup_run(ctx: RunContext, succeeded: bool) -> None:
-    """Delete the run's keys; after a failure, first stop and drain its workers."""
-    if not succeeded:
-        try:
+    """Delete the run's keys after its workers stopped: a failed run is cancelled first;
+    a finished one may still have branches in this process (e.g. the original of a
+    duplicated task), waited for so none writes into a deleted run. Remote stragglers
+    can only write keys that expire with the run's TTL."""
+    try:
+        if not succeeded:
             ctx.store.cancel(ctx.run_id)
+        if not succeeded or ctx.active > 0:
             drain(ctx, float(config.get("run.drain_timeout_s")))
-        except Exception as exc:
-            logger.warning("could not cancel run %s: %s", ctx.run_id, exc)
+    except Exception as exc:
+        logger.warning("could not cancel run %s: %s", ctx.run_id, exc)
     try:
         ctx.store.delete_run(ctx.run_id)
     except Exception as exc:  # keys carry a TTL, so they expire anyway

@@ -60,9 +60,20 @@ _DELAY_IO_FIRST_PAUSE_S = 0.001
 _DELAY_IO_MAX_PAUSE_S = 0.05
 
 
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
 def new_worker_id(run_id: str) -> str:
     """A short id for one invocation of one run, unique across the run's processes."""
-    return f"{run_id[:8]}-{os.getpid()}-{next(_worker_ids)}"
+    return f"{run_id[:8]}-{_pid}-{next(_worker_ids)}"
 
 
 @dataclass
@@ -76,6 +87,7 @@ class Branch:
     pending: list[Event] = field(default_factory=list)
     last_flush: float = field(default_factory=time.monotonic)
     written: set[int] = field(default_factory=set)
+    duplicated: set[int] = field(default_factory=set)
 
 
 def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = None) -> None:
@@ -250,7 +262,8 @@ def delay_then_mark(
     a fan-in; then complete it without writing and run the child here. Only one parent
     per fan-in may delay (the first to claim it): two delaying parents would wait for
     each other. Children not claimed, or still waiting at the deadline, get the output
-    written, then marked, as usual."""
+    written, then marked, as usual. While waiting, the plan may have this worker pre-load
+    the other parents' outputs or recompute a missing parent (task-dup)."""
     ctx = branch.ctx
     parents = ctx.dag.parents
     deadline = time.monotonic() + ctx.settings.delay_io_wait_s
@@ -270,12 +283,78 @@ def delay_then_mark(
             pending = [c for c in pending if c not in last]
         if not pending or time.monotonic() + pause > deadline:
             break
+        completed = work_while_waiting(branch, task, pending, metrics)
+        ready += completed
+        pending = [c for c in pending if c not in completed]
         time.sleep(pause)
         pause = min(pause * 2, _DELAY_IO_MAX_PAUSE_S)
     if pending:
         fan_ins = [FanIn(c, task, len(parents[c])) for c in pending]
         ready += commit_output(branch, task, value, fan_ins, metrics)
     return ready
+
+
+def work_while_waiting(
+    branch: Branch, task: int, children: list[int], metrics: TaskMetrics
+) -> list[int]:
+    """Pre-load and task-dup for the fan-ins this worker waits on, as the plan says.
+    Returns children a duplicate's mark completed (possible only under re-delivery)."""
+    plan, parents = branch.ctx.plan, branch.ctx.dag.parents
+    missing = {c: [p for p in parents[c] if p != task and p not in branch.local] for c in children}
+    existing = outputs_in_store(branch, sorted({p for ps in missing.values() for p in ps}))
+    preload = [p for c, ps in missing.items() if plan.has(c, Optimization.PRELOAD) for p in ps]
+    fetch_outputs(branch, [p for p in dict.fromkeys(preload) if p in existing], metrics)
+    completed: list[int] = []
+    for child, ps in missing.items():
+        if plan.has(child, Optimization.TASK_DUP):
+            for parent in ps:
+                if parent not in existing and parent not in branch.duplicated:
+                    completed += duplicate_parent(branch, parent, child)
+    return completed
+
+
+def outputs_in_store(branch: Branch, tasks: list[int]) -> set[int]:
+    """Which of `tasks` already have their output in the store."""
+    if not tasks:
+        return set()
+    sizes = branch.ctx.store.sizes(branch.ctx.run_id, [output_key(t) for t in tasks])
+    return {t for t, n in zip(tasks, sizes, strict=True) if n > 0}
+
+
+def fetch_outputs(branch: Branch, tasks: list[int], metrics: TaskMetrics) -> None:
+    """Pre-load: bring outputs that exist into this worker's memory now, while it waits,
+    so the dependent starts with its inputs at hand."""
+    if not tasks:
+        return
+    started = time.perf_counter()
+    ctx = branch.ctx
+    values, nbytes = ctx.store.get_many(ctx.run_id, [output_key(t) for t in tasks])
+    branch.local.update(zip(tasks, values, strict=True))
+    metrics.read_s += time.perf_counter() - started
+    metrics.read_bytes += nbytes
+
+
+def duplicate_parent(branch: Branch, parent: int, child: int) -> list[int]:
+    """Task-dup: recompute a parent that has not reported, when its own inputs are all
+    available, then write its output and mark it at the child's fan-in. Outputs are
+    write-once and marks are set members, so the original worker's report later is a
+    no-op; the write comes first, so whoever completes the fan-in finds the value."""
+    ctx = branch.ctx
+    branch.duplicated.add(parent)
+    parent_inputs = [i.task for i in ctx.dag.inputs[parent] if i.task is not None]
+    absent = [p for p in parent_inputs if p not in branch.local]
+    if len(outputs_in_store(branch, absent)) < len(absent):
+        return []  # its own inputs are not all there yet: nothing to gain
+    scratch = TaskMetrics(worker=branch.worker_id)
+    try:
+        value = execute(branch, parent, gather_inputs(branch, parent, scratch), scratch)
+    except Exception as exc:  # the original worker reports the task's real failure
+        logger.debug("duplicate of task %r failed: %s", ctx.dag.keys[parent], exc)
+        return []
+    branch.local[parent] = value
+    mark = FanIn(child, parent, len(ctx.dag.parents[child]))
+    logger.debug("worker %s duplicated task %r", branch.worker_id, ctx.dag.keys[parent])
+    return ctx.store.commit(ctx.run_id, {output_key(parent): value}, [mark]).ready
 
 
 def inlinable(branch: Branch, value: Any) -> bool:
@@ -303,8 +382,8 @@ def commit_output(
 
 def choose_become(branch: Branch, ready: list[int]) -> int | None:
     """The ready dependent whose inputs this worker holds most of (first on ties)."""
-    if not ready:
-        return None
+    if len(ready) < 2:
+        return ready[0] if ready else None
     parents = branch.ctx.dag.parents
     return max(ready, key=lambda c: sum(p in branch.local for p in parents[c]))
 
