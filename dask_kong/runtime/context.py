@@ -60,6 +60,31 @@ class RunSettings:
         )
 
 
+class CancelProbe:
+    """Whether a run was cancelled, asked of the store at most every `interval_s`.
+
+    One probe per run per process, shared by every branch the process runs for it: a
+    warm serverless worker serves many short invocations of one run, and a store
+    round-trip at the start of each would cost as much as the tasks themselves."""
+
+    def __init__(self, store: Store, run_id: str, interval_s: float) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.interval_s = 0.0 if store.in_process else interval_s
+        self._seen = False
+        self._checked_at = float("-inf")
+
+    def cancelled(self) -> bool:
+        if self._seen:
+            return True
+        now = time.monotonic()
+        if now - self._checked_at < self.interval_s:
+            return False
+        self._checked_at = now
+        self._seen = self.store.is_cancelled(self.run_id)
+        return self._seen
+
+
 @dataclass(eq=False)
 class RunContext:
     """One run as a worker sees it. `active` counts branches running in this process, so
@@ -77,9 +102,12 @@ class RunContext:
     # `remote.Shipment`, set by the backend's prepare_run); None in the embedded mode.
     shipment: Any = None
     active: int = 0
+    cancel_probe: CancelProbe | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _cancel_seen: bool = False
-    _cancel_checked_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cancel_probe is None:
+            self.cancel_probe = CancelProbe(self.store, self.run_id, self.settings.cancel_check_s)
 
     def branch_started(self) -> None:
         with self._lock:
@@ -90,14 +118,6 @@ class RunContext:
             self.active -= 1
 
     def cancelled(self) -> bool:
-        """Whether the client cancelled the run. An in-process store answers for free; a
-        remote one is asked at most every `cancel_check_s` to keep it off the hot path."""
-        if self._cancel_seen:
-            return True
-        if not self.store.in_process:
-            now = time.monotonic()
-            if now - self._cancel_checked_at < self.settings.cancel_check_s:
-                return False
-            self._cancel_checked_at = now
-        self._cancel_seen = self.store.is_cancelled(self.run_id)
-        return self._cancel_seen
+        """Whether the client cancelled the run (see `CancelProbe`)."""
+        assert self.cancel_probe is not None
+        return self.cancel_probe.cancelled()

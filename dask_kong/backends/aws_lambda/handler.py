@@ -20,7 +20,7 @@ from typing import Any
 
 from ... import config, serialize
 from ...constants import DAG_KEY
-from ...runtime.context import RunContext
+from ...runtime.context import CancelProbe, RunContext
 from ...runtime.heartbeat import Heartbeater
 from ...runtime.invokers import GatewayPipeTransport, LambdaTransport, RemoteInvoker, Transport
 from ...runtime.remote import DecodedInvocation, InvokerSpec, RunSpec, Shipment, decode_invocation
@@ -39,6 +39,7 @@ class WorkerProcess:
         self._store: Store | None = None
         self._heartbeater: Heartbeater | None = None
         self._specs: collections.OrderedDict[str, RunSpec] = collections.OrderedDict()
+        self._probes: dict[str, CancelProbe] = {}
         self._invokers: dict[InvokerSpec, RemoteInvoker] = {}
         self.invocations = 0
 
@@ -71,8 +72,16 @@ class WorkerProcess:
         spec: RunSpec = serialize.loads(blob) if isinstance(blob, bytes) else blob
         self._specs[run_id] = spec
         while len(self._specs) > _SPEC_CACHE_SIZE:
-            self._specs.popitem(last=False)
+            old_run, _ = self._specs.popitem(last=False)
+            self._probes.pop(old_run, None)
         return spec
+
+    def cancel_probe(self, run_id: str, interval_s: float) -> CancelProbe:
+        """The run's cancellation probe, shared by this process's invocations."""
+        probe = self._probes.get(run_id)
+        if probe is None:
+            probe = self._probes[run_id] = CancelProbe(self.store(), run_id, interval_s)
+        return probe
 
     def invoker(self, spec: InvokerSpec) -> RemoteInvoker:
         with self._lock:
@@ -122,4 +131,5 @@ def build_context(decoded: DecodedInvocation) -> RunContext:
         settings=spec.settings,
         output_tasks=spec.output_tasks,
         shipment=Shipment(spec_inline=decoded.spec_b64, invoker=decoded.invoker),
+        cancel_probe=_process.cancel_probe(run_id, spec.settings.cancel_check_s),
     )
