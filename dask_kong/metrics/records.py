@@ -7,7 +7,7 @@ clock (comparable across processes on one machine); durations are perf_counter d
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -48,11 +48,11 @@ class RunSummary:
     succeeded: bool = True
     shape_hash: str = ""
     plan: Any = field(default=None, repr=False)
+    #: The DAG the run executed (for reports: `planning.report.compare_plan(dag, plan, ...)`).
+    dag: Any = field(default=None, repr=False)
     task_metrics: dict[int, TaskMetrics] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """The scalar fields, JSON-ready (no per-task detail, no plan)."""
-        out = asdict(self)
-        out.pop("task_metrics")
-        out.pop("plan")
-        return out
+        """The scalar fields, JSON-ready (no per-task detail, no plan, no DAG)."""
+        skipped = {"task_metrics", "plan", "dag"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}

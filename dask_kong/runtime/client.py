@@ -313,6 +313,7 @@ def summarize(
         submit_s=submit_s,
         shape_hash=ctx.dag.shape_hash,
         plan=ctx.plan,
+        dag=ctx.dag,
         task_metrics=metrics,
     )
 
