@@ -314,3 +314,26 @@ def test_task_dup_recomputes_a_slow_parent_while_waiting(
         assert session.get(dsk, "join", planner="everything") == (50_000, "slow-one")
     assert calls.count("slow-one") == 2  # the original and the duplicate
     assert joined_at[0] - started < 1.0  # did not wait for the original's 1.5 s
+
+
+def test_environment_variables_configure_kong() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import dask, dask_kong\n"
+        "print(dask.config.get('kong.planner'), dask.config.get('kong.store.url'))\n"
+        "print(dask.config.get('kong.run.stall_timeout_s'))"
+    )
+    env = dict(
+        os.environ,
+        DASK_KONG__PLANNER="naive",
+        DASK_KONG__STORE__URL="redis://example.invalid:6379/0",
+        DASK_KONG__RUN__STALL_TIMEOUT_S="7",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["naive", "redis://example.invalid:6379/0", "7"]

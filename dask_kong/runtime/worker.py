@@ -376,7 +376,8 @@ def commit_output(
     branch.written.add(task)
     branch.last_flush = time.monotonic()
     metrics.write_s += time.perf_counter() - started
-    metrics.written_bytes += result.bytes_written
+    # at most one write per task and branch; the store may have stamped it already
+    metrics.written_bytes = max(metrics.written_bytes, result.bytes_written)
     return result.ready
 
 

@@ -93,7 +93,11 @@ class Store(Protocol):
     ) -> CommitResult:
         """Apply, in this order and in one round-trip: write-once `writes`, then the fan-in
         marks, then append `events`. A fan-in child is in `ready` only for the one caller
-        whose mark completed its set of parents, however often a parent is reported."""
+        whose mark completed its set of parents, however often a parent is reported.
+
+        An event whose task's output is among `writes` gets `metrics.written_bytes` set to
+        the size the store writes for it before the event is stored, so a task's output
+        and its completion can travel in one round-trip."""
         ...
 
     def get_many(self, run_id: str, keys: Sequence[str]) -> tuple[list[Any], int]:

@@ -16,7 +16,16 @@ from typing import Any
 
 from dask.sizeof import sizeof
 
+from ..constants import output_key
 from .base import CommitResult, Event, FanIn, MissingKeyError
+
+
+def stamp_written_bytes(events: Sequence[Event], sizes: Mapping[str, int]) -> None:
+    """Give each event whose task's output is written here its written size."""
+    for event in events:
+        size = sizes.get(output_key(event.task)) if event.metrics is not None else None
+        if size is not None and event.metrics is not None:
+            event.metrics.written_bytes = size
 
 
 @dataclass
@@ -70,6 +79,7 @@ class MemoryStore:
                 if len(parents) == mark.in_degree:
                     result.ready.append(mark.child)
             if events:
+                stamp_written_bytes(events, sized)
                 run.events.extend(events)
                 if any(e.wake for e in events):
                     self._new_event.notify_all()

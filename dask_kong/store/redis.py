@@ -50,6 +50,7 @@ from ..constants import (
 from ..errors import StoreUnavailableError
 from . import lua
 from .base import CommitResult, Event, FanIn, MissingKeyError
+from .memory import stamp_written_bytes
 from .server import RedisServer
 
 logger = logging.getLogger("dask_kong.store")
@@ -146,6 +147,7 @@ class RedisStore:
     ) -> CommitResult:
         # Serialize first: an unpicklable value fails here, before anything is sent.
         values = {key: serialize.dumps(v, what=f"value of {key!r}") for key, v in writes.items()}
+        stamp_written_bytes(events, {key: len(data) for key, data in values.items()})
         payloads = [serialize.dumps(e, what=f"{e.kind} event of task {e.task}") for e in events]
         if not (values or fan_ins or payloads):
             return CommitResult()
