@@ -29,7 +29,6 @@ import logging
 import math
 import random
 import threading
-import time
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from dask.utils import key_split
 
 from .. import config
 from ..dag import DAG
-from ..errors import StoreUnavailableError
 from ..metrics.records import RunSummary, TaskMetrics
 from .plan import Plan
 
@@ -479,36 +477,10 @@ class RedisHistory(SummaryHistory):
             self._owned_pool.disconnect()
 
     def _call(self, what: str, operation: Callable[[], T]) -> T:
-        """Run `operation`, retrying lost connections with backoff (as RedisStore does,
-        with the same kong.store.retries policy); then give up loudly."""
-        import redis
+        """Run `operation` with the store's retry policy (kong.store.retries)."""
+        from ..store.redis import call_with_retry
 
-        attempt = 0
-        while True:
-            try:
-                return operation()
-            except redis.AuthenticationError as exc:
-                raise StoreUnavailableError(
-                    f"Redis at {self.address} refused our credentials ({what}): {exc}"
-                ) from exc
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if attempt >= self._retry.retries:
-                    raise StoreUnavailableError(
-                        f"Redis at {self.address} unreachable after {attempt + 1} attempts "
-                        f"({what}): {exc}"
-                    ) from exc
-                delay = self._retry.delay_s(attempt)
-                attempt += 1
-                logger.warning(
-                    "Redis at %s: %s failed (%s); retry %d/%d in %.2f s",
-                    self.address,
-                    what,
-                    exc,
-                    attempt,
-                    self._retry.retries,
-                    delay,
-                )
-                time.sleep(delay)
+        return call_with_retry(operation, what=what, address=self.address, policy=self._retry)
 
 
 def _decode_stats(fields: Mapping[bytes, bytes], windows: Mapping[Metric, list[bytes]]) -> Stats:

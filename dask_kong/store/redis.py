@@ -417,32 +417,40 @@ class RedisStore:
 
     def _call(self, what: str, operation: Callable[[], T]) -> T:
         """Run `operation`, retrying lost connections with backoff; then give up loudly."""
-        attempt = 0
-        while True:
-            try:
-                return operation()
-            except AuthenticationError as exc:  # retrying cannot fix a wrong password
+        return call_with_retry(operation, what=what, address=self.address, policy=self._retry)
+
+
+def call_with_retry(
+    operation: Callable[[], T], *, what: str, address: str, policy: RetryPolicy
+) -> T:
+    """Run a Redis `operation`, retrying lost connections and timeouts `policy.retries`
+    times with exponential backoff and a log line each; then raise StoreUnavailableError
+    naming the address (never the password). Wrong credentials fail at once."""
+    attempt = 0
+    while True:
+        try:
+            return operation()
+        except AuthenticationError as exc:  # retrying cannot fix a wrong password
+            raise StoreUnavailableError(
+                f"Redis at {address} refused our credentials ({what}): {exc}"
+            ) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if attempt >= policy.retries:
                 raise StoreUnavailableError(
-                    f"Redis at {self.address} refused our credentials ({what}): {exc}"
+                    f"Redis at {address} unreachable after {attempt + 1} attempts ({what}): {exc}"
                 ) from exc
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if attempt >= self._retry.retries:
-                    raise StoreUnavailableError(
-                        f"Redis at {self.address} unreachable after {attempt + 1} attempts "
-                        f"({what}): {exc}"
-                    ) from exc
-                delay = self._retry.delay_s(attempt)
-                attempt += 1
-                logger.warning(
-                    "Redis at %s: %s failed (%s); retry %d/%d in %.2f s",
-                    self.address,
-                    what,
-                    exc,
-                    attempt,
-                    self._retry.retries,
-                    delay,
-                )
-                time.sleep(delay)
+            delay = policy.delay_s(attempt)
+            attempt += 1
+            logger.warning(
+                "Redis at %s: %s failed (%s); retry %d/%d in %.2f s",
+                address,
+                what,
+                exc,
+                attempt,
+                policy.retries,
+                delay,
+            )
+            time.sleep(delay)
 
 
 def describe_address(connection_kwargs: Mapping[str, Any]) -> str:
