@@ -414,3 +414,24 @@ def test_fan_in_progress_counts_distinct_parents(any_store: Store, run_id: str) 
     assert any_store.fan_in_progress(run_id, [7, 8, 9]) == [1, 1, 0]
     any_store.delete_run(run_id)
     assert any_store.fan_in_progress(run_id, [7]) == [0]
+
+
+def test_values_larger_than_the_part_size_round_trip_in_parts(
+    redis_server: RedisServer, raw_redis: redis.Redis, run_id: str
+) -> None:
+    with dask.config.set({"kong.store.max_value_bytes": 1000}):
+        store = RedisStore(redis_server.url)
+    try:
+        big = bytes(range(256)) * 40  # ~10 KB pickled: 11 parts
+        result = store.commit(run_id, {"out:1": big, "out:2": b"small"})
+        assert result.bytes_written > len(big)
+        (got_big, got_small), _ = store.get_many(run_id, ["out:1", "out:2"])
+        assert got_big == big and got_small == b"small"
+        assert store.commit(run_id, {"out:1": b"other"}).bytes_written < 1000  # write-once
+        store.commit(run_id, {"out:1": bytes(10_000)})  # a large duplicate: own parts
+        assert store.get_many(run_id, ["out:1"])[0] == [big]
+        assert len(store.run_keys(run_id)) > 10
+        store.delete_run(run_id)
+        assert store.run_keys(run_id) == []
+    finally:
+        store.close()

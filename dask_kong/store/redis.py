@@ -122,6 +122,7 @@ class RedisStore:
             # underneath it.
             retry=Retry(NoBackoff(), 0),
         )
+        self.max_value_bytes = int(config.get("store.max_value_bytes"))
         #: Where the server is, safe to log: host:port or unix:path.
         self.address = describe_address(self._pool.connection_kwargs)
         self._client = redis.Redis(connection_pool=self._pool)
@@ -157,6 +158,7 @@ class RedisStore:
         # Only XADD is not idempotent: a retry may append an event twice, so consumers of
         # the stream dedupe events by (kind, task).
         token = secrets.token_hex(8)
+        values = split_large_values(values, self.max_value_bytes, token)
         return self._call(
             f"commit to run {run_id}",
             functools.partial(self._commit_once, run_id, values, fan_ins, payloads, token),
@@ -259,8 +261,21 @@ class RedisStore:
         for key, data in zip(keys, raw, strict=True):
             if data is None:
                 raise MissingKeyError(f"{key!r} of run {run_id} is not in the store")
+            if data.startswith(_PARTS_MAGIC):
+                data = self._read_parts(run_id, key, data)
             found.append(data)
         return [serialize.loads(data) for data in found], sum(len(data) for data in found)
+
+    def _read_parts(self, run_id: str, key: str, manifest: bytes) -> bytes:
+        """Reassemble a value that `split_large_values` stored in parts."""
+        tag, count = manifest[len(_PARTS_MAGIC) :].decode().split(":")
+        names = [run_prefix(run_id) + part_key(key, tag, i) for i in range(int(count))]
+        parts: list[Any] = self._call(
+            f"read parts of {key!r} in run {run_id}", functools.partial(self._client.mget, names)
+        )
+        if any(part is None for part in parts):
+            raise MissingKeyError(f"a part of {key!r} of run {run_id} is not in the store")
+        return b"".join(parts)
 
     def exists(self, run_id: str, key: str) -> bool:
         full_key = run_prefix(run_id) + key
@@ -418,6 +433,37 @@ class RedisStore:
     def _call(self, what: str, operation: Callable[[], T]) -> T:
         """Run `operation`, retrying lost connections with backoff; then give up loudly."""
         return call_with_retry(operation, what=what, address=self.address, policy=self._retry)
+
+
+# A value too large for one Redis string is stored as parts under `part_key` names, and
+# under its own key as this magic followed by the number of parts. Pickles start with
+# b"\x80", so a stored value is never mistaken for a manifest.
+_PARTS_MAGIC = b"KONG-PARTS:"
+
+
+def part_key(key: str, tag: str, index: int) -> str:
+    return f"{key}#{tag}#part{index}"
+
+
+def split_large_values(values: dict[str, bytes], limit: int, tag: str) -> dict[str, bytes]:
+    """Values above `limit` bytes as parts (written first) and a manifest under the
+    value's own key (written after with SET NX: still the write-once guard). Parts are
+    named by `tag` (unique per commit), so a duplicate write never touches the parts of
+    the value that won; its own parts are deleted with the run."""
+    if all(len(data) <= limit for data in values.values()):
+        return values
+    parts: dict[str, bytes] = {}
+    whole: dict[str, bytes] = {}
+    for key, data in values.items():
+        if len(data) <= limit:
+            whole[key] = data
+            continue
+        view = memoryview(data)
+        count = math.ceil(len(data) / limit)
+        for i in range(count):
+            parts[part_key(key, tag, i)] = bytes(view[i * limit : (i + 1) * limit])
+        whole[key] = _PARTS_MAGIC + f"{tag}:{count}".encode()
+    return {**parts, **whole}
 
 
 def call_with_retry(
