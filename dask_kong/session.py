@@ -108,6 +108,7 @@ class Kong:
             history=self.history,
             resources=self.backend.resources(),
             sla=str(config.get("planning.sla")),
+            concurrency=self.backend.concurrency(),
         )
 
     def __enter__(self) -> Kong:

@@ -102,6 +102,9 @@ class DroppingBackend:
     def prewarm(self, resource: str) -> None:
         self.inner.prewarm(resource)  # type: ignore[attr-defined]
 
+    def concurrency(self) -> int | None:
+        return self.inner.concurrency()  # type: ignore[attr-defined, no-any-return]
+
     def close(self) -> None:
         self.inner.close()  # type: ignore[attr-defined]
 

@@ -344,3 +344,18 @@ def test_kong_runs_plans_made_from_its_own_history_correctly(planner: str) -> No
                 report = compare_plan(dag, summary.plan, summary)
                 assert report.makespan_error is not None
     assert predicted_runs >= 30  # the second pass over the seeds plans from history
+
+
+def test_a_concurrency_limit_serializes_the_predicted_timeline() -> None:
+    """One slot: left 1-2; right and side are both ready at 3 and run one after the
+    other in task order, so join runs 8.02-9.02 (side last: its 10 B take 0.02 s) or
+    8.2-9.2 (right last: its 100 B take 0.2 s). Two slots suffice: the unbounded 8.2 s."""
+    from dataclasses import replace
+
+    dag = diamond()
+    unbounded = plan_uniform(dag, context(diamond_history()))
+    one_slot = plan_uniform(dag, replace(context(diamond_history()), concurrency=1))
+    two_slots = plan_uniform(dag, replace(context(diamond_history()), concurrency=2))
+    assert unbounded.predicted_makespan_s == pytest.approx(8.2)
+    assert two_slots.predicted_makespan_s == pytest.approx(8.2)
+    assert one_slot.predicted_makespan_s in (pytest.approx(9.02), pytest.approx(9.2))

@@ -30,6 +30,10 @@ class Backend(Protocol):
         """The worker sizes this backend offers, default first (for planners)."""
         ...
 
+    def concurrency(self) -> int | None:
+        """How many workers run at once (None: unbounded), for planners' timelines."""
+        ...
+
     def prewarm(self, resource: str) -> None:
         """Start (warm) a worker of `resource` ahead of need; no-op where meaningless."""
         ...

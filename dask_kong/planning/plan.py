@@ -71,12 +71,14 @@ class PlanningContext:
 
     `history` is the metrics history of earlier runs (None: no history, e.g. naive);
     `resources` the worker sizes the backend offers, default first; `sla` the percentile
-    ("p50", "p90", ...) predictions are taken at.
+    ("p50", "p90", ...) predictions are taken at; `concurrency` how many workers the
+    backend runs at once (None: unbounded, like AWS Lambda).
     """
 
     history: Any = None
     resources: tuple[ResourceSpec, ...] = (ResourceSpec("default", 1024, 1),)
     sla: str = "p50"
+    concurrency: int | None = None
 
     @property
     def default_resource(self) -> str:

@@ -70,7 +70,9 @@ def plan_uniform(dag: DAG, context: PlanningContext) -> Plan:
     sizes = predict_sizes(dag, predictor, resource)
     estimates = Estimates(dag, predictor, sizes, resource)
     workers = assign_workers(dag, sizes.output_bytes)
-    timeline = simulate(dag, workers, [resource] * worker_count(workers), estimates)
+    timeline = simulate(
+        dag, workers, [resource] * worker_count(workers), estimates, context.concurrency
+    )
     return predicted_plan("uniform", dag, timeline, sizes, estimates, context, {})
 
 
@@ -88,17 +90,22 @@ def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
     estimates = Estimates(dag, predictor, sizes, context.default_resource)
     workers = assign_workers(dag, sizes.output_bytes)
     configs = [strongest.name] * worker_count(workers)
-    strong = simulate(dag, workers, configs, estimates)
+    strong = simulate(dag, workers, configs, estimates, context.concurrency)
     tolerance = float(config.get("planning.downgrade_tolerance"))
     timeline = downgrade_off_critical_path(
-        dag, strong, estimates, [r.name for r in by_strength[:-1]], tolerance
+        dag, strong, estimates, [r.name for r in by_strength[:-1]], tolerance, context.concurrency
     )
     notes = downgrade_notes(strong, timeline, strongest.name, tolerance)
     return predicted_plan("non_uniform", dag, timeline, sizes, estimates, context, notes)
 
 
 def downgrade_off_critical_path(
-    dag: DAG, strong: Timeline, estimates: Estimates, weaker: list[str], tolerance: float
+    dag: DAG,
+    strong: Timeline,
+    estimates: Estimates,
+    weaker: list[str],
+    tolerance: float,
+    concurrency: int | None = None,
 ) -> Timeline:
     """`strong` with as many workers off its critical path as possible moved to the
     `weaker` configs (weakest first), keeping the makespan within `tolerance` of
@@ -118,7 +125,7 @@ def downgrade_off_critical_path(
         while low < high:
             mid = (low + high + 1) // 2
             trial = with_config(configs, candidates[:mid], resource)
-            timeline = simulate(dag, strong.workers, trial, estimates)
+            timeline = simulate(dag, strong.workers, trial, estimates, concurrency)
             if timeline.makespan_s <= bound:
                 low, best = mid, timeline
             else:

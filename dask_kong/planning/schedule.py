@@ -23,6 +23,7 @@ binding parent: the one whose output arrived last.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -168,8 +169,11 @@ def simulate(
     workers: Sequence[int],
     worker_resources: Sequence[str],
     estimates: Estimates,
+    concurrency: int | None = None,
 ) -> Timeline:
-    """The forward pass described in the module docstring."""
+    """The forward pass described in the module docstring. With a `concurrency` limit it
+    is a list schedule: tasks start in the order their inputs arrive, each on the first
+    of `concurrency` slots to come free (a worker runs one task at a time)."""
     first = first_tasks(workers)
     n = len(dag)
     resources = [worker_resources[w] for w in workers]
@@ -177,20 +181,29 @@ def simulate(
     end = [0.0] * n
     execs: list[float | None] = [None] * n
     overheads = [0.0] * n
-    arrivals: list[dict[int, float]] = []
-    for task, parents in enumerate(dag.parents):
-        worker, resource = workers[task], resources[task]
-        arrived = {}
-        for p in parents:
-            moved = workers[p] != worker
-            transfer = estimates.transfer_s(p, resources[p], resource) if moved else 0.0
-            arrived[p] = end[p] + (transfer or 0.0)
-        arrivals.append(arrived)
-        if first[worker] == task:
+    arrivals: list[dict[int, float]] = [{} for _ in range(n)]
+    slots = [0.0] * concurrency if concurrency else None
+    waiting = [len(parents) for parents in dag.parents]
+    ready = [(0.0, t) for t in range(n) if not dag.parents[t]]
+    heapq.heapify(ready)
+    while ready:
+        ready_at, task = heapq.heappop(ready)
+        resource = resources[task]
+        if first[workers[task]] == task:
             overheads[task] = estimates.overhead_s(resource)
-        start[task] = max(arrived.values(), default=0.0) + overheads[task]
+        free_at = heapq.heappop(slots) if slots is not None else 0.0
+        start[task] = max(ready_at, free_at) + overheads[task]
         execs[task] = estimates.exec_s(task, resource)
         end[task] = start[task] + (execs[task] or 0.0)
+        if slots is not None:
+            heapq.heappush(slots, end[task])
+        for child in dag.children[task]:
+            moved = workers[task] != workers[child]
+            transfer = estimates.transfer_s(task, resource, resources[child]) if moved else 0.0
+            arrivals[child][task] = end[task] + (transfer or 0.0)
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, (max(arrivals[child].values()), child))
     timeline = Timeline(
         workers=tuple(workers),
         resources=tuple(resources),

@@ -56,6 +56,11 @@ class LambdaBackend:
         specs = config.get("lambda.resources") or {"default": {"memory_mb": 1769, "cpus": 1}}
         return tuple(ResourceSpec(n, int(s["memory_mb"]), int(s["cpus"])) for n, s in specs.items())
 
+    def concurrency(self) -> int | None:
+        """Lambda scales out; a reserved-concurrency cap can be set in kong.lambda."""
+        limit = config.get("lambda.concurrency")
+        return None if limit is None else int(limit)
+
     def prewarm(self, resource: str) -> None:
         self.invoker.prewarm(self.spec.function, resource)
 

@@ -82,6 +82,10 @@ class ProcessBackend:
         specs.sort(key=lambda r: r.name != settings.default_config)
         return tuple(specs)
 
+    def concurrency(self) -> int | None:
+        """The gateway's limit on workers running at once."""
+        return int(self.gateway.settings.pool.concurrency)
+
     def prewarm(self, resource: str) -> None:
         self.invoker.prewarm(self.spec.function, resource)
 

@@ -47,6 +47,10 @@ class ThreadBackend:
         """One size: threads share this process's memory and cores."""
         return (ResourceSpec("default", memory_mb=0, cpus=1),)
 
+    def concurrency(self) -> int | None:
+        """At most this many worker threads run at once."""
+        return self.max_workers
+
     def prewarm(self, resource: str) -> None:
         """Threads start in microseconds: nothing to warm."""
 
