@@ -337,3 +337,17 @@ def test_environment_variables_configure_kong() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["naive", "redis://example.invalid:6379/0", "7"]
+
+
+def test_events_that_ride_in_a_commit_still_report_written_bytes(kong: Kong) -> None:
+    # Every leaf writes its output for the fan-in and ends its branch: its completion
+    # event travels in that same commit, with the written size stamped by the store.
+    dsk = {f"leaf{i}": (inc, i) for i in range(8)}
+    dsk.update({f"pair{i}": (sum, [f"leaf{2 * i}", f"leaf{2 * i + 1}"]) for i in range(4)})
+    dsk["total"] = (sum, [f"pair{i}" for i in range(4)])
+    assert kong.get(dsk, "total") == sum(range(1, 9))
+    summary = last_run()
+    assert summary is not None and len(summary.task_metrics) == 13
+    leaves = [t for t, key in enumerate(summary.dag.keys) if str(key).startswith("leaf")]
+    assert all(summary.task_metrics[t].written_bytes > 0 for t in leaves)
+    assert summary.bytes_written >= sum(summary.task_metrics[t].written_bytes for t in leaves)

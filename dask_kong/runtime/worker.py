@@ -196,21 +196,40 @@ def route_dependents(branch: Branch, task: int, value: Any, metrics: TaskMetrics
     metrics.output_bytes = sizeof(value)
     routing = plan_routing(branch, task, value, metrics.output_bytes)
     ready = list(routing.direct)
+    is_output = task in ctx.output_tasks
+    done = Event(EventKind.TASK_DONE, task, branch.worker_id, metrics, wake=is_output)
+    early = event_is_final_before_commit(branch, routing)
     if routing.write:
         fan_ins = [FanIn(c, task, len(ctx.dag.parents[c])) for c in routing.marked]
+        if early:
+            metrics.end = time.time()
+            branch.pending.append(done)
         ready += commit_output(branch, task, value, fan_ins, metrics)
     if routing.delayed:
         ready += delay_then_mark(branch, task, value, routing.delayed, metrics)
     here, elsewhere = split_ready(branch, ready, routing.cluster)
     invoke_others(branch, elsewhere, metrics)
-    metrics.end = time.time()
-    is_output = task in ctx.output_tasks
-    branch.pending.append(
-        Event(EventKind.TASK_DONE, task, branch.worker_id, metrics, wake=is_output)
-    )
-    if is_output or time.monotonic() - branch.last_flush > ctx.settings.progress_interval_s:
-        flush_events(branch)
+    if not early:
+        metrics.end = time.time()
+        branch.pending.append(done)
+        if is_output or time.monotonic() - branch.last_flush > ctx.settings.progress_interval_s:
+            flush_events(branch)
     return here
+
+
+def event_is_final_before_commit(branch: Branch, routing: Routing) -> bool:
+    """Whether the task's completion event can ride in the commit of its output: nothing
+    after the commit can change it when the output goes to exactly one fan-in, which
+    this worker at most becomes (no invocation follows). Saves a round-trip at the end
+    of most branches (e.g. every leaf of a tree reduction whose sibling is not done).
+    The store stamps the written size; write_s then covers serialization only."""
+    return (
+        branch.ctx.plan.become
+        and routing.write
+        and not routing.direct
+        and not routing.delayed
+        and len(routing.marked) == 1
+    )
 
 
 def plan_routing(branch: Branch, task: int, value: Any, nbytes: int) -> Routing:
