@@ -21,8 +21,10 @@ from dask_kong import Kong, last_run
 from .workloads import MODULES
 
 
-def measure(backend: str, planner: str, workload: str, size: str, runs: int) -> list[dict[str, Any]]:
-    module = next(m for m in MODULES if m.NAME == workload)
+def measure(
+    backend: str, planner: str, workload: str, size: str, runs: int
+) -> list[dict[str, Any]]:
+    module = next(m for m in MODULES if workload == m.NAME)
     case = module.build(module.SIZES[size])
     rows = []
     with Kong(backend=backend, planner=planner) as kong:
@@ -59,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     rows = measure(args.backend, args.planner, args.workload, args.size, args.runs)
-    print(f"`python -m benchmarks.prediction --backend {args.backend} --planner {args.planner} "
-          f"--workload {args.workload} --size {args.size} --runs {args.runs}`\n")
+    print(
+        f"`python -m benchmarks.prediction --backend {args.backend} --planner {args.planner} "
+        f"--workload {args.workload} --size {args.size} --runs {args.runs}`\n"
+    )
     print("| run | predicted makespan | observed makespan | error | check |")
     print("| ---: | ---: | ---: | ---: | --- |")
     for r in rows:
