@@ -43,6 +43,8 @@ class RunProgress:
     dag: DAG
     pending_outputs: set[int]
     done: set[int] = field(default_factory=set)
+    # Per task, children not yet done: at zero nobody reads its output again.
+    unread: list[int] = field(default_factory=list)
     metrics: dict[int, TaskMetrics] = field(default_factory=dict)
     last_progress: float = field(default_factory=time.monotonic)
     callback_state: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +174,7 @@ def apply_event(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, ev
             return
         progress.done.add(event.task)
         progress.pending_outputs.discard(event.task)
+        release_read_outputs(ctx, progress, event.task)
         progress.last_progress = time.monotonic()
         if event.metrics is not None:
             progress.metrics[event.task] = event.metrics
@@ -184,6 +187,23 @@ def apply_event(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, ev
         )
     else:
         raise_task_failure(ctx.dag, event)
+
+
+def release_read_outputs(ctx: RunContext, progress: RunProgress, task: int) -> None:
+    """Once every child of a parent is done, its output is never read again: let an
+    in-process store drop it, so memory stays bounded as with dask's own schedulers."""
+    if not ctx.store.in_process:
+        return
+    dag = ctx.dag
+    if not progress.unread:
+        progress.unread = [len(children) for children in dag.children]
+    released = []
+    for parent in dag.parents[task]:
+        progress.unread[parent] -= 1
+        if progress.unread[parent] == 0 and parent not in ctx.output_tasks:
+            released.append(output_key(parent))
+    if released:
+        ctx.store.forget(ctx.run_id, released)
 
 
 def raise_task_failure(dag: DAG, event: Event) -> None:

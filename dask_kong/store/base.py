@@ -105,6 +105,12 @@ class Store(Protocol):
         first absent one."""
         ...
 
+    def forget(self, run_id: str, keys: Sequence[str]) -> None:
+        """Drop values no task will read again, to bound memory. Only an in-process store
+        drops anything: a remote one keeps them until the run ends, because a re-delivered
+        invocation may still read them."""
+        ...
+
     def exists(self, run_id: str, key: str) -> bool:
         """Whether `key` was written (a late worker checks this, never a notification)."""
         ...

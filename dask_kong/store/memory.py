@@ -98,6 +98,13 @@ class MemoryStore:
                 nbytes += run.sizes[key] if run is not None else 0
         return out, nbytes
 
+    def forget(self, run_id: str, keys: Sequence[str]) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:
+                for key in keys:
+                    run.values.pop(key, None)
+
     def exists(self, run_id: str, key: str) -> bool:
         with self._lock:
             run = self._runs.get(run_id)

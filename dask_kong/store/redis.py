@@ -277,6 +277,9 @@ class RedisStore:
             raise MissingKeyError(f"a part of {key!r} of run {run_id} is not in the store")
         return b"".join(parts)
 
+    def forget(self, run_id: str, keys: Sequence[str]) -> None:
+        """Keep everything until the run ends: see `Store.forget`."""
+
     def exists(self, run_id: str, key: str) -> bool:
         full_key = run_prefix(run_id) + key
         count = self._call(
