@@ -79,3 +79,12 @@ def check_equal(got: Any, expected: Any, what: str) -> str | None:
     if got != expected:
         return f"{what}: got {got!r}, expected {expected!r}"
     return None
+
+
+def summed_tree_case(root: Any, expected: int, description: str) -> Case:
+    """A Case for a tree of delayed tasks whose root must equal `expected`."""
+
+    def check(results: Any) -> str | None:
+        return check_equal(results[0], expected, "sum")
+
+    return Case(collections=(root,), check=check, numpy_fn=None, description=description)

@@ -9,7 +9,7 @@ from typing import Any
 
 import dask
 
-from .base import Case, check_equal
+from .base import Case, summed_tree_case
 from .trivial import pairwise_tree
 
 NAME = "tree-sleep"
@@ -55,14 +55,10 @@ def build(params: dict[str, Any]) -> Case:
     depth = (leaves - 1).bit_length() + 1
     expected = leaves * (leaves - 1) // 2
 
-    def check(results: Any) -> str | None:
-        return check_equal(results[0], expected, "sum")
-
-    return Case(
-        collections=(root,),
-        check=check,
-        numpy_fn=None,
-        description=(
+    return summed_tree_case(
+        root,
+        expected,
+        (
             f"pairwise tree over {leaves:,} leaves ({2 * leaves - 1:,} tasks), every task "
             f"sleeps {delay_ms} ms; ideal with unlimited workers {depth} x {delay_ms} ms "
             f"= {depth * delay_s:.2f} s; no numpy equivalent"

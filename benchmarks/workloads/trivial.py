@@ -7,7 +7,7 @@ from typing import Any
 
 import dask
 
-from .base import Case, check_equal
+from .base import Case, summed_tree_case
 
 NAME = "trivial"
 SIZES = {
@@ -32,14 +32,10 @@ def build(params: dict[str, Any]) -> Case:
     root = pairwise_tree(level, lambda a, b, key: delayed_add(a, b, dask_key_name=key), "add")
     expected = leaves * (leaves + 1) // 2
 
-    def check(results: Any) -> str | None:
-        return check_equal(results[0], expected, "sum")
-
-    return Case(
-        collections=(root,),
-        check=check,
-        numpy_fn=None,
-        description=(
+    return summed_tree_case(
+        root,
+        expected,
+        (
             f"{leaves:,} delayed inc leaves summed pairwise ({2 * leaves - 1:,} tasks, "
             "each a Python integer add): per-task overhead; no numpy equivalent"
         ),

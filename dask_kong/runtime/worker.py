@@ -246,7 +246,7 @@ def plan_routing(branch: Branch, task: int, value: Any, nbytes: int) -> Routing:
     must_write = (
         plan.write_all_outputs
         or task in ctx.output_tasks
-        or (invoked > 0 and not inlinable(branch, value))
+        or (invoked > 0 and not inlinable_size(branch, nbytes))
     )
     delay = (
         saves_io
@@ -319,7 +319,14 @@ def work_while_waiting(
     """Pre-load and task-dup for the fan-ins this worker waits on, as the plan says.
     Returns children a duplicate's mark completed (possible only under re-delivery)."""
     plan, parents = branch.ctx.plan, branch.ctx.dag.parents
-    missing = {c: [p for p in parents[c] if p != task and p not in branch.local] for c in children}
+    flagged = [
+        c
+        for c in children
+        if plan.has(c, Optimization.PRELOAD) or plan.has(c, Optimization.TASK_DUP)
+    ]
+    if not flagged:
+        return []  # nothing to do while waiting: spare the store a round-trip per poll
+    missing = {c: [p for p in parents[c] if p != task and p not in branch.local] for c in flagged}
     existing = outputs_in_store(branch, sorted({p for ps in missing.values() for p in ps}))
     preload = [p for c, ps in missing.items() if plan.has(c, Optimization.PRELOAD) for p in ps]
     fetch_outputs(branch, [p for p in dict.fromkeys(preload) if p in existing], metrics)
@@ -378,8 +385,12 @@ def duplicate_parent(branch: Branch, parent: int, child: int) -> list[int]:
 
 def inlinable(branch: Branch, value: Any) -> bool:
     """Whether `value` may travel inside an invocation payload."""
-    store = branch.ctx.store
-    return store.in_process or sizeof(value) <= branch.ctx.settings.inline_input_bytes
+    return branch.ctx.store.in_process or inlinable_size(branch, sizeof(value))
+
+
+def inlinable_size(branch: Branch, nbytes: int) -> bool:
+    """Whether a value of `nbytes` may travel inside an invocation payload."""
+    return branch.ctx.store.in_process or nbytes <= branch.ctx.settings.inline_input_bytes
 
 
 def commit_output(

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..constants import output_key
 from ..metrics.records import TaskMetrics
 
 
@@ -70,6 +71,14 @@ class CommitResult:
 
     bytes_written: int = 0
     ready: list[int] = field(default_factory=list)
+
+
+def stamp_written_bytes(events: Sequence[Event], sizes: Mapping[str, int]) -> None:
+    """Give each event whose task's output is written here its written size."""
+    for event in events:
+        size = sizes.get(output_key(event.task)) if event.metrics is not None else None
+        if size is not None and event.metrics is not None:
+            event.metrics.written_bytes = size
 
 
 class MissingKeyError(KeyError):

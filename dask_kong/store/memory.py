@@ -16,16 +16,7 @@ from typing import Any
 
 from dask.sizeof import sizeof
 
-from ..constants import output_key
-from .base import CommitResult, Event, FanIn, MissingKeyError
-
-
-def stamp_written_bytes(events: Sequence[Event], sizes: Mapping[str, int]) -> None:
-    """Give each event whose task's output is written here its written size."""
-    for event in events:
-        size = sizes.get(output_key(event.task)) if event.metrics is not None else None
-        if size is not None and event.metrics is not None:
-            event.metrics.written_bytes = size
+from .base import CommitResult, Event, FanIn, MissingKeyError, stamp_written_bytes
 
 
 @dataclass

@@ -49,8 +49,7 @@ from ..constants import (
 )
 from ..errors import StoreUnavailableError
 from . import lua
-from .base import CommitResult, Event, FanIn, MissingKeyError
-from .memory import stamp_written_bytes
+from .base import CommitResult, Event, FanIn, MissingKeyError, stamp_written_bytes
 from .server import RedisServer
 
 logger = logging.getLogger("dask_kong.store")
