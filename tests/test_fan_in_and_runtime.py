@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import random
 import threading
 import time
@@ -172,10 +173,19 @@ def test_progress_bar_sees_every_task(capsys: pytest.CaptureFixture[str]) -> Non
     assert "100%" in capsys.readouterr().out
 
 
+# Recomputation off: it would publish these small outputs as recipes, and neither
+# clustering nor delayed I/O applies to a recipe.
+NO_RECOMPUTE = {"kong.wukong.recompute_bytes_per_s": 0}
 WUKONG_EVERYWHERE = {
     "kong.wukong.cluster_bytes": 0,
     "kong.wukong.delay_io_bytes": 0,
     "kong.wukong.delay_io_wait_s": 0.02,
+    **NO_RECOMPUTE,
+}
+# Every output with small inputs becomes a recipe: any time counts as cheaper than moving.
+RECOMPUTE_EVERYWHERE = {
+    "kong.wukong.recompute_min_bytes": 0,
+    "kong.wukong.recompute_bytes_per_s": 1e-9,
 }
 
 
@@ -209,16 +219,77 @@ def test_clustering_keeps_dependents_of_a_large_output_in_its_worker(
     dsk.update({f"p{i}": (part, "block", i) for i in range(4)})
     dsk["total"] = (combine_parts, *(f"p{i}" for i in range(4)))
     expected = sum(range(50_000))
-    with dask.config.set({"kong.wukong.cluster_bytes": 1024}):
+    with dask.config.set({"kong.wukong.cluster_bytes": 1024, **NO_RECOMPUTE}):
         assert session.get(dsk, "total") == expected
     clustered = last_run()
-    with dask.config.set({"kong.wukong.cluster_bytes": 10**12}):
+    with dask.config.set({"kong.wukong.cluster_bytes": 10**12, **NO_RECOMPUTE}):
         assert session.get(dsk, "total") == expected
     spread = last_run()
     assert clustered is not None and spread is not None
     assert clustered.invocations == 1 and clustered.workers == 1
     assert spread.invocations == 4  # the block travelled to three more workers
     assert clustered.bytes_read < spread.bytes_read
+
+
+def test_random_dags_match_sync_with_recompute_everywhere(kong: Kong) -> None:
+    """Every output published as a recipe where it can be: readers rerun the task."""
+    mode = next(m for m in RANDOM_SEEDS if kong is kong_for(kong, m))
+    with dask.config.set(RECOMPUTE_EVERYWHERE):
+        for seed in range(RANDOM_SEEDS[mode] // 2):
+            dsk, wanted = random_graph(seed)
+            assert kong.get(dsk, wanted) == dask.get(dsk, wanted), f"seed {seed}"
+            assert kong.store.run_keys(kong.last_run_id or "") == []
+
+
+BLOCK_CALLS: collections.Counter[str] = collections.Counter()
+
+
+def counted_block(n: int, tag: str) -> list[int]:
+    BLOCK_CALLS[tag] += 1  # a module global: worker threads share it, pickles do not copy it
+    return list(range(n))
+
+
+def test_recompute_publishes_a_cheap_large_output_as_a_recipe(kong_sessions: object) -> None:
+    """A block that is quick to draw and large to move is published as its inputs: the
+    fan-in reader reruns it, and far fewer bytes go through the store."""
+    session = kong_sessions("threads-redis")  # type: ignore[operator]
+
+    def graph(tag: str) -> dict:
+        dsk: dict = {"block": (counted_block, 200_000, tag)}
+        dsk.update({f"p{i}": (part, "block", i) for i in range(4)})
+        dsk["total"] = (combine_parts, *(f"p{i}" for i in range(4)))
+        return dsk
+
+    expected = sum(range(200_000))
+    cheap = {"kong.wukong.recompute_bytes_per_s": 1e-9, "kong.wukong.cluster_bytes": 10**12}
+    with dask.config.set(cheap):
+        assert session.get(graph("recomputed"), "total") == expected
+    recomputed = last_run()
+    with dask.config.set({**NO_RECOMPUTE, "kong.wukong.cluster_bytes": 10**12}):
+        assert session.get(graph("moved"), "total") == expected
+    moved = last_run()
+    assert recomputed is not None and moved is not None
+    # once, then once in each of the three workers invoked for p1..p3
+    assert BLOCK_CALLS["moved"] == 1 and BLOCK_CALLS["recomputed"] == 4
+    assert recomputed.bytes_read + recomputed.bytes_written < 100_000
+    assert moved.bytes_read > 2_000_000  # its ~870 KB pickle travelled to three workers
+    rebuilt = [m.recompute_s for m in recomputed.task_metrics.values() if m.recompute_s > 0]
+    assert len(rebuilt) == 3
+
+
+def test_recompute_is_off_for_slow_tasks_and_in_process(kong_sessions: object) -> None:
+    """The default rate: a block that took 0.3 s to make moves rather than reruns; and
+    the embedded store never recomputes (a write there is free)."""
+    dsk: dict = {"block": (slow_block, 200_000, 0.3)}
+    dsk.update({f"p{i}": (part, "block", i) for i in range(4)})
+    dsk["total"] = (combine_parts, *(f"p{i}" for i in range(4)))
+    for mode in ("threads-redis", "embedded"):
+        session = kong_sessions(mode)  # type: ignore[operator]
+        with dask.config.set({"kong.wukong.cluster_bytes": 10**12}):
+            assert session.get(dsk, "total") == sum(range(200_000))
+        summary = last_run()
+        assert summary is not None
+        assert all(m.recompute_s == 0 for m in summary.task_metrics.values()), mode
 
 
 def slow_block(n: int, delay: float) -> list[int]:
@@ -239,11 +310,15 @@ def test_delayed_io_completes_a_fan_in_without_writing_the_large_output(
         "small": (slow_block, 10, 0.2),
         "join": (lambda a, b: len(a) + len(b), "big", "small"),
     }
-    settings = {"kong.wukong.delay_io_bytes": 100_000, "kong.wukong.delay_io_wait_s": 2.0}
+    settings = {
+        "kong.wukong.delay_io_bytes": 100_000,
+        "kong.wukong.delay_io_wait_s": 2.0,
+        **NO_RECOMPUTE,
+    }
     with dask.config.set(settings):
         assert session.get(dsk, "join") == 50_010
     delayed = last_run()
-    with dask.config.set({"kong.wukong.delay_io_bytes": 10**12}):
+    with dask.config.set({"kong.wukong.delay_io_bytes": 10**12, **NO_RECOMPUTE}):
         assert session.get(dsk, "join") == 50_010
     eager = last_run()
     assert delayed is not None and eager is not None
@@ -308,7 +383,11 @@ def test_task_dup_recomputes_a_slow_parent_while_waiting(
         "late": (slow_then_fast, "slow-one", 1.5),
         "join": (join, "big", "late"),
     }
-    settings = {"kong.wukong.delay_io_bytes": 1000, "kong.wukong.delay_io_wait_s": 3.0}
+    settings = {
+        "kong.wukong.delay_io_bytes": 1000,
+        "kong.wukong.delay_io_wait_s": 3.0,
+        **NO_RECOMPUTE,
+    }
     started = time.monotonic()
     with dask.config.set(settings):
         assert session.get(dsk, "join", planner="everything") == (50_000, "slow-one")

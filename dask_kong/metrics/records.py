@@ -27,6 +27,8 @@ class TaskMetrics:
     invoke_s: float = 0.0
     invocations: int = 0
     output_bytes: int = 0
+    # time spent recomputing inputs published as recipes (runtime.recompute), not exec_s
+    recompute_s: float = 0.0
 
 
 @dataclass

@@ -19,6 +19,7 @@ class Optimization(enum.StrEnum):
     PRELOAD = "pre-load"  # fetch inputs of future tasks as soon as they exist
     PREWARM = "pre-warm"  # warm a worker of the task's resource config before it is needed
     TASK_DUP = "task-dup"  # recompute a slow parent instead of waiting for it
+    RECOMPUTE = "recompute"  # publish a cheap task's small inputs; readers rerun it
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,11 @@ def plan_naive(dag: DAG, context: PlanningContext) -> Plan:
     )
 
 
-WUKONG_OPTIMIZATIONS = frozenset({Optimization.CLUSTER, Optimization.DELAY_IO})
+# WUKONG's two optimizations, and recomputation (WUKONG's task-dup idea applied to cheap
+# tasks with large outputs); the runtime applies each only where sizes and times warrant.
+WUKONG_OPTIMIZATIONS = frozenset(
+    {Optimization.CLUSTER, Optimization.DELAY_IO, Optimization.RECOMPUTE}
+)
 
 
 def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:

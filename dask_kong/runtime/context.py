@@ -47,6 +47,9 @@ class RunSettings:
     cluster_bytes: int
     delay_io_bytes: int
     delay_io_wait_s: float
+    recompute_min_bytes: int
+    recompute_input_bytes: int
+    recompute_bytes_per_s: float
 
     @classmethod
     def from_config(cls) -> RunSettings:
@@ -57,6 +60,9 @@ class RunSettings:
             cluster_bytes=int(config.get("wukong.cluster_bytes")),
             delay_io_bytes=int(config.get("wukong.delay_io_bytes")),
             delay_io_wait_s=float(config.get("wukong.delay_io_wait_s")),
+            recompute_min_bytes=int(config.get("wukong.recompute_min_bytes")),
+            recompute_input_bytes=int(config.get("wukong.recompute_input_bytes")),
+            recompute_bytes_per_s=float(config.get("wukong.recompute_bytes_per_s")),
         )
 
 

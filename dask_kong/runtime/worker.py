@@ -24,6 +24,10 @@ Two WUKONG optimizations, switched per task by the plan and triggered by output 
   the other parents. If they all finish, this worker completes the fan-in and runs the
   dependent here without ever writing the output; on timeout it writes, then marks.
 
+A third saves traffic by spending compute (`Optimization.RECOMPUTE`, see `recompute`): a
+large output that took less time to compute than it would take to move, from small
+inputs, is published as a recipe (those inputs); readers run the task again.
+
 `run_branch` reads top to bottom like dask/local.py: it only calls `gather_inputs`,
 `execute`, `route_dependents`, `flush_events` and `report_failure`.
 """
@@ -49,6 +53,7 @@ from ..metrics.records import TaskMetrics
 from ..planning import Optimization
 from ..store.base import Event, EventKind, FanIn, MissingKeyError
 from .context import Invocation, RunContext
+from .recompute import Recipe, rebuild, recipe_for
 
 logger = logging.getLogger("dask_kong.runtime")
 
@@ -88,6 +93,7 @@ class Branch:
     last_flush: float = field(default_factory=time.monotonic)
     written: set[int] = field(default_factory=set)
     duplicated: set[int] = field(default_factory=set)
+    recipes: dict[int, Recipe] = field(default_factory=dict)
 
 
 def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = None) -> None:
@@ -114,7 +120,7 @@ def run_task(branch: Branch, task: int) -> list[int]:
     try:
         values = gather_inputs(branch, task, metrics)
         value = execute(branch, task, values, metrics)
-        return route_dependents(branch, task, value, metrics)
+        return route_dependents(branch, task, value, values, metrics)
     except Exception as exc:
         report_failure(branch, task, exc)
         return []
@@ -129,7 +135,7 @@ def gather_inputs(branch: Branch, task: int, metrics: TaskMetrics) -> dict[Any, 
     for inp in dag.inputs[task]:
         if inp.task is not None:
             if inp.task in branch.local:
-                values[inp.key] = branch.local[inp.task]
+                values[inp.key] = local_value(branch, inp.task, metrics)
             else:
                 remote.append((inp.key, output_key(inp.task)))
         else:
@@ -162,11 +168,23 @@ def fetch_remote(
     metrics.read_s += time.perf_counter() - started
     metrics.read_bytes += nbytes
     for (dask_key, store_key), value in zip(remote, fetched, strict=True):
-        values[dask_key] = value
         if store_key.startswith("out:"):
-            branch.local[int(store_key[4:])] = value
+            parent = int(store_key[4:])
+            branch.local[parent] = value
+            value = local_value(branch, parent, metrics)
         else:
             branch.data[store_key[5:]] = value
+        values[dask_key] = value
+
+
+def local_value(branch: Branch, task: int, metrics: TaskMetrics) -> Any:
+    """The output of `task` this worker holds, recomputed first when what it holds is a
+    recipe (kept, so that workers this one invokes get the recipe, not the value)."""
+    value = branch.local[task]
+    if isinstance(value, Recipe):
+        branch.recipes[task] = value
+        value = branch.local[task] = rebuild(branch.ctx, task, value, metrics)
+    return value
 
 
 def execute(branch: Branch, task: int, values: dict[Any, Any], metrics: TaskMetrics) -> Any:
@@ -188,13 +206,20 @@ class Routing:
     write: bool  # the output goes to the store now
 
 
-def route_dependents(branch: Branch, task: int, value: Any, metrics: TaskMetrics) -> list[int]:
+def route_dependents(
+    branch: Branch, task: int, value: Any, inputs: dict[Any, Any], metrics: TaskMetrics
+) -> list[int]:
     """Publish what others need, mark fan-ins, invoke workers for dependents that run
-    elsewhere, and return the dependents this worker runs next."""
+    elsewhere, and return the dependents this worker runs next. What is published is
+    the output itself, or its recipe when recomputing it is cheaper than moving it."""
     ctx = branch.ctx
     branch.local[task] = value
     metrics.output_bytes = sizeof(value)
-    routing = plan_routing(branch, task, value, metrics.output_bytes)
+    recipe = recipe_for(ctx, task, inputs, metrics)
+    if recipe is not None:
+        branch.recipes[task] = recipe
+        value = recipe
+    routing = plan_routing(branch, task, recipe.nbytes if recipe else metrics.output_bytes)
     ready = list(routing.direct)
     is_output = task in ctx.output_tasks
     done = Event(EventKind.TASK_DONE, task, branch.worker_id, metrics, wake=is_output)
@@ -232,8 +257,9 @@ def event_is_final_before_commit(branch: Branch, routing: Routing) -> bool:
     )
 
 
-def plan_routing(branch: Branch, task: int, value: Any, nbytes: int) -> Routing:
-    """Decide, from the plan and the output's size, how dependents are handled."""
+def plan_routing(branch: Branch, task: int, nbytes: int) -> Routing:
+    """Decide, from the plan and the size of what would be published (`nbytes`), how
+    dependents are handled."""
     ctx = branch.ctx
     dag, plan, settings = ctx.dag, ctx.plan, ctx.settings
     direct = [c for c in dag.children[task] if len(dag.parents[c]) == 1]
@@ -433,20 +459,23 @@ def invoke_others(branch: Branch, children: list[int], metrics: TaskMetrics) -> 
 
 
 def inline_inputs(branch: Branch, child: int) -> dict[int, Any]:
-    parents = branch.ctx.dag.parents[child]
-    return {
-        p: branch.local[p]
-        for p in parents
-        if p in branch.local and inlinable(branch, branch.local[p])
-    }
+    """The child's inputs that travel in its payload: recipes, and small values."""
+    inline: dict[int, Any] = {}
+    for p in branch.ctx.dag.parents[child]:
+        if p in branch.recipes:
+            inline[p] = branch.recipes[p]
+        elif p in branch.local and inlinable(branch, branch.local[p]):
+            inline[p] = branch.local[p]
+    return inline
 
 
 def keep_only_inputs_of(branch: Branch, tasks: Iterable[int]) -> None:
     """Drop values no longer needed here: everything else was routed already (written,
     inlined into an invocation, or is read by a task this worker runs next)."""
     parents = branch.ctx.dag.parents
-    local = branch.local
+    local, recipes = branch.local, branch.recipes
     branch.local = {p: local[p] for t in tasks for p in parents[t] if p in local}
+    branch.recipes = {p: recipes[p] for p in branch.local if p in recipes}
 
 
 def flush_events(branch: Branch) -> None:
