@@ -14,14 +14,17 @@ from types import TracebackType
 from typing import Any
 
 import dask.config
+from dask.core import flatten
 
 from . import config
 from .backends.base import Backend
 from .dag import to_dag
+from .dag.translate import normalise_graph
 from .metrics.records import RunSummary
 from .planning import PlanningContext, get_planner
 from .planning.history import History, MemoryHistory, RedisHistory, record_run
 from .runtime.client import execute_run, new_run_id
+from .runtime.finalize import client_finals, keys_to_run, run_finals
 from .runtime.heartbeat import Heartbeater
 from .store.base import Store
 
@@ -81,7 +84,10 @@ class Kong:
         if self._closed:
             raise RuntimeError("this Kong session is closed")
         started = time.perf_counter()
-        dag = to_dag(dsk, keys)
+        graph = normalise_graph(dsk)
+        wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
+        finals = client_finals(graph, wanted)
+        dag = to_dag(graph, keys_to_run(wanted, finals))
         planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
         plan = planner(dag, self.planning_context())
         translate_s = time.perf_counter() - started
@@ -100,6 +106,7 @@ class Kong:
         summary.translate_s = translate_s
         record_run(self.history, dag, plan, summary)
         _last_run = summary
+        run_finals(finals, values)
         return nest(keys, values)
 
     def planning_context(self) -> PlanningContext:

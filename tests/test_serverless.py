@@ -83,7 +83,25 @@ def test_large_constants_are_fetched_only_by_their_readers(processes: Kong) -> N
     summary = last_run()
     assert summary is not None
     # every worker read only its own chunk: the bytes read are one copy of the data
-    assert summary.bytes_read < 1.2 * data.nbytes
+    assert summary.bytes_read - summary.client_bytes_read < 1.2 * data.nbytes
+
+
+def test_finalize_runs_in_the_client(processes: Kong) -> None:
+    """dask's finalize task (joining the chunks) runs in the client: the chunks cross the
+    store once instead of twice (to a joining worker, then joined back to the client)."""
+    x = da.random.default_rng(3).random((1024, 1024), chunks=256)
+    expected = x.compute(scheduler="sync")
+    np.testing.assert_array_equal(x.compute(scheduler=processes.get), expected)
+    in_client = last_run()
+    with dask.config.set({"kong.run.finalize_in_client": False}):
+        np.testing.assert_array_equal(x.compute(scheduler=processes.get), expected)
+    in_worker = last_run()
+    assert in_client is not None and in_worker is not None
+    assert not any(str(k).startswith("finalize-") for k in in_client.dag.keys)
+    assert any(str(k).startswith("finalize-") for k in in_worker.dag.keys)
+    assert in_client.client_bytes_read > expected.nbytes  # the 16 chunks
+    moved = in_worker.bytes_read + in_worker.bytes_written
+    assert in_client.bytes_read + in_client.bytes_written < 0.6 * moved
 
 
 @pytest.fixture

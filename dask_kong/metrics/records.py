@@ -49,6 +49,8 @@ class RunSummary:
     translate_s: float = 0.0
     succeeded: bool = True
     shape_hash: str = ""
+    #: Of bytes_read, what the client read (the requested values).
+    client_bytes_read: int = 0
     plan: Any = field(default=None, repr=False)
     #: The DAG the run executed (for reports: `planning.report.compare_plan(dag, plan, ...)`).
     dag: Any = field(default=None, repr=False)

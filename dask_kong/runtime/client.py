@@ -87,7 +87,7 @@ def execute_run(
             submit_roots(ctx, backend)
             submit_s = time.perf_counter() - started
             follow_events(ctx, progress, hooks)
-            values = collect_outputs(ctx)
+            values, client_read = collect_outputs(ctx)
             succeeded = True
         finally:
             for timer in prewarms:
@@ -95,7 +95,10 @@ def execute_run(
             hooks.finish(errored=not succeeded)
             cleanup_run(ctx, succeeded)
     makespan = time.perf_counter() - started
-    return values, summarize(ctx, progress, makespan, submit_s, backend.name, store_name)
+    summary = summarize(ctx, progress, makespan, submit_s, backend.name, store_name)
+    summary.client_bytes_read = client_read
+    summary.bytes_read += client_read
+    return values, summary
 
 
 def schedule_prewarms(ctx: RunContext, backend: Backend) -> list[threading.Timer]:
@@ -265,16 +268,18 @@ def unfinished_below(dag: DAG, progress: RunProgress, start: int) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def collect_outputs(ctx: RunContext) -> dict[Any, Any]:
-    """Read every requested value: task outputs from the store, data from the DAG."""
+def collect_outputs(ctx: RunContext) -> tuple[dict[Any, Any], int]:
+    """Read every requested value (task outputs from the store, data from the DAG), and
+    how many bytes the client read from the store."""
     dag = ctx.dag
     task_outputs = sorted(dag.output_tasks)
-    fetched, _ = ctx.store.get_many(ctx.run_id, [output_key(t) for t in task_outputs])
+    fetched, nbytes = ctx.store.get_many(ctx.run_id, [output_key(t) for t in task_outputs])
     by_task = dict(zip(task_outputs, fetched, strict=True))
-    return {
+    values = {
         o.key: by_task[o.task] if o.task is not None else dag.data[o.data]  # type: ignore[index]
         for o in dag.outputs
     }
+    return values, nbytes
 
 
 def cleanup_run(ctx: RunContext, succeeded: bool) -> None:

@@ -48,7 +48,7 @@ class RunSettings:
     delay_io_bytes: int
     delay_io_wait_s: float
     recompute_min_bytes: int
-    recompute_input_bytes: int
+    recompute_input_fraction: float
     recompute_bytes_per_s: float
 
     @classmethod
@@ -61,7 +61,7 @@ class RunSettings:
             delay_io_bytes=int(config.get("wukong.delay_io_bytes")),
             delay_io_wait_s=float(config.get("wukong.delay_io_wait_s")),
             recompute_min_bytes=int(config.get("wukong.recompute_min_bytes")),
-            recompute_input_bytes=int(config.get("wukong.recompute_input_bytes")),
+            recompute_input_fraction=float(config.get("wukong.recompute_input_fraction")),
             recompute_bytes_per_s=float(config.get("wukong.recompute_bytes_per_s")),
         )
 

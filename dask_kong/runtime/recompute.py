@@ -52,8 +52,8 @@ def recipe_for(
     Worth it only when the plan allows it, the output is not one the client reads, the
     output is large (`kong.wukong.recompute_min_bytes`), running the task took less time
     than moving its output would (`output_bytes / kong.wukong.recompute_bytes_per_s`,
-    the store's measured throughput), and the inputs are small
-    (`kong.wukong.recompute_input_bytes`). Never in-process: a write there is free."""
+    the store's measured throughput), and the inputs are a small fraction of the output
+    (`kong.wukong.recompute_input_fraction`). Never in-process: a write there is free."""
     settings = ctx.settings
     if (
         ctx.store.in_process
@@ -65,7 +65,7 @@ def recipe_for(
     ):
         return None
     nbytes = sizeof(inputs)
-    if nbytes > settings.recompute_input_bytes:
+    if nbytes > metrics.output_bytes * settings.recompute_input_fraction:
         return None
     return Recipe(dict(inputs), nbytes)
 

@@ -462,7 +462,7 @@ def inline_inputs(branch: Branch, child: int) -> dict[int, Any]:
     """The child's inputs that travel in its payload: recipes, and small values."""
     inline: dict[int, Any] = {}
     for p in branch.ctx.dag.parents[child]:
-        if p in branch.recipes:
+        if p in branch.recipes and inlinable_size(branch, branch.recipes[p].nbytes):
             inline[p] = branch.recipes[p]
         elif p in branch.local and inlinable(branch, branch.local[p]):
             inline[p] = branch.local[p]
