@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import pickle
 import random
 import threading
 import time
@@ -325,6 +326,29 @@ def test_delayed_io_completes_a_fan_in_without_writing_the_large_output(
     eager = last_run()
     assert delayed is not None and eager is not None
     assert delayed.bytes_written < 10_000 < eager.bytes_written
+
+
+def test_last_parent_of_a_fan_in_completes_it_without_writing(kong_sessions: object) -> None:
+    """Two large parents: the first claims delayed I/O, gives up waiting, writes and
+    marks; the second finds itself the last one missing, marks without writing and
+    runs the join: one block goes through the store, not two."""
+    session = kong_sessions("threads-redis")  # type: ignore[operator]
+    dsk = {
+        "first": (slow_block, 50_000, 0.0),
+        "second": (slow_block, 50_000, 0.3),
+        "join": (lambda a, b: len(a) + len(b), "first", "second"),
+    }
+    settings = {
+        "kong.wukong.delay_io_bytes": 100_000,
+        "kong.wukong.delay_io_wait_s": 0.01,
+        **NO_RECOMPUTE,
+    }
+    with dask.config.set(settings):
+        assert session.get(dsk, "join") == 100_000
+    summary = last_run()
+    assert summary is not None
+    block = len(pickle.dumps(list(range(50_000))))  # what the store holds of one block
+    assert 0.9 * block < summary.bytes_written < 1.5 * block
 
 
 def plan_every_optimization(dag, context):  # type: ignore[no-untyped-def]

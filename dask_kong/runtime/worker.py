@@ -317,8 +317,8 @@ def delay_then_mark(
     pending = [c for c, w in zip(children, won, strict=True) if w]
     ready: list[int] = []
     if len(pending) < len(children):
-        lost = [FanIn(c, task, len(parents[c])) for c in children if c not in pending]
-        ready += commit_output(branch, task, value, lost, metrics)
+        lost = [c for c in children if c not in pending]
+        ready += mark_last_or_write(branch, task, value, lost, metrics)
     while pending:
         progress = ctx.store.fan_in_progress(ctx.run_id, pending)
         last = [c for c, n in zip(pending, progress, strict=True) if n == len(parents[c]) - 1]
@@ -336,6 +336,28 @@ def delay_then_mark(
     if pending:
         fan_ins = [FanIn(c, task, len(parents[c])) for c in pending]
         ready += commit_output(branch, task, value, fan_ins, metrics)
+    return ready
+
+
+def mark_last_or_write(
+    branch: Branch, task: int, value: Any, children: list[int], metrics: TaskMetrics
+) -> list[int]:
+    """Fan-ins whose claim another parent won: where every other parent has marked
+    already (the claimant too: it marks only after giving up waiting), this worker
+    completes the fan-in without writing and runs the child itself; the rest get the
+    output written, then marked. A parent's mark is counted once however often it is
+    sent, so a parent seen as the last one missing is this worker."""
+    ctx = branch.ctx
+    parents = ctx.dag.parents
+    progress = ctx.store.fan_in_progress(ctx.run_id, children)
+    last = [c for c, n in zip(children, progress, strict=True) if n == len(parents[c]) - 1]
+    ready: list[int] = []
+    if last:
+        marks = [FanIn(c, task, len(parents[c])) for c in last]
+        ready += ctx.store.commit(ctx.run_id, {}, marks).ready
+    rest = [FanIn(c, task, len(parents[c])) for c in children if c not in last]
+    if rest:
+        ready += commit_output(branch, task, value, rest, metrics)
     return ready
 
 
