@@ -193,6 +193,29 @@ def test_startup_samples_are_kept_per_config_and_temperature() -> None:
     assert stats.mean(Metric.STARTUP_WARM_S) == 0.05
 
 
+def test_small_transfers_are_latency_samples_and_large_ones_throughput() -> None:
+    """300 bytes in 0.3 ms is a round-trip, not a 1 MB/s store: it must not predict 8 s
+    for an 8 MB block. Start-ups of first tasks are kept per temperature and mixed."""
+    dag = fan_in_dag(2)
+    summary = observed_run(dag)
+    for task, m in summary.task_metrics.items():
+        big = task % 2 == 0
+        m.read_bytes, m.read_s = (8_000_000, 0.025) if big else (300, 0.0003)
+        m.written_bytes, m.write_s = 0, 0.0
+        m.startup_s, m.cold_start = (0.6, True) if task == 0 else (0.002, False)
+    history = MemoryHistory()
+    history.record(dag, summary, plan_for(dag))
+    stats = history.resource_stats(["default"])["default"]
+    big_reads = sum(1 for t in summary.task_metrics if t % 2 == 0)
+    assert stats.count(Metric.READ_BPS) == big_reads
+    assert stats.mean(Metric.READ_BPS) == pytest.approx(8_000_000 / 0.025)
+    assert stats.count(Metric.READ_S) == len(dag) - big_reads
+    assert stats.mean(Metric.READ_S) == pytest.approx(0.0003)
+    assert stats.mean(Metric.STARTUP_COLD_S) == 0.6
+    assert stats.count(Metric.STARTUP_WARM_S) == len(dag) - 1
+    assert stats.count(Metric.STARTUP_S) == len(dag)
+
+
 def test_percentile_interpolates_like_numpy() -> None:
     assert percentile([1, 2, 3, 4], 50) == 2.5
     assert percentile([1, 2, 3, 4], 0) == 1

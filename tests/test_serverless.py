@@ -17,6 +17,7 @@ from dask_kong.backends.aws_lambda.backend import LambdaBackend
 from dask_kong.backends.processes.backend import HANDLER
 from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.errors import SerializationError, WorkerLostError
+from dask_kong.planning.history import Metric
 from dask_kong.store.server import RedisServer
 
 from .kong_fixtures import pid_alive
@@ -84,6 +85,21 @@ def test_large_constants_are_fetched_only_by_their_readers(processes: Kong) -> N
     assert summary is not None
     # every worker read only its own chunk: the bytes read are one copy of the data
     assert summary.bytes_read - summary.client_bytes_read < 1.2 * data.nbytes
+
+
+def test_first_tasks_of_invocations_report_their_start_up(processes: Kong) -> None:
+    """Every invocation's first task measures its start-up (invocation to start, less
+    any wait for a concurrency slot), and the history keeps them for the planners."""
+    dsk = {f"x{i}": (inc, i) for i in range(8)}
+    dsk["total"] = (sum, [f"x{i}" for i in range(8)])
+    assert processes.get(dsk, "total") == sum(range(1, 9))
+    summary = last_run()
+    assert summary is not None
+    started = [m for m in summary.task_metrics.values() if m.startup_s > 0]
+    assert len(started) == summary.invocations
+    assert all(m.startup_s < 30 for m in started)
+    stats = processes.history.resource_stats([started[0].resource])[started[0].resource]
+    assert stats.count(Metric.STARTUP_S) >= len(started)
 
 
 def test_finalize_runs_in_the_client(processes: Kong) -> None:

@@ -29,6 +29,12 @@ class TaskMetrics:
     output_bytes: int = 0
     # time spent recomputing inputs published as recipes (runtime.recompute), not exec_s
     recompute_s: float = 0.0
+    # first task of an invocation: seconds from the invocation to this task's start, less
+    # any wait for a concurrency slot (0: not a first task); and whether it was cold
+    startup_s: float = 0.0
+    cold_start: bool = False
+    # the output was published as a recipe: readers recomputed it (runtime.recompute)
+    recipe: bool = False
 
 
 @dataclass

@@ -92,6 +92,7 @@ class Metric(enum.StrEnum):
     EXEC_S_PER_BYTE = "exec_s_per_byte"  # execution time / input bytes (sizes known)
     OUTPUT_BYTES = "output_bytes"  # size of one task's output
     OUTPUT_RATIO = "output_ratio"  # output bytes / input bytes
+    RECIPE = "recipe"  # 1 when the output was published as a recipe, else 0
     # per resource config
     READ_BPS = "read_bps"  # bytes read from the store per second of reading
     WRITE_BPS = "write_bps"  # bytes written to the store per second of writing
@@ -100,6 +101,7 @@ class Metric(enum.StrEnum):
     INVOKE_S = "invoke_s"  # one invocation, as seen by the invoking worker
     STARTUP_COLD_S = "startup_cold_s"  # a new worker's start-up (fed by the runtime)
     STARTUP_WARM_S = "startup_warm_s"  # a warm worker's start-up (fed by the runtime)
+    STARTUP_S = "startup_s"  # any start-up, cold or warm, as the backend's pool mixes them
     # per DAG shape
     MAKESPAN_S = "makespan_s"  # observed makespan of a run
     PREDICTED_MAKESPAN_S = "predicted_makespan_s"  # the plan's prediction for that run
@@ -111,6 +113,7 @@ FUNCTION_METRICS = (
     Metric.EXEC_S_PER_BYTE,
     Metric.OUTPUT_BYTES,
     Metric.OUTPUT_RATIO,
+    Metric.RECIPE,
 )
 RESOURCE_METRICS = (
     Metric.READ_BPS,
@@ -120,6 +123,7 @@ RESOURCE_METRICS = (
     Metric.INVOKE_S,
     Metric.STARTUP_COLD_S,
     Metric.STARTUP_WARM_S,
+    Metric.STARTUP_S,
 )
 SHAPE_METRICS = (Metric.MAKESPAN_S, Metric.PREDICTED_MAKESPAN_S, Metric.MAKESPAN_ERROR)
 
@@ -218,11 +222,13 @@ def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Obse
     plan count as the "default" config.
     """
     metrics = summary.task_metrics
+    bandwidth_bytes = int(config.get("planning.bandwidth_min_bytes"))
     obs: defaultdict[str, defaultdict[Metric, list[float]]] = defaultdict(lambda: defaultdict(list))
     for task, m in metrics.items():
         resource = plan.tasks[task].resource if plan is not None else "default"
         by_metric = obs[function_group(key_split(dag.keys[task]), resource)]
         by_metric[Metric.EXEC_S].append(m.exec_s)
+        by_metric[Metric.RECIPE].append(1.0 if m.recipe else 0.0)
         input_bytes = known_input_bytes(dag, metrics, task)
         if m.output_bytes > 0:
             by_metric[Metric.OUTPUT_BYTES].append(m.output_bytes)
@@ -230,7 +236,7 @@ def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Obse
             by_metric[Metric.EXEC_S_PER_BYTE].append(m.exec_s / input_bytes)
             if m.output_bytes > 0:
                 by_metric[Metric.OUTPUT_RATIO].append(m.output_bytes / input_bytes)
-        observe_io(obs[resource_group(resource)], m)
+        observe_io(obs[resource_group(resource)], m, bandwidth_bytes)
     if summary.shape_hash:
         observe_makespan(obs[shape_group(summary.shape_hash)], summary, plan)
     return {group: dict(by_metric) for group, by_metric in obs.items()}
@@ -248,16 +254,27 @@ def known_input_bytes(dag: DAG, metrics: Mapping[int, TaskMetrics], task: int) -
     return total or None
 
 
-def observe_io(by_metric: defaultdict[Metric, list[float]], m: TaskMetrics) -> None:
-    """Store throughput and invocation latency seen by one task's worker."""
-    if m.read_s > 0 and m.read_bytes > 0:
-        by_metric[Metric.READ_BPS].append(m.read_bytes / m.read_s)
-        by_metric[Metric.READ_S].append(m.read_s)
-    if m.write_s > 0 and m.written_bytes > 0:
-        by_metric[Metric.WRITE_BPS].append(m.written_bytes / m.write_s)
-        by_metric[Metric.WRITE_S].append(m.write_s)
+def observe_io(
+    by_metric: defaultdict[Metric, list[float]], m: TaskMetrics, bandwidth_bytes: int
+) -> None:
+    """Store throughput and latency, invocation latency and start-up seen by one task's
+    worker. A transfer of at least `bandwidth_bytes` is a throughput sample; a smaller
+    one is a latency sample (its time is round-trips, not bytes: counting 300 bytes in
+    0.3 ms as 1 MB/s would predict 8 s for an 8 MB block)."""
+    for seconds, nbytes, bps, latency in (
+        (m.read_s, m.read_bytes, Metric.READ_BPS, Metric.READ_S),
+        (m.write_s, m.written_bytes, Metric.WRITE_BPS, Metric.WRITE_S),
+    ):
+        if seconds > 0 and nbytes >= bandwidth_bytes:
+            by_metric[bps].append(nbytes / seconds)
+        elif seconds > 0 and nbytes > 0:
+            by_metric[latency].append(seconds)
     if m.invocations > 0:
         by_metric[Metric.INVOKE_S].append(m.invoke_s / m.invocations)
+    if m.startup_s > 0:
+        cold = Metric.STARTUP_COLD_S if m.cold_start else Metric.STARTUP_WARM_S
+        by_metric[cold].append(m.startup_s)
+        by_metric[Metric.STARTUP_S].append(m.startup_s)
 
 
 def observe_makespan(

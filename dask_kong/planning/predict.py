@@ -200,6 +200,12 @@ class Predictor:
         size = self._at(function, resource, Metric.OUTPUT_BYTES)
         return None if size is None else size[1]
 
+    def publishes_recipe(self, function: str, resource: str) -> bool:
+        """Whether tasks of `function` usually publish a recipe, not their output (their
+        readers then recompute them instead of reading: runtime.recompute)."""
+        share = self._at(function, resource, Metric.RECIPE)
+        return share is not None and share[1] >= 0.5
+
     def transfer_s(self, nbytes: float | None, source: str, dest: str) -> float | None:
         """Seconds to move an output: written by a worker of `source`, read by one of
         `dest`. With the size unknown, the typical time of one write and one read."""
@@ -212,16 +218,21 @@ class Predictor:
     def _io_s(
         self, nbytes: float | None, resource: str, rate: Metric, per_op: Metric
     ) -> float | None:
-        if nbytes is not None:
-            bps = self._at(None, resource, rate)
-            if bps is not None and bps[1] > 0:
-                return nbytes / bps[1]
-        seconds = self._at(None, resource, per_op)
-        return None if seconds is None else seconds[1]
+        """Latency (the typical small transfer) plus bytes over throughput (sampled on
+        large transfers only): either part may be unknown, both unknown is None."""
+        latency = self._at(None, resource, per_op)
+        bps = self._at(None, resource, rate) if nbytes is not None else None
+        if bps is not None and bps[1] > 0:
+            return (latency[1] if latency else 0.0) + nbytes / bps[1]  # type: ignore[operator]
+        return None if latency is None else latency[1]
 
-    def startup_s(self, resource: str, cold: bool) -> float | None:
-        """Seconds from invocation to a worker of `resource` running its first task."""
-        metric = Metric.STARTUP_COLD_S if cold else Metric.STARTUP_WARM_S
+    def startup_s(self, resource: str, cold: bool | None) -> float | None:
+        """Seconds from invocation to a worker of `resource` running its first task:
+        cold, warm, or (None) as the backend's pool mixes them."""
+        if cold is None:
+            metric = Metric.STARTUP_S
+        else:
+            metric = Metric.STARTUP_COLD_S if cold else Metric.STARTUP_WARM_S
         seconds = self._at(None, resource, metric)
         return None if seconds is None else seconds[1]
 

@@ -124,20 +124,32 @@ class Estimates:
         return self._exec[key]
 
     def transfer_s(self, task: int, source: str, dest: str) -> float | None:
-        """Moving `task`'s output from a worker of `source` to one of `dest`."""
+        """Moving `task`'s output from a worker of `source` to one of `dest`: a store
+        write and read, or, where the task publishes a recipe, recomputing it at `dest`."""
         key = (task, source, dest)
         if key not in self._transfer:
-            self._transfer[key] = self.predictor.transfer_s(
-                self.sizes.output_bytes[task], source, dest
-            )
+            if self.predictor.publishes_recipe(self.functions[task], source):
+                self._transfer[key] = self.exec_s(task, dest)
+            else:
+                self._transfer[key] = self.predictor.transfer_s(
+                    self.sizes.output_bytes[task], source, dest
+                )
         return self._transfer[key]
 
     def overhead_s(self, resource: str) -> float:
-        """Invocation plus start-up before a new worker of `resource` runs its first task."""
+        """Invocation plus start-up before a new worker of `resource` runs its first task:
+        on the default config the start-ups observed (warm and cold, as the backend's pool
+        mixed them), on another config a warm one (planners pre-warm those)."""
         if resource not in self._overhead:
-            cold = resource == self.default_resource
-            invoke = self.predictor.invoke_s(resource) or 0.0
-            self._overhead[resource] = invoke + (self.predictor.startup_s(resource, cold) or 0.0)
+            predictor = self.predictor
+            if resource == self.default_resource:
+                startup = predictor.startup_s(resource, None)
+                if startup is None:
+                    startup = predictor.startup_s(resource, True)
+            else:
+                startup = predictor.startup_s(resource, False)
+            invoke = predictor.invoke_s(resource) or 0.0
+            self._overhead[resource] = invoke + (startup or 0.0)
         return self._overhead[resource]
 
 

@@ -22,11 +22,18 @@ from .heartbeat import Heartbeater
 
 @dataclass(frozen=True)
 class Invocation:
-    """Start a branch at task `start`; `inputs` maps parent task index -> value inline."""
+    """Start a branch at task `start`; `inputs` maps parent task index -> value inline.
+
+    For the metrics history's start-up samples: `sent_at` is the wall clock when the
+    invocation was made, `queued_s` how long it then waited for a free concurrency slot
+    (known to the backend that queues it), `cold` whether it started a new worker."""
 
     run_id: str
     start: int
     inputs: dict[int, Any] = field(default_factory=dict)
+    sent_at: float = field(default_factory=time.time)
+    queued_s: float = 0.0
+    cold: bool = False
 
 
 class Invoker(Protocol):

@@ -61,7 +61,7 @@ class RemoteInvoker:
             return payload
         writes = {output_key(t): v for t, v in invocation.inputs.items()}
         ctx.store.commit(ctx.run_id, writes)
-        slim = Invocation(invocation.run_id, invocation.start)
+        slim = Invocation(invocation.run_id, invocation.start, sent_at=invocation.sent_at)
         payload = encode_invocation(slim, ctx.shipment)
         if len(payload) > self.max_bytes:
             raise KongError(

@@ -114,6 +114,7 @@ def encode_invocation(invocation: Invocation, shipment: Shipment) -> bytes:
         "kong": PAYLOAD_VERSION,
         "run": invocation.run_id,
         "start": invocation.start,
+        "sent": invocation.sent_at,
         "invoker": asdict(shipment.invoker),
     }
     if invocation.inputs:
@@ -143,7 +144,9 @@ def decode_invocation(event: dict[str, Any]) -> DecodedInvocation:
         raise ValueError(f"not a dask-kong v{PAYLOAD_VERSION} invocation: {sorted(event)}")
     inputs = serialize.loads(base64.b64decode(event["inputs"])) if "inputs" in event else {}
     return DecodedInvocation(
-        invocation=Invocation(event["run"], int(event["start"]), inputs),
+        invocation=Invocation(
+            event["run"], int(event["start"]), inputs, sent_at=float(event.get("sent", 0.0))
+        ),
         spec_b64=event.get("spec"),
         invoker=InvokerSpec(**event["invoker"]),
     )

@@ -100,11 +100,13 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
     """Run tasks from `invocation.start` until this branch has nothing left to run here."""
     branch = Branch(ctx, worker_id or new_worker_id(ctx.run_id), dict(invocation.inputs))
     todo = collections.deque([invocation.start])
+    first: Invocation | None = invocation
     try:
         while todo and not ctx.cancelled():
             task = todo.popleft()
             ctx.heartbeater.beat(ctx.run_id, branch.worker_id, task)
-            todo.extend(run_task(branch, task))
+            todo.extend(run_task(branch, task, first))
+            first = None
             keep_only_inputs_of(branch, todo)
         flush_events(branch)
     except Exception as exc:  # store unreachable while flushing: the client's stall check
@@ -113,10 +115,15 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
         ctx.heartbeater.done(ctx.run_id, branch.worker_id)
 
 
-def run_task(branch: Branch, task: int) -> list[int]:
-    """Run one task; the tasks this worker runs next (none when the branch ends)."""
+def run_task(branch: Branch, task: int, invocation: Invocation | None = None) -> list[int]:
+    """Run one task; the tasks this worker runs next (none when the branch ends).
+    `invocation` is given for the branch's first task: its start-up is measured."""
     resource = branch.ctx.plan.tasks[task].resource
     metrics = TaskMetrics(worker=branch.worker_id, resource=resource, start=time.time())
+    if invocation is not None and invocation.sent_at > 0:
+        waited = metrics.start - invocation.sent_at - invocation.queued_s
+        metrics.startup_s = max(waited, 1e-6)
+        metrics.cold_start = invocation.cold
     try:
         values = gather_inputs(branch, task, metrics)
         value = execute(branch, task, values, metrics)
@@ -218,6 +225,7 @@ def route_dependents(
     recipe = recipe_for(ctx, task, inputs, metrics)
     if recipe is not None:
         branch.recipes[task] = recipe
+        metrics.recipe = True
         value = recipe
     routing = plan_routing(branch, task, recipe.nbytes if recipe else metrics.output_bytes)
     ready = list(routing.direct)

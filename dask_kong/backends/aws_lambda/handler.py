@@ -13,6 +13,7 @@ empty invocation that only warms the container (pre-warm).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import threading
 import time
@@ -102,17 +103,21 @@ _process = WorkerProcess()
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Run one branch of a run, starting at the invocation's task."""
     started = time.perf_counter()
+    cold = _process.invocations == 0  # a pre-warm counts: it is what makes the next warm
+    _process.invocations += 1
     if event.get("kong-warm"):
         return {"warm": True, "pid": os.getpid()}
     decoded = decode_invocation(event)
     ctx = build_context(decoded)
     worker_id = new_worker_id(ctx.run_id)
-    _process.invocations += 1
-    run_branch(ctx, decoded.invocation, worker_id)
+    # the local gateway says how long the invocation queued for a slot; AWS does not
+    queued_s = float(getattr(context, "queued_s", 0.0))
+    invocation = dataclasses.replace(decoded.invocation, queued_s=queued_s, cold=cold)
+    run_branch(ctx, invocation, worker_id)
     return {
         "worker": worker_id,
         "pid": os.getpid(),
-        "cold": bool(getattr(context, "cold_start", False)),
+        "cold": cold,
         "seconds": time.perf_counter() - started,
     }
 

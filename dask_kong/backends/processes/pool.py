@@ -119,6 +119,10 @@ class PendingInvocation:
     cold_start: bool | None = None
     holds_slot: bool = False
     done: bool = False
+    # monotonic: accepted by the gateway, and given a slot (the wait is reported to the
+    # handler as `context.queued_s`, so start-up samples leave queueing out)
+    accepted_at: float = field(default_factory=time.monotonic)
+    started_at: float = 0.0
 
     @property
     def sync(self) -> bool:
@@ -319,6 +323,7 @@ class WorkerProcess:
                 "fn": invocation.function,
                 "arn": function_arn(invocation.function),
                 "timeout_ms": int(timeout_s * 1000),
+                "queued_s": max(0.0, invocation.started_at - invocation.accepted_at),
             }
         )
         prefix = worker_main.encode_prefix(FrameKind.INVOKE, header, len(invocation.payload))
@@ -435,6 +440,7 @@ class WorkerPool:
     def _start(self, invocation: PendingInvocation) -> None:
         """Give the invocation a slot and a worker: warm if one is idle, else a new one."""
         invocation.holds_slot = True
+        invocation.started_at = time.monotonic()
         self._busy += 1
         self._counters.max_busy = max(self._counters.max_busy, self._busy)
         worker = self._take_idle(invocation.config)

@@ -174,6 +174,7 @@ class LambdaContext:
     invoked_function_arn: str
     cold_start: bool
     deadline_monotonic: float
+    queued_s: float = 0.0  # ours: how long the invocation waited for a concurrency slot
     function_version: str = "$LATEST"
     log_group_name: str = field(default="")
     log_stream_name: str = field(default="")
@@ -284,6 +285,7 @@ def run_invocation(
         invoked_function_arn=header["arn"],
         cold_start=cold_start,
         deadline_monotonic=time.monotonic() + header["timeout_ms"] / 1000,
+        queued_s=float(header.get("queued_s", 0.0)),
     )
     try:
         event = json.loads(frame.payload) if frame.payload else {}

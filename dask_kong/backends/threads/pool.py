@@ -8,10 +8,12 @@ keep-warm window, so an idle session holds no threads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Sequence
 
 from ... import config
@@ -91,8 +93,9 @@ class ThreadBackend:
                         return
                     continue
             ctx, invocation = item
+            queued_s = max(0.0, time.time() - invocation.sent_at)
             try:
-                run_branch(ctx, invocation)
+                run_branch(ctx, dataclasses.replace(invocation, queued_s=queued_s))
             except BaseException:  # run_branch reports task errors; this is a bug guard
                 logger.exception("worker thread crashed running %s", invocation)
             finally:
