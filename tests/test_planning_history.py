@@ -16,7 +16,7 @@ from redis.retry import Retry
 from dask_kong.dag import DAG, to_dag
 from dask_kong.metrics.records import RunSummary, TaskMetrics
 from dask_kong.planning import MemoryHistory, Plan, RedisHistory, TaskPlan, record_run
-from dask_kong.planning.history import Metric, Stats, percentile
+from dask_kong.planning.history import Metric, Stats, percentile, task_profile_name
 from dask_kong.store.server import RedisServer
 
 WINDOW = 64
@@ -101,7 +101,7 @@ def test_memory_history_stays_the_same_size_over_10000_runs() -> None:
         history.record(dag, observed_run(dag, seed), plan)
     assert history.stored_size() == size_after_100
     groups, samples = size_after_100
-    assert groups == 3 + 1 + 1  # three functions, one config, one shape
+    assert groups == 3 + 1 + 1 + len(dag)  # three functions, one config, one shape, tasks
     assert samples <= groups * len(Metric) * WINDOW
     stats = history.function_stats([("load", "default")])[("load", "default")]
     assert stats.count(Metric.EXEC_S) == 3 * 10_000  # counts keep counting
@@ -138,7 +138,7 @@ def test_redis_history_stays_the_same_size_over_10000_concurrent_runs(
     client = redis_history._client
     lists = [k for k in keys if client.type(k) == b"list"]
     hashes = [k for k in keys if client.type(k) == b"hash"]
-    assert len(hashes) == 3 + 1 + 1
+    assert len(hashes) == 3 + 1 + 1 + len(dag)  # functions, config, shape, task profiles
     assert lists and all(client.llen(k) <= WINDOW for k in lists)
     assert max(client.llen(k) for k in lists) == WINDOW
     assert all(len(client.hkeys(k)) <= 2 * len(Metric) for k in hashes)
@@ -253,3 +253,23 @@ def test_recording_1000_tasks_in_redis_takes_well_under_50_ms(
         redis_history.record(dag, summary, plan)
         timings.append(time.perf_counter() - started)
     assert statistics.median(timings) < 0.050, timings
+
+
+def test_recording_a_profiled_999_task_run_in_redis_takes_under_150_ms(
+    redis_history: RedisHistory,
+) -> None:
+    """At kong.planning.profile_max_tasks (1000) and below, every task also gets its
+    own profile group: recording costs more, but stays bounded."""
+    dag = fan_in_dag(499)  # 999 tasks: profiled
+    plan = plan_for(dag)
+    runs = [observed_run(dag, seed) for seed in range(5)]
+    redis_history.record(dag, runs[0], plan)
+    timings = []
+    for summary in runs[1:]:
+        started = time.perf_counter()
+        redis_history.record(dag, summary, plan)
+        timings.append(time.perf_counter() - started)
+    assert statistics.median(timings) < 0.150, timings
+    profile = task_profile_name(dag.shape_hash, 0)
+    stats = redis_history.function_stats([(profile, "default")])[(profile, "default")]
+    assert stats.count(Metric.EXEC_S) == len(runs)

@@ -106,6 +106,9 @@ class Metric(enum.StrEnum):
     MAKESPAN_S = "makespan_s"  # observed makespan of a run
     PREDICTED_MAKESPAN_S = "predicted_makespan_s"  # the plan's prediction for that run
     MAKESPAN_ERROR = "makespan_error"  # |predicted - observed| / observed
+    # the makespan outside the tasks' span: shipping the run, the first invocations,
+    # reading the results back, deleting the run's keys (the client's share)
+    CLIENT_S = "client_s"
 
 
 FUNCTION_METRICS = (
@@ -125,7 +128,12 @@ RESOURCE_METRICS = (
     Metric.STARTUP_WARM_S,
     Metric.STARTUP_S,
 )
-SHAPE_METRICS = (Metric.MAKESPAN_S, Metric.PREDICTED_MAKESPAN_S, Metric.MAKESPAN_ERROR)
+SHAPE_METRICS = (
+    Metric.MAKESPAN_S,
+    Metric.PREDICTED_MAKESPAN_S,
+    Metric.MAKESPAN_ERROR,
+    Metric.CLIENT_S,
+)
 
 
 def function_group(function: str, resource: str) -> str:
@@ -139,6 +147,13 @@ def resource_group(resource: str) -> str:
 
 def shape_group(shape_hash: str) -> str:
     return f"shape/{shape_hash}"
+
+
+def task_profile_name(shape_hash: str, task: int) -> str:
+    """The pseudo-function under which one task of one DAG shape is profiled: a task of
+    a shape seen before is predicted from its own earlier runs, not from every task that
+    shares its function (a TSQR's leaf and tree `qr`s differ a hundredfold in time)."""
+    return f"{shape_hash}#{task}"
 
 
 def group_metrics(group: str) -> tuple[Metric, ...]:
@@ -223,12 +238,16 @@ def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Obse
     """
     metrics = summary.task_metrics
     bandwidth_bytes = int(config.get("planning.bandwidth_min_bytes"))
+    small = len(dag) <= int(config.get("planning.profile_max_tasks"))
+    profile = summary.shape_hash if small else ""
     obs: defaultdict[str, defaultdict[Metric, list[float]]] = defaultdict(lambda: defaultdict(list))
     for task, m in metrics.items():
         resource = plan.tasks[task].resource if plan is not None else "default"
         by_metric = obs[function_group(key_split(dag.keys[task]), resource)]
         by_metric[Metric.EXEC_S].append(m.exec_s)
         by_metric[Metric.RECIPE].append(1.0 if m.recipe else 0.0)
+        if profile:
+            observe_task_profile(obs[function_group(task_profile_name(profile, task), resource)], m)
         input_bytes = known_input_bytes(dag, metrics, task)
         if m.output_bytes > 0:
             by_metric[Metric.OUTPUT_BYTES].append(m.output_bytes)
@@ -240,6 +259,14 @@ def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Obse
     if summary.shape_hash:
         observe_makespan(obs[shape_group(summary.shape_hash)], summary, plan)
     return {group: dict(by_metric) for group, by_metric in obs.items()}
+
+
+def observe_task_profile(by_metric: defaultdict[Metric, list[float]], m: TaskMetrics) -> None:
+    """One task's own time, output size and publishing (see `task_profile_name`)."""
+    by_metric[Metric.EXEC_S].append(m.exec_s)
+    by_metric[Metric.RECIPE].append(1.0 if m.recipe else 0.0)
+    if m.output_bytes > 0:
+        by_metric[Metric.OUTPUT_BYTES].append(m.output_bytes)
 
 
 def known_input_bytes(dag: DAG, metrics: Mapping[int, TaskMetrics], task: int) -> int | None:
@@ -282,6 +309,10 @@ def observe_makespan(
 ) -> None:
     """The run's makespan, and how far the plan's prediction was from it."""
     by_metric[Metric.MAKESPAN_S].append(summary.makespan_s)
+    metrics = summary.task_metrics.values()
+    span = max((m.end for m in metrics), default=0.0) - min((m.start for m in metrics), default=0.0)
+    if span > 0:  # the tasks carried timestamps
+        by_metric[Metric.CLIENT_S].append(max(summary.makespan_s - span, 0.0))
     predicted = plan.predicted_makespan_s if plan is not None else None
     if predicted is not None:
         by_metric[Metric.PREDICTED_MAKESPAN_S].append(predicted)

@@ -19,7 +19,7 @@ from .. import config
 from ..dag import DAG
 from .history import Metric
 from .plan import Optimization, Plan, PlanningContext, TaskPlan
-from .predict import Predictor
+from .predict import Predictor, parse_sla
 from .schedule import (
     Estimates,
     Sizes,
@@ -29,6 +29,7 @@ from .schedule import (
     predict_sizes,
     simulate,
     task_functions,
+    task_profiles,
     worker_slack,
 )
 
@@ -175,7 +176,7 @@ def load_predictor(dag: DAG, context: PlanningContext) -> Predictor | None:
         return None
     predictor = Predictor(context.history, context.sla, context.resources)
     functions = set(task_functions(dag))
-    predictor.prefetch(functions)
+    predictor.prefetch(functions | set(filter(None, task_profiles(dag))))
     if not any(predictor.knows(f) for f in functions):
         return None
     return predictor
@@ -232,9 +233,22 @@ def predicted_plan(
         planner=name,
         tasks=tasks,
         critical_path=timeline.critical_path,
-        predicted_makespan_s=timeline.makespan_s,
+        predicted_makespan_s=timeline.makespan_s + client_share_s(context, dag),
         notes=notes,
     )
+
+
+def client_share_s(context: PlanningContext, dag: DAG) -> float:
+    """The part of earlier runs of this shape outside the tasks' span (the client ships
+    the run, reads results, cleans up), at the SLA percentile; 0 for a new shape. The
+    timeline covers tasks only; the makespan a user sees includes this."""
+    stats = context.history.shape_stats(dag.shape_hash)
+    quantile = parse_sla(context.sla)
+    if stats is None or not stats.count(Metric.CLIENT_S):
+        return 0.0
+    if quantile is None:
+        return stats.mean(Metric.CLIENT_S) or 0.0
+    return stats.percentile(Metric.CLIENT_S, quantile) or 0.0
 
 
 def coverage_notes(estimates: Estimates, flags: list[set[Optimization]]) -> dict[str, str]:

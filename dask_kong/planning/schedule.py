@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 from dask.utils import key_split
 
+from .. import config
 from ..dag import DAG
+from .history import task_profile_name
 from .predict import Predictor
 
 
@@ -46,11 +48,28 @@ def task_functions(dag: DAG) -> tuple[str, ...]:
     return tuple(key_split(key) for key in dag.keys)
 
 
+def task_profiles(dag: DAG) -> tuple[str, ...]:
+    """The history name of every task's own profile in this DAG shape (empty names for
+    DAGs above kong.planning.profile_max_tasks, which are not profiled per task)."""
+    if len(dag) > int(config.get("planning.profile_max_tasks")):
+        return ("",) * len(dag)
+    return tuple(task_profile_name(dag.shape_hash, t) for t in range(len(dag)))
+
+
+def history_name(predictor: Predictor, profile: str, function: str) -> tuple[str, bool]:
+    """The name predictions of one task come from: its own profile when the history has
+    one (True), else its function's (False)."""
+    if profile and predictor.knows(profile):
+        return profile, True
+    return function, False
+
+
 def predict_sizes(dag: DAG, predictor: Predictor, resource: str) -> Sizes:
     """Input and output bytes of every task, outputs propagated through the DAG. A task's
     input size is known only when all its parents' output sizes are (roots read data
     nodes, whose sizes the history does not hold)."""
     functions = task_functions(dag)
+    profiles = task_profiles(dag)
     inputs: list[float | None] = []
     outputs: list[float | None] = []
     for task, parents in enumerate(dag.parents):
@@ -58,7 +77,8 @@ def predict_sizes(dag: DAG, predictor: Predictor, resource: str) -> Sizes:
         known = [s for s in sizes if s is not None]
         input_bytes = sum(known) if parents and len(known) == len(sizes) else None
         inputs.append(input_bytes)
-        outputs.append(predictor.output_bytes(functions[task], resource, input_bytes))
+        name, own = history_name(predictor, profiles[task], functions[task])
+        outputs.append(predictor.output_bytes(name, resource, None if own else input_bytes))
     return Sizes(tuple(inputs), tuple(outputs))
 
 
@@ -111,6 +131,7 @@ class Estimates:
         self.sizes = sizes
         self.default_resource = default_resource
         self.functions = task_functions(dag)
+        self.profiles = task_profiles(dag)
         self._exec: dict[tuple[int, str], float | None] = {}
         self._transfer: dict[tuple[int, str, str], float | None] = {}
         self._overhead: dict[str, float] = {}
@@ -118,9 +139,9 @@ class Estimates:
     def exec_s(self, task: int, resource: str) -> float | None:
         key = (task, resource)
         if key not in self._exec:
-            self._exec[key] = self.predictor.exec_s(
-                self.functions[task], resource, self.sizes.input_bytes[task]
-            )
+            name, own = history_name(self.predictor, self.profiles[task], self.functions[task])
+            input_bytes = None if own else self.sizes.input_bytes[task]
+            self._exec[key] = self.predictor.exec_s(name, resource, input_bytes)
         return self._exec[key]
 
     def transfer_s(self, task: int, source: str, dest: str) -> float | None:
@@ -128,7 +149,8 @@ class Estimates:
         write and read, or, where the task publishes a recipe, recomputing it at `dest`."""
         key = (task, source, dest)
         if key not in self._transfer:
-            if self.predictor.publishes_recipe(self.functions[task], source):
+            name, _ = history_name(self.predictor, self.profiles[task], self.functions[task])
+            if self.predictor.publishes_recipe(name, source):
                 self._transfer[key] = self.exec_s(task, dest)
             else:
                 self._transfer[key] = self.predictor.transfer_s(
