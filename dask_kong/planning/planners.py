@@ -18,7 +18,7 @@ from collections.abc import Callable
 from .. import config
 from ..dag import DAG
 from .history import Metric
-from .plan import Optimization, Plan, PlanningContext, TaskPlan
+from .plan import Optimization, Plan, PlanningContext, ResourceSpec, TaskPlan
 from .predict import Predictor, parse_sla
 from .schedule import (
     Estimates,
@@ -82,26 +82,44 @@ def plan_uniform(dag: DAG, context: PlanningContext) -> Plan:
 
 
 def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
-    """Per-worker resource configs: every worker starts on the strongest config (most
-    cpus, then memory); workers off the critical path are then downgraded to weaker
-    configs while the predicted makespan stays within kong.planning.downgrade_tolerance
-    of the all-strongest prediction. Without history: every task on the default config."""
+    """Per-worker resource configs: every worker starts on the strongest config, the one
+    with the shortest predicted makespan when every worker uses it (usually the most
+    cpus; not where the history says otherwise, e.g. 2-cpu workers oversubscribing a
+    2-core machine); workers off the critical path are then downgraded to cheaper configs
+    (fewer cpus x memory) while the predicted makespan stays within
+    kong.planning.downgrade_tolerance of the all-strongest prediction. Without history:
+    every task on the default config."""
     predictor = load_predictor(dag, context)
     if predictor is None:
         return unpredicted_plan("non_uniform", dag, context)
-    by_strength = sorted(context.resources, key=lambda r: (r.cpus, r.memory_mb, r.name))
-    strongest = by_strength[-1]
     sizes = predict_sizes(dag, predictor, context.default_resource)
     estimates = Estimates(dag, predictor, sizes, context.default_resource)
     workers = assign_workers(dag, sizes.output_bytes)
-    configs = [strongest.name] * worker_count(workers)
-    strong = simulate(dag, workers, configs, estimates, context.concurrency)
+    count = worker_count(workers)
+    alone = {
+        r.name: simulate(dag, workers, [r.name] * count, estimates, context.concurrency)
+        for r in context.resources
+    }
+    strongest = min(
+        context.resources, key=lambda r: (alone[r.name].makespan_s, -r.cpus, -r.memory_mb, r.name)
+    )
+    strong = alone[strongest.name]
+    cheaper = sorted(
+        (r for r in context.resources if price(r) < price(strongest)),
+        key=lambda r: (price(r), r.name),
+    )
     tolerance = float(config.get("planning.downgrade_tolerance"))
     timeline = downgrade_off_critical_path(
-        dag, strong, estimates, [r.name for r in by_strength[:-1]], tolerance, context.concurrency
+        dag, strong, estimates, [r.name for r in cheaper], tolerance, context.concurrency
     )
     notes = downgrade_notes(strong, timeline, strongest.name, tolerance)
     return predicted_plan("non_uniform", dag, timeline, sizes, estimates, context, notes)
+
+
+def price(resource: ResourceSpec) -> int:
+    """What a worker of `resource` costs per second, up to a constant (Lambda bills
+    memory x time, and cpus grow with memory there)."""
+    return resource.cpus * resource.memory_mb
 
 
 def downgrade_off_critical_path(
