@@ -79,7 +79,19 @@ def diamond_history(side_exec_s: float = 1.0, runs: int = 5) -> MemoryHistory:
     join    1        10             reads 110 B in 0.11 s
     """
     dag = diamond()
-    metrics = {
+    metrics = diamond_history_metrics(side_exec_s)
+    plan = Plan("wukong", tuple(TaskPlan(resource="small") for _ in range(len(dag))))
+    history = MemoryHistory()
+    # every transfer counts as a throughput sample: these bytes stand in for megabytes
+    with dask.config.set({"kong.planning.bandwidth_min_bytes": 1}):
+        for _ in range(runs):
+            history.record(dag, summary_of(dag, metrics, makespan_s=9.0), plan)
+    return history
+
+
+def diamond_history_metrics(side_exec_s: float = 1.0) -> dict[str, TaskMetrics]:
+    """One run of the diamond on small, as the table of `diamond_history` says."""
+    return {
         "src-0": TaskMetrics("w0", exec_s=1.0, output_bytes=1000, written_bytes=1000, write_s=1.0),
         "left-0": TaskMetrics("w0", exec_s=1.0, output_bytes=500),
         "right-0": TaskMetrics(
@@ -102,13 +114,6 @@ def diamond_history(side_exec_s: float = 1.0, runs: int = 5) -> MemoryHistory:
         ),
         "join-0": TaskMetrics("w0", exec_s=1.0, output_bytes=10, read_bytes=110, read_s=0.11),
     }
-    plan = Plan("wukong", tuple(TaskPlan(resource="small") for _ in range(len(dag))))
-    history = MemoryHistory()
-    # every transfer counts as a throughput sample: these bytes stand in for megabytes
-    with dask.config.set({"kong.planning.bandwidth_min_bytes": 1}):
-        for _ in range(runs):
-            history.record(dag, summary_of(dag, metrics, makespan_s=9.0), plan)
-    return history
 
 
 def context(
@@ -122,14 +127,16 @@ def by_key(dag: DAG, plan: Plan, attribute: str) -> dict[str, object]:
 
 
 def test_uniform_plan_of_the_diamond_matches_the_hand_computed_timeline() -> None:
-    """On small, moving an output costs bytes/1000 s to write plus as much to read:
+    """On small, the store moves 1000 B/s each way. A worker writes an output another
+    worker reads (or the client wants) before its task ends; the reader reads it first:
 
-    src   worker 0  0   -> 1
-    left  worker 0  1   -> 2      stays with src's output: the largest of its children
-    right worker 1  1+2 -> 7      src's 1000 B move: 2 s (worker numbers 1 and 2 follow
-    side  worker 2  1+2 -> 4      the task order, which the translation may vary)
-    join  worker 0  7.2 -> 8.2    left's 500 B is the largest input: join runs on worker 0;
-                                  right's 100 B arrive at 7 + 0.2 (the binding parent)
+    src   worker 0  0   -> 1+1      exec 1 s, then writes 1000 B for right and side: 1 s
+    left  worker 0  2   -> 3        stays with src's output: the largest of its children
+    right worker 1  2+1 -> 7+0.1    reads 1000 B (1 s), exec 4 s, writes 100 B (worker
+    side  worker 2  2+1 -> 4+0.01   numbers 1 and 2 follow the task order)
+    join  worker 0  7.2 -> 8.2+0.01 left's 500 B is the largest input: join runs on worker
+                                    0; right's 100 B are read by 7.1 + 0.1 (the binding
+                                    parent); join writes its 10 B for the client
     """
     dag = diamond()
     plan = plan_uniform(dag, context(diamond_history()))
@@ -139,12 +146,12 @@ def test_uniform_plan_of_the_diamond_matches_the_hand_computed_timeline() -> Non
     starts = by_key(dag, plan, "predicted_start_s")
     ends = by_key(dag, plan, "predicted_end_s")
     assert starts == pytest.approx(
-        {"src-0": 0, "left-0": 1, "right-0": 3, "side-0": 3, "join-0": 7.2}
+        {"src-0": 0, "left-0": 2, "right-0": 3, "side-0": 3, "join-0": 7.2}
     )
     assert ends == pytest.approx(
-        {"src-0": 1, "left-0": 2, "right-0": 7, "side-0": 4, "join-0": 8.2}
+        {"src-0": 2, "left-0": 3, "right-0": 7.1, "side-0": 4.01, "join-0": 8.21}
     )
-    assert plan.predicted_makespan_s == pytest.approx(8.2)
+    assert plan.predicted_makespan_s == pytest.approx(8.21)
     assert [dag.keys[t] for t in plan.critical_path] == ["src-0", "right-0", "join-0"]
     assert by_key(dag, plan, "predicted_output_bytes") == {
         "src-0": 1000,
@@ -158,10 +165,12 @@ def test_uniform_plan_of_the_diamond_matches_the_hand_computed_timeline() -> Non
 
 
 def test_uniform_flags_preload_and_task_dup_at_the_slow_fan_in() -> None:
-    """join's inputs arrive 5.2 s apart (pre-load); worker 0 is free at 2 s and could
-    recompute right (4 s, src's output is local) by 6 s instead of waiting until 7.2 s."""
+    """join's inputs arrive 4.2 s apart (left at 3 s, right at 7.2 s: pre-load); worker 0
+    is free at 3 s and could recompute right (4 s, src's output is local) by 7 s instead
+    of waiting until 7.2 s: a 0.2 s gain, above a 0.1 s threshold."""
     dag = diamond()
-    plan = plan_uniform(dag, context(diamond_history()))
+    with dask.config.set({"kong.planning.task_dup_min_gain_s": 0.1}):
+        plan = plan_uniform(dag, context(diamond_history()))
     join = dag.index_of("join-0")
     assert plan.tasks[join].optimizations == WUKONG_OPTIMIZATIONS | {
         Optimization.PRELOAD,
@@ -172,9 +181,11 @@ def test_uniform_flags_preload_and_task_dup_at_the_slow_fan_in() -> None:
 
 
 def test_non_uniform_downgrades_the_worker_off_the_critical_path() -> None:
-    """Everything on large (2 cpus) halves exec times: makespan 5.2 s with critical path
-    src, right, join (workers 0 and 1). side's worker 2 has 1.68 s of slack, so on small
-    side ends at 3.5 s instead of 3 s and join still starts at 4.7 s."""
+    """Everything on large (2 cpus) halves exec times (the I/O is as on small): src
+    0-0.5+1, left 1.5-2, right 2.5-4.5+0.1, side 2.5-3+0.01, join 4.7-5.2+0.01, so the
+    makespan is 5.21 s (all small: 8.21 s, hence large is the strongest) with critical
+    path src, right, join (workers 0 and 1). On small, side ends at 3.51 s instead of
+    3.01 s and join still starts at 4.7 s."""
     dag = diamond()
     plan = plan_non_uniform(dag, context(diamond_history(side_exec_s=1.0)))
     assert by_key(dag, plan, "resource") == {
@@ -184,7 +195,7 @@ def test_non_uniform_downgrades_the_worker_off_the_critical_path() -> None:
         "side-0": "small",
         "join-0": "large",
     }
-    assert plan.predicted_makespan_s == pytest.approx(5.2)
+    assert plan.predicted_makespan_s == pytest.approx(5.21)
     assert [dag.keys[t] for t in plan.critical_path] == ["src-0", "right-0", "join-0"]
     assert "1 of 3 workers downgraded from large" in plan.notes["resources"]
     # Workers on large are pre-warmed at their first task; side's small worker is not.
@@ -193,19 +204,38 @@ def test_non_uniform_downgrades_the_worker_off_the_critical_path() -> None:
 
 
 def test_non_uniform_keeps_a_worker_strong_when_downgrading_it_breaks_the_tolerance() -> None:
-    """side takes 4 s on small: on small it would end at 6.5 s and push join to 7.02 s,
-    35% over the all-large 5.2 s, beyond the 10% tolerance."""
+    """side takes 4 s on small: on small it would end at 6.51 s and push join to
+    6.52-7.02+0.01 s, 35% over the all-large 5.21 s, beyond the 10% tolerance."""
     dag = diamond()
     with dask.config.set({"kong.planning.downgrade_tolerance": 0.1}):
         plan = plan_non_uniform(dag, context(diamond_history(side_exec_s=4.0)))
     assert set(by_key(dag, plan, "resource").values()) == {"large"}
-    assert plan.predicted_makespan_s == pytest.approx(5.2)
+    assert plan.predicted_makespan_s == pytest.approx(5.21)
     assert "0 of 3 workers downgraded" in plan.notes["resources"]
     with dask.config.set({"kong.planning.downgrade_tolerance": 0.5}):
         relaxed = plan_non_uniform(dag, context(diamond_history(side_exec_s=4.0)))
     assert relaxed.tasks[dag.index_of("side-0")].resource == "small"
-    assert relaxed.predicted_makespan_s == pytest.approx(7.02)
-    assert relaxed.predicted_makespan_s <= 5.2 * 1.5
+    assert relaxed.predicted_makespan_s == pytest.approx(7.03)
+    assert relaxed.predicted_makespan_s <= 5.21 * 1.5
+
+
+def test_non_uniform_starts_on_the_config_the_history_finds_fastest() -> None:
+    """More cpus is not always faster (2-cpu workers oversubscribe a 2-core machine): when
+    the history saw every task three times slower on large, small is the strongest."""
+    dag = diamond()
+    history = diamond_history()
+    slow = summary_of(dag, {}, makespan_s=20.0)
+    for task, m in diamond_history_metrics().items():
+        m.exec_s *= 3
+        slow.task_metrics[dag.index_of(task)] = m
+    on_large = Plan("wukong", tuple(TaskPlan(resource="large") for _ in range(len(dag))))
+    with dask.config.set({"kong.planning.bandwidth_min_bytes": 1}):
+        for _ in range(5):
+            history.record(dag, slow, on_large)
+    plan = plan_non_uniform(dag, context(history))
+    assert set(by_key(dag, plan, "resource").values()) == {"small"}
+    assert plan.predicted_makespan_s == pytest.approx(8.21)
+    assert "from small" in plan.notes["resources"]
 
 
 @pytest.mark.parametrize("planner", [plan_uniform, plan_non_uniform])
@@ -349,15 +379,20 @@ def test_kong_runs_plans_made_from_its_own_history_correctly(planner: str) -> No
 
 
 def test_a_concurrency_limit_serializes_the_predicted_timeline() -> None:
-    """One slot: left 1-2; right and side are both ready at 3 and run one after the
-    other in task order, so join runs 8.02-9.02 (side last: its 10 B take 0.02 s) or
-    8.2-9.2 (right last: its 100 B take 0.2 s). Two slots suffice: the unbounded 8.2 s."""
+    """A worker holds its slot while it reads its inputs, so a slot that frees late
+    delays the read too. Two slots: src 0-2, left 2-3 (on the slot free at 0), then side
+    and right, both ready at 3, in task order (which the translation may vary). Right
+    first: it takes the slot free at 2 and runs 3-7.1, side reads 3-4 and runs to 5.01,
+    join 7.2-8.21 as unbounded. Side first: side runs 3-4.01, right gets the slot free at
+    3, reads until 4 and runs to 8.1; join 8.2-9.21. One slot:
+    side 4-5.01 (read 3-4), right reads 5.01-6.01 and runs to 10.11, join reads until
+    10.22 and ends at 11.23. Unbounded: 8.21."""
     from dataclasses import replace
 
     dag = diamond()
     unbounded = plan_uniform(dag, context(diamond_history()))
     one_slot = plan_uniform(dag, replace(context(diamond_history()), concurrency=1))
     two_slots = plan_uniform(dag, replace(context(diamond_history()), concurrency=2))
-    assert unbounded.predicted_makespan_s == pytest.approx(8.2)
-    assert two_slots.predicted_makespan_s == pytest.approx(8.2)
-    assert one_slot.predicted_makespan_s in (pytest.approx(9.02), pytest.approx(9.2))
+    assert unbounded.predicted_makespan_s == pytest.approx(8.21)
+    assert two_slots.predicted_makespan_s in (pytest.approx(8.21), pytest.approx(9.21))
+    assert one_slot.predicted_makespan_s == pytest.approx(11.23)

@@ -209,11 +209,19 @@ class Predictor:
     def transfer_s(self, nbytes: float | None, source: str, dest: str) -> float | None:
         """Seconds to move an output: written by a worker of `source`, read by one of
         `dest`. With the size unknown, the typical time of one write and one read."""
-        write = self._io_s(nbytes, source, Metric.WRITE_BPS, Metric.WRITE_S)
-        read = self._io_s(nbytes, dest, Metric.READ_BPS, Metric.READ_S)
+        write = self.write_s(nbytes, source)
+        read = self.read_s(nbytes, dest)
         if write is None and read is None:
             return None
         return (write or 0.0) + (read or 0.0)
+
+    def write_s(self, nbytes: float | None, resource: str) -> float | None:
+        """Seconds a worker of `resource` takes to write `nbytes` to the store."""
+        return self._io_s(nbytes, resource, Metric.WRITE_BPS, Metric.WRITE_S)
+
+    def read_s(self, nbytes: float | None, resource: str) -> float | None:
+        """Seconds a worker of `resource` takes to read `nbytes` from the store."""
+        return self._io_s(nbytes, resource, Metric.READ_BPS, Metric.READ_S)
 
     def _io_s(
         self, nbytes: float | None, resource: str, rate: Metric, per_op: Metric

@@ -145,17 +145,35 @@ class Estimates:
         return self._exec[key]
 
     def transfer_s(self, task: int, source: str, dest: str) -> float | None:
-        """Moving `task`'s output from a worker of `source` to one of `dest`: a store
-        write and read, or, where the task publishes a recipe, recomputing it at `dest`."""
+        """Moving `task`'s output from a worker of `source` to one of `dest`."""
+        write, read = self.write_s(task, source), self.read_s(task, source, dest)
+        return None if write is None and read is None else (write or 0.0) + (read or 0.0)
+
+    def publishes_recipe(self, task: int, resource: str) -> bool:
+        name, _ = history_name(self.predictor, self.profiles[task], self.functions[task])
+        return self.predictor.publishes_recipe(name, resource)
+
+    def write_s(self, task: int, resource: str) -> float | None:
+        """The writing worker's time to publish `task`'s output (a recipe: ~nothing)."""
+        key = (task, resource, "")
+        if key not in self._transfer:
+            if self.publishes_recipe(task, resource):
+                self._transfer[key] = 0.0
+            else:
+                nbytes = self.sizes.output_bytes[task]
+                self._transfer[key] = self.predictor.write_s(nbytes, resource)
+        return self._transfer[key]
+
+    def read_s(self, task: int, source: str, dest: str) -> float | None:
+        """A worker of `dest` getting `task`'s output published by one of `source`: a
+        store read, or recomputing it where the task publishes a recipe."""
         key = (task, source, dest)
         if key not in self._transfer:
-            name, _ = history_name(self.predictor, self.profiles[task], self.functions[task])
-            if self.predictor.publishes_recipe(name, source):
+            if self.publishes_recipe(task, source):
                 self._transfer[key] = self.exec_s(task, dest)
             else:
-                self._transfer[key] = self.predictor.transfer_s(
-                    self.sizes.output_bytes[task], source, dest
-                )
+                nbytes = self.sizes.output_bytes[task]
+                self._transfer[key] = self.predictor.read_s(nbytes, dest)
         return self._transfer[key]
 
     def overhead_s(self, resource: str) -> float:
@@ -226,15 +244,17 @@ def simulate(
         if first[workers[task]] == task:
             overheads[task] = estimates.overhead_s(resource)
         free_at = heapq.heappop(slots) if slots is not None else 0.0
-        start[task] = max(ready_at, free_at) + overheads[task]
+        reads = sum(arrivals[task][p] - end[p] for p in dag.parents[task])
+        start[task] = max(ready_at, free_at + reads) + overheads[task]
         execs[task] = estimates.exec_s(task, resource)
-        end[task] = start[task] + (execs[task] or 0.0)
+        writing = write_cost(dag, task, workers, resource, estimates)
+        end[task] = start[task] + (execs[task] or 0.0) + writing
         if slots is not None:
             heapq.heappush(slots, end[task])
         for child in dag.children[task]:
             moved = workers[task] != workers[child]
-            transfer = estimates.transfer_s(task, resource, resources[child]) if moved else 0.0
-            arrivals[child][task] = end[task] + (transfer or 0.0)
+            read = estimates.read_s(task, resource, resources[child]) if moved else 0.0
+            arrivals[child][task] = end[task] + (read or 0.0)
             waiting[child] -= 1
             if waiting[child] == 0:
                 heapq.heappush(ready, (max(arrivals[child].values()), child))
@@ -250,6 +270,17 @@ def simulate(
         makespan_s=max(end, default=0.0),
     )
     return _with_critical_path(dag, timeline)
+
+
+def write_cost(
+    dag: DAG, task: int, workers: Sequence[int], resource: str, estimates: Estimates
+) -> float:
+    """The time `task`'s worker spends writing its output, which it does only when
+    another worker reads it or the client wants it (runtime.worker.plan_routing)."""
+    moved = any(workers[c] != workers[task] for c in dag.children[task])
+    if not moved and task not in dag.output_tasks:
+        return 0.0
+    return estimates.write_s(task, resource) or 0.0
 
 
 def _with_critical_path(dag: DAG, timeline: Timeline) -> Timeline:
