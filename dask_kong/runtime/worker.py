@@ -427,7 +427,8 @@ def duplicate_parent(branch: Branch, parent: int, child: int) -> list[int]:
     absent = [p for p in parent_inputs if p not in branch.local]
     if len(outputs_in_store(branch, absent)) < len(absent):
         return []  # its own inputs are not all there yet: nothing to gain
-    scratch = TaskMetrics(worker=branch.worker_id)
+    resource = ctx.plan.tasks[parent].resource
+    scratch = TaskMetrics(worker=branch.worker_id, resource=resource, start=time.time())
     try:
         value = execute(branch, parent, gather_inputs(branch, parent, scratch), scratch)
     except Exception as exc:  # the original worker reports the task's real failure
@@ -436,7 +437,13 @@ def duplicate_parent(branch: Branch, parent: int, child: int) -> list[int]:
     branch.local[parent] = value
     mark = FanIn(child, parent, len(ctx.dag.parents[child]))
     logger.debug("worker %s duplicated task %r", branch.worker_id, ctx.dag.keys[parent])
-    return ctx.store.commit(ctx.run_id, {output_key(parent): value}, [mark]).ready
+    scratch.output_bytes = sizeof(value)
+    scratch.end = time.time()
+    # The parent is done as far as the client is concerned: it need not wait for the
+    # original (often the straggler that made the duplicate worth it); the original's
+    # own report later is a duplicate event, ignored.
+    done = Event(EventKind.TASK_DONE, parent, branch.worker_id, scratch)
+    return ctx.store.commit(ctx.run_id, {output_key(parent): value}, [mark], [done]).ready
 
 
 def inlinable(branch: Branch, value: Any) -> bool:
