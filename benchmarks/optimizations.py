@@ -13,9 +13,9 @@ predictions; here the flags are set directly, so that each one is measured alone
   child that does not continue in the root's worker waits for a cold start (a worker
   process importing dask and NumPy); with it, an empty invocation sent when the run
   starts has warmed a second worker by then.
-* pre-load: a 64 MB output waits (delayed I/O) at a join for four 16 MB parents that
-  finish 0.3 s apart. With pre-load the waiting worker reads each as it appears; without,
-  it reads all four after the last one.
+* pre-load: a 64 MB output waits (delayed I/O) at a join for four 48 MB parents that
+  finish about 0.2 s apart. With pre-load the waiting worker reads each as it appears;
+  without, it reads all four (192 MB) after the last one.
 * task-dup: two 8 MB children of one root meet at a join. One runs in the root's worker
   at once; the other waits for a cold start. With task-dup the first, waiting at the
   join, recomputes the second (50 ms) instead of waiting for it.
@@ -72,7 +72,7 @@ def prewarm_graph() -> tuple[dict[str, Any], str]:
 def preload_graph() -> tuple[dict[str, Any], str]:
     dsk: dict[str, Any] = {"big": (block, 1, 64, 0.0)}
     for i in range(4):
-        dsk[f"part-{i}"] = (block, i, 16, 0.3 * (i + 1))
+        dsk[f"part-{i}"] = (block, i, 48, 0.2 * (i + 1))
     dsk["join"] = (join, "big", *(f"part-{i}" for i in range(4)))
     return dsk, "join"
 
@@ -116,11 +116,12 @@ def is_child_of_root(dag: DAG, task: int) -> bool:
 
 EXPERIMENTS: dict[str, tuple[Callable[[], tuple[dict[str, Any], str]], Any, dict[str, Any]]] = {
     "pre-warm": (prewarm_graph, flagging(Optimization.PREWARM, is_child_of_root), {}),
-    # delayed I/O waits long enough for the staggered parents, with or without pre-load
+    # delayed I/O waits long enough for the staggered parents (they share one slot, the
+    # waiting worker holds the other), with or without pre-load
     "pre-load": (
         preload_graph,
         flagging(Optimization.PRELOAD, is_fan_in),
-        {"kong.wukong.delay_io_wait_s": 3.0},
+        {"kong.wukong.delay_io_wait_s": 10.0},
     ),
     "task-dup": (
         taskdup_graph,
