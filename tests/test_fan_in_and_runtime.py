@@ -404,8 +404,10 @@ def test_task_dup_recomputes_a_slow_parent_while_waiting(
         joined_at.append(time.monotonic())
         return len(a), b
 
+    # "big" takes 0.2 s, so the original "late" has surely started (and made the first,
+    # slow call) before "big" waits at the join and duplicates it.
     dsk = {
-        "big": (make_block, 50_000),
+        "big": (slow_block, 50_000, 0.2),
         "late": (slow_then_fast, "slow-one", 1.5),
         "join": (join, "big", "late"),
     }

@@ -229,9 +229,9 @@ class Predictor:
         """Latency (the typical small transfer) plus bytes over throughput (sampled on
         large transfers only): either part may be unknown, both unknown is None."""
         latency = self._at(None, resource, per_op)
-        bps = self._at(None, resource, rate) if nbytes is not None else None
-        if bps is not None and bps[1] > 0:
-            return (latency[1] if latency else 0.0) + nbytes / bps[1]  # type: ignore[operator]
+        bps = self._at(None, resource, rate)
+        if nbytes is not None and bps is not None and bps[1] > 0:
+            return (latency[1] if latency else 0.0) + nbytes / bps[1]
         return None if latency is None else latency[1]
 
     def startup_s(self, resource: str, cold: bool | None) -> float | None:
