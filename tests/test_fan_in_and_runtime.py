@@ -302,23 +302,32 @@ def slow_block(n: int, delay: float) -> list[int]:
     return list(range(n))
 
 
+def joined_blocks(first: tuple[int, float], second: tuple[int, float]) -> dict:
+    """Two blocks of (length, seconds to make) and a join of their lengths."""
+    return {
+        "first": (slow_block, *first),
+        "second": (slow_block, *second),
+        "join": (lambda a, b: len(a) + len(b), "first", "second"),
+    }
+
+
+def delayed_io_over_100_kb(wait_s: float) -> dict:
+    """Delayed I/O for outputs over 100 KB, waiting `wait_s`; no recomputation."""
+    return {
+        "kong.wukong.delay_io_bytes": 100_000,
+        "kong.wukong.delay_io_wait_s": wait_s,
+        **NO_RECOMPUTE,
+    }
+
+
 def test_delayed_io_completes_a_fan_in_without_writing_the_large_output(
     kong_sessions: object,
 ) -> None:
     session = kong_sessions("threads-redis")  # type: ignore[operator]
-    # "big" finishes first and waits; "small" finishes later and marks; "big" completes
-    # the fan-in and runs "join" itself: its 400 KB output never goes to the store.
-    dsk = {
-        "big": (slow_block, 50_000, 0.0),
-        "small": (slow_block, 10, 0.2),
-        "join": (lambda a, b: len(a) + len(b), "big", "small"),
-    }
-    settings = {
-        "kong.wukong.delay_io_bytes": 100_000,
-        "kong.wukong.delay_io_wait_s": 2.0,
-        **NO_RECOMPUTE,
-    }
-    with dask.config.set(settings):
+    # The big "first" finishes first and waits; "second" finishes later and marks;
+    # "first" completes the fan-in and runs "join": its 400 KB never go to the store.
+    dsk = joined_blocks((50_000, 0.0), (10, 0.2))
+    with dask.config.set(delayed_io_over_100_kb(2.0)):
         assert session.get(dsk, "join") == 50_010
     delayed = last_run()
     with dask.config.set({"kong.wukong.delay_io_bytes": 10**12, **NO_RECOMPUTE}):
@@ -333,17 +342,8 @@ def test_last_parent_of_a_fan_in_completes_it_without_writing(kong_sessions: obj
     marks; the second finds itself the last one missing, marks without writing and
     runs the join: one block goes through the store, not two."""
     session = kong_sessions("threads-redis")  # type: ignore[operator]
-    dsk = {
-        "first": (slow_block, 50_000, 0.0),
-        "second": (slow_block, 50_000, 0.3),
-        "join": (lambda a, b: len(a) + len(b), "first", "second"),
-    }
-    settings = {
-        "kong.wukong.delay_io_bytes": 100_000,
-        "kong.wukong.delay_io_wait_s": 0.01,
-        **NO_RECOMPUTE,
-    }
-    with dask.config.set(settings):
+    dsk = joined_blocks((50_000, 0.0), (50_000, 0.3))
+    with dask.config.set(delayed_io_over_100_kb(0.01)):
         assert session.get(dsk, "join") == 100_000
     summary = last_run()
     assert summary is not None
