@@ -14,6 +14,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from dask_kong.dag import DAG, to_dag
+from dask_kong.dag.model import task_digests
 from dask_kong.metrics.records import RunSummary, TaskMetrics
 from dask_kong.planning import MemoryHistory, Plan, RedisHistory, TaskPlan, record_run
 from dask_kong.planning.history import Metric, Stats, percentile, task_profile_name
@@ -101,7 +102,8 @@ def test_memory_history_stays_the_same_size_over_10000_runs() -> None:
         history.record(dag, observed_run(dag, seed), plan)
     assert history.stored_size() == size_after_100
     groups, samples = size_after_100
-    assert groups == 3 + 1 + 1 + len(dag)  # three functions, one config, one shape, tasks
+    # three functions, one config, one shape, and a profile per distinct task structure
+    assert groups == 3 + 1 + 1 + len(set(dag.task_digests))
     assert samples <= groups * len(Metric) * WINDOW
     stats = history.function_stats([("load", "default")])[("load", "default")]
     assert stats.count(Metric.EXEC_S) == 3 * 10_000  # counts keep counting
@@ -138,7 +140,8 @@ def test_redis_history_stays_the_same_size_over_10000_concurrent_runs(
     client = redis_history._client
     lists = [k for k in keys if client.type(k) == b"list"]
     hashes = [k for k in keys if client.type(k) == b"hash"]
-    assert len(hashes) == 3 + 1 + 1 + len(dag)  # functions, config, shape, task profiles
+    # functions, config, shape, and a profile per distinct task structure
+    assert len(hashes) == 3 + 1 + 1 + len(set(dag.task_digests))
     assert lists and all(client.llen(k) <= WINDOW for k in lists)
     assert max(client.llen(k) for k in lists) == WINDOW
     assert all(len(client.hkeys(k)) <= 2 * len(Metric) for k in hashes)
@@ -270,6 +273,24 @@ def test_recording_a_profiled_999_task_run_in_redis_takes_under_150_ms(
         redis_history.record(dag, summary, plan)
         timings.append(time.perf_counter() - started)
     assert statistics.median(timings) < 0.150, timings
-    profile = task_profile_name(dag.shape_hash, 0)
+    profile = task_profile_name(dag, dag.index_of("join-0"))
     stats = redis_history.function_stats([(profile, "default")])[(profile, "default")]
     assert stats.count(Metric.EXEC_S) == len(runs)
+
+
+def test_task_profiles_name_tasks_by_structure_not_by_number() -> None:
+    """Another process may number the tasks differently (its translation follows set and
+    dict order): a task's digest, which names its profile, must not change with it.
+    Tasks alike in structure share one."""
+    edges = {"load-0": [], "load-1": [], "process-0": ["load-0"], "process-1": ["load-1"]}
+    edges["join-0"] = ["process-0", "process-1"]
+
+    def digests(order: list[str]) -> dict[str, str]:
+        parents = tuple(tuple(order.index(p) for p in edges[k]) for k in order)
+        hexes = [d.hex() for d in task_digests(tuple(order), parents)]
+        return dict(zip(order, hexes, strict=True))
+
+    forward = digests(["load-0", "load-1", "process-0", "process-1", "join-0"])
+    backward = digests(["load-1", "process-1", "load-0", "process-0", "join-0"])
+    assert forward == backward
+    assert len(set(forward.values())) == 3  # loads alike, processes alike, the join

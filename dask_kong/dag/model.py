@@ -70,20 +70,25 @@ class DAG:
         return frozenset(o.task for o in self.outputs if o.task is not None)
 
     @functools.cached_property
+    def task_digests(self) -> tuple[str, ...]:
+        """Per task, a digest of its place in the structure (see `task_digests`): the same
+        in every process, whatever order the translation numbered the tasks in."""
+        return tuple(d.hex() for d in task_digests(self.keys, self.parents))
+
+    @functools.cached_property
     def shape_hash(self) -> str:
         """Digest of the structure (computed on first use: only history needs it)."""
-        return shape_hash(self.keys, self.parents)
+        return digest_of_shape(self.task_digests)
 
     def index_of(self, key: Key) -> int:
         """Index of the task computing `key` (tests and diagnostics; O(n))."""
         return self.keys.index(key)
 
 
-def shape_hash(order: tuple[Key, ...], parents: tuple[tuple[int, ...], ...]) -> str:
-    """A digest of the graph's structure: task name prefixes, block positions and edges,
-    not data tokens nor dict order, so two runs of one computation on other data share a
-    history. Each task's digest covers its parents' (Merkle-style); the graph's digest is
-    that of the sorted task digests."""
+def task_digests(order: tuple[Key, ...], parents: tuple[tuple[int, ...], ...]) -> list[bytes]:
+    """Per task, a digest of its task name prefix, block position and its parents'
+    digests (Merkle-style): not data tokens nor dict order, so two runs of one
+    computation on other data, in other processes, give every task the same digest."""
     node_digests: list[bytes] = []
     for key, ps in zip(order, parents, strict=True):
         digest = hashlib.blake2b(digest_size=16)
@@ -91,7 +96,14 @@ def shape_hash(order: tuple[Key, ...], parents: tuple[tuple[int, ...], ...]) -> 
         for parent_digest in sorted(node_digests[p] for p in ps):
             digest.update(parent_digest)
         node_digests.append(digest.digest())
-    return hashlib.blake2b(b"".join(sorted(node_digests)), digest_size=16).hexdigest()
+    return node_digests
+
+
+def digest_of_shape(task_digests: tuple[str, ...]) -> str:
+    """The graph's digest: that of its sorted task digests (so two runs of one
+    computation on other data share a history)."""
+    joined = "".join(sorted(task_digests)).encode()
+    return hashlib.blake2b(joined, digest_size=16).hexdigest()
 
 
 def _key_position(key: Hashable) -> tuple[Any, ...]:

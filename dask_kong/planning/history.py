@@ -149,11 +149,13 @@ def shape_group(shape_hash: str) -> str:
     return f"shape/{shape_hash}"
 
 
-def task_profile_name(shape_hash: str, task: int) -> str:
+def task_profile_name(dag: DAG, task: int) -> str:
     """The pseudo-function under which one task of one DAG shape is profiled: a task of
     a shape seen before is predicted from its own earlier runs, not from every task that
-    shares its function (a TSQR's leaf and tree `qr`s differ a hundredfold in time)."""
-    return f"{shape_hash}#{task}"
+    shares its function (a TSQR's leaf and tree `qr`s differ a hundredfold in time). Named
+    by the task's structural digest, not its number, which another process's translation
+    may assign differently; tasks alike in structure share a profile."""
+    return f"{dag.shape_hash}#{dag.task_digests[task]}"
 
 
 def group_metrics(group: str) -> tuple[Metric, ...]:
@@ -238,8 +240,7 @@ def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Obse
     """
     metrics = summary.task_metrics
     bandwidth_bytes = int(config.get("planning.bandwidth_min_bytes"))
-    small = len(dag) <= int(config.get("planning.profile_max_tasks"))
-    profile = summary.shape_hash if small else ""
+    profile = len(dag) <= int(config.get("planning.profile_max_tasks"))
     obs: defaultdict[str, defaultdict[Metric, list[float]]] = defaultdict(lambda: defaultdict(list))
     for task, m in metrics.items():
         resource = plan.tasks[task].resource if plan is not None else "default"
@@ -247,7 +248,7 @@ def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Obse
         by_metric[Metric.EXEC_S].append(m.exec_s)
         by_metric[Metric.RECIPE].append(1.0 if m.recipe else 0.0)
         if profile:
-            observe_task_profile(obs[function_group(task_profile_name(profile, task), resource)], m)
+            observe_task_profile(obs[function_group(task_profile_name(dag, task), resource)], m)
         input_bytes = known_input_bytes(dag, metrics, task)
         if m.output_bytes > 0:
             by_metric[Metric.OUTPUT_BYTES].append(m.output_bytes)

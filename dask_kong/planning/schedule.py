@@ -53,7 +53,7 @@ def task_profiles(dag: DAG) -> tuple[str, ...]:
     DAGs above kong.planning.profile_max_tasks, which are not profiled per task)."""
     if len(dag) > int(config.get("planning.profile_max_tasks")):
         return ("",) * len(dag)
-    return tuple(task_profile_name(dag.shape_hash, t) for t in range(len(dag)))
+    return tuple(task_profile_name(dag, t) for t in range(len(dag)))
 
 
 def history_name(predictor: Predictor, profile: str, function: str) -> tuple[str, bool]:
