@@ -7,6 +7,7 @@ optimizations apply there) and the run-wide switches (`become`, `write_all_outpu
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,9 @@ class Plan:
 
     `become`: a worker continues with one ready dependent (WUKONG); without it every
     dependent is a new invocation (the naive baseline). `write_all_outputs`: every output
-    goes to the store, needed elsewhere or not (baseline).
+    goes to the store, needed elsewhere or not (baseline). `subtrees`: top -> members
+    of each exclusive subtree that one invocation runs whole (see `subtrees`); the
+    client invokes the tops instead of the members that are roots.
     """
 
     planner: str
@@ -51,6 +54,17 @@ class Plan:
     critical_path: tuple[int, ...] = ()
     predicted_makespan_s: float | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    subtrees: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def subtree_members(self) -> frozenset[int]:
+        """Tasks that run inside a batched subtree (its top excluded)."""
+        return frozenset(m for members in self.subtrees.values() for m in members)
+
+    def start_tasks(self, roots: tuple[int, ...]) -> tuple[int, ...]:
+        """Where the client starts branches: every root not batched, every subtree top."""
+        members = self.subtree_members
+        return tuple(sorted({r for r in roots if r not in members} | self.subtrees.keys()))
 
     def has(self, task: int, optimization: Optimization) -> bool:
         """Whether `optimization` applies to `task`."""

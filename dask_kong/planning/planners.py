@@ -32,6 +32,7 @@ from .schedule import (
     task_profiles,
     worker_slack,
 )
+from .subtrees import plan_subtrees, workers_with_subtrees
 
 Planner = Callable[[DAG, PlanningContext], Plan]
 
@@ -56,9 +57,11 @@ WUKONG_OPTIMIZATIONS = frozenset(
 def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:
     """WUKONG: continue with one ready dependent, write outputs only when needed
     elsewhere, and allow task clustering and delayed I/O everywhere (the runtime applies
-    them only to outputs above the size thresholds of `kong.wukong`)."""
+    them only to outputs above the size thresholds of `kong.wukong`); batch exclusive
+    subtrees where the backend's concurrency is bounded (see `subtrees`)."""
     task_plan = TaskPlan(resource=context.default_resource, optimizations=WUKONG_OPTIMIZATIONS)
-    return Plan(planner="wukong", tasks=(task_plan,) * len(dag))
+    subtrees = plan_subtrees(dag, context.concurrency)
+    return Plan(planner="wukong", tasks=(task_plan,) * len(dag), subtrees=subtrees)
 
 
 # -- planners from predictions (octoflows-style) ------------------------------------------
@@ -74,11 +77,12 @@ def plan_uniform(dag: DAG, context: PlanningContext) -> Plan:
         return unpredicted_plan("uniform", dag, context)
     sizes = predict_sizes(dag, predictor, resource)
     estimates = Estimates(dag, predictor, sizes, resource)
-    workers = assign_workers(dag, sizes.output_bytes)
+    subtrees = plan_subtrees(dag, context.concurrency)
+    workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), subtrees)
     timeline = simulate(
         dag, workers, [resource] * worker_count(workers), estimates, context.concurrency
     )
-    return predicted_plan("uniform", dag, timeline, sizes, estimates, context, {})
+    return predicted_plan("uniform", dag, timeline, sizes, estimates, context, {}, subtrees)
 
 
 def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
@@ -94,7 +98,8 @@ def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
         return unpredicted_plan("non_uniform", dag, context)
     sizes = predict_sizes(dag, predictor, context.default_resource)
     estimates = Estimates(dag, predictor, sizes, context.default_resource)
-    workers = assign_workers(dag, sizes.output_bytes)
+    subtrees = plan_subtrees(dag, context.concurrency)
+    workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), subtrees)
     count = worker_count(workers)
     alone = {
         r.name: simulate(dag, workers, [r.name] * count, estimates, context.concurrency)
@@ -113,7 +118,7 @@ def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
         dag, strong, estimates, [r.name for r in cheaper], tolerance, context.concurrency
     )
     notes = downgrade_notes(strong, timeline, strongest.name, tolerance)
-    return predicted_plan("non_uniform", dag, timeline, sizes, estimates, context, notes)
+    return predicted_plan("non_uniform", dag, timeline, sizes, estimates, context, notes, subtrees)
 
 
 def price(resource: ResourceSpec) -> int:
@@ -207,7 +212,8 @@ def worker_count(workers: tuple[int, ...]) -> int:
 def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
     """WUKONG's plan (its runtime switches and per-task optimizations) on the default
     config, with worker hints from the DAG's structure alone, and no predictions."""
-    workers = assign_workers(dag, [None] * len(dag))
+    subtrees = plan_subtrees(dag, context.concurrency)
+    workers = workers_with_subtrees(assign_workers(dag, [None] * len(dag)), subtrees)
     resource = context.default_resource
     return Plan(
         planner=name,
@@ -216,6 +222,7 @@ def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
             for w in workers
         ),
         notes={"predictions": f"no history for this DAG's functions: every task on {resource}"},
+        subtrees=subtrees,
     )
 
 
@@ -227,6 +234,7 @@ def predicted_plan(
     estimates: Estimates,
     context: PlanningContext,
     notes: dict[str, str],
+    subtrees: dict[int, tuple[int, ...]],
 ) -> Plan:
     """The plan a timeline describes: WUKONG's optimizations everywhere (the runtime
     applies them by size), plus those the predictions justify; and the notes."""
@@ -253,6 +261,7 @@ def predicted_plan(
         critical_path=timeline.critical_path,
         predicted_makespan_s=timeline.makespan_s + client_share_s(context, dag),
         notes=notes,
+        subtrees=subtrees,
     )
 
 

@@ -1,9 +1,10 @@
 """The client side of a run: submit the root branches, then only follow events.
 
-There is no ready queue here. The client invokes one worker per root task and then reads
-the run's event stream until every requested output is reported, a task fails, or the
-run stops making progress (no event and no live worker heartbeat within the stall
-timeout). Whatever happens, the run's keys are deleted before `execute_run` returns.
+There is no ready queue here. The client invokes one worker per root task (or per
+batched subtree, see `planning.subtrees`) and then reads the run's event stream until
+every requested output is reported, a task fails, or the run stops making progress (no
+event and no live worker heartbeat within the stall timeout). Whatever happens, the
+run's keys are deleted before `execute_run` returns.
 """
 
 from __future__ import annotations
@@ -127,11 +128,12 @@ def prewarm_quietly(backend: Backend, resource: str) -> None:
 
 
 def submit_roots(ctx: RunContext, backend: Backend) -> None:
-    """Make the run reachable, then invoke one worker per root task."""
+    """Make the run reachable, then invoke one worker per root task (one per subtree
+    where the plan batches roots into subtrees)."""
     backend.prepare_run(ctx)
-    roots = ctx.dag.roots
-    if roots:
-        backend.invoke(ctx, [Invocation(ctx.run_id, r) for r in roots])
+    starts = ctx.plan.start_tasks(ctx.dag.roots)
+    if starts:
+        backend.invoke(ctx, [Invocation(ctx.run_id, r) for r in starts])
 
 
 def follow_events(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks) -> None:
@@ -328,7 +330,8 @@ def summarize(
         run_id=ctx.run_id,
         tasks=len(ctx.dag),
         workers=len({m.worker for m in metrics.values()}),
-        invocations=len(ctx.dag.roots) + sum(m.invocations for m in metrics.values()),
+        invocations=len(ctx.plan.start_tasks(ctx.dag.roots))
+        + sum(m.invocations for m in metrics.values()),
         makespan_s=makespan_s,
         bytes_written=sum(m.written_bytes for m in metrics.values()),
         bytes_read=sum(m.read_bytes for m in metrics.values()),

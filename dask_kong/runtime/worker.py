@@ -28,6 +28,10 @@ A third saves traffic by spending compute (`Optimization.RECOMPUTE`, see `recomp
 large output that took less time to compute than it would take to move, from small
 inputs, is published as a recipe (those inputs); readers run the task again.
 
+Where the plan batches an exclusive subtree (`planning.subtrees`), the invocation starts
+at its top and runs the members first, in topological order, keeping their outputs in
+memory (`keep_for_subtree`); only the top's dependents are routed.
+
 `run_branch` reads top to bottom like dask/local.py: it only calls `gather_inputs`,
 `execute`, `route_dependents`, `flush_events` and `report_failure`.
 """
@@ -94,20 +98,24 @@ class Branch:
     written: set[int] = field(default_factory=set)
     duplicated: set[int] = field(default_factory=set)
     recipes: dict[int, Recipe] = field(default_factory=dict)
+    failed: bool = False
 
 
 def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = None) -> None:
     """Run tasks from `invocation.start` until this branch has nothing left to run here."""
     branch = Branch(ctx, worker_id or new_worker_id(ctx.run_id), dict(invocation.inputs))
-    todo = collections.deque([invocation.start])
+    # A batched subtree's members run first, in topological order (see planning.subtrees).
+    todo = collections.deque([*ctx.plan.subtrees.get(invocation.start, ()), invocation.start])
     first: Invocation | None = invocation
     try:
-        while todo and not ctx.cancelled():
+        members = ctx.plan.subtree_members
+        while todo and not branch.failed and not ctx.cancelled():
             task = todo.popleft()
             ctx.heartbeater.beat(ctx.run_id, branch.worker_id, task)
             todo.extend(run_task(branch, task, first))
             first = None
-            keep_only_inputs_of(branch, todo)
+            if task not in members:  # a member drops its own inputs (keep_for_subtree)
+                keep_only_inputs_of(branch, todo)
         flush_events(branch)
     except Exception as exc:  # store unreachable while flushing: the client's stall check
         logger.error("worker %s lost contact with the store: %s", branch.worker_id, exc)
@@ -127,8 +135,11 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
     try:
         values = gather_inputs(branch, task, metrics)
         value = execute(branch, task, values, metrics)
+        if task in branch.ctx.plan.subtree_members:
+            return keep_for_subtree(branch, task, value, metrics)
         return route_dependents(branch, task, value, values, metrics)
     except Exception as exc:
+        branch.failed = True  # the run fails: nothing after this task is worth running
         report_failure(branch, task, exc)
         return []
 
@@ -248,6 +259,22 @@ def route_dependents(
         if is_output or time.monotonic() - branch.last_flush > ctx.settings.progress_interval_s:
             flush_events(branch)
     return here
+
+
+def keep_for_subtree(branch: Branch, task: int, value: Any, metrics: TaskMetrics) -> list[int]:
+    """A member of a batched subtree: its only dependent runs later in this branch, so the
+    output stays in memory and only the completion event is queued. The branch already
+    holds the rest of the subtree in its to-do list: nothing new to run. The member's
+    inputs are members too, read by nobody else: dropped now."""
+    for parent in branch.ctx.dag.parents[task]:
+        branch.local.pop(parent, None)
+    branch.local[task] = value
+    metrics.output_bytes = sizeof(value)
+    metrics.end = time.time()
+    branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, metrics))
+    if time.monotonic() - branch.last_flush > branch.ctx.settings.progress_interval_s:
+        flush_events(branch)
+    return []
 
 
 def event_is_final_before_commit(branch: Branch, routing: Routing) -> bool:
