@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 
 import dask
 import pytest
@@ -188,3 +189,80 @@ def test_a_failing_member_stops_its_subtree() -> None:
     ):
         session.get(dsk, "top")
     assert ran == [int(k.split("-")[1]) for k in order[:4]]
+
+
+def block_matmul(blocks: int) -> tuple[dict, list[str]]:
+    """C[i,j] = sum_k A[i,k] B[k,j] over `blocks` x `blocks` blocks of random draws: every
+    draw feeds `blocks` products (GEMM's shape as dask.array builds it)."""
+    dsk: dict = {}
+    for i in range(blocks):
+        for k in range(blocks):
+            dsk[f"a-{i}-{k}"] = (draw, i * 100 + k)
+            dsk[f"b-{i}-{k}"] = (draw, 10_000 + i * 100 + k)
+    outputs = []
+    for i in range(blocks):
+        for j in range(blocks):
+            for k in range(blocks):
+                dsk[f"p-{i}-{j}-{k}"] = (multiply, f"a-{i}-{k}", f"b-{k}-{j}")
+            dsk[f"c-{i}-{j}"] = (add, *[f"p-{i}-{j}-{k}" for k in range(blocks)])
+            outputs.append(f"c-{i}-{j}")
+    return dsk, outputs
+
+
+def draw(seed: int) -> int:
+    return (seed * 2654435761) % 1_000_003
+
+
+def multiply(a: int, b: int) -> int:
+    return a * b % 1_000_003
+
+
+def test_duplicable_roots_let_each_output_block_be_one_subtree() -> None:
+    dsk, outputs = block_matmul(4)
+    dag = to_dag(dsk, outputs)
+    roots = frozenset(dag.roots)
+    assert exclusive_subtrees(dag, 5) == {}  # without duplication every draw is shared
+    subtrees = exclusive_subtrees(dag, 5, roots)
+    assert len(subtrees) == 16 and {dag.keys[t] for t in subtrees} == set(outputs)
+    for top, members in subtrees.items():
+        own = [m for m in members if m not in roots]
+        assert len(own) == 4 and len(members) == 12  # 4 products, 8 draws run again
+        assert all(dag.children[m] == (top,) for m in own)
+
+
+def test_a_duplicable_root_read_outside_every_subtree_is_not_duplicated() -> None:
+    dsk, outputs = block_matmul(2)
+    dsk["elsewhere"] = (add, "a-0-0", "a-0-1", "b-0-0")  # reads draws, is no block
+    dag = to_dag(dsk, [*outputs, "elsewhere"])
+    subtrees = exclusive_subtrees(dag, 5, frozenset(dag.roots))
+    used = {dag.keys[m] for ms in subtrees.values() for m in ms}
+    assert not used & {"a-0-0", "a-0-1", "b-0-0"}
+    for top, members in subtrees.items():  # what is left still covers its roots
+        for member in members:
+            for child in dag.children[member]:
+                assert child == top or child in members
+
+
+@pytest.mark.parametrize("mode", ["threads-redis", "processes"])
+def test_roots_that_published_recipes_are_run_again_in_later_runs(
+    mode: str, kong_sessions: Callable[[str], Kong]
+) -> None:
+    """The first run learns that the draws publish recipes; the next one batches each
+    output block with its draws and writes no product to the store."""
+    session = kong_sessions(mode)
+    dsk, outputs = block_matmul(4)
+    expected = dask.get(dsk, outputs)
+    recipes_everywhere = {
+        "kong.wukong.recompute_min_bytes": 0,
+        "kong.wukong.recompute_bytes_per_s": 1e-9,
+        "kong.wukong.recompute_input_fraction": 1e9,
+        "kong.planning.subtree_units_per_slot": 2,
+    }
+    with dask.config.set(recipes_everywhere):
+        for run in range(3):
+            assert list(session.get(dsk, outputs)) == list(expected), f"run {run}"
+            summary = last_run()
+            assert summary is not None
+            assert session.store.run_keys(session.last_run_id or "") == []
+    assert len(summary.plan.subtrees) == 16
+    assert summary.invocations == 16

@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from dask.utils import key_split
+
 from .. import config
 from ..dag import DAG
-from .history import Metric
+from .history import Metric, task_profile_name
 from .plan import Optimization, Plan, PlanningContext, ResourceSpec, TaskPlan
 from .predict import Predictor, parse_sla
 from .schedule import (
@@ -26,13 +28,14 @@ from .schedule import (
     Timeline,
     assign_workers,
     first_tasks,
+    history_name,
     predict_sizes,
     simulate,
     task_functions,
     task_profiles,
     worker_slack,
 )
-from .subtrees import plan_subtrees, workers_with_subtrees
+from .subtrees import plan_subtrees, subtree_max_tasks, workers_with_subtrees
 
 Planner = Callable[[DAG, PlanningContext], Plan]
 
@@ -58,9 +61,10 @@ def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:
     """WUKONG: continue with one ready dependent, write outputs only when needed
     elsewhere, and allow task clustering and delayed I/O everywhere (the runtime applies
     them only to outputs above the size thresholds of `kong.wukong`); batch exclusive
-    subtrees where the backend's concurrency is bounded (see `subtrees`)."""
+    subtrees where the backend's concurrency is bounded (see `subtrees`), running roots
+    again in each subtree where earlier runs found them cheaper to run than to move."""
     task_plan = TaskPlan(resource=context.default_resource, optimizations=WUKONG_OPTIMIZATIONS)
-    subtrees = plan_subtrees(dag, context.concurrency)
+    subtrees = plan_subtrees(dag, context.concurrency, recipe_roots(dag, context))
     return Plan(planner="wukong", tasks=(task_plan,) * len(dag), subtrees=subtrees)
 
 
@@ -77,7 +81,7 @@ def plan_uniform(dag: DAG, context: PlanningContext) -> Plan:
         return unpredicted_plan("uniform", dag, context)
     sizes = predict_sizes(dag, predictor, resource)
     estimates = Estimates(dag, predictor, sizes, resource)
-    subtrees = plan_subtrees(dag, context.concurrency)
+    subtrees = plan_subtrees(dag, context.concurrency, duplicable_roots(dag, predictor, resource))
     workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), subtrees)
     timeline = simulate(
         dag, workers, [resource] * worker_count(workers), estimates, context.concurrency
@@ -98,7 +102,8 @@ def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
         return unpredicted_plan("non_uniform", dag, context)
     sizes = predict_sizes(dag, predictor, context.default_resource)
     estimates = Estimates(dag, predictor, sizes, context.default_resource)
-    subtrees = plan_subtrees(dag, context.concurrency)
+    duplicable = duplicable_roots(dag, predictor, context.default_resource)
+    subtrees = plan_subtrees(dag, context.concurrency, duplicable)
     workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), subtrees)
     count = worker_count(workers)
     alone = {
@@ -203,6 +208,38 @@ def load_predictor(dag: DAG, context: PlanningContext) -> Predictor | None:
     if not any(predictor.knows(f) for f in functions):
         return None
     return predictor
+
+
+def recipe_roots(dag: DAG, context: PlanningContext) -> frozenset[int]:
+    """`duplicable_roots` for a planner that predicts nothing else (wukong): the history
+    is consulted only when the DAG has roots that could be duplicated."""
+    if not subtree_max_tasks(dag, context.concurrency) or context.history is None:
+        return frozenset()
+    if not any(len(dag.children[t]) > 1 for t in dag.roots):
+        return frozenset()
+    return duplicable_roots(dag, load_predictor(dag, context), context.default_resource)
+
+
+def duplicable_roots(dag: DAG, predictor: Predictor | None, resource: str) -> frozenset[int]:
+    """Roots with several dependents that the history says publish recipes: batched
+    subtrees may run them again instead of having their outputs moved (see `subtrees`).
+    Only those roots are looked up, so a DAG without such roots costs nothing here."""
+    outputs = dag.output_tasks
+    candidates = [
+        t
+        for t, parents in enumerate(dag.parents)
+        if not parents and len(dag.children[t]) > 1 and t not in outputs
+    ]
+    if predictor is None or not candidates:
+        return frozenset()
+    profiled = len(dag) <= int(config.get("planning.profile_max_tasks"))
+    duplicable = set()
+    for task in candidates:
+        profile = task_profile_name(dag, task) if profiled else ""
+        name, _ = history_name(predictor, profile, key_split(dag.keys[task]))
+        if predictor.publishes_recipe(name, resource):
+            duplicable.add(task)
+    return frozenset(duplicable)
 
 
 def worker_count(workers: tuple[int, ...]) -> int:

@@ -13,6 +13,13 @@ it but the top's output, so one worker can run its members in topological order,
 every intermediate in memory, and route only the top's dependents the WUKONG way. No
 member is run twice, none is written, and no fan-in inside it touches the store.
 
+With a metrics history, a subtree may also take in *duplicable roots*: root tasks that
+publish recipes (cheaper to run again than to move, `runtime.recompute`), such as the
+random blocks of a GEMM. Each subtree that needs one runs it again, so a GEMM's output
+block becomes one subtree (its 8 input blocks drawn again, its 4 block products, their
+sum) and no block product crosses the store. A duplicable root is taken in only where
+every one of its dependents lies in a subtree that runs it.
+
 Planners cut the DAG into subtrees of at most `subtree_max_tasks` tasks, chosen so that
 at least `kong.planning.subtree_units_per_slot` units of work remain per concurrency
 slot (enough to balance the slots). With unbounded concurrency (AWS Lambda) nothing is
@@ -36,34 +43,68 @@ def subtree_max_tasks(dag: DAG, concurrency: int | None) -> int:
     return len(dag) // (units * concurrency)
 
 
-def exclusive_subtrees(dag: DAG, max_tasks: int) -> dict[int, tuple[int, ...]]:
-    """Top -> members (its exclusive ancestors, in topological order) of the largest
-    exclusive subtrees of at most `max_tasks` tasks, top included. Subtrees do not
-    overlap; a task in none runs as WUKONG runs it."""
+def exclusive_subtrees(
+    dag: DAG, max_tasks: int, duplicable: frozenset[int] = frozenset()
+) -> dict[int, tuple[int, ...]]:
+    """Top -> members (its ancestors, in topological order) of the largest subtrees of at
+    most `max_tasks` tasks of their own (top included, duplicated roots not counted).
+
+    `duplicable` are root tasks that are cheaper to run again than to move (the metrics
+    history says they publish recipes, see `runtime.recompute`): a subtree may include
+    one although it feeds other tasks too, and every subtree that needs it runs it
+    again; this is allowed only where every dependent of the root lies in a subtree that
+    runs it (nobody outside waits for it). Other members belong to one subtree only."""
     if max_tasks < 2:
         return {}
-    sizes = closed_subtree_sizes(dag)
+    outputs = dag.output_tasks
+    dup = frozenset(d for d in duplicable if not dag.parents[d] and d not in outputs)
+    weights = closed_subtree_sizes(dag, dup)
     taken = [False] * len(dag)
     subtrees: dict[int, tuple[int, ...]] = {}
     for top in reversed(range(len(dag))):  # dependents first: the largest cut wins
-        if taken[top] or not 1 < sizes[top] <= max_tasks:
+        if taken[top] or not 1 < weights[top] <= max_tasks:
             continue
         members = ancestors(dag, top)
         for member in members:
-            taken[member] = True
+            taken[member] = member not in dup
         subtrees[top] = members
-    return subtrees
+    return without_uncovered_duplicates(dag, subtrees, dup)
 
 
-def closed_subtree_sizes(dag: DAG) -> list[int]:
-    """Per task, how many tasks its exclusive subtree has (itself included), or 0 when
-    some ancestor is shared with another dependent or requested (no exclusive subtree)."""
+def closed_subtree_sizes(dag: DAG, duplicable: frozenset[int] = frozenset()) -> list[int]:
+    """Per task, how many tasks its subtree has of its own (itself included; duplicated
+    roots not counted), or 0 when some ancestor is shared with another dependent or
+    requested and is not a duplicable root (no subtree ends at this task)."""
     outputs = dag.output_tasks
     sizes = [0] * len(dag)
     for task, parents in enumerate(dag.parents):  # indices are a topological order
-        if all(sizes[p] > 0 and len(dag.children[p]) == 1 and p not in outputs for p in parents):
-            sizes[task] = 1 + sum(sizes[p] for p in parents)
+        size = 1
+        for p in parents:
+            if sizes[p] > 0 and len(dag.children[p]) == 1 and p not in outputs:
+                size += sizes[p]  # an exclusive member
+            elif p not in duplicable:
+                size = 0
+                break
+        sizes[task] = size
     return sizes
+
+
+def without_uncovered_duplicates(
+    dag: DAG, subtrees: dict[int, tuple[int, ...]], duplicable: frozenset[int]
+) -> dict[int, tuple[int, ...]]:
+    """`subtrees` less those running a duplicated root that has a dependent in no
+    subtree running it (that dependent would wait for a root nobody runs)."""
+    kept = dict(subtrees)
+    while True:
+        inside: dict[int, set[int]] = {}  # duplicated root -> tasks of subtrees running it
+        for top, members in kept.items():
+            for member in members:
+                if member in duplicable:
+                    inside.setdefault(member, set()).update(members, (top,))
+        uncovered = {d for d, tasks in inside.items() if not set(dag.children[d]) <= tasks}
+        if not uncovered:
+            return kept
+        kept = {t: ms for t, ms in kept.items() if not uncovered.intersection(ms)}
 
 
 def ancestors(dag: DAG, task: int) -> tuple[int, ...]:
@@ -78,9 +119,11 @@ def ancestors(dag: DAG, task: int) -> tuple[int, ...]:
     return tuple(sorted(seen))
 
 
-def plan_subtrees(dag: DAG, concurrency: int | None) -> dict[int, tuple[int, ...]]:
+def plan_subtrees(
+    dag: DAG, concurrency: int | None, duplicable: frozenset[int] = frozenset()
+) -> dict[int, tuple[int, ...]]:
     """The subtrees a planner batches for `dag` on a backend of `concurrency`."""
-    return exclusive_subtrees(dag, subtree_max_tasks(dag, concurrency))
+    return exclusive_subtrees(dag, subtree_max_tasks(dag, concurrency), duplicable)
 
 
 def workers_with_subtrees(

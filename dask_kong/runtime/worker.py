@@ -99,13 +99,17 @@ class Branch:
     duplicated: set[int] = field(default_factory=set)
     recipes: dict[int, Recipe] = field(default_factory=dict)
     failed: bool = False
+    # Batched subtree: per member, how many tasks of the subtree have yet to read it.
+    unread: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = None) -> None:
     """Run tasks from `invocation.start` until this branch has nothing left to run here."""
     branch = Branch(ctx, worker_id or new_worker_id(ctx.run_id), dict(invocation.inputs))
     # A batched subtree's members run first, in topological order (see planning.subtrees).
-    todo = collections.deque([*ctx.plan.subtrees.get(invocation.start, ()), invocation.start])
+    subtree = [*ctx.plan.subtrees.get(invocation.start, ()), invocation.start]
+    branch.unread.update(p for t in subtree for p in ctx.dag.parents[t])
+    todo = collections.deque(subtree)
     first: Invocation | None = invocation
     try:
         members = ctx.plan.subtree_members
@@ -136,7 +140,7 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
         values = gather_inputs(branch, task, metrics)
         value = execute(branch, task, values, metrics)
         if task in branch.ctx.plan.subtree_members:
-            return keep_for_subtree(branch, task, value, metrics)
+            return keep_for_subtree(branch, task, value, values, metrics)
         return route_dependents(branch, task, value, values, metrics)
     except Exception as exc:
         branch.failed = True  # the run fails: nothing after this task is worth running
@@ -261,15 +265,22 @@ def route_dependents(
     return here
 
 
-def keep_for_subtree(branch: Branch, task: int, value: Any, metrics: TaskMetrics) -> list[int]:
-    """A member of a batched subtree: its only dependent runs later in this branch, so the
-    output stays in memory and only the completion event is queued. The branch already
-    holds the rest of the subtree in its to-do list: nothing new to run. The member's
-    inputs are members too, read by nobody else: dropped now."""
+def keep_for_subtree(
+    branch: Branch, task: int, value: Any, inputs: dict[Any, Any], metrics: TaskMetrics
+) -> list[int]:
+    """A member of a batched subtree: its dependents in the subtree run later in this
+    branch, so the output stays in memory and only the completion event is queued. The
+    branch already holds the rest of the subtree in its to-do list: nothing new to run.
+    Inputs no other task of the subtree reads are dropped now. Whether the output would
+    have been published as a recipe is still recorded: planners read it from the
+    history to decide which roots a subtree may run again."""
     for parent in branch.ctx.dag.parents[task]:
-        branch.local.pop(parent, None)
+        branch.unread[parent] -= 1
+        if branch.unread[parent] <= 0:
+            branch.local.pop(parent, None)
     branch.local[task] = value
     metrics.output_bytes = sizeof(value)
+    metrics.recipe = recipe_for(branch.ctx, task, inputs, metrics) is not None
     metrics.end = time.time()
     branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, metrics))
     if time.monotonic() - branch.last_flush > branch.ctx.settings.progress_interval_s:
