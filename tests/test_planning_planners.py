@@ -396,3 +396,20 @@ def test_a_concurrency_limit_serializes_the_predicted_timeline() -> None:
     assert unbounded.predicted_makespan_s == pytest.approx(8.21)
     assert two_slots.predicted_makespan_s in (pytest.approx(8.21), pytest.approx(9.21))
     assert one_slot.predicted_makespan_s == pytest.approx(11.23)
+
+
+def test_delayed_io_is_off_where_a_fan_in_waits_for_a_deeper_parent() -> None:
+    """TSQR's shape: a block waits at a fan-in for a parent that needs every block
+    first (deeper in the DAG): holding the block there only delays its write. Parents
+    at the same depth (a reduction's siblings) keep delayed I/O."""
+    dsk: dict = {f"block-{i}": (work,) for i in range(3)}
+    dsk.update({f"r-{i}": (work, f"block-{i}") for i in range(3)})
+    dsk["stack"] = (work, "r-0", "r-1", "r-2")
+    dsk.update({f"q2-{i}": (work, "stack") for i in range(3)})
+    dsk.update({f"dot-{i}": (work, f"block-{i}", f"q2-{i}") for i in range(3)})
+    dag = to_dag(dsk, [f"dot-{i}" for i in range(3)])
+    for planner in ("wukong", "uniform", "non_uniform"):
+        plan = get_planner(planner)(dag, context(None))
+        flags = by_key(dag, plan, "optimizations")
+        assert Optimization.DELAY_IO not in flags["block-0"], planner  # waits for q2-0
+        assert Optimization.DELAY_IO in flags["r-0"], planner  # its siblings are level

@@ -184,3 +184,32 @@ def test_tasks_run_on_their_planned_resource_config_and_prewarm_warms_it(
     assert summary is not None
     assert {m.resource for m in summary.task_metrics.values()} == {"large"}
     assert gateway.stats().live_by_config["large"] >= 1
+
+
+def block(seed: int) -> np.ndarray:
+    return np.full(100_000, seed, dtype=np.float64)
+
+
+def slow_block(seed: int) -> np.ndarray:
+    time.sleep(0.5)
+    return block(seed)
+
+
+def test_outputs_done_early_are_read_while_the_run_goes_on(processes: Kong) -> None:
+    dsk = {f"b-{i}": (block, i) for i in range(4)}
+    dsk["slow"] = (slow_block, 9)
+    keys = [*(f"b-{i}" for i in range(4)), "slow"]
+    results = processes.get(dsk, keys)
+    assert [float(r[0]) for r in results] == [0.0, 1.0, 2.0, 3.0, 9.0]
+    summary = last_run()
+    assert summary is not None
+    assert summary.outputs_prefetched >= 4  # the fast blocks, read before "slow" ended
+    assert summary.client_bytes_read >= 5 * 800_000  # prefetched reads are counted too
+    assert processes.store.run_keys(processes.last_run_id or "") == []
+
+
+def test_the_memory_store_is_not_prefetched() -> None:
+    with Kong() as session:
+        session.get({"a": (block, 1)}, "a")
+    summary = last_run()
+    assert summary is not None and summary.outputs_prefetched == 0

@@ -57,6 +57,8 @@ class RunSummary:
     shape_hash: str = ""
     #: Of bytes_read, what the client read (the requested values).
     client_bytes_read: int = 0
+    #: Requested outputs the client read while the run was still going (runtime.prefetch).
+    outputs_prefetched: int = 0
     plan: Any = field(default=None, repr=False)
     #: The DAG the run executed (for reports: `planning.report.compare_plan(dag, plan, ...)`).
     dag: Any = field(default=None, repr=False)

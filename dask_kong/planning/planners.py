@@ -57,15 +57,38 @@ WUKONG_OPTIMIZATIONS = frozenset(
 )
 
 
+def wukong_optimizations(dag: DAG) -> list[frozenset[Optimization]]:
+    """WUKONG's optimizations per task, less delayed I/O where waiting is pointless: at a
+    fan-in with a parent deeper in the DAG (longest path from a root) than this task, that
+    parent is still levels of work away, so holding the output (and, under a concurrency
+    limit, a worker slot) until the short wait times out only delays the write. TSQR's Q
+    blocks wait at a fan-in with a block of the second-level Q, which needs every block's
+    R first: 20 waits of kong.wukong.delay_io_wait_s for nothing."""
+    depth = [0] * len(dag)
+    for task, parents in enumerate(dag.parents):  # indices are a topological order
+        depth[task] = 1 + max((depth[p] for p in parents), default=-1)
+    without = WUKONG_OPTIMIZATIONS - {Optimization.DELAY_IO}
+    return [
+        without
+        if any(depth[q] > depth[task] for c in children for q in dag.parents[c])
+        else WUKONG_OPTIMIZATIONS
+        for task, children in enumerate(dag.children)
+    ]
+
+
 def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:
     """WUKONG: continue with one ready dependent, write outputs only when needed
     elsewhere, and allow task clustering and delayed I/O everywhere (the runtime applies
     them only to outputs above the size thresholds of `kong.wukong`); batch exclusive
     subtrees where the backend's concurrency is bounded (see `subtrees`), running roots
     again in each subtree where earlier runs found them cheaper to run than to move."""
-    task_plan = TaskPlan(resource=context.default_resource, optimizations=WUKONG_OPTIMIZATIONS)
+    plans = {
+        flags: TaskPlan(resource=context.default_resource, optimizations=flags)
+        for flags in (WUKONG_OPTIMIZATIONS, WUKONG_OPTIMIZATIONS - {Optimization.DELAY_IO})
+    }
+    tasks = tuple(plans[flags] for flags in wukong_optimizations(dag))
     subtrees = plan_subtrees(dag, context.concurrency, recipe_roots(dag, context))
-    return Plan(planner="wukong", tasks=(task_plan,) * len(dag), subtrees=subtrees)
+    return Plan(planner="wukong", tasks=tasks, subtrees=subtrees)
 
 
 # -- planners from predictions (octoflows-style) ------------------------------------------
@@ -255,8 +278,8 @@ def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
     return Plan(
         planner=name,
         tasks=tuple(
-            TaskPlan(resource=resource, optimizations=WUKONG_OPTIMIZATIONS, worker_hint=w)
-            for w in workers
+            TaskPlan(resource=resource, optimizations=flags, worker_hint=w)
+            for w, flags in zip(workers, wukong_optimizations(dag), strict=True)
         ),
         notes={"predictions": f"no history for this DAG's functions: every task on {resource}"},
         subtrees=subtrees,
@@ -276,10 +299,11 @@ def predicted_plan(
     """The plan a timeline describes: WUKONG's optimizations everywhere (the runtime
     applies them by size), plus those the predictions justify; and the notes."""
     flags = choose_optimizations(dag, timeline, estimates, context.default_resource)
+    wukong = wukong_optimizations(dag)
     tasks = tuple(
         TaskPlan(
             resource=timeline.resources[t],
-            optimizations=WUKONG_OPTIMIZATIONS | flags[t],
+            optimizations=wukong[t] | flags[t],
             worker_hint=timeline.workers[t],
             predicted_start_s=timeline.start[t],
             predicted_end_s=timeline.end[t],

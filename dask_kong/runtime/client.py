@@ -28,6 +28,7 @@ from ..planning import Optimization, Plan
 from ..store.base import Event, EventKind, Store
 from .context import Invocation, RunContext, RunSettings
 from .heartbeat import Heartbeater
+from .prefetch import OutputPrefetch
 
 logger = logging.getLogger("dask_kong.client")
 
@@ -84,13 +85,17 @@ def execute_run(
     with local_callbacks(callbacks) as cbs:
         hooks = CallbackHooks(cbs, dsk, dag, progress)
         prewarms = schedule_prewarms(ctx, backend)
+        prefetch = OutputPrefetch(ctx)
         try:
             submit_roots(ctx, backend)
             submit_s = time.perf_counter() - started
-            follow_events(ctx, progress, hooks)
-            values, client_read = collect_outputs(ctx)
+            follow_events(ctx, progress, hooks, prefetch)
+            prefetch.stop(float(config.get("run.drain_timeout_s")))
+            prefetched, prefetched_bytes = prefetch.taken()
+            values, client_read = collect_outputs(ctx, prefetched, prefetched_bytes)
             succeeded = True
         finally:
+            prefetch.stop(0.0)
             for timer in prewarms:
                 timer.cancel()
             hooks.finish(errored=not succeeded)
@@ -98,6 +103,7 @@ def execute_run(
     makespan = time.perf_counter() - started
     summary = summarize(ctx, progress, makespan, submit_s, backend.name, store_name)
     summary.client_bytes_read = client_read
+    summary.outputs_prefetched = len(prefetched)
     summary.bytes_read += client_read
     return values, summary
 
@@ -136,7 +142,9 @@ def submit_roots(ctx: RunContext, backend: Backend) -> None:
         backend.invoke(ctx, [Invocation(ctx.run_id, r) for r in starts])
 
 
-def follow_events(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks) -> None:
+def follow_events(
+    ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, prefetch: OutputPrefetch
+) -> None:
     """Read events until every requested output is done; raise on failure or stall."""
     stall_s = float(config.get("run.stall_timeout_s"))
     deadline_s = config.get("run.deadline_s")
@@ -146,7 +154,7 @@ def follow_events(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks) 
     while progress.pending_outputs:
         cursor, events = ctx.store.events(ctx.run_id, cursor, _MAX_EVENT_WAIT_S)
         for event in events:
-            apply_event(ctx, progress, hooks, event)
+            apply_event(ctx, progress, hooks, prefetch, event)
         if not events:
             check_stalled(ctx, progress, stall_s)
         elif progress.pending_outputs and not any(e.wake for e in events):
@@ -156,11 +164,15 @@ def follow_events(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks) 
                 f"run {ctx.run_id} passed its deadline of {deadline_s} s; "
                 + describe_unfinished(ctx.dag, progress)
             )
-    collect_stragglers(ctx, progress, hooks, cursor)
+    collect_stragglers(ctx, progress, hooks, prefetch, cursor)
 
 
 def collect_stragglers(
-    ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, cursor: str
+    ctx: RunContext,
+    progress: RunProgress,
+    hooks: CallbackHooks,
+    prefetch: OutputPrefetch,
+    cursor: str,
 ) -> None:
     """Read the batched events of tasks that finished before the outputs did, so the
     summary counts every task. Bounded: they are flushed when their branches end."""
@@ -169,15 +181,22 @@ def collect_stragglers(
     while len(progress.done) < len(ctx.dag) and time.monotonic() < deadline:
         cursor, events = ctx.store.events(ctx.run_id, cursor, _MAX_EVENT_WAIT_S / 5)
         for event in events:
-            apply_event(ctx, progress, hooks, event)
+            apply_event(ctx, progress, hooks, prefetch, event)
 
 
-def apply_event(ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, event: Event) -> None:
+def apply_event(
+    ctx: RunContext,
+    progress: RunProgress,
+    hooks: CallbackHooks,
+    prefetch: OutputPrefetch,
+    event: Event,
+) -> None:
     """Record one event (duplicates from retried writes are ignored)."""
     if event.kind is EventKind.TASK_DONE:
         if event.task in progress.done:
             return
         progress.done.add(event.task)
+        prefetch.task_done(event.task)
         progress.pending_outputs.discard(event.task)
         release_read_outputs(ctx, progress, event.task)
         progress.last_progress = time.monotonic()
@@ -270,13 +289,16 @@ def unfinished_below(dag: DAG, progress: RunProgress, start: int) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def collect_outputs(ctx: RunContext) -> tuple[dict[Any, Any], int]:
-    """Read every requested value (task outputs from the store, data from the DAG), and
-    how many bytes the client read from the store."""
+def collect_outputs(
+    ctx: RunContext, prefetched: dict[int, Any], prefetched_bytes: int
+) -> tuple[dict[Any, Any], int]:
+    """Every requested value (task outputs: `prefetched` ones, the rest read from the store
+    now; data from the DAG), and how many bytes the client read from the store."""
     dag = ctx.dag
-    task_outputs = sorted(dag.output_tasks)
-    fetched, nbytes = ctx.store.get_many(ctx.run_id, [output_key(t) for t in task_outputs])
-    by_task = dict(zip(task_outputs, fetched, strict=True))
+    unread = sorted(dag.output_tasks - prefetched.keys())
+    fetched, nbytes = ctx.store.get_many(ctx.run_id, [output_key(t) for t in unread])
+    by_task = {**prefetched, **dict(zip(unread, fetched, strict=True))}
+    nbytes += prefetched_bytes
     values = {
         o.key: by_task[o.task] if o.task is not None else dag.data[o.data]  # type: ignore[index]
         for o in dag.outputs
