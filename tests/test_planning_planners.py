@@ -413,3 +413,23 @@ def test_delayed_io_is_off_where_a_fan_in_waits_for_a_deeper_parent() -> None:
         flags = by_key(dag, plan, "optimizations")
         assert Optimization.DELAY_IO not in flags["block-0"], planner  # waits for q2-0
         assert Optimization.DELAY_IO in flags["r-0"], planner  # its siblings are level
+
+
+def test_non_uniform_does_not_pay_for_a_config_predicted_hardly_faster() -> None:
+    """large is seen 3% quicker per task: within the 10% tolerance, so every worker starts
+    on the cheaper small; with no tolerance the faster large keeps the critical path."""
+    dag = diamond()
+    history = diamond_history()
+    quick = summary_of(dag, {}, makespan_s=8.8)
+    for task, m in diamond_history_metrics().items():
+        m.exec_s *= 0.97
+        quick.task_metrics[dag.index_of(task)] = m
+    on_large = Plan("wukong", tuple(TaskPlan(resource="large") for _ in range(len(dag))))
+    with dask.config.set({"kong.planning.bandwidth_min_bytes": 1}):
+        for _ in range(5):
+            history.record(dag, quick, on_large)
+    plan = plan_non_uniform(dag, context(history))
+    assert set(by_key(dag, plan, "resource").values()) == {"small"}
+    with dask.config.set({"kong.planning.downgrade_tolerance": 0.0}):
+        plan = plan_non_uniform(dag, context(history))
+    assert by_key(dag, plan, "resource")["join-0"] == "large"

@@ -213,3 +213,11 @@ def test_the_memory_store_is_not_prefetched() -> None:
         session.get({"a": (block, 1)}, "a")
     summary = last_run()
     assert summary is not None and summary.outputs_prefetched == 0
+
+
+def test_gateway_configs_count_only_their_share_of_the_cores(processes: Kong) -> None:
+    """Planners must not expect a 2-cpu worker to be faster when the slots already use
+    every core (kong.yaml: small 1 cpu, large 2)."""
+    share = max(1, (os.cpu_count() or 1) // (processes.backend.concurrency() or 1))
+    cpus = {r.name: r.cpus for r in processes.backend.resources()}
+    assert cpus == {"small": min(1, share), "large": min(2, share)}

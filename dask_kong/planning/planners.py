@@ -113,13 +113,13 @@ def plan_uniform(dag: DAG, context: PlanningContext) -> Plan:
 
 
 def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
-    """Per-worker resource configs: every worker starts on the strongest config, the one
-    with the shortest predicted makespan when every worker uses it (usually the most
-    cpus; not where the history says otherwise, e.g. 2-cpu workers oversubscribing a
-    2-core machine); workers off the critical path are then downgraded to cheaper configs
-    (fewer cpus x memory) while the predicted makespan stays within
-    kong.planning.downgrade_tolerance of the all-strongest prediction. Without history:
-    every task on the default config."""
+    """Per-worker resource configs: every worker starts on the strongest config, the
+    cheapest one predicted within kong.planning.downgrade_tolerance of the shortest
+    makespan when every worker uses it (usually the most cpus; not where the history
+    says otherwise, e.g. 2-cpu workers oversubscribing a 2-core machine); workers off the
+    critical path are then downgraded to cheaper configs (fewer cpus x memory) while the
+    predicted makespan stays within that tolerance of the fastest prediction. Without
+    history: every task on the default config."""
     predictor = load_predictor(dag, context)
     if predictor is None:
         return unpredicted_plan("non_uniform", dag, context)
@@ -133,20 +133,33 @@ def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
         r.name: simulate(dag, workers, [r.name] * count, estimates, context.concurrency)
         for r in context.resources
     }
-    strongest = min(
-        context.resources, key=lambda r: (alone[r.name].makespan_s, -r.cpus, -r.memory_mb, r.name)
-    )
+    tolerance = float(config.get("planning.downgrade_tolerance"))
+    strongest = strongest_config(context.resources, alone, tolerance)
     strong = alone[strongest.name]
     cheaper = sorted(
         (r for r in context.resources if price(r) < price(strongest)),
         key=lambda r: (price(r), r.name),
     )
-    tolerance = float(config.get("planning.downgrade_tolerance"))
+    # Downgrades stay within the tolerance of the fastest all-one-config prediction, also
+    # when a cheaper config within it was chosen to start from.
+    bound_s = min(t.makespan_s for t in alone.values()) * (1 + tolerance)
+    left = max(0.0, bound_s / strong.makespan_s - 1) if strong.makespan_s > 0 else tolerance
     timeline = downgrade_off_critical_path(
-        dag, strong, estimates, [r.name for r in cheaper], tolerance, context.concurrency
+        dag, strong, estimates, [r.name for r in cheaper], left, context.concurrency
     )
     notes = downgrade_notes(strong, timeline, strongest.name, tolerance)
     return predicted_plan("non_uniform", dag, timeline, sizes, estimates, context, notes, subtrees)
+
+
+def strongest_config(
+    resources: tuple[ResourceSpec, ...], alone: dict[str, Timeline], tolerance: float
+) -> ResourceSpec:
+    """The config every worker starts on: the cheapest whose all-on-it predicted makespan
+    is within `tolerance` of the fastest one's. A bigger config predicted hardly faster is
+    not worth its price (nor, in the local gateway, its own pool of cold workers)."""
+    fastest = min(alone[r.name].makespan_s for r in resources)
+    good = [r for r in resources if alone[r.name].makespan_s <= fastest * (1 + tolerance) + 1e-9]
+    return min(good, key=lambda r: (price(r), alone[r.name].makespan_s, r.name))
 
 
 def price(resource: ResourceSpec) -> int:

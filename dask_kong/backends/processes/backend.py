@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,9 +77,15 @@ class ProcessBackend:
         self.invoker.invoke(ctx, invocations)
 
     def resources(self) -> tuple[ResourceSpec, ...]:
-        """The gateway's resource configs, its default first."""
+        """The gateway's resource configs, its default first, each with the cpus a worker
+        of it can count on when every concurrency slot is busy: this machine's cores
+        shared by the slots. Two 2-cpu workers on 2 cores run no faster than two 1-cpu
+        ones (their BLAS threads only contend), and planners must not predict otherwise."""
         settings = self.gateway.settings
-        specs = [ResourceSpec(c.name, c.memory_mb, c.cpus) for c in settings.resource_configs]
+        share = max(1, (os.cpu_count() or 1) // max(1, self.concurrency() or 1))
+        specs = [
+            ResourceSpec(c.name, c.memory_mb, min(c.cpus, share)) for c in settings.resource_configs
+        ]
         specs.sort(key=lambda r: r.name != settings.default_config)
         return tuple(specs)
 
