@@ -89,6 +89,21 @@ def diamond_history(side_exec_s: float = 1.0, runs: int = 5) -> MemoryHistory:
     return history
 
 
+def diamond_history_with_large(exec_factor: float, makespan_s: float) -> MemoryHistory:
+    """`diamond_history` plus five runs on large, every task `exec_factor` times as long."""
+    dag = diamond()
+    history = diamond_history()
+    on_large_run = summary_of(dag, {}, makespan_s=makespan_s)
+    for task, m in diamond_history_metrics().items():
+        m.exec_s *= exec_factor
+        on_large_run.task_metrics[dag.index_of(task)] = m
+    on_large = Plan("wukong", tuple(TaskPlan(resource="large") for _ in range(len(dag))))
+    with dask.config.set({"kong.planning.bandwidth_min_bytes": 1}):
+        for _ in range(5):
+            history.record(dag, on_large_run, on_large)
+    return history
+
+
 def diamond_history_metrics(side_exec_s: float = 1.0) -> dict[str, TaskMetrics]:
     """One run of the diamond on small, as the table of `diamond_history` says."""
     return {
@@ -223,15 +238,7 @@ def test_non_uniform_starts_on_the_config_the_history_finds_fastest() -> None:
     """More cpus is not always faster (2-cpu workers oversubscribe a 2-core machine): when
     the history saw every task three times slower on large, small is the strongest."""
     dag = diamond()
-    history = diamond_history()
-    slow = summary_of(dag, {}, makespan_s=20.0)
-    for task, m in diamond_history_metrics().items():
-        m.exec_s *= 3
-        slow.task_metrics[dag.index_of(task)] = m
-    on_large = Plan("wukong", tuple(TaskPlan(resource="large") for _ in range(len(dag))))
-    with dask.config.set({"kong.planning.bandwidth_min_bytes": 1}):
-        for _ in range(5):
-            history.record(dag, slow, on_large)
+    history = diamond_history_with_large(exec_factor=3.0, makespan_s=20.0)
     plan = plan_non_uniform(dag, context(history))
     assert set(by_key(dag, plan, "resource").values()) == {"small"}
     assert plan.predicted_makespan_s == pytest.approx(8.21)
@@ -419,15 +426,7 @@ def test_non_uniform_does_not_pay_for_a_config_predicted_hardly_faster() -> None
     """large is seen 3% quicker per task: within the 10% tolerance, so every worker starts
     on the cheaper small; with no tolerance the faster large keeps the critical path."""
     dag = diamond()
-    history = diamond_history()
-    quick = summary_of(dag, {}, makespan_s=8.8)
-    for task, m in diamond_history_metrics().items():
-        m.exec_s *= 0.97
-        quick.task_metrics[dag.index_of(task)] = m
-    on_large = Plan("wukong", tuple(TaskPlan(resource="large") for _ in range(len(dag))))
-    with dask.config.set({"kong.planning.bandwidth_min_bytes": 1}):
-        for _ in range(5):
-            history.record(dag, quick, on_large)
+    history = diamond_history_with_large(exec_factor=0.97, makespan_s=8.8)
     plan = plan_non_uniform(dag, context(history))
     assert set(by_key(dag, plan, "resource").values()) == {"small"}
     with dask.config.set({"kong.planning.downgrade_tolerance": 0.0}):
