@@ -37,4 +37,5 @@ def claim_key(name: str) -> str:
 DAG_KEY = "dag"
 EVENTS_KEY = "events"
 HEARTBEATS_KEY = "heartbeats"
+LIVE_KEY = "live"
 CANCEL_KEY = "cancel"

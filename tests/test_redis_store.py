@@ -206,11 +206,26 @@ def test_exists_and_sizes_see_only_written_keys(any_store: Store, run_id: str) -
 
 
 def test_heartbeat_makes_worker_live_for_ttl_only(any_store: Store, run_id: str) -> None:
+    any_store.open_run(run_id)
     any_store.heartbeat(run_id, {"w1": 3, "w2": 5})
     any_store.heartbeat(run_id, {"w1": 4})
     assert any_store.live_workers(run_id, 5.0) == {"w1": 4, "w2": 5}
     assert any_store.live_workers(run_id, 0.0) == {}
     assert any_store.live_workers("no-such-run", 5.0) == {}
+
+
+def test_a_beat_after_the_run_was_deleted_recreates_nothing(any_store: Store, run_id: str) -> None:
+    """A worker's heartbeat thread may push its last beat after the client deleted the
+    run's keys: it must leave no key (nor, in memory, a run) behind."""
+    any_store.heartbeat(run_id, {"w": 1})  # never opened: not recorded
+    assert any_store.live_workers(run_id, 5.0) == {}
+    any_store.open_run(run_id)
+    any_store.heartbeat(run_id, {"w": 1})
+    assert any_store.live_workers(run_id, 5.0) == {"w": 1}
+    any_store.delete_run(run_id)
+    any_store.heartbeat(run_id, {"w": 1})
+    assert any_store.run_keys(run_id) == []
+    assert any_store.live_workers(run_id, 5.0) == {}
 
 
 def test_cancel_flags_only_its_own_run(any_store: Store, run_id: str) -> None:
@@ -224,6 +239,7 @@ def test_delete_run_leaves_no_key_and_spares_other_runs(any_store: Store, run_id
     # `run_id` holds glob characters: unescaped, its SCAN pattern would match `neighbour`.
     neighbour = run_id.replace("*", "x").replace("?", "y")
     for run in (run_id, neighbour):
+        any_store.open_run(run)
         any_store.commit(run, {"out:1": 1}, [FanIn(2, 1, 2)], [done(1)])
         any_store.heartbeat(run, {"w": 1})
         any_store.cancel(run)
@@ -271,11 +287,12 @@ def test_long_event_wait_blocks_in_slices_shorter_than_the_socket_timeout(
 def test_every_key_of_a_run_has_a_ttl(
     redis_store: RedisStore, raw_redis: redis.Redis, run_id: str
 ) -> None:
+    redis_store.open_run(run_id)
     redis_store.commit(run_id, {"out:1": 1}, [FanIn(2, 1, 1), FanIn(3, 1, 2)], [done(1)])
     redis_store.heartbeat(run_id, {"w": 1})
     redis_store.cancel(run_id)
     keys = list(raw_redis.scan_iter(match=glob_escape(run_prefix(run_id)) + "*"))
-    assert len(keys) == 7  # out, 2 fan-in sets, 1 ready claim, events, heartbeats, cancel
+    assert len(keys) == 8  # live, out, 2 fan-in sets, ready claim, events, heartbeats, cancel
     ttls = {key: raw_redis.pttl(key) for key in keys}
     assert all(ttl > 0 for ttl in ttls.values()), ttls
 
@@ -305,6 +322,7 @@ def test_commit_recovers_when_server_forgets_its_scripts(
     raw_redis.script_flush()
     assert redis_store.commit(run_id, {}, [FanIn(4, 2, 2)]).ready == [4]
     assert "lost its scripts" in caplog.text
+    redis_store.open_run(run_id)
     redis_store.heartbeat(run_id, {"w": 1})  # the heartbeat script reloads itself
     assert redis_store.live_workers(run_id, 5.0) == {"w": 1}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from dask_kong import Kong, last_run
 from dask_kong.backends.aws_lambda.backend import LambdaBackend
+from dask_kong.backends.processes import backend as backend_module
 from dask_kong.backends.processes.backend import HANDLER
 from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.errors import SerializationError, WorkerLostError
@@ -215,9 +217,28 @@ def test_the_memory_store_is_not_prefetched() -> None:
     assert summary is not None and summary.outputs_prefetched == 0
 
 
-def test_gateway_configs_count_only_their_share_of_the_cores(processes: Kong) -> None:
-    """Planners must not expect a 2-cpu worker to be faster when the slots already use
-    every core (kong.yaml: small 1 cpu, large 2)."""
-    share = max(1, (os.cpu_count() or 1) // (processes.backend.concurrency() or 1))
+@pytest.mark.parametrize(("cores", "large_cpus"), [(2, 1), (4, 2), (1, 1)])
+def test_gateway_configs_count_only_their_share_of_the_cores(
+    processes: Kong, monkeypatch: pytest.MonkeyPatch, cores: int, large_cpus: int
+) -> None:
+    """Two slots: on 2 cores a 2-cpu worker can count on one (its BLAS threads only
+    contend with the other slot's), on 4 cores on both (kong.yaml: small 1, large 2)."""
+    monkeypatch.setattr(backend_module, "host_cpus", lambda: cores)
+    monkeypatch.setattr(processes.backend, "concurrency", lambda: 2)
     cpus = {r.name: r.cpus for r in processes.backend.resources()}
-    assert cpus == {"small": min(1, share), "large": min(2, share)}
+    assert cpus == {"small": 1, "large": large_cpus}
+
+
+def fail(value: int) -> int:
+    raise ValueError(f"bad value {value}")
+
+
+def test_a_failed_run_stops_the_prefetch_quietly(
+    processes: Kong, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dask_kong")
+    dsk = {"a": (block, 1), "b": (fail, 2)}
+    with pytest.raises(ValueError, match="bad value 2"):
+        processes.get(dsk, ["a", "b"])
+    assert "prefetch" not in caplog.text
+    assert processes.store.run_keys(processes.last_run_id or "") == []

@@ -29,6 +29,7 @@ from .schedule import (
     assign_workers,
     first_tasks,
     history_name,
+    is_profiled,
     predict_sizes,
     simulate,
     task_functions,
@@ -65,13 +66,13 @@ def wukong_optimizations(dag: DAG) -> list[frozenset[Optimization]]:
     blocks wait at a fan-in with a block of the second-level Q, which needs every block's
     R first: 20 waits of kong.wukong.delay_io_wait_s for nothing."""
     depth = [0] * len(dag)
+    deepest_parent = [0] * len(dag)
     for task, parents in enumerate(dag.parents):  # indices are a topological order
-        depth[task] = 1 + max((depth[p] for p in parents), default=-1)
+        deepest_parent[task] = max((depth[p] for p in parents), default=-1)
+        depth[task] = 1 + deepest_parent[task]
     without = WUKONG_OPTIMIZATIONS - {Optimization.DELAY_IO}
     return [
-        without
-        if any(depth[q] > depth[task] for c in children for q in dag.parents[c])
-        else WUKONG_OPTIMIZATIONS
+        without if any(deepest_parent[c] > depth[task] for c in children) else WUKONG_OPTIMIZATIONS
         for task, children in enumerate(dag.children)
     ]
 
@@ -158,7 +159,8 @@ def strongest_config(
     is within `tolerance` of the fastest one's. A bigger config predicted hardly faster is
     not worth its price (nor, in the local gateway, its own pool of cold workers)."""
     fastest = min(alone[r.name].makespan_s for r in resources)
-    good = [r for r in resources if alone[r.name].makespan_s <= fastest * (1 + tolerance) + 1e-9]
+    bound = fastest * (1 + tolerance) + 1e-9  # float slack: equal predictions tie
+    good = [r for r in resources if alone[r.name].makespan_s <= bound]
     return min(good, key=lambda r: (price(r), alone[r.name].makespan_s, r.name))
 
 
@@ -268,7 +270,7 @@ def duplicable_roots(dag: DAG, predictor: Predictor | None, resource: str) -> fr
     ]
     if predictor is None or not candidates:
         return frozenset()
-    profiled = len(dag) <= int(config.get("planning.profile_max_tasks"))
+    profiled = is_profiled(dag)
     duplicable = set()
     for task in candidates:
         profile = task_profile_name(dag, task) if profiled else ""

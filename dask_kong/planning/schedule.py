@@ -48,10 +48,15 @@ def task_functions(dag: DAG) -> tuple[str, ...]:
     return tuple(key_split(key) for key in dag.keys)
 
 
+def is_profiled(dag: DAG) -> bool:
+    """Whether the history keeps per-task profiles of `dag` (kong.planning.profile_max_tasks)."""
+    return len(dag) <= int(config.get("planning.profile_max_tasks"))
+
+
 def task_profiles(dag: DAG) -> tuple[str, ...]:
     """The history name of every task's own profile in this DAG shape (empty names for
     DAGs above kong.planning.profile_max_tasks, which are not profiled per task)."""
-    if len(dag) > int(config.get("planning.profile_max_tasks")):
+    if not is_profiled(dag):
         return ("",) * len(dag)
     return tuple(task_profile_name(dag, t) for t in range(len(dag)))
 

@@ -134,8 +134,9 @@ def prewarm_quietly(backend: Backend, resource: str) -> None:
 
 
 def submit_roots(ctx: RunContext, backend: Backend) -> None:
-    """Make the run reachable, then invoke one worker per root task (one per subtree
-    where the plan batches roots into subtrees)."""
+    """Open the run and make it reachable, then invoke one worker per root task (one per
+    subtree where the plan batches roots into subtrees)."""
+    ctx.store.open_run(ctx.run_id)
     backend.prepare_run(ctx)
     starts = ctx.plan.start_tasks(ctx.dag.roots)
     if starts:
@@ -207,7 +208,8 @@ def apply_event(
         raise WorkerLostError(
             f"a worker of run {ctx.run_id} died ({event.message}); it started at task "
             f"{ctx.dag.keys[event.task]!r} and was running it or one of the unfinished "
-            f"tasks it may have continued with: {unfinished_below(ctx.dag, progress, event.task)}"
+            f"tasks it may have run or continued with: "
+            f"{unfinished_of_branch(ctx, progress, event.task)}"
         )
     else:
         raise_task_failure(ctx.dag, event)
@@ -274,9 +276,12 @@ def describe_unfinished(dag: DAG, progress: RunProgress) -> str:
     return f"stuck tasks (ready but never finished): {shown}{suffix}"
 
 
-def unfinished_below(dag: DAG, progress: RunProgress, start: int) -> str:
-    """`start` and its descendants that never reported done, in topological order."""
-    seen = {start}
+def unfinished_of_branch(ctx: RunContext, progress: RunProgress, start: int) -> str:
+    """What a branch started at `start` may have been running, unfinished tasks only, in
+    topological order: the members of the subtree it runs first (if any), `start` and
+    its descendants."""
+    dag = ctx.dag
+    seen = {start, *ctx.plan.subtrees.get(start, ())}
     stack = [start]
     while stack:
         for child in dag.children[stack.pop()]:

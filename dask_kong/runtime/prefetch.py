@@ -26,6 +26,8 @@ logger = logging.getLogger("dask_kong.client")
 
 # How often the reader thread checks whether the run ended while no output is reported.
 _POLL_S = 0.05
+# Not a task: put on the queue by `stop` to wake the reader at once.
+_WAKE = -1
 
 
 class OutputPrefetch:
@@ -51,12 +53,15 @@ class OutputPrefetch:
             self._reported.put(task)
 
     def stop(self, timeout_s: float) -> None:
-        """Stop reading (bounded: a read under way is waited for at most `timeout_s`)."""
+        """Stop reading: wait up to `timeout_s` for a read under way (0: do not wait, as
+        when the run failed and nothing will be collected)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                logger.warning("run %s: output prefetch still reading", self.ctx.run_id)
+        if self._thread is None:
+            return
+        self._reported.put(_WAKE)  # the reader stops now, not at its next poll
+        self._thread.join(timeout_s)
+        if timeout_s > 0 and self._thread.is_alive():
+            logger.warning("run %s: output prefetch still reading", self.ctx.run_id)
 
     def taken(self) -> tuple[dict[int, Any], int]:
         """The outputs read so far, and their bytes (call after `stop`)."""
@@ -71,7 +76,9 @@ class OutputPrefetch:
                 continue
             while not self._reported.empty():
                 tasks.append(self._reported.get_nowait())
-            self._read(tasks)
+            tasks = [t for t in tasks if t != _WAKE]
+            if tasks and not self._stop.is_set():
+                self._read(tasks)
 
     def _read(self, tasks: list[int]) -> None:
         ctx = self.ctx

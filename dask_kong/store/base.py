@@ -143,8 +143,14 @@ class Store(Protocol):
         first one. Returns the new cursor and the events (empty on timeout)."""
         ...
 
+    def open_run(self, run_id: str) -> None:
+        """Mark the run live, before its first invocation. Heartbeats count only for a live
+        run, so a worker's last beat landing after `delete_run` recreates nothing."""
+        ...
+
     def heartbeat(self, run_id: str, beats: Mapping[str, int]) -> None:
-        """Record that each worker in `beats` is alive and running the given task."""
+        """Record that each worker in `beats` is alive and running the given task (a no-op
+        unless the run is open: see `open_run`)."""
         ...
 
     def live_workers(self, run_id: str, ttl_s: float) -> dict[str, int]:

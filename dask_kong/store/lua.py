@@ -53,12 +53,18 @@ return ready
 
 # Records that workers are alive, stamped with the server's clock so that workers on
 # different machines (Lambda) are judged by one clock, not by their own.
+# Nothing is recorded unless the run is live (its client opened it and has not deleted
+# its keys): a straggler's last beat must not recreate a deleted run's hash.
 #   KEYS[1]      the run's heartbeat hash: worker id -> "<unix time>:<task>"
+#   KEYS[2]      the run's live marker (Store.open_run)
 #   ARGV[1]      TTL in seconds of the hash
 #   ARGV[2k]     id of the k-th worker (k = 1..n)
 #   ARGV[2k+1]   the task that worker is running
-# Returns n.
+# Returns n, or 0 when the run is not live.
 HEARTBEAT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return 0
+end
 local now = redis.call('TIME')
 local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 for i = 2, #ARGV, 2 do

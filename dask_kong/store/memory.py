@@ -133,10 +133,16 @@ class MemoryStore:
                     return cursor, []
                 self._new_event.wait(remaining)
 
+    def open_run(self, run_id: str) -> None:
+        with self._lock:
+            self._run(run_id)
+
     def heartbeat(self, run_id: str, beats: Mapping[str, int]) -> None:
         now = time.monotonic()
         with self._lock:
-            run = self._run(run_id)
+            run = self._runs.get(run_id)
+            if run is None:  # not opened, or deleted already: a straggler's last beat
+                return
             for worker, task in beats.items():
                 run.heartbeats[worker] = (now, task)
 

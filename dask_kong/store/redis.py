@@ -43,6 +43,7 @@ from ..constants import (
     CANCEL_KEY,
     EVENTS_KEY,
     HEARTBEATS_KEY,
+    LIVE_KEY,
     claim_key,
     fan_in_key,
     run_prefix,
@@ -234,10 +235,17 @@ class RedisStore:
         args: list[str | int] = [self.key_ttl_s]
         for worker, task in beats.items():
             args += [worker, task]
-        key = run_prefix(run_id) + HEARTBEATS_KEY
+        prefix = run_prefix(run_id)
+        keys = [prefix + HEARTBEATS_KEY, prefix + LIVE_KEY]
         self._call(
             f"heartbeat of run {run_id}",
-            functools.partial(self._heartbeat_script, keys=[key], args=args),
+            functools.partial(self._heartbeat_script, keys=keys, args=args),
+        )
+
+    def open_run(self, run_id: str) -> None:
+        key = run_prefix(run_id) + LIVE_KEY
+        self._call(
+            f"open run {run_id}", functools.partial(self._client.set, key, 1, ex=self.key_ttl_s)
         )
 
     def cancel(self, run_id: str) -> None:

@@ -25,6 +25,14 @@ from .gateway import Gateway
 
 logger = logging.getLogger("dask_kong.backends.processes")
 
+
+def host_cpus() -> int:
+    """The cpus this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 HANDLER = "dask_kong.backends.aws_lambda.handler:lambda_handler"
 
 
@@ -82,7 +90,7 @@ class ProcessBackend:
         shared by the slots. Two 2-cpu workers on 2 cores run no faster than two 1-cpu
         ones (their BLAS threads only contend), and planners must not predict otherwise."""
         settings = self.gateway.settings
-        share = max(1, (os.cpu_count() or 1) // max(1, self.concurrency() or 1))
+        share = max(1, host_cpus() // max(1, self.concurrency() or 1))
         specs = [
             ResourceSpec(c.name, c.memory_mb, min(c.cpus, share)) for c in settings.resource_configs
         ]
