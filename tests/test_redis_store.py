@@ -453,3 +453,19 @@ def test_values_larger_than_the_part_size_round_trip_in_parts(
         assert store.run_keys(run_id) == []
     finally:
         store.close()
+
+
+def test_get_many_mixes_large_and_small_values_in_order(
+    redis_store: RedisStore, run_id: str
+) -> None:
+    """Large values are read one GET each, small ones in one MGET: the order holds, and an
+    absent key among them is still named."""
+    big = b"x" * (3 << 20)
+    values = {"out:1": 1, "out:2": big, "out:3": "small", "out:4": big + b"y"}
+    redis_store.commit(run_id, values)
+    keys = ["out:4", "out:3", "out:2", "out:1"]
+    got, nbytes = redis_store.get_many(run_id, keys)
+    assert got == [values[k] for k in keys]
+    assert nbytes > 2 * len(big)
+    with pytest.raises(MissingKeyError, match="out:9"):
+        redis_store.get_many(run_id, ["out:2", "out:9", "out:1"])

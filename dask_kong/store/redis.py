@@ -35,8 +35,10 @@ from typing import Any, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
+from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerializer
 from redis.exceptions import AuthenticationError, NoScriptError
 from redis.retry import Retry
+from redis.utils import HIREDIS_AVAILABLE
 
 from .. import config, serialize
 from ..constants import (
@@ -67,9 +69,39 @@ _READY_CLAIM_SUFFIX = ":ready"
 # Keys per SCAN page and per UNLINK: a run of 100k keys is deleted in ~100 round-trips,
 # and one UNLINK of this many keys returns at once (the server frees memory in background).
 _SCAN_PAGE = 1000
+# Above this many bytes an argument is sent as its own chunk (`LargeValuePacker`);
+# redis-py's own cut-off between joining and chunking arguments.
+_LARGE_ARGUMENT_BYTES = 6000
+# Values above this many bytes are read with a GET each (`RedisStore._read_raw`): below
+# it a value costs less to parse than a round-trip (~0.1 ms here, about 1 MB of reply).
+_LARGE_READ_BYTES = 1 << 20
 # Characters that SCAN MATCH would read as a pattern; run ids may contain them, and the
 # braces of the hash tag are escaped too so that the prefix is matched literally.
 _GLOB_CHARS = frozenset("\\*?[]{}")
+
+
+class LargeValuePacker:
+    """Packs commands for redis-py: hiredis's packer for small ones, redis-py's Python
+    packer for commands that carry a large value.
+
+    hiredis copies every argument into one buffer: for an 8 MB value that took ~10 ms
+    here, five times the rest of the SET (redis-py 8.1, hiredis 3.5; the Python packer
+    sends a large value as its own chunk, uncopied: 8 MB SET 14 ms -> 2.5 ms). For small
+    commands hiredis is the faster of the two (~10% on a pipeline of 100 small SETs).
+    Stateless, so one instance serves every connection of a pool."""
+
+    def __init__(self, cutoff: int = _LARGE_ARGUMENT_BYTES) -> None:
+        self.cutoff = cutoff
+        self._python = PythonRespSerializer(cutoff, Encoder("utf-8", "strict", False).encode)
+        self._hiredis = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+
+    def pack(self, *args: Any) -> list[bytes | memoryview]:
+        large = any(
+            isinstance(arg, bytes | bytearray | memoryview) and len(arg) > self.cutoff
+            for arg in args
+        )
+        packer = self._python if large or self._hiredis is None else self._hiredis
+        return packer.pack(*args)
 
 
 @dataclass(frozen=True)
@@ -121,6 +153,7 @@ class RedisStore:
             # `_call` retries, with backoff and a log line; redis-py must not retry silently
             # underneath it.
             retry=Retry(NoBackoff(), 0),
+            command_packer=LargeValuePacker(),
         )
         self.max_value_bytes = int(config.get("store.max_value_bytes"))
         #: Where the server is, safe to log: host:port or unix:path.
@@ -260,10 +293,7 @@ class RedisStore:
         if not keys:
             return [], 0
         prefix = run_prefix(run_id)
-        raw: list[Any] = self._call(
-            f"read from run {run_id}",
-            functools.partial(self._client.mget, [prefix + key for key in keys]),
-        )
+        raw = self._read_raw(f"read from run {run_id}", [prefix + key for key in keys])
         found: list[bytes] = []
         for key, data in zip(keys, raw, strict=True):
             if data is None:
@@ -277,12 +307,36 @@ class RedisStore:
         """Reassemble a value that `split_large_values` stored in parts."""
         tag, count = manifest[len(_PARTS_MAGIC) :].decode().split(":")
         names = [run_prefix(run_id) + part_key(key, tag, i) for i in range(int(count))]
-        parts: list[Any] = self._call(
-            f"read parts of {key!r} in run {run_id}", functools.partial(self._client.mget, names)
-        )
+        parts = self._read_raw(f"read parts of {key!r} in run {run_id}", names)
         if any(part is None for part in parts):
             raise MissingKeyError(f"a part of {key!r} of run {run_id} is not in the store")
         return b"".join(parts)
+
+    def _read_raw(self, what: str, names: list[str]) -> list[Any]:
+        """The stored bytes of `names` (None where absent). Small values come in one MGET;
+        values above `_LARGE_READ_BYTES` in a GET each, after one round-trip of STRLENs:
+        hiredis parses a reply that holds several large values far slower than the same
+        values one reply each (4 x 8 MB: 27 ms in one MGET, 12 ms in four GETs here)."""
+        if len(names) == 1:
+            return [self._call(what, functools.partial(self._client.get, names[0]))]
+        lengths = self._call(what, functools.partial(self._strlen_all, names))
+        large = [i for i, n in enumerate(lengths) if n > _LARGE_READ_BYTES]
+        small = [i for i, n in enumerate(lengths) if n <= _LARGE_READ_BYTES]
+        values: list[Any] = [None] * len(names)
+        if small:
+            got = self._call(what, functools.partial(self._client.mget, [names[i] for i in small]))
+            for i, value in zip(small, got, strict=True):
+                values[i] = value
+        for i in large:
+            values[i] = self._call(what, functools.partial(self._client.get, names[i]))
+        return values
+
+    def _strlen_all(self, names: Sequence[str]) -> list[int]:
+        """Stored sizes of `names` (0 where absent), in one round-trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.strlen(name)
+        return [int(n) for n in pipe.execute()]
 
     def forget(self, run_id: str, keys: Sequence[str]) -> None:
         """Keep everything until the run ends: see `Store.forget`."""
@@ -326,14 +380,8 @@ class RedisStore:
         if not keys:
             return []
         prefix = run_prefix(run_id)
-
-        def strlen_all() -> list[int]:
-            pipe = self._client.pipeline(transaction=False)
-            for key in keys:
-                pipe.strlen(prefix + key)
-            return [int(n) for n in pipe.execute()]
-
-        return self._call(f"sizes in run {run_id}", strlen_all)
+        names = [prefix + key for key in keys]
+        return self._call(f"sizes in run {run_id}", functools.partial(self._strlen_all, names))
 
     def events(self, run_id: str, cursor: str, timeout_s: float) -> tuple[str, list[Event]]:
         stream = run_prefix(run_id) + EVENTS_KEY
