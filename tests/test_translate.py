@@ -105,3 +105,16 @@ def test_visualize_style_access_before_compute_changes_nothing() -> None:
     graph = x.__dask_graph__()
     to_dag(graph, x.__dask_keys__())
     assert x.compute(scheduler="sync") == dask.compute(x, scheduler="sync")[0] == 400
+
+
+def test_heights_count_the_longest_chain_to_a_sink() -> None:
+    dsk = {
+        "a": (inc, 1),
+        "long-1": (inc, "a"),
+        "long-2": (inc, "long-1"),
+        "short": (inc, "a"),
+        "end": (add, "long-2", "short"),
+    }
+    dag = to_dag(dsk, "end")
+    heights = {dag.keys[t]: h for t, h in enumerate(dag.heights)}
+    assert heights == {"a": 4, "long-1": 3, "long-2": 2, "short": 2, "end": 1}

@@ -76,6 +76,18 @@ class DAG:
         return tuple(d.hex() for d in task_digests(self.keys, self.parents))
 
     @functools.cached_property
+    def heights(self) -> tuple[int, ...]:
+        """Per task, how many tasks the longest path from it to a sink has (itself
+        included): its upward rank. With a bounded number of workers, running the higher
+        ones first keeps the longest chain moving (list scheduling's classic priority)."""
+        heights = [1] * len(self)
+        for task in reversed(range(len(self))):  # dependents before their parents
+            children = self.children[task]
+            if children:
+                heights[task] = 1 + max(heights[c] for c in children)
+        return tuple(heights)
+
+    @functools.cached_property
     def shape_hash(self) -> str:
         """Digest of the structure (computed on first use: only history needs it)."""
         return digest_of_shape(self.task_digests)

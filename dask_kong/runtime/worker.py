@@ -513,11 +513,15 @@ def commit_output(
 
 
 def choose_become(branch: Branch, ready: list[int]) -> int | None:
-    """The ready dependent whose inputs this worker holds most of (first on ties)."""
+    """The ready dependent whose inputs this worker holds most of; on a tie the one with
+    the longest chain of work after it (`DAG.heights`), then the first. TSQR's second
+    QR: its R leads to the SVD factor every U block waits for, its Q to the blocks; R
+    first, or the blocks finish early and must write themselves while the factor waits
+    in the queue of a bounded backend."""
     if len(ready) < 2:
         return ready[0] if ready else None
-    parents = branch.ctx.dag.parents
-    return max(ready, key=lambda c: sum(p in branch.local for p in parents[c]))
+    parents, heights = branch.ctx.dag.parents, branch.ctx.dag.heights
+    return max(ready, key=lambda c: (sum(p in branch.local for p in parents[c]), heights[c]))
 
 
 def invoke_others(branch: Branch, children: list[int], metrics: TaskMetrics) -> None:
@@ -527,6 +531,8 @@ def invoke_others(branch: Branch, children: list[int], metrics: TaskMetrics) -> 
         return
     ctx = branch.ctx
     started = time.perf_counter()
+    # Longest chains first: a bounded backend queues invocations in order.
+    children = sorted(children, key=lambda c: -ctx.dag.heights[c])
     invocations = [Invocation(ctx.run_id, c, inline_inputs(branch, c)) for c in children]
     ctx.invoker.invoke(ctx, invocations)
     metrics.invoke_s = time.perf_counter() - started
