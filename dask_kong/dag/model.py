@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,12 @@ class DAG:
             if children:
                 heights[task] = 1 + max(heights[c] for c in children)
         return tuple(heights)
+
+    def longest_chains_first(self, tasks: Iterable[int]) -> list[int]:
+        """`tasks` by decreasing height (stable): the order to invoke them in, since a
+        bounded backend queues invocations in the order they arrive."""
+        heights = self.heights
+        return sorted(tasks, key=lambda t: -heights[t])
 
     @functools.cached_property
     def shape_hash(self) -> str:

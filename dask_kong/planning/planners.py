@@ -88,7 +88,7 @@ def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:
         for flags in (WUKONG_OPTIMIZATIONS, WUKONG_OPTIMIZATIONS - {Optimization.DELAY_IO})
     }
     tasks = tuple(plans[flags] for flags in wukong_optimizations(dag))
-    subtrees = plan_subtrees(dag, context.concurrency, recipe_roots(dag, context))
+    subtrees = plan_subtrees(dag, context.concurrency, duplicable_roots(dag, context))
     return Plan(planner="wukong", tasks=tasks, subtrees=subtrees)
 
 
@@ -105,7 +105,7 @@ def plan_uniform(dag: DAG, context: PlanningContext) -> Plan:
         return unpredicted_plan("uniform", dag, context)
     sizes = predict_sizes(dag, predictor, resource)
     estimates = Estimates(dag, predictor, sizes, resource)
-    subtrees = plan_subtrees(dag, context.concurrency, duplicable_roots(dag, predictor, resource))
+    subtrees = plan_subtrees(dag, context.concurrency, duplicable_roots(dag, context, predictor))
     workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), subtrees)
     timeline = simulate(
         dag, workers, [resource] * worker_count(workers), estimates, context.concurrency
@@ -126,8 +126,7 @@ def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
         return unpredicted_plan("non_uniform", dag, context)
     sizes = predict_sizes(dag, predictor, context.default_resource)
     estimates = Estimates(dag, predictor, sizes, context.default_resource)
-    duplicable = duplicable_roots(dag, predictor, context.default_resource)
-    subtrees = plan_subtrees(dag, context.concurrency, duplicable)
+    subtrees = plan_subtrees(dag, context.concurrency, duplicable_roots(dag, context, predictor))
     workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), subtrees)
     count = worker_count(workers)
     alone = {
@@ -248,34 +247,30 @@ def load_predictor(dag: DAG, context: PlanningContext) -> Predictor | None:
     return predictor
 
 
-def recipe_roots(dag: DAG, context: PlanningContext) -> frozenset[int]:
-    """`duplicable_roots` for a planner that predicts nothing else (wukong): the history
-    is consulted only when the DAG has roots that could be duplicated."""
-    if not subtree_max_tasks(dag, context.concurrency) or context.history is None:
-        return frozenset()
-    if not any(len(dag.children[t]) > 1 for t in dag.roots):
-        return frozenset()
-    return duplicable_roots(dag, load_predictor(dag, context), context.default_resource)
-
-
-def duplicable_roots(dag: DAG, predictor: Predictor | None, resource: str) -> frozenset[int]:
+def duplicable_roots(
+    dag: DAG, context: PlanningContext, predictor: Predictor | None = None
+) -> frozenset[int]:
     """Roots with several dependents that the history says publish recipes: batched
     subtrees may run them again instead of having their outputs moved (see `subtrees`).
-    Only those roots are looked up, so a DAG without such roots costs nothing here."""
-    outputs = dag.output_tasks
-    candidates = [
-        t
-        for t, parents in enumerate(dag.parents)
-        if not parents and len(dag.children[t]) > 1 and t not in outputs
-    ]
-    if predictor is None or not candidates:
+    The history is consulted only where batching applies and the DAG has such roots, so
+    other DAGs cost nothing here; `predictor` is loaded when not given (wukong loads
+    none otherwise)."""
+    if not subtree_max_tasks(dag, context.concurrency) or context.history is None:
         return frozenset()
+    outputs = dag.output_tasks
+    candidates = [t for t in dag.roots if len(dag.children[t]) > 1 and t not in outputs]
+    if not candidates:
+        return frozenset()
+    if predictor is None:
+        predictor = load_predictor(dag, context)
+        if predictor is None:
+            return frozenset()
     profiled = is_profiled(dag)
     duplicable = set()
     for task in candidates:
         profile = task_profile_name(dag, task) if profiled else ""
         name, _ = history_name(predictor, profile, key_split(dag.keys[task]))
-        if predictor.publishes_recipe(name, resource):
+        if predictor.publishes_recipe(name, context.default_resource):
             duplicable.add(task)
     return frozenset(duplicable)
 

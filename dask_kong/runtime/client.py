@@ -138,8 +138,7 @@ def submit_roots(ctx: RunContext, backend: Backend) -> None:
     subtree where the plan batches roots into subtrees)."""
     ctx.store.open_run(ctx.run_id)
     backend.prepare_run(ctx)
-    # Longest chains first: a bounded backend queues invocations in order.
-    starts = sorted(ctx.plan.start_tasks(ctx.dag.roots), key=lambda t: -ctx.dag.heights[t])
+    starts = ctx.dag.longest_chains_first(ctx.plan.start_tasks(ctx.dag.roots))
     if starts:
         backend.invoke(ctx, [Invocation(ctx.run_id, r) for r in starts])
 

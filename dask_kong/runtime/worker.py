@@ -260,8 +260,7 @@ def route_dependents(
     if not early:
         metrics.end = time.time()
         branch.pending.append(done)
-        if is_output or time.monotonic() - branch.last_flush > ctx.settings.progress_interval_s:
-            flush_events(branch)
+        flush_if_due(branch, now=is_output)
     return here
 
 
@@ -283,8 +282,7 @@ def keep_for_subtree(
     metrics.recipe = recipe_for(branch.ctx, task, inputs, metrics) is not None
     metrics.end = time.time()
     branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, metrics))
-    if time.monotonic() - branch.last_flush > branch.ctx.settings.progress_interval_s:
-        flush_events(branch)
+    flush_if_due(branch)
     return []
 
 
@@ -531,9 +529,10 @@ def invoke_others(branch: Branch, children: list[int], metrics: TaskMetrics) -> 
         return
     ctx = branch.ctx
     started = time.perf_counter()
-    # Longest chains first: a bounded backend queues invocations in order.
-    children = sorted(children, key=lambda c: -ctx.dag.heights[c])
-    invocations = [Invocation(ctx.run_id, c, inline_inputs(branch, c)) for c in children]
+    invocations = [
+        Invocation(ctx.run_id, c, inline_inputs(branch, c))
+        for c in ctx.dag.longest_chains_first(children)
+    ]
     ctx.invoker.invoke(ctx, invocations)
     metrics.invoke_s = time.perf_counter() - started
     metrics.invocations = len(invocations)
@@ -557,6 +556,13 @@ def keep_only_inputs_of(branch: Branch, tasks: Iterable[int]) -> None:
     local, recipes = branch.local, branch.recipes
     branch.local = {p: local[p] for t in tasks for p in parents[t] if p in local}
     branch.recipes = {p: recipes[p] for p in branch.local if p in recipes}
+
+
+def flush_if_due(branch: Branch, now: bool = False) -> None:
+    """Send batched progress events when `now` (the client waits for them) or when the
+    last flush is older than kong.run.progress_interval_s."""
+    if now or time.monotonic() - branch.last_flush > branch.ctx.settings.progress_interval_s:
+        flush_events(branch)
 
 
 def flush_events(branch: Branch) -> None:

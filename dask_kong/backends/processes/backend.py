@@ -26,14 +26,14 @@ from .gateway import Gateway
 logger = logging.getLogger("dask_kong.backends.processes")
 
 
+HANDLER = "dask_kong.backends.aws_lambda.handler:lambda_handler"
+
+
 def host_cpus() -> int:
     """The cpus this process may run on (its affinity mask, where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-HANDLER = "dask_kong.backends.aws_lambda.handler:lambda_handler"
 
 
 class GatewayDirectTransport:
