@@ -17,12 +17,13 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import shlex
 import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,8 @@ def run_suite(options: Options, progress: Progress) -> dict[str, Any]:
         }
         progress(f"{spec.name}: {tasks:,} tasks, built in {time.perf_counter() - started:.1f} s")
         for scheduler in options.schedulers:
-            cell = run_cell(spec.name, case, tasks, scheduler, options, progress)
+            with isolated_environ():
+                cell = run_cell(spec.name, case, tasks, scheduler, options, progress)
             suite["results"].append(asdict(cell))
             suite["ratios"] = report.compute_ratios(suite["results"])
             if options.json:
@@ -230,6 +232,25 @@ def run_suite(options: Options, progress: Progress) -> dict[str, Any]:
     suite["complete"] = True
     suite["wall_s"] = round(progress.elapsed(), 1)
     return suite
+
+
+@contextlib.contextmanager
+def isolated_environ() -> Iterator[None]:
+    """Put os.environ back as it was once the cell ends.
+
+    A scheduler may change this process's environment for good: dask.distributed's
+    LocalCluster leaves `MALLOC_TRIM_THRESHOLD_=65536` and `OMP_NUM_THREADS=1` (its
+    nanny's pre-spawn settings) in os.environ after it closes. Every process a later cell
+    starts would inherit them: kong's workers, with that malloc setting, ran TSQR-SVD 15%
+    slower than in a fresh interpreter. Each cell must see the environment the run began
+    with, whatever ran before it.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def run_cell(

@@ -81,6 +81,20 @@ def touch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return {"pid": os.getpid()}
 
 
+def fan_out_ranked(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Invoke `function` once per (priority, child) pair of `children`, through the pipe."""
+    for priority, child in event["children"]:
+        invoke_via_gateway(event["function"], json.dumps(child).encode(), priority)
+    return {"pid": os.getpid(), "invoked": len(event["children"])}
+
+
+def append(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Append the line `text` to `path`: the order invocations ran in."""
+    with open(event["path"], "a") as f:
+        f.write(event["text"] + "\n")
+    return {"pid": os.getpid()}
+
+
 OPS = {
     "echo": echo,
     "sleep": sleep,
@@ -89,6 +103,8 @@ OPS = {
     "allocate": allocate,
     "fan_out": fan_out,
     "touch": touch,
+    "append": append,
+    "fan_out_ranked": fan_out_ranked,
 }
 
 

@@ -25,6 +25,7 @@ class TestKongGetContract(GetFunctionTestMixin):
 
 def test_fan_in_is_ready_exactly_once_with_duplicate_reports() -> None:
     store = MemoryStore()
+    store.open_run("r")
     marks = [FanIn(9, 1, 3), FanIn(9, 1, 3), FanIn(9, 2, 3), FanIn(9, 2, 3)]
     assert store.commit("r", {}, marks).ready == []  # 2 distinct parents of 3
     assert store.commit("r", {}, [FanIn(9, 3, 3)]).ready == [9]
@@ -33,6 +34,7 @@ def test_fan_in_is_ready_exactly_once_with_duplicate_reports() -> None:
 
 def test_fan_in_under_concurrent_duplicate_reports_readies_once() -> None:
     store = MemoryStore()
+    store.open_run("r")
     ready: list[int] = []
     lock = threading.Lock()
 
@@ -52,6 +54,7 @@ def test_fan_in_under_concurrent_duplicate_reports_readies_once() -> None:
 
 def test_output_is_written_before_fan_in_is_marked() -> None:
     store = MemoryStore()
+    store.open_run("r")
     result = store.commit("r", {"out:1": "v"}, [FanIn(5, 1, 1)])
     assert result.ready == [5] and store.exists("r", "out:1")
 

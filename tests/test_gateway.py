@@ -259,6 +259,37 @@ def test_concurrency_limit_queues_invocations_instead_of_failing() -> None:
     assert len({body["pid"] for _, body in results}) == 2
 
 
+def test_queued_invocations_start_by_priority_then_arrival(tmp_path: Path) -> None:
+    """One slot, held by a sleeping invocation: what waits starts highest priority first,
+    and in arrival order among equals (the pipe path from a handler carries a priority
+    too: see test_invoke_via_gateway_from_a_handler_starts_another_invocation)."""
+    path = tmp_path / "order.txt"
+    with running_gateway(concurrency=1) as gateway:
+        holder = gateway.submit("kong", event("sleep", seconds=0.5))
+        wait_until(lambda: gateway.stats().busy == 1)
+        names = ["low", "high", "mid-1", "mid-2", "none"]
+        gateway.invoke_many(
+            "kong",
+            [event("append", path=str(path), text=name) for name in names],
+            sync=False,
+            priorities=[1, 9, 5, 5, 0],
+        )
+        holder.result(timeout=10)
+        wait_until(lambda: path.exists() and len(path.read_text().split()) == len(names))
+    assert path.read_text().split() == ["high", "mid-1", "mid-2", "low", "none"]
+
+
+def test_invocations_from_a_handler_carry_their_priority(tmp_path: Path) -> None:
+    """The children wait for the parent's slot (concurrency 1), then start by priority."""
+    path = tmp_path / "order.txt"
+    ranked = [(0, "last"), (7, "first"), (3, "second")]
+    children = [(p, {"op": "append", "path": str(path), "text": t}) for p, t in ranked]
+    with running_gateway(concurrency=1) as gateway:
+        gateway.invoke("kong", event("fan_out_ranked", function="kong", children=children))
+        wait_until(lambda: path.exists() and len(path.read_text().split()) == len(ranked))
+    assert path.read_text().split() == ["first", "second", "last"]
+
+
 def test_idle_workers_exit_after_keep_warm() -> None:
     with running_gateway(keep_warm_s=0.3) as gateway:
         pid = json.loads(gateway.invoke("kong", event("echo")) or b"")["pid"]

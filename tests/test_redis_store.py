@@ -23,11 +23,18 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dask_kong.constants import run_prefix
+from dask_kong.constants import LIVE_KEY, run_prefix
 from dask_kong.errors import SerializationError, StoreUnavailableError
 from dask_kong.metrics.records import TaskMetrics
 from dask_kong.store import lua
-from dask_kong.store.base import Event, EventKind, FanIn, MissingKeyError, Store
+from dask_kong.store.base import (
+    CommitResult,
+    Event,
+    EventKind,
+    FanIn,
+    MissingKeyError,
+    Store,
+)
 from dask_kong.store.memory import MemoryStore
 from dask_kong.store.redis import RedisStore, glob_escape, open_store
 from dask_kong.store.server import RedisServer, free_port
@@ -47,9 +54,14 @@ def any_store(request: pytest.FixtureRequest) -> Iterator[Store]:
 
 
 @pytest.fixture
-def run_id() -> str:
-    """A run id no other test uses, with glob characters to keep SCAN MATCH honest."""
-    return f"run*?[{uuid.uuid4().hex[:8]}]"
+def run_id(request: pytest.FixtureRequest) -> str:
+    """A run id no other test uses, with glob characters to keep SCAN MATCH honest,
+    opened in the test's store (a store takes commits only for an open run)."""
+    run = f"run*?[{uuid.uuid4().hex[:8]}]"
+    for name in ("any_store", "redis_store"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).open_run(run)
+    return run
 
 
 @pytest.fixture
@@ -217,9 +229,10 @@ def test_heartbeat_makes_worker_live_for_ttl_only(any_store: Store, run_id: str)
 def test_a_beat_after_the_run_was_deleted_recreates_nothing(any_store: Store, run_id: str) -> None:
     """A worker's heartbeat thread may push its last beat after the client deleted the
     run's keys: it must leave no key (nor, in memory, a run) behind."""
-    any_store.heartbeat(run_id, {"w": 1})  # never opened: not recorded
-    assert any_store.live_workers(run_id, 5.0) == {}
-    any_store.open_run(run_id)
+    never_opened = run_id + "-never"
+    any_store.heartbeat(never_opened, {"w": 1})
+    assert any_store.live_workers(never_opened, 5.0) == {}
+    assert any_store.run_keys(never_opened) == []
     any_store.heartbeat(run_id, {"w": 1})
     assert any_store.live_workers(run_id, 5.0) == {"w": 1}
     any_store.delete_run(run_id)
@@ -330,7 +343,7 @@ def test_commit_recovers_when_server_forgets_its_scripts(
 def test_unpicklable_value_raises_serialization_error(redis_store: RedisStore, run_id: str) -> None:
     with pytest.raises(SerializationError, match="out:1"):
         redis_store.commit(run_id, {"out:1": threading.Lock()})
-    assert redis_store.run_keys(run_id) == []
+    assert redis_store.run_keys(run_id) == [LIVE_KEY]  # only the mark of open_run
 
 
 def test_unreachable_redis_raises_store_unavailable_naming_address_quickly(
@@ -375,6 +388,7 @@ def test_server_stop_leaves_no_process_and_no_files(run_id: str) -> None:
     server = RedisServer(unix_socket=True)
     assert server.unix_url is not None
     store = RedisStore(server.unix_url)
+    store.open_run(run_id)
     store.commit(run_id, {"out:1": 1})
     assert store.get_many(run_id, ["out:1"])[0] == [1]
     store.close()
@@ -424,7 +438,11 @@ def test_server_that_dies_at_start_raises_with_its_output(tmp_path: Path) -> Non
 def test_claim_is_won_by_the_first_caller_only(any_store: Store, run_id: str) -> None:
     assert any_store.claim(run_id, ["a", "b"]) == [True, True]
     assert any_store.claim(run_id, ["a", "c"]) == [False, True]
-    assert any_store.claim(run_id + "x", ["a"]) == [True]  # claims are per run
+    other = run_id + "x"
+    assert any_store.claim(other, ["a"]) == [False]  # not open: nothing to claim
+    any_store.open_run(other)
+    assert any_store.claim(other, ["a"]) == [True]  # claims are per run
+    any_store.delete_run(other)
 
 
 def test_fan_in_progress_counts_distinct_parents(any_store: Store, run_id: str) -> None:
@@ -440,6 +458,7 @@ def test_values_larger_than_the_part_size_round_trip_in_parts(
     with dask.config.set({"kong.store.max_value_bytes": 1000}):
         store = RedisStore(redis_server.url)
     try:
+        store.open_run(run_id)
         big = bytes(range(256)) * 40  # ~10 KB pickled: 11 parts
         result = store.commit(run_id, {"out:1": big, "out:2": b"small"})
         assert result.bytes_written > len(big)
@@ -469,3 +488,17 @@ def test_get_many_mixes_large_and_small_values_in_order(
     assert nbytes > 2 * len(big)
     with pytest.raises(MissingKeyError, match="out:9"):
         redis_store.get_many(run_id, ["out:2", "out:9", "out:1"])
+
+
+def test_a_commit_after_the_run_was_deleted_leaves_nothing(any_store: Store, run_id: str) -> None:
+    """A straggler that outlives its failed run commits its output, fan-in marks and
+    events after the client deleted the run's keys: the store drops all of it."""
+    any_store.commit(run_id, {"out:1": 1}, [FanIn(5, 1, 2)], [done(1)])
+    any_store.delete_run(run_id)
+    late = any_store.commit(run_id, {"out:2": 2}, [FanIn(5, 2, 2)], [done(2)])
+    assert late == CommitResult()  # nothing written, nothing ready
+    assert any_store.claim(run_id, ["delay-io:5"]) == [False]
+    assert any_store.run_keys(run_id) == []
+    never_opened = run_id + "-never"
+    assert any_store.commit(never_opened, {"out:1": 1}, [], [done(1)]) == CommitResult()
+    assert any_store.run_keys(never_opened) == []

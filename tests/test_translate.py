@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import dask
 import dask.array as da
@@ -118,3 +121,70 @@ def test_heights_count_the_longest_chain_to_a_sink() -> None:
     dag = to_dag(dsk, "end")
     heights = {dag.keys[t]: h for t, h in enumerate(dag.heights)}
     assert heights == {"a": 4, "long-1": 3, "long-2": 2, "short": 2, "end": 1}
+
+
+def test_successors_count_what_waits_on_a_task_along_every_path() -> None:
+    dsk = {
+        "a": (inc, 1),
+        "long-1": (inc, "a"),
+        "long-2": (inc, "long-1"),
+        "short": (inc, "a"),
+        "end": (add, "long-2", "short"),
+        "gate": (inc, 2),
+        **{f"wait-{i}": (add, "gate", i) for i in range(5)},
+    }
+    dag = to_dag(dsk, ["end", *(f"wait-{i}" for i in range(5))])
+    successors = {dag.keys[t]: n for t, n in enumerate(dag.successors)}
+    # "end" is reached from "a" along two paths and counted twice
+    assert successors == {
+        "a": 5,
+        "long-1": 2,
+        "long-2": 1,
+        "short": 1,
+        "end": 0,
+        "gate": 5,
+        **{f"wait-{i}": 0 for i in range(5)},
+    }
+
+
+def test_successor_counts_are_capped_at_the_number_of_tasks() -> None:
+    """A ladder of diamonds doubles the paths at every rung: the count stops at len(dag)."""
+    dsk: dict[str, object] = {"r0": (inc, 1)}
+    for i in range(1, 30):
+        dsk[f"x{i}"] = (inc, f"r{i - 1}")
+        dsk[f"y{i}"] = (inc, f"r{i - 1}")
+        dsk[f"r{i}"] = (add, f"x{i}", f"y{i}")
+    dag = to_dag(dsk, "r29")
+    assert dag.successors[dag.index_of("r0")] == len(dag)
+    assert dag.successors[dag.index_of("r28")] == 4  # r29 along both x29 and y29
+
+
+TRANSLATE_KEYS = """
+import dask, dask.array as da
+from dask_kong import Kong, last_run
+x = da.random.default_rng(7).random((400, 10), chunks=(50, 10))
+with Kong() as session:
+    dask.compute(*da.linalg.svd(x), scheduler=session.get)
+dag = last_run().dag
+# names without their tokens: dask names the finalize tasks of a compute at random
+names = [(k[0].split("-")[0], *k[1:]) if isinstance(k, tuple) else k.split("-")[0]
+         for k in dag.keys]
+print(repr([names, dag.parents]))
+"""
+
+
+def test_task_numbers_do_not_depend_on_the_hash_seed() -> None:
+    """Planners break ties by task number: the numbering must be the same in every
+    interpreter, whatever order its hash seed gives sets of keys."""
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", TRANSLATE_KEYS],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(outputs) == 1 and "getitem" in outputs.pop()

@@ -25,9 +25,12 @@ logger = logging.getLogger("dask_kong.invokers")
 
 
 class Transport(Protocol):
-    """Delivers asynchronous (Event) invocations of `function`."""
+    """Delivers asynchronous (Event) invocations of `function`.
 
-    def send(self, function: str, payloads: Sequence[bytes]) -> None: ...
+    `priorities` (one per payload, higher first) order invocations that wait for a
+    concurrency slot; a transport to a backend without such a queue ignores them."""
+
+    def send(self, function: str, payloads: Sequence[bytes], priorities: Sequence[int]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -43,16 +46,19 @@ class RemoteInvoker:
         shipment = ctx.shipment
         if shipment is None:
             raise KongError(f"run {ctx.run_id} was not prepared for remote workers")
-        by_function: dict[str, list[bytes]] = {}
+        by_function: dict[str, tuple[list[bytes], list[int]]] = {}
+        urgency = ctx.dag.successors
         for inv in invocations:
             function = function_for(shipment.invoker.function, ctx.plan.tasks[inv.start].resource)
-            by_function.setdefault(function, []).append(self._payload(ctx, inv))
-        for function, payloads in by_function.items():
-            self.transport.send(function, payloads)
+            payloads, priorities = by_function.setdefault(function, ([], []))
+            payloads.append(self._payload(ctx, inv))
+            priorities.append(urgency[inv.start])
+        for function, (payloads, priorities) in by_function.items():
+            self.transport.send(function, payloads, priorities)
 
     def prewarm(self, base_function: str, resource: str) -> None:
         """An empty invocation that only starts (warms) a worker of `resource`."""
-        self.transport.send(function_for(base_function, resource), [PREWARM_PAYLOAD])
+        self.transport.send(function_for(base_function, resource), [PREWARM_PAYLOAD], [0])
 
     def _payload(self, ctx: RunContext, invocation: Invocation) -> bytes:
         """The payload; inline inputs that would break the size limit go to the store."""
@@ -88,11 +94,11 @@ def function_for(base: str, resource: str) -> str:
 class GatewayPipeTransport:
     """Inside a gateway worker process: a frame on the worker's pipe, no HTTP."""
 
-    def send(self, function: str, payloads: Sequence[bytes]) -> None:
+    def send(self, function: str, payloads: Sequence[bytes], priorities: Sequence[int]) -> None:
         from ..backends.processes.worker_main import invoke_via_gateway
 
-        for payload in payloads:
-            invoke_via_gateway(function, payload)
+        for payload, priority in zip(payloads, priorities, strict=True):
+            invoke_via_gateway(function, payload, priority)
 
     def close(self) -> None:
         """Nothing to release: the pipe belongs to the worker process."""
@@ -138,7 +144,9 @@ class LambdaTransport:
         )
         self._client = await self._client_cm.__aenter__()
 
-    def send(self, function: str, payloads: Sequence[bytes]) -> None:
+    def send(self, function: str, payloads: Sequence[bytes], priorities: Sequence[int]) -> None:
+        """Lambda starts every Event invocation at once (up to the account's concurrency)
+        and has no queue to order: `priorities` are not sent."""
         self._call(self._send_all(function, payloads))
 
     async def _send_all(self, function: str, payloads: Sequence[bytes]) -> None:

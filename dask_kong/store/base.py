@@ -144,8 +144,10 @@ class Store(Protocol):
         ...
 
     def open_run(self, run_id: str) -> None:
-        """Mark the run live, before its first invocation. Heartbeats count only for a live
-        run, so a worker's last beat landing after `delete_run` recreates nothing."""
+        """Mark the run live, before its first invocation (and before anything is
+        committed to it). Only a live run takes commits, claims and heartbeats: those that
+        arrive before `open_run` or after `delete_run` are dropped and leave no key, so a
+        straggler that outlives its failed run recreates nothing."""
         ...
 
     def heartbeat(self, run_id: str, beats: Mapping[str, int]) -> None:

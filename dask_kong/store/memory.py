@@ -56,7 +56,9 @@ class MemoryStore:
         result = CommitResult()
         sized = {key: sizeof(value) for key, value in writes.items()}
         with self._lock:
-            run = self._run(run_id)
+            run = self._runs.get(run_id)
+            if run is None:  # not opened, or deleted already: a straggler's late commit
+                return result
             for key, value in writes.items():
                 if key not in run.values:
                     run.values[key] = value
@@ -103,7 +105,10 @@ class MemoryStore:
 
     def claim(self, run_id: str, names: Sequence[str]) -> list[bool]:
         with self._lock:
-            claims = self._run(run_id).claims
+            run = self._runs.get(run_id)
+            if run is None:  # a closed run: nothing to claim
+                return [False] * len(names)
+            claims = run.claims
             won = [name not in claims for name in names]
             claims.update(names)
         return won
@@ -156,7 +161,9 @@ class MemoryStore:
 
     def cancel(self, run_id: str) -> None:
         with self._lock:
-            self._run(run_id).cancelled = True
+            run = self._runs.get(run_id)
+            if run is not None:
+                run.cancelled = True
 
     def is_cancelled(self, run_id: str) -> bool:
         run = self._runs.get(run_id)  # a racy read is fine: cancellation is best effort

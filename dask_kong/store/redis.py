@@ -216,6 +216,9 @@ class RedisStore:
             logger.warning("Redis at %s lost its scripts; sending them again", self.address)
             self._mark_script_cached = False
             replies = self._commit_pipeline(prefix, values, fan_ins, payloads, token).execute()
+        if not replies[-1]:
+            self._undo_commit(run_id, prefix, values, fan_ins, bool(payloads))
+            return CommitResult()
         result = CommitResult()
         for data, stored in zip(values.values(), replies, strict=False):
             if stored:
@@ -226,6 +229,28 @@ class RedisStore:
             result.ready = [mark.child for mark, ready in zip(fan_ins, marks, strict=True) if ready]
         return result
 
+    def _undo_commit(
+        self,
+        run_id: str,
+        prefix: str,
+        values: dict[str, bytes],
+        fan_ins: Sequence[FanIn],
+        events: bool,
+    ) -> None:
+        """Remove what a commit to a closed run just wrote (see `_commit_pipeline`)."""
+        keys = [prefix + key for key in values]
+        for mark in fan_ins:
+            keys += [
+                prefix + fan_in_key(mark.child),
+                prefix + fan_in_key(mark.child) + _READY_CLAIM_SUFFIX,
+            ]
+        if events:
+            keys.append(prefix + EVENTS_KEY)
+        logger.debug("run %s is closed: dropping a late commit of %d keys", run_id, len(keys))
+        self._call(
+            f"drop a late commit to run {run_id}", functools.partial(self._client.unlink, *keys)
+        )
+
     def _commit_pipeline(
         self,
         prefix: str,
@@ -234,7 +259,11 @@ class RedisStore:
         payloads: list[bytes],
         token: str,
     ) -> Pipeline:
-        """The commands of one commit, in the order the `Store` protocol requires."""
+        """The commands of one commit, in the order the `Store` protocol requires, then
+        whether the run is still open. A worker that outlives its run (the client failed
+        it and deleted its keys) must not leave keys behind: `delete_run` removes the live
+        marker before it scans, so a commit that finds the marker gone after its writes
+        undoes them itself, and one that found it present wrote before the scan began."""
         pipe = self._client.pipeline(transaction=False)
         for key, data in values.items():
             pipe.set(prefix + key, data, nx=True, ex=self.key_ttl_s)
@@ -245,6 +274,7 @@ class RedisStore:
             for data in payloads:
                 pipe.xadd(stream, {_EVENT_FIELD: data})
             pipe.expire(stream, self.key_ttl_s)
+        pipe.exists(prefix + LIVE_KEY)
         return pipe
 
     def _queue_marks(
@@ -357,7 +387,12 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=False)
             for name in names:
                 pipe.set(prefix + claim_key(name), b"1", nx=True, ex=self.key_ttl_s)
-            return [bool(won) for won in pipe.execute()]
+            pipe.exists(prefix + LIVE_KEY)
+            *won, live = pipe.execute()
+            if not live:  # a closed run (see `_commit_pipeline`): leave nothing, win nothing
+                self._client.unlink(*(prefix + claim_key(name) for name in names))
+                return [False] * len(names)
+            return [bool(w) for w in won]
 
         # A retry after a lost reply may report a claim we made as lost: the caller then
         # takes the ordinary path (write, then mark), which is always correct.
@@ -446,7 +481,12 @@ class RedisStore:
     # -- cleanup --------------------------------------------------------------------
 
     def delete_run(self, run_id: str) -> int:
-        deleted = 0
+        # The live marker first: a late commit then sees the run closed and cleans up
+        # after itself, whether or not the scan below has passed its keys.
+        live = run_prefix(run_id) + LIVE_KEY
+        deleted = int(
+            self._call(f"close run {run_id}", functools.partial(self._client.unlink, live))
+        )
         for page in self._scan_run(run_id):
             deleted += int(
                 self._call(

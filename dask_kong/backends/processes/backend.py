@@ -42,8 +42,8 @@ class GatewayDirectTransport:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def send(self, function: str, payloads: Sequence[bytes]) -> None:
-        self.gateway.invoke_many(function, payloads, sync=False)
+    def send(self, function: str, payloads: Sequence[bytes], priorities: Sequence[int]) -> None:
+        self.gateway.invoke_many(function, payloads, sync=False, priorities=priorities)
 
     def close(self) -> None:
         """The backend stops the gateway."""

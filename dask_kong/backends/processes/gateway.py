@@ -459,18 +459,21 @@ class Gateway:
         *,
         sync: bool = False,
         timeout_s: float | None = None,
+        priorities: Sequence[int] | None = None,
     ) -> list[bytes] | None:
         """Invoke once per payload in one hop onto the loop (fan-out). Not sync: None at
-        once. sync: the results in order, once all finished; FunctionError for the first
-        that failed."""
+        once, and `priorities` (one per payload, higher first) order them in the queue.
+        sync: the results in order, once all finished; FunctionError for the first that
+        failed."""
         name, resource_config = self._resolve(function)
         for payload in payloads:
             self._check_size(payload, sync=sync)
         if not sync:
+            ranks = [0] * len(payloads) if priorities is None else priorities
             self._submit_threadsafe(
                 [
-                    PendingInvocation(new_request_id(), name, resource_config, p, None)
-                    for p in payloads
+                    PendingInvocation(new_request_id(), name, resource_config, p, None, rank)
+                    for p, rank in zip(payloads, ranks, strict=True)
                 ]
             )
             return None

@@ -6,7 +6,11 @@ The policy is AWS Lambda's, on one machine:
   (a warm start; most recently used first, so surplus workers age out) or starts a new
   process (a cold start: interpreter start plus handler import, timed until READY).
 - At most `concurrency` invocations hold a slot (running or cold-starting); the others
-  wait in one FIFO queue and are never dropped. Live workers are capped at
+  wait in one queue and are never dropped. The queue starts the highest `priority`
+  first, first come first served among equals. Lambda has no such queue (it starts
+  every Event invocation at once); a local gateway bounded by a machine's cores does,
+  and FIFO there made a small task that many fan-ins wait on sit behind work that
+  could wait (see `DAG.successors`). Live workers are capped at
   `concurrency` too: a cold start first ends the longest-idle worker when at the cap.
 - An idle worker exits `keep_warm_s` after its last invocation: its request pipe is
   closed and it leaves its loop on EOF.
@@ -24,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import heapq
+import itertools
 import logging
 import os
 import signal
@@ -31,7 +37,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -116,6 +121,8 @@ class PendingInvocation:
     config: ResourceConfig
     payload: bytes
     on_complete: OutcomeCallback | None
+    # higher starts first when invocations wait for a slot (kong: DAG.successors)
+    priority: int = 0
     cold_start: bool | None = None
     holds_slot: bool = False
     done: bool = False
@@ -399,7 +406,10 @@ class WorkerPool:
             max(settings.max_sync_payload_bytes, settings.max_async_payload_bytes)
             + _FRAME_HEADER_ALLOWANCE
         )
-        self._queue: deque[PendingInvocation] = deque()
+        # (-priority, arrival number, invocation): a heap, highest priority first, FIFO
+        # among equals (the arrival number also keeps invocations out of comparisons)
+        self._queue: list[tuple[int, int, PendingInvocation]] = []
+        self._arrivals = itertools.count()
         self._busy = 0
         self._idle: dict[str, list[WorkerProcess]] = {name: [] for name in functions.configs}
         self._workers: dict[int, WorkerProcess] = {}
@@ -411,7 +421,8 @@ class WorkerPool:
     # -- accepting work -------------------------------------------------------------
 
     def submit(self, invocation: PendingInvocation) -> None:
-        """Queue an invocation; it runs as soon as a concurrency slot is free (FIFO)."""
+        """Queue an invocation; it runs when a concurrency slot is free and nothing of
+        higher priority (or of equal priority and older) waits."""
         counters = self._counters
         counters.invocations += 1
         if invocation.sync:
@@ -421,7 +432,7 @@ class WorkerPool:
         if self._closing:
             self._complete(invocation, self._stopped_outcome(invocation))
             return
-        self._queue.append(invocation)
+        heapq.heappush(self._queue, (-invocation.priority, next(self._arrivals), invocation))
         counters.max_queued = max(counters.max_queued, len(self._queue))
         self._dispatch()
 
@@ -433,7 +444,7 @@ class WorkerPool:
         self._dispatching = True
         try:
             while self._queue and self._busy < self.settings.concurrency:
-                self._start(self._queue.popleft())
+                self._start(heapq.heappop(self._queue)[2])
         finally:
             self._dispatching = False
 
@@ -649,7 +660,10 @@ class WorkerPool:
             return
         name, config = resolved
         self._counters.pipe_invocations += 1
-        self.submit(PendingInvocation(new_request_id(), name, config, frame.payload, None))
+        priority = int(frame.header.get("priority") or 0)
+        self.submit(
+            PendingInvocation(new_request_id(), name, config, frame.payload, None, priority)
+        )
 
     def _on_timeout(
         self, worker: WorkerProcess, invocation: PendingInvocation, timeout: float
@@ -801,7 +815,7 @@ class WorkerPool:
         """Fail what waits, end every worker (EOF, then SIGTERM, then SIGKILL), reap all."""
         self._closing = True
         while self._queue:
-            invocation = self._queue.popleft()
+            invocation = heapq.heappop(self._queue)[2]
             if not invocation.sync:
                 self._counters.dropped_at_stop += 1
             self._complete(invocation, self._stopped_outcome(invocation))

@@ -190,11 +190,12 @@ _channel: WorkerChannel | None = None
 _settings: WorkerSettings | None = None
 
 
-def invoke_via_gateway(function: str, payload: bytes) -> None:
+def invoke_via_gateway(function: str, payload: bytes, priority: int = 0) -> None:
     """Invoke `function` asynchronously (Event semantics, no reply) through the gateway.
 
     Cheaper than HTTP: one frame on this worker's pipe, which the gateway reads even
-    while this invocation is still running. Only valid inside a gateway worker.
+    while this invocation is still running. Only valid inside a gateway worker. When
+    invocations wait for a concurrency slot, higher `priority` starts first.
     """
     if _channel is None or _settings is None:
         raise RuntimeError("invoke_via_gateway works only inside a dask-kong gateway worker")
@@ -203,7 +204,7 @@ def invoke_via_gateway(function: str, payload: bytes) -> None:
             f"payload of {len(payload)} bytes exceeds the asynchronous invocation limit "
             f"of {_settings.max_async_bytes} bytes"
         )
-    _channel.send(FrameKind.CALL, {"fn": function}, payload)
+    _channel.send(FrameKind.CALL, {"fn": function, "priority": priority}, payload)
 
 
 def lambda_error(error_type: str, message: str, stack: list[str] | None = None) -> bytes:

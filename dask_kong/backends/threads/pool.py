@@ -1,7 +1,9 @@
 """Embedded backend: workers are threads of this process, behaving like warm containers.
 
 An invocation is a queue entry. A thread takes it if one is idle ("warm start"); else a
-new thread starts ("cold start") up to the worker limit, beyond which invocations queue.
+new thread starts ("cold start") up to the worker limit, beyond which invocations queue;
+the queue starts the most urgent first (`DAG.successors`), then the oldest, as the local
+gateway does.
 An idle thread exits after `kong.threads.keep_warm_s`, like a container after its
 keep-warm window, so an idle session holds no threads.
 """
@@ -9,7 +11,9 @@ keep-warm window, so an idle session holds no threads.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import math
 import os
 import queue
 import threading
@@ -23,7 +27,10 @@ from ...runtime.worker import run_branch
 
 logger = logging.getLogger("dask_kong.backends.threads")
 
-_Item = tuple[RunContext, Invocation] | None
+_Work = tuple[RunContext, Invocation] | None
+# (-priority, arrival number, work); None work tells a thread to stop, and is queued after
+# everything else
+_Item = tuple[float, int, _Work]
 
 
 class ThreadBackend:
@@ -34,7 +41,8 @@ class ThreadBackend:
     def __init__(self, workers: int | None = None, keep_warm_s: float | None = None) -> None:
         self.max_workers = int(config.get("workers", workers) or os.cpu_count() or 1)
         self.keep_warm_s = float(config.get("threads.keep_warm_s", keep_warm_s))
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._idle = 0
@@ -59,9 +67,11 @@ class ThreadBackend:
     def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
         if self._closed:
             raise RuntimeError("this Kong session is closed")
+        urgency = ctx.dag.successors
         for invocation in invocations:
             ctx.branch_started()
-            self._queue.put((ctx, invocation))
+            priority = -urgency[invocation.start]
+            self._queue.put((priority, next(self._arrivals), (ctx, invocation)))
         self._grow(len(invocations))
 
     def _grow(self, wanted: int) -> None:
@@ -82,7 +92,7 @@ class ThreadBackend:
             with self._lock:
                 self._idle += 1
             try:
-                item = self._queue.get(timeout=self.keep_warm_s)
+                item = self._queue.get(timeout=self.keep_warm_s)[2]
             except queue.Empty:
                 item = None
             with self._lock:
@@ -107,6 +117,6 @@ class ThreadBackend:
             self._closed = True
             threads = list(self._threads)
         for _ in threads:
-            self._queue.put(None)
+            self._queue.put((math.inf, next(self._arrivals), None))
         for thread in threads:
             thread.join(timeout=10)
