@@ -4,7 +4,7 @@
 on an aiohttp server whose event loop runs in a background thread, so aiobotocore's
 Lambda client (`endpoint_url=gateway.url`) works against it unchanged. Each invocation
 runs in a worker process of the pool (`pool.py`): warm pools per resource config, cold
-starts, keep-warm expiry, a concurrency limit with a FIFO queue, memory limits and
+starts, keep-warm expiry, a concurrency limit with a priority queue, memory limits and
 timeouts. It is generic: it knows nothing of Dask, only `handler(event, context)`.
 
 A client in the same process can skip HTTP: `invoke`, `invoke_many` and `submit` hop
