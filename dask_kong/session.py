@@ -116,6 +116,7 @@ class Kong:
             resources=self.backend.resources(),
             sla=str(config.get("planning.sla")),
             concurrency=self.backend.concurrency(),
+            shared_store=not self.store.in_process,
         )
 
     def __enter__(self) -> Kong:

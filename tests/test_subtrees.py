@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import dask
 import pytest
@@ -191,19 +192,24 @@ def test_a_failing_member_stops_its_subtree() -> None:
     assert ran == [int(k.split("-")[1]) for k in order[:4]]
 
 
-def block_matmul(blocks: int) -> tuple[dict, list[str]]:
+def block_matmul(
+    blocks: int, root: Callable[..., int] | None = None, *extra: object, name: str = ""
+) -> tuple[dict, list[str]]:
     """C[i,j] = sum_k A[i,k] B[k,j] over `blocks` x `blocks` blocks of random draws: every
-    draw feeds `blocks` products (GEMM's shape as dask.array builds it)."""
+    draw feeds `blocks` products (GEMM's shape as dask.array builds it). The draws are
+    `root(seed, *extra)` (default `draw`); `name` prefixes the draws' keys, so that the
+    metrics history (keyed by key names) has never seen them."""
+    draws = root or draw
     dsk: dict = {}
     for i in range(blocks):
         for k in range(blocks):
-            dsk[f"a-{i}-{k}"] = (draw, i * 100 + k)
-            dsk[f"b-{i}-{k}"] = (draw, 10_000 + i * 100 + k)
+            dsk[f"{name}a-{i}-{k}"] = (draws, i * 100 + k, *extra)
+            dsk[f"{name}b-{i}-{k}"] = (draws, 10_000 + i * 100 + k, *extra)
     outputs = []
     for i in range(blocks):
         for j in range(blocks):
             for k in range(blocks):
-                dsk[f"p-{i}-{j}-{k}"] = (multiply, f"a-{i}-{k}", f"b-{k}-{j}")
+                dsk[f"p-{i}-{j}-{k}"] = (multiply, f"{name}a-{i}-{k}", f"{name}b-{k}-{j}")
             dsk[f"c-{i}-{j}"] = (add, *[f"p-{i}-{j}-{k}" for k in range(blocks)])
             outputs.append(f"c-{i}-{j}")
     return dsk, outputs
@@ -266,3 +272,77 @@ def test_roots_that_published_recipes_are_run_again_in_later_runs(
             assert session.store.run_keys(session.last_run_id or "") == []
     assert len(summary.plan.subtrees) == 16
     assert summary.invocations == 16
+    assert not summary.plan.untried_roots  # the history knows the draws by now
+
+
+def counted_draw(seed: int, path: str) -> int:
+    """A draw that leaves one line in `path` each time it runs, in whatever process."""
+    with open(path, "a") as f:
+        f.write(f"{seed}\n")
+    return (seed * 2654435761) % 1_000_003
+
+
+RECIPES_EVERYWHERE = {
+    "kong.wukong.recompute_min_bytes": 0,
+    "kong.wukong.recompute_bytes_per_s": 1e-9,
+    "kong.wukong.recompute_input_fraction": 1e9,
+    "kong.planning.subtree_units_per_slot": 2,
+}
+
+
+@pytest.mark.parametrize("mode", ["threads-redis", "processes"])
+def test_untried_roots_let_a_first_run_batch_each_output_block(
+    mode: str, kong_sessions: Callable[[str], Kong]
+) -> None:
+    """No history yet: every shared draw is untried, each output block is still one
+    invocation, and no block product crosses the store."""
+    session = kong_sessions(mode)
+    dsk, outputs = block_matmul(4, name=f"first-{mode}-")
+    with dask.config.set(RECIPES_EVERYWHERE):
+        assert list(session.get(dsk, outputs)) == list(dask.get(dsk, outputs))
+    summary = last_run()
+    assert summary is not None and summary.dag is not None
+    dag = summary.dag
+    assert summary.plan.untried_roots == frozenset(dag.roots)
+    assert summary.invocations == 16
+    products = [t for t, k in enumerate(dag.keys) if k.startswith("p-")]
+    assert all(summary.task_metrics[t].written_bytes == 0 for t in products)
+    assert session.store.run_keys(session.last_run_id or "") == []
+
+
+def test_a_costly_untried_root_runs_once_and_a_cheap_one_again_where_needed(
+    kong_sessions: Callable[[str], Kong], tmp_path: Path
+) -> None:
+    """Whoever claims an untried root runs it; the other subtrees read its value, or
+    recompute it where it published a recipe."""
+    session = kong_sessions("processes")
+    costly = tmp_path / "costly.txt"
+    dsk, outputs = block_matmul(3, counted_draw, str(costly), name="costly-")
+    expected = dask.get(dsk, outputs)
+    costly.unlink()
+    no_recipes = {"kong.wukong.recompute_bytes_per_s": 0, "kong.planning.subtree_units_per_slot": 2}
+    with dask.config.set(no_recipes):
+        assert list(session.get(dsk, outputs)) == list(expected)
+    summary = last_run()
+    assert summary is not None and len(summary.plan.untried_roots) == 18
+    runs = costly.read_text().split()
+    assert sorted(runs) == sorted(set(runs)) and len(runs) == 18  # each draw once
+
+    cheap = tmp_path / "cheap.txt"
+    dsk, outputs = block_matmul(3, counted_draw, str(cheap), name="cheap-")
+    with dask.config.set(RECIPES_EVERYWHERE):
+        assert list(session.get(dsk, outputs)) == list(expected)
+    summary = last_run()
+    assert summary is not None and summary.invocations == 9
+    runs = cheap.read_text().split()
+    assert len(set(runs)) == 18 and len(runs) > 18  # recipes: recomputed where needed
+    assert session.store.run_keys(session.last_run_id or "") == []
+
+
+def test_no_untried_roots_where_moving_outputs_is_free() -> None:
+    """The memory store moves outputs for nothing: running a root twice cannot pay."""
+    dsk, outputs = block_matmul(4, name="in-memory-")
+    with Kong(workers=2) as session, dask.config.set(RECIPES_EVERYWHERE):
+        session.get(dsk, outputs)
+    summary = last_run()
+    assert summary is not None and not summary.plan.untried_roots

@@ -44,7 +44,10 @@ class Plan:
     dependent is a new invocation (the naive baseline). `write_all_outputs`: every output
     goes to the store, needed elsewhere or not (baseline). `subtrees`: top -> members
     of each exclusive subtree that one invocation runs whole (see `subtrees`); the
-    client invokes the tops instead of the members that are roots.
+    client invokes the tops instead of the members that are roots. `untried_roots`:
+    members that several subtrees run although no earlier run showed them cheap; the
+    first subtree to reach one runs and publishes it, the others take what it published
+    (`runtime.worker.share_untried_root`).
     """
 
     planner: str
@@ -55,6 +58,7 @@ class Plan:
     predicted_makespan_s: float | None = None
     notes: dict[str, str] = field(default_factory=dict)
     subtrees: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    untried_roots: frozenset[int] = frozenset()
 
     @functools.cached_property
     def subtree_members(self) -> frozenset[int]:
@@ -87,13 +91,16 @@ class PlanningContext:
     `history` is the metrics history of earlier runs (None: no history, e.g. naive);
     `resources` the worker sizes the backend offers, default first; `sla` the percentile
     ("p50", "p90", ...) predictions are taken at; `concurrency` how many workers the
-    backend runs at once (None: unbounded, like AWS Lambda).
+    backend runs at once (None: unbounded, like AWS Lambda); `shared_store` whether
+    outputs that move between workers cross a store (Redis: moving costs time) rather
+    than stay in this process (free).
     """
 
     history: Any = None
     resources: tuple[ResourceSpec, ...] = (ResourceSpec("default", 1024, 1),)
     sla: str = "p50"
     concurrency: int | None = None
+    shared_store: bool = False
 
     @property
     def default_resource(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from dask.utils import key_split
 
@@ -88,8 +89,13 @@ def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:
         for flags in (WUKONG_OPTIMIZATIONS, WUKONG_OPTIMIZATIONS - {Optimization.DELAY_IO})
     }
     tasks = tuple(plans[flags] for flags in wukong_optimizations(dag))
-    subtrees = plan_subtrees(dag, context.concurrency, duplicable_roots(dag, context))
-    return Plan(planner="wukong", tasks=tasks, subtrees=subtrees)
+    batching = batched_subtrees(dag, context)
+    return Plan(
+        planner="wukong",
+        tasks=tasks,
+        subtrees=batching.subtrees,
+        untried_roots=batching.untried_roots,
+    )
 
 
 # -- planners from predictions (octoflows-style) ------------------------------------------
@@ -105,12 +111,12 @@ def plan_uniform(dag: DAG, context: PlanningContext) -> Plan:
         return unpredicted_plan("uniform", dag, context)
     sizes = predict_sizes(dag, predictor, resource)
     estimates = Estimates(dag, predictor, sizes, resource)
-    subtrees = plan_subtrees(dag, context.concurrency, duplicable_roots(dag, context, predictor))
-    workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), subtrees)
+    batching = batched_subtrees(dag, context, predictor)
+    workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), batching.subtrees)
     timeline = simulate(
         dag, workers, [resource] * worker_count(workers), estimates, context.concurrency
     )
-    return predicted_plan("uniform", dag, timeline, sizes, estimates, context, {}, subtrees)
+    return predicted_plan("uniform", dag, timeline, sizes, estimates, context, {}, batching)
 
 
 def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
@@ -126,8 +132,8 @@ def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
         return unpredicted_plan("non_uniform", dag, context)
     sizes = predict_sizes(dag, predictor, context.default_resource)
     estimates = Estimates(dag, predictor, sizes, context.default_resource)
-    subtrees = plan_subtrees(dag, context.concurrency, duplicable_roots(dag, context, predictor))
-    workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), subtrees)
+    batching = batched_subtrees(dag, context, predictor)
+    workers = workers_with_subtrees(assign_workers(dag, sizes.output_bytes), batching.subtrees)
     count = worker_count(workers)
     alone = {
         r.name: simulate(dag, workers, [r.name] * count, estimates, context.concurrency)
@@ -148,7 +154,7 @@ def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
         dag, strong, estimates, [r.name for r in cheaper], left, context.concurrency
     )
     notes = downgrade_notes(strong, timeline, strongest.name, tolerance)
-    return predicted_plan("non_uniform", dag, timeline, sizes, estimates, context, notes, subtrees)
+    return predicted_plan("non_uniform", dag, timeline, sizes, estimates, context, notes, batching)
 
 
 def strongest_config(
@@ -247,32 +253,69 @@ def load_predictor(dag: DAG, context: PlanningContext) -> Predictor | None:
     return predictor
 
 
+@dataclass(frozen=True)
+class Batching:
+    """The exclusive subtrees one invocation runs whole, and which of their members are
+    untried roots (`Plan.untried_roots`)."""
+
+    subtrees: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    untried_roots: frozenset[int] = frozenset()
+
+
+def batched_subtrees(
+    dag: DAG, context: PlanningContext, predictor: Predictor | None = None
+) -> Batching:
+    """Subtree batching for this backend (see `subtrees`), with the roots it may run again
+    in several subtrees (`duplicable_roots`)."""
+    duplicable = duplicable_roots(dag, context, predictor)
+    subtrees = plan_subtrees(dag, context.concurrency, duplicable.known | duplicable.untried)
+    members = {m for ms in subtrees.values() for m in ms}
+    return Batching(subtrees, duplicable.untried & members)
+
+
+@dataclass(frozen=True)
+class DuplicableRoots:
+    """Roots several batched subtrees may each run: `known` ones the history saw publish
+    recipes (cheaper to run again than to move), `untried` ones it has never seen."""
+
+    known: frozenset[int] = frozenset()
+    untried: frozenset[int] = frozenset()
+
+
 def duplicable_roots(
     dag: DAG, context: PlanningContext, predictor: Predictor | None = None
-) -> frozenset[int]:
-    """Roots with several dependents that the history says publish recipes: batched
-    subtrees may run them again instead of having their outputs moved (see `subtrees`).
-    The history is consulted only where batching applies and the DAG has such roots, so
-    other DAGs cost nothing here; `predictor` is loaded when not given (wukong loads
-    none otherwise)."""
-    if not subtree_max_tasks(dag, context.concurrency) or context.history is None:
-        return frozenset()
+) -> DuplicableRoots:
+    """Roots with several dependents that batched subtrees may run again instead of
+    having their outputs moved (see `subtrees`), where outputs cross a store.
+
+    A root the history saw publish recipes is `known`. A root it never saw (every root
+    of a first run) is `untried`: the subtrees share its single run through the store,
+    whatever it costs, and take its recipe or its value from there
+    (`runtime.worker.share_untried_root`). A GEMM output block is then one invocation
+    from the first run on, and its block products no longer cross the store. A root the
+    history knows to publish its value is not duplicated. The history is consulted only
+    where batching applies and the DAG has such roots, so other DAGs cost nothing here;
+    `predictor` is loaded when not given (wukong loads none otherwise)."""
+    if not subtree_max_tasks(dag, context.concurrency) or not context.shared_store:
+        return DuplicableRoots()
     outputs = dag.output_tasks
     candidates = [t for t in dag.roots if len(dag.children[t]) > 1 and t not in outputs]
     if not candidates:
-        return frozenset()
-    if predictor is None:
+        return DuplicableRoots()
+    if predictor is None and context.history is not None:
         predictor = load_predictor(dag, context)
-        if predictor is None:
-            return frozenset()
+    if predictor is None:
+        return DuplicableRoots(untried=frozenset(candidates))
     profiled = is_profiled(dag)
-    duplicable = set()
+    known, untried = set(), set()
     for task in candidates:
         profile = task_profile_name(dag, task) if profiled else ""
         name, _ = history_name(predictor, profile, key_split(dag.keys[task]))
-        if predictor.publishes_recipe(name, context.default_resource):
-            duplicable.add(task)
-    return frozenset(duplicable)
+        if not predictor.knows(name):
+            untried.add(task)
+        elif predictor.publishes_recipe(name, context.default_resource):
+            known.add(task)
+    return DuplicableRoots(frozenset(known), frozenset(untried))
 
 
 def worker_count(workers: tuple[int, ...]) -> int:
@@ -282,8 +325,8 @@ def worker_count(workers: tuple[int, ...]) -> int:
 def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
     """WUKONG's plan (its runtime switches and per-task optimizations) on the default
     config, with worker hints from the DAG's structure alone, and no predictions."""
-    subtrees = plan_subtrees(dag, context.concurrency)
-    workers = workers_with_subtrees(assign_workers(dag, [None] * len(dag)), subtrees)
+    batching = batched_subtrees(dag, context)
+    workers = workers_with_subtrees(assign_workers(dag, [None] * len(dag)), batching.subtrees)
     resource = context.default_resource
     return Plan(
         planner=name,
@@ -292,7 +335,8 @@ def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
             for w, flags in zip(workers, wukong_optimizations(dag), strict=True)
         ),
         notes={"predictions": f"no history for this DAG's functions: every task on {resource}"},
-        subtrees=subtrees,
+        subtrees=batching.subtrees,
+        untried_roots=batching.untried_roots,
     )
 
 
@@ -304,7 +348,7 @@ def predicted_plan(
     estimates: Estimates,
     context: PlanningContext,
     notes: dict[str, str],
-    subtrees: dict[int, tuple[int, ...]],
+    batching: Batching,
 ) -> Plan:
     """The plan a timeline describes: WUKONG's optimizations everywhere (the runtime
     applies them by size), plus those the predictions justify; and the notes."""
@@ -332,7 +376,8 @@ def predicted_plan(
         critical_path=timeline.critical_path,
         predicted_makespan_s=timeline.makespan_s + client_share_s(context, dag),
         notes=notes,
-        subtrees=subtrees,
+        subtrees=batching.subtrees,
+        untried_roots=batching.untried_roots,
     )
 
 

@@ -137,6 +137,8 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
         metrics.startup_s = max(waited, 1e-6)
         metrics.cold_start = invocation.cold
     try:
+        if task in branch.ctx.plan.untried_roots:
+            return share_untried_root(branch, task, metrics)
         values = gather_inputs(branch, task, metrics)
         value = execute(branch, task, values, metrics)
         if task in branch.ctx.plan.subtree_members:
@@ -284,6 +286,52 @@ def keep_for_subtree(
     branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, metrics))
     flush_if_due(branch)
     return []
+
+
+def share_untried_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[int]:
+    """A root several subtrees run that no earlier run has measured (`Plan.untried_roots`):
+    it runs once per run, not once per subtree. The first worker to claim it runs it and
+    publishes what the store should hold (its recipe when recomputing is cheaper than
+    moving, else its value); a worker that loses the claim takes that instead: recomputes
+    the recipe, or reads the value. A cheap root is then run again where needed, like a
+    known duplicable one, and a costly one is run once and read, like any shared output."""
+    ctx = branch.ctx
+    if ctx.store.claim(ctx.run_id, [f"root:{task}"])[0]:
+        values = gather_inputs(branch, task, metrics)
+        value = execute(branch, task, values, metrics)
+        metrics.output_bytes = sizeof(value)
+        recipe = recipe_for(ctx, task, values, metrics)
+        commit_output(branch, task, value if recipe is None else recipe, [], metrics)
+        return keep_for_subtree(branch, task, value, values, metrics)
+    value = await_published(branch, task, metrics)
+    if value is _UNPUBLISHED:
+        logger.warning(
+            "task %r was not published within %.0f s: running it here",
+            ctx.dag.keys[task],
+            ctx.settings.untried_root_wait_s,
+        )
+        value = execute(branch, task, gather_inputs(branch, task, metrics), metrics)
+    # No completion event: the claimant reports the task (its metrics feed the history).
+    branch.local[task] = value
+    return []
+
+
+_UNPUBLISHED = object()
+
+
+def await_published(branch: Branch, task: int, metrics: TaskMetrics) -> Any:
+    """The value of `task` once its claimant published it (recomputed from a recipe),
+    polling with backoff; `_UNPUBLISHED` after `kong.wukong.untried_root_wait_s`."""
+    ctx = branch.ctx
+    deadline = time.monotonic() + ctx.settings.untried_root_wait_s
+    delay = 0.001
+    while not outputs_in_store(branch, [task]):
+        if time.monotonic() >= deadline or ctx.cancelled():
+            return _UNPUBLISHED
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    fetch_outputs(branch, [task], metrics)
+    return local_value(branch, task, metrics)
 
 
 def event_is_final_before_commit(branch: Branch, routing: Routing) -> bool:
