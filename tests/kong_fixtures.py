@@ -4,6 +4,8 @@
 once per mode. Sessions are shared by the whole test session (a worker process's cold
 start is paid once) and closed at its end, which must leave no worker process behind.
 Every mode that touches Redis uses the real, private redis-server of `redis_server`.
+Every mode runs two workers at once, whatever the machine's cores: subtree batching is
+sized by the concurrency, and tests count the invocations it makes.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ MODES = ("embedded", "threads-redis", "processes")
 
 def open_mode(mode: str, redis_url: str) -> Kong:
     if mode == "embedded":
-        return Kong(backend="threads", store="memory")
+        return Kong(backend="threads", store="memory", workers=2)
     if mode == "threads-redis":
-        return Kong(backend="threads", store=redis_url)
-    return Kong(backend="processes", store=redis_url, keep_warm_s=30.0)
+        return Kong(backend="threads", store=redis_url, workers=2)
+    return Kong(backend="processes", store=redis_url, workers=2, keep_warm_s=30.0)
 
 
 def pid_alive(pid: int) -> bool:

@@ -486,3 +486,29 @@ def test_embedded_store_releases_outputs_once_their_readers_are_done() -> None:
         assert session.get(dsk, "end") == 0
     # Release lags the run by the event batching (a few steps); without it: all 40.
     assert counted and counted[0] <= 16, counted
+
+
+RAN: list[str] = []
+
+
+def noted(name: str, *values: int) -> int:
+    RAN.append(name)
+    return sum(values)
+
+
+def test_the_thread_pool_starts_the_most_urgent_queued_invocation_first() -> None:
+    """One worker thread, two roots queued at once: the one ten tasks wait on starts
+    before the one heading a longer chain, which the client invoked first."""
+    dsk: dict = {"chain-0": (noted, "ran chain-0")}
+    for i in range(1, 6):
+        dsk[f"chain-{i}"] = (noted, f"ran chain-{i}", f"chain-{i - 1}")
+    dsk["gate"] = (noted, "ran gate")
+    for i in range(10):
+        dsk[f"leaf-{i}"] = (noted, f"ran leaf-{i}", "gate")
+    keys = ["chain-5", *(f"leaf-{i}" for i in range(10))]
+    RAN.clear()
+    unbatched = {"kong.planning.subtree_units_per_slot": 0}
+    with dask.config.set(unbatched), Kong(workers=1) as session:
+        session.get(dsk, keys)
+    assert RAN[0] == "ran gate"
+    assert RAN.index("ran chain-0") > RAN.index("ran gate")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import dask
 import pytest
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
@@ -277,6 +278,25 @@ def test_queued_invocations_start_by_priority_then_arrival(tmp_path: Path) -> No
         holder.result(timeout=10)
         wait_until(lambda: path.exists() and len(path.read_text().split()) == len(names))
     assert path.read_text().split() == ["high", "mid-1", "mid-2", "low", "none"]
+
+
+def test_an_invocation_past_the_priority_window_goes_before_newer_urgent_ones(
+    tmp_path: Path,
+) -> None:
+    """Priorities reorder only what is younger than kong.gateway.priority_window_s: work
+    of a less urgent run still starts, oldest first, however urgent the newer work."""
+    path = tmp_path / "order.txt"
+    window = {"kong.gateway.priority_window_s": 0.2}
+    with dask.config.set(window), running_gateway(concurrency=1) as gateway:
+        holder = gateway.submit("kong", event("sleep", seconds=0.6))
+        wait_until(lambda: gateway.stats().busy == 1)
+        append = [event("append", path=str(path), text=t) for t in ("old", "new")]
+        gateway.invoke_many("kong", append[:1], sync=False, priorities=[0])
+        time.sleep(0.3)  # "old" is now past the window
+        gateway.invoke_many("kong", append[1:], sync=False, priorities=[9])
+        holder.result(timeout=10)
+        wait_until(lambda: path.exists() and len(path.read_text().split()) == 2)
+    assert path.read_text().split() == ["old", "new"]
 
 
 def test_invocations_from_a_handler_carry_their_priority(tmp_path: Path) -> None:

@@ -245,7 +245,12 @@ def test_cancel_flags_only_its_own_run(any_store: Store, run_id: str) -> None:
     assert not any_store.is_cancelled(run_id)
     any_store.cancel(run_id)
     assert any_store.is_cancelled(run_id)
-    assert not any_store.is_cancelled(run_id + "-other")
+    other = run_id + "-other"
+    assert any_store.is_cancelled(other)  # not open: nothing to run for
+    any_store.open_run(other)
+    assert not any_store.is_cancelled(other)
+    any_store.delete_run(other)
+    assert any_store.is_cancelled(other)  # deleted: its stragglers stop
 
 
 def test_delete_run_leaves_no_key_and_spares_other_runs(any_store: Store, run_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -346,3 +347,29 @@ def test_no_untried_roots_where_moving_outputs_is_free() -> None:
         session.get(dsk, outputs)
     summary = last_run()
     assert summary is not None and not summary.plan.untried_roots
+
+
+def failing_draw(seed: int) -> int:
+    if seed == 101:
+        raise ValueError(f"no draw for seed {seed}")
+    return draw(seed)
+
+
+def test_a_failing_untried_root_fails_the_run_and_frees_every_slot(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
+    """The subtrees waiting for a root whose claimant failed stop with the run, well
+    before kong.wukong.untried_root_wait_s: they do not hold the gateway's slots."""
+    session = kong_sessions("processes")
+    gateway = session.backend.gateway  # type: ignore[attr-defined]
+    dsk, outputs = block_matmul(3, failing_draw, name="failing-")
+    with (
+        dask.config.set({**RECIPES_EVERYWHERE, "kong.wukong.untried_root_wait_s": 60}),
+        pytest.raises(ValueError, match="no draw for seed 101"),
+    ):
+        session.get(dsk, outputs)
+    deadline = time.monotonic() + 10
+    while gateway.stats().busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway.stats().busy == 0
+    assert session.store.run_keys(session.last_run_id or "") == []

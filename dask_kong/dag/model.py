@@ -106,8 +106,9 @@ class DAG:
         return tuple(counts)
 
     def longest_chains_first(self, tasks: Iterable[int]) -> list[int]:
-        """`tasks` by decreasing height (stable): the order to invoke them in, since a
-        bounded backend queues invocations in the order they arrive."""
+        """`tasks` by decreasing height (stable): the order to invoke them in. A bounded
+        backend starts queued invocations by urgency (`successors`), then by arrival:
+        this order breaks its ties."""
         heights = self.heights
         return sorted(tasks, key=lambda t: -heights[t])
 

@@ -172,7 +172,7 @@ def _is_large_constant(value: Any, constant_bytes: int) -> bool:
 def topological_order(
     tasks: Mapping[Key, GraphNode], sources: Mapping[Key, Key], position: Mapping[Key, int]
 ) -> list[Key]:
-    """Tasks in dependency order (Kahn), stable in the graph's own order."""
+    """Tasks in dependency order (Kahn), stable in the canonical order (`position`)."""
     parents = {k: _task_parents(node, tasks, sources, position) for k, node in tasks.items()}
     children: dict[Key, list[Key]] = {k: [] for k in tasks}
     missing = {k: len(p) for k, p in parents.items()}

@@ -269,8 +269,9 @@ def batched_subtrees(
     in several subtrees (`duplicable_roots`)."""
     duplicable = duplicable_roots(dag, context, predictor)
     subtrees = plan_subtrees(dag, context.concurrency, duplicable.known | duplicable.untried)
-    members = {m for ms in subtrees.values() for m in ms}
-    return Batching(subtrees, duplicable.untried & members)
+    runs = Counter(m for ms in subtrees.values() for m in ms if m in duplicable.untried)
+    # A root in one subtree only is that subtree's own member: nothing to share.
+    return Batching(subtrees, frozenset(r for r, n in runs.items() if n > 1))
 
 
 @dataclass(frozen=True)

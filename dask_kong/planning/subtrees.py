@@ -13,12 +13,14 @@ it but the top's output, so one worker can run its members in topological order,
 every intermediate in memory, and route only the top's dependents the WUKONG way. No
 member is run twice, none is written, and no fan-in inside it touches the store.
 
-With a metrics history, a subtree may also take in *duplicable roots*: root tasks that
-publish recipes (cheaper to run again than to move, `runtime.recompute`), such as the
-random blocks of a GEMM. Each subtree that needs one runs it again, so a GEMM's output
-block becomes one subtree (its 8 input blocks drawn again, its 4 block products, their
-sum) and no block product crosses the store. A duplicable root is taken in only where
-every one of its dependents lies in a subtree that runs it.
+A subtree may also take in *duplicable roots*, root tasks several subtrees read, such
+as the random blocks of a GEMM: a GEMM's output block then becomes one subtree (its 8
+input blocks, its 4 block products, their sum) and no block product crosses the store.
+The planners choose them (`planners.duplicable_roots`): roots the metrics history saw
+publish recipes (cheaper to run again than to move, `runtime.recompute`) are run again
+by each subtree; roots it has never seen are run once, by the first subtree to claim
+one, which publishes it for the others (`Plan.untried_roots`). A duplicable root is
+taken in only where every one of its dependents lies in a subtree that runs it.
 
 Planners cut the DAG into subtrees of at most `subtree_max_tasks` tasks, chosen so that
 at least `kong.planning.subtree_units_per_slot` units of work remain per concurrency
@@ -49,11 +51,10 @@ def exclusive_subtrees(
     """Top -> members (its ancestors, in topological order) of the largest subtrees of at
     most `max_tasks` tasks of their own (top included, duplicated roots not counted).
 
-    `duplicable` are root tasks that are cheaper to run again than to move (the metrics
-    history says they publish recipes, see `runtime.recompute`): a subtree may include
-    one although it feeds other tasks too, and every subtree that needs it runs it
-    again; this is allowed only where every dependent of the root lies in a subtree that
-    runs it (nobody outside waits for it). Other members belong to one subtree only."""
+    `duplicable` are root tasks several subtrees may take in (see the module docstring):
+    a subtree may include one although it feeds other tasks too; this is allowed only
+    where every dependent of the root lies in a subtree that includes it (nobody outside
+    waits for it). Other members belong to one subtree only."""
     if max_tasks < 2:
         return {}
     outputs = dag.output_tasks

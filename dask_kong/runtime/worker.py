@@ -304,6 +304,9 @@ def share_untried_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[
         commit_output(branch, task, value if recipe is None else recipe, [], metrics)
         return keep_for_subtree(branch, task, value, values, metrics)
     value = await_published(branch, task, metrics)
+    if value is _UNPUBLISHED and ctx.cancelled():
+        branch.failed = True  # the run failed (the claimant's error, maybe): stop here
+        return []
     if value is _UNPUBLISHED:
         logger.warning(
             "task %r was not published within %.0f s: running it here",
@@ -321,7 +324,8 @@ _UNPUBLISHED = object()
 
 def await_published(branch: Branch, task: int, metrics: TaskMetrics) -> Any:
     """The value of `task` once its claimant published it (recomputed from a recipe),
-    polling with backoff; `_UNPUBLISHED` after `kong.wukong.untried_root_wait_s`."""
+    polling with backoff; `_UNPUBLISHED` after `kong.wukong.untried_root_wait_s`, or as
+    soon as the run is cancelled or closed (a claimant whose root raised fails the run)."""
     ctx = branch.ctx
     deadline = time.monotonic() + ctx.settings.untried_root_wait_s
     delay = 0.001

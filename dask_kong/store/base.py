@@ -164,7 +164,8 @@ class Store(Protocol):
         ...
 
     def is_cancelled(self, run_id: str) -> bool:
-        """Whether `cancel` was called for this run."""
+        """Whether `cancel` was called for this run, or the run is not open (never opened,
+        or deleted: a worker that outlives its failed run stops at its next check)."""
         ...
 
     def delete_run(self, run_id: str) -> int:

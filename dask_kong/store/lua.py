@@ -57,7 +57,8 @@ return ready
 # its keys): a straggler's last beat must not recreate a deleted run's hash.
 #   KEYS[1]      the run's heartbeat hash: worker id -> "<unix time>:<task>"
 #   KEYS[2]      the run's live marker (Store.open_run)
-#   ARGV[1]      TTL in seconds of the hash
+#   ARGV[1]      TTL in seconds of the hash and, renewed while workers beat, of the
+#                live marker (a run longer than the TTL must not close itself)
 #   ARGV[2k]     id of the k-th worker (k = 1..n)
 #   ARGV[2k+1]   the task that worker is running
 # Returns n, or 0 when the run is not live.
@@ -71,5 +72,6 @@ for i = 2, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], stamp .. ':' .. ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
 return (#ARGV - 1) / 2
 """

@@ -167,7 +167,7 @@ class MemoryStore:
 
     def is_cancelled(self, run_id: str) -> bool:
         run = self._runs.get(run_id)  # a racy read is fine: cancellation is best effort
-        return run is not None and run.cancelled
+        return run is None or run.cancelled
 
     def delete_run(self, run_id: str) -> int:
         with self._lock:

@@ -383,19 +383,26 @@ class RedisStore:
             return []
         prefix = run_prefix(run_id)
 
+        # The token makes a retry after a lost reply still learn that its first attempt
+        # won (as lua.MARK_PARENTS_DONE does): an untried root's claimant must know it
+        # is the one to run and publish the root, or every subtree waits for nobody.
+        token = secrets.token_hex(8).encode()
+        keys = [prefix + claim_key(name) for name in names]
+
         def set_nx_all() -> list[bool]:
             pipe = self._client.pipeline(transaction=False)
-            for name in names:
-                pipe.set(prefix + claim_key(name), b"1", nx=True, ex=self.key_ttl_s)
+            for key in keys:
+                pipe.set(key, token, nx=True, ex=self.key_ttl_s)
+            for key in keys:
+                pipe.get(key)
             pipe.exists(prefix + LIVE_KEY)
-            *won, live = pipe.execute()
+            replies = pipe.execute()
+            holders, live = replies[len(keys) : 2 * len(keys)], replies[-1]
             if not live:  # a closed run (see `_commit_pipeline`): leave nothing, win nothing
-                self._client.unlink(*(prefix + claim_key(name) for name in names))
+                self._client.unlink(*keys)
                 return [False] * len(names)
-            return [bool(w) for w in won]
+            return [holder == token for holder in holders]
 
-        # A retry after a lost reply may report a claim we made as lost: the caller then
-        # takes the ordinary path (write, then mark), which is always correct.
         return self._call(f"claims in run {run_id}", set_nx_all)
 
     def fan_in_progress(self, run_id: str, children: Sequence[int]) -> list[int]:
@@ -472,11 +479,17 @@ class RedisStore:
         return live
 
     def is_cancelled(self, run_id: str) -> bool:
-        key = run_prefix(run_id) + CANCEL_KEY
-        count = self._call(
-            f"cancel flag of run {run_id}", functools.partial(self._client.exists, key)
-        )
-        return bool(count)
+        prefix = run_prefix(run_id)
+
+        def flags() -> tuple[int, int]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.exists(prefix + CANCEL_KEY)
+            pipe.exists(prefix + LIVE_KEY)
+            cancelled, live = pipe.execute()
+            return int(cancelled), int(live)
+
+        cancelled, live = self._call(f"cancel flag of run {run_id}", flags)
+        return bool(cancelled) or not live
 
     # -- cleanup --------------------------------------------------------------------
 

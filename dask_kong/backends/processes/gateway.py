@@ -151,6 +151,7 @@ def resolve_settings(
             config.get("gateway.invocation_timeout_s", invocation_timeout_s)
         ),
         stop_timeout_s=float(config.get("gateway.stop_timeout_s")),
+        priority_window_s=float(config.get("gateway.priority_window_s")),
         max_sync_payload_bytes=int(config.get("gateway.max_sync_payload_bytes")),
         max_async_payload_bytes=int(config.get("gateway.max_async_payload_bytes")),
         env=dict(env or {}),

@@ -7,7 +7,9 @@ The policy is AWS Lambda's, on one machine:
   process (a cold start: interpreter start plus handler import, timed until READY).
 - At most `concurrency` invocations hold a slot (running or cold-starting); the others
   wait in one queue and are never dropped. The queue starts the highest `priority`
-  first, first come first served among equals. Lambda has no such queue (it starts
+  first, first come first served among equals; but one that has waited longer than
+  `priority_window_s` starts before any newer one, so no run starves behind another's
+  more urgent work. Lambda has no such queue (it starts
   every Event invocation at once); a local gateway bounded by a machine's cores does,
   and FIFO there made a small task that many fan-ins wait on sit behind work that
   could wait (see `DAG.successors`). Live workers are capped at
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -94,6 +97,7 @@ class PoolSettings:
     max_sync_payload_bytes: int
     max_async_payload_bytes: int
     env: Mapping[str, str] = field(default_factory=dict)
+    priority_window_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -407,8 +411,12 @@ class WorkerPool:
             + _FRAME_HEADER_ALLOWANCE
         )
         # (-priority, arrival number, invocation): a heap, highest priority first, FIFO
-        # among equals (the arrival number also keeps invocations out of comparisons)
+        # among equals (the arrival number also keeps invocations out of comparisons).
+        # `_arrival_order` holds the same invocations oldest first, for the priority
+        # window. An invocation started from one is left in the other, skipped later.
         self._queue: list[tuple[int, int, PendingInvocation]] = []
+        self._arrival_order: deque[PendingInvocation] = deque()
+        self._waiting = 0
         self._arrivals = itertools.count()
         self._busy = 0
         self._idle: dict[str, list[WorkerProcess]] = {name: [] for name in functions.configs}
@@ -433,7 +441,9 @@ class WorkerPool:
             self._complete(invocation, self._stopped_outcome(invocation))
             return
         heapq.heappush(self._queue, (-invocation.priority, next(self._arrivals), invocation))
-        counters.max_queued = max(counters.max_queued, len(self._queue))
+        self._arrival_order.append(invocation)
+        self._waiting += 1
+        counters.max_queued = max(counters.max_queued, self._waiting)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -443,10 +453,26 @@ class WorkerPool:
             return
         self._dispatching = True
         try:
-            while self._queue and self._busy < self.settings.concurrency:
-                self._start(heapq.heappop(self._queue)[2])
+            while self._waiting and self._busy < self.settings.concurrency:
+                self._start(self._next_queued())
         finally:
             self._dispatching = False
+
+    def _next_queued(self) -> PendingInvocation:
+        """The queued invocation to start next: the oldest if it has waited past the
+        priority window, else the most urgent (there is one: `_waiting` > 0)."""
+        while self._arrival_order[0].holds_slot or self._arrival_order[0].done:
+            self._arrival_order.popleft()
+        oldest = self._arrival_order[0]
+        if time.monotonic() - oldest.accepted_at > self.settings.priority_window_s:
+            invocation = self._arrival_order.popleft()
+        else:
+            while True:
+                invocation = heapq.heappop(self._queue)[2]
+                if not (invocation.holds_slot or invocation.done):
+                    break
+        self._waiting -= 1
+        return invocation
 
     def _start(self, invocation: PendingInvocation) -> None:
         """Give the invocation a slot and a worker: warm if one is idle, else a new one."""
@@ -806,7 +832,7 @@ class WorkerPool:
             **counters,
             live_workers=len(self._workers),
             busy=self._busy,
-            queued=len(self._queue),
+            queued=self._waiting,
             cold_start_mean_s=total / cold_starts if cold_starts else 0.0,
             live_by_config=live_by_config,
         )
@@ -814,8 +840,8 @@ class WorkerPool:
     async def close(self) -> None:
         """Fail what waits, end every worker (EOF, then SIGTERM, then SIGKILL), reap all."""
         self._closing = True
-        while self._queue:
-            invocation = heapq.heappop(self._queue)[2]
+        while self._waiting:
+            invocation = self._next_queued()
             if not invocation.sync:
                 self._counters.dropped_at_stop += 1
             self._complete(invocation, self._stopped_outcome(invocation))
