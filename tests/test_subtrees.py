@@ -273,7 +273,7 @@ def test_roots_that_published_recipes_are_run_again_in_later_runs(
             assert session.store.run_keys(session.last_run_id or "") == []
     assert len(summary.plan.subtrees) == 16
     assert summary.invocations == 16
-    assert not summary.plan.untried_roots  # the history knows the draws by now
+    assert not summary.plan.shared_roots  # the history knows the draws by now
 
 
 def counted_draw(seed: int, path: str) -> int:
@@ -292,10 +292,10 @@ RECIPES_EVERYWHERE = {
 
 
 @pytest.mark.parametrize("mode", ["threads-redis", "processes"])
-def test_untried_roots_let_a_first_run_batch_each_output_block(
+def test_shared_roots_let_a_first_run_batch_each_output_block(
     mode: str, kong_sessions: Callable[[str], Kong]
 ) -> None:
-    """No history yet: every shared draw is untried, each output block is still one
+    """No history yet: every draw is a shared root, each output block is still one
     invocation, and no block product crosses the store."""
     session = kong_sessions(mode)
     dsk, outputs = block_matmul(4, name=f"first-{mode}-")
@@ -304,17 +304,17 @@ def test_untried_roots_let_a_first_run_batch_each_output_block(
     summary = last_run()
     assert summary is not None and summary.dag is not None
     dag = summary.dag
-    assert summary.plan.untried_roots == frozenset(dag.roots)
+    assert summary.plan.shared_roots == frozenset(dag.roots)
     assert summary.invocations == 16
     products = [t for t, k in enumerate(dag.keys) if k.startswith("p-")]
     assert all(summary.task_metrics[t].written_bytes == 0 for t in products)
     assert session.store.run_keys(session.last_run_id or "") == []
 
 
-def test_a_costly_untried_root_runs_once_and_a_cheap_one_again_where_needed(
+def test_a_costly_shared_root_runs_once_and_a_cheap_one_again_where_needed(
     kong_sessions: Callable[[str], Kong], tmp_path: Path
 ) -> None:
-    """Whoever claims an untried root runs it; the other subtrees read its value, or
+    """Whoever claims a shared root runs it; the other subtrees read its value, or
     recompute it where it published a recipe."""
     session = kong_sessions("processes")
     costly = tmp_path / "costly.txt"
@@ -322,12 +322,15 @@ def test_a_costly_untried_root_runs_once_and_a_cheap_one_again_where_needed(
     expected = dask.get(dsk, outputs)
     costly.unlink()
     no_recipes = {"kong.wukong.recompute_bytes_per_s": 0, "kong.planning.subtree_units_per_slot": 2}
-    with dask.config.set(no_recipes):
-        assert list(session.get(dsk, outputs)) == list(expected)
-    summary = last_run()
-    assert summary is not None and len(summary.plan.untried_roots) == 18
-    runs = costly.read_text().split()
-    assert sorted(runs) == sorted(set(runs)) and len(runs) == 18  # each draw once
+    for run in ("first", "second"):  # the second knows the draws publish their values
+        with dask.config.set(no_recipes):
+            assert list(session.get(dsk, outputs)) == list(expected), run
+        summary = last_run()
+        assert summary is not None and len(summary.plan.shared_roots) == 18, run
+        assert summary.invocations == 9, run
+        runs = costly.read_text().split()
+        assert sorted(runs) == sorted(set(runs)) and len(runs) == 18, run  # each draw once
+        costly.unlink()
 
     cheap = tmp_path / "cheap.txt"
     dsk, outputs = block_matmul(3, counted_draw, str(cheap), name="cheap-")
@@ -340,13 +343,13 @@ def test_a_costly_untried_root_runs_once_and_a_cheap_one_again_where_needed(
     assert session.store.run_keys(session.last_run_id or "") == []
 
 
-def test_no_untried_roots_where_moving_outputs_is_free() -> None:
+def test_no_shared_roots_where_moving_outputs_is_free() -> None:
     """The memory store moves outputs for nothing: running a root twice cannot pay."""
     dsk, outputs = block_matmul(4, name="in-memory-")
     with Kong(workers=2) as session, dask.config.set(RECIPES_EVERYWHERE):
         session.get(dsk, outputs)
     summary = last_run()
-    assert summary is not None and not summary.plan.untried_roots
+    assert summary is not None and not summary.plan.shared_roots
 
 
 def failing_draw(seed: int) -> int:
@@ -355,16 +358,16 @@ def failing_draw(seed: int) -> int:
     return draw(seed)
 
 
-def test_a_failing_untried_root_fails_the_run_and_frees_every_slot(
+def test_a_failing_shared_root_fails_the_run_and_frees_every_slot(
     kong_sessions: Callable[[str], Kong],
 ) -> None:
     """The subtrees waiting for a root whose claimant failed stop with the run, well
-    before kong.wukong.untried_root_wait_s: they do not hold the gateway's slots."""
+    before kong.wukong.shared_root_wait_s: they do not hold the gateway's slots."""
     session = kong_sessions("processes")
     gateway = session.backend.gateway  # type: ignore[attr-defined]
     dsk, outputs = block_matmul(3, failing_draw, name="failing-")
     with (
-        dask.config.set({**RECIPES_EVERYWHERE, "kong.wukong.untried_root_wait_s": 60}),
+        dask.config.set({**RECIPES_EVERYWHERE, "kong.wukong.shared_root_wait_s": 60}),
         pytest.raises(ValueError, match="no draw for seed 101"),
     ):
         session.get(dsk, outputs)

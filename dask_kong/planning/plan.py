@@ -44,10 +44,10 @@ class Plan:
     dependent is a new invocation (the naive baseline). `write_all_outputs`: every output
     goes to the store, needed elsewhere or not (baseline). `subtrees`: top -> members
     of each exclusive subtree that one invocation runs whole (see `subtrees`); the
-    client invokes the tops instead of the members that are roots. `untried_roots`:
-    members that several subtrees run although no earlier run showed them cheap; the
-    first subtree to reach one runs and publishes it, the others take what it published
-    (`runtime.worker.share_untried_root`).
+    client invokes the tops instead of the members that are roots. `shared_roots`:
+    roots several subtrees take in although no earlier run showed them cheap to run
+    again; the first subtree to reach one runs and publishes it, the others take what
+    it published (`runtime.worker.share_root`).
     """
 
     planner: str
@@ -58,7 +58,7 @@ class Plan:
     predicted_makespan_s: float | None = None
     notes: dict[str, str] = field(default_factory=dict)
     subtrees: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    untried_roots: frozenset[int] = frozenset()
+    shared_roots: frozenset[int] = frozenset()
 
     @functools.cached_property
     def subtree_members(self) -> frozenset[int]:

@@ -94,7 +94,7 @@ def plan_wukong(dag: DAG, context: PlanningContext) -> Plan:
         planner="wukong",
         tasks=tasks,
         subtrees=batching.subtrees,
-        untried_roots=batching.untried_roots,
+        shared_roots=batching.shared_roots,
     )
 
 
@@ -256,10 +256,10 @@ def load_predictor(dag: DAG, context: PlanningContext) -> Predictor | None:
 @dataclass(frozen=True)
 class Batching:
     """The exclusive subtrees one invocation runs whole, and which of their members are
-    untried roots (`Plan.untried_roots`)."""
+    shared roots (`Plan.shared_roots`)."""
 
     subtrees: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    untried_roots: frozenset[int] = frozenset()
+    shared_roots: frozenset[int] = frozenset()
 
 
 def batched_subtrees(
@@ -268,19 +268,20 @@ def batched_subtrees(
     """Subtree batching for this backend (see `subtrees`), with the roots it may run again
     in several subtrees (`duplicable_roots`)."""
     duplicable = duplicable_roots(dag, context, predictor)
-    subtrees = plan_subtrees(dag, context.concurrency, duplicable.known | duplicable.untried)
-    runs = Counter(m for ms in subtrees.values() for m in ms if m in duplicable.untried)
+    subtrees = plan_subtrees(dag, context.concurrency, duplicable.known | duplicable.shared)
+    runs = Counter(m for ms in subtrees.values() for m in ms if m in duplicable.shared)
     # A root in one subtree only is that subtree's own member: nothing to share.
     return Batching(subtrees, frozenset(r for r, n in runs.items() if n > 1))
 
 
 @dataclass(frozen=True)
 class DuplicableRoots:
-    """Roots several batched subtrees may each run: `known` ones the history saw publish
-    recipes (cheaper to run again than to move), `untried` ones it has never seen."""
+    """Roots several batched subtrees take in: `known` ones the history saw publish
+    recipes (cheaper to run again than to move: each subtree runs them), `shared` ones
+    run once per run and handed to the other subtrees through the store."""
 
     known: frozenset[int] = frozenset()
-    untried: frozenset[int] = frozenset()
+    shared: frozenset[int] = frozenset()
 
 
 def duplicable_roots(
@@ -289,14 +290,14 @@ def duplicable_roots(
     """Roots with several dependents that batched subtrees may run again instead of
     having their outputs moved (see `subtrees`), where outputs cross a store.
 
-    A root the history saw publish recipes is `known`. A root it never saw (every root
-    of a first run) is `untried`: the subtrees share its single run through the store,
-    whatever it costs, and take its recipe or its value from there
-    (`runtime.worker.share_untried_root`). A GEMM output block is then one invocation
-    from the first run on, and its block products no longer cross the store. A root the
-    history knows to publish its value is not duplicated. The history is consulted only
-    where batching applies and the DAG has such roots, so other DAGs cost nothing here;
-    `predictor` is loaded when not given (wukong loads none otherwise)."""
+    A root the history saw publish recipes is `known`. Any other (one the history never
+    saw, as every root of a first run, or one it saw publish its value) is `shared`: the
+    subtrees share its single run through the store, whatever it costs, and take its
+    recipe or its value from there (`runtime.worker.share_root`). A GEMM output block is
+    then one invocation from the first run on, and its block products no longer cross
+    the store. The history is consulted only where batching applies and the DAG has
+    such roots, so other DAGs cost nothing here; `predictor` is loaded when not given
+    (wukong loads none otherwise)."""
     if not subtree_max_tasks(dag, context.concurrency) or not context.shared_store:
         return DuplicableRoots()
     outputs = dag.output_tasks
@@ -306,17 +307,15 @@ def duplicable_roots(
     if predictor is None and context.history is not None:
         predictor = load_predictor(dag, context)
     if predictor is None:
-        return DuplicableRoots(untried=frozenset(candidates))
+        return DuplicableRoots(shared=frozenset(candidates))
     profiled = is_profiled(dag)
-    known, untried = set(), set()
+    known = set()
     for task in candidates:
         profile = task_profile_name(dag, task) if profiled else ""
         name, _ = history_name(predictor, profile, key_split(dag.keys[task]))
-        if not predictor.knows(name):
-            untried.add(task)
-        elif predictor.publishes_recipe(name, context.default_resource):
+        if predictor.publishes_recipe(name, context.default_resource):
             known.add(task)
-    return DuplicableRoots(frozenset(known), frozenset(untried))
+    return DuplicableRoots(frozenset(known), frozenset(candidates) - known)
 
 
 def worker_count(workers: tuple[int, ...]) -> int:
@@ -337,7 +336,7 @@ def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
         ),
         notes={"predictions": f"no history for this DAG's functions: every task on {resource}"},
         subtrees=batching.subtrees,
-        untried_roots=batching.untried_roots,
+        shared_roots=batching.shared_roots,
     )
 
 
@@ -378,7 +377,7 @@ def predicted_plan(
         predicted_makespan_s=timeline.makespan_s + client_share_s(context, dag),
         notes=notes,
         subtrees=batching.subtrees,
-        untried_roots=batching.untried_roots,
+        shared_roots=batching.shared_roots,
     )
 
 

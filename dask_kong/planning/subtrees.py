@@ -19,7 +19,7 @@ input blocks, its 4 block products, their sum) and no block product crosses the 
 The planners choose them (`planners.duplicable_roots`): roots the metrics history saw
 publish recipes (cheaper to run again than to move, `runtime.recompute`) are run again
 by each subtree; roots it has never seen are run once, by the first subtree to claim
-one, which publishes it for the others (`Plan.untried_roots`). A duplicable root is
+one, which publishes it for the others (`Plan.shared_roots`). A duplicable root is
 taken in only where every one of its dependents lies in a subtree that runs it.
 
 Planners cut the DAG into subtrees of at most `subtree_max_tasks` tasks, chosen so that

@@ -54,7 +54,7 @@ class RunSettings:
     cluster_bytes: int
     delay_io_bytes: int
     delay_io_wait_s: float
-    untried_root_wait_s: float
+    shared_root_wait_s: float
     recompute_min_bytes: int
     recompute_input_fraction: float
     recompute_bytes_per_s: float
@@ -68,7 +68,7 @@ class RunSettings:
             cluster_bytes=int(config.get("wukong.cluster_bytes")),
             delay_io_bytes=int(config.get("wukong.delay_io_bytes")),
             delay_io_wait_s=float(config.get("wukong.delay_io_wait_s")),
-            untried_root_wait_s=float(config.get("wukong.untried_root_wait_s")),
+            shared_root_wait_s=float(config.get("wukong.shared_root_wait_s")),
             recompute_min_bytes=int(config.get("wukong.recompute_min_bytes")),
             recompute_input_fraction=float(config.get("wukong.recompute_input_fraction")),
             recompute_bytes_per_s=float(config.get("wukong.recompute_bytes_per_s")),

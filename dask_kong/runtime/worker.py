@@ -137,8 +137,8 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
         metrics.startup_s = max(waited, 1e-6)
         metrics.cold_start = invocation.cold
     try:
-        if task in branch.ctx.plan.untried_roots:
-            return share_untried_root(branch, task, metrics)
+        if task in branch.ctx.plan.shared_roots:
+            return share_root(branch, task, metrics)
         values = gather_inputs(branch, task, metrics)
         value = execute(branch, task, values, metrics)
         if task in branch.ctx.plan.subtree_members:
@@ -288,13 +288,14 @@ def keep_for_subtree(
     return []
 
 
-def share_untried_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[int]:
-    """A root several subtrees run that no earlier run has measured (`Plan.untried_roots`):
-    it runs once per run, not once per subtree. The first worker to claim it runs it and
-    publishes what the store should hold (its recipe when recomputing is cheaper than
-    moving, else its value); a worker that loses the claim takes that instead: recomputes
-    the recipe, or reads the value. A cheap root is then run again where needed, like a
-    known duplicable one, and a costly one is run once and read, like any shared output."""
+def share_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[int]:
+    """A root several subtrees take in that no earlier run showed cheap to run again
+    (`Plan.shared_roots`): it runs once per run, not once per subtree. The first worker
+    to claim it runs it and publishes what the store should hold (its recipe when
+    recomputing is cheaper than moving, else its value); a worker that loses the claim
+    takes that instead: recomputes the recipe, or reads the value. A cheap root is then
+    run again where needed, like a known duplicable one, and a costly one is run once
+    and read, like any shared output."""
     ctx = branch.ctx
     if ctx.store.claim(ctx.run_id, [f"root:{task}"])[0]:
         values = gather_inputs(branch, task, metrics)
@@ -311,7 +312,7 @@ def share_untried_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[
         logger.warning(
             "task %r was not published within %.0f s: running it here",
             ctx.dag.keys[task],
-            ctx.settings.untried_root_wait_s,
+            ctx.settings.shared_root_wait_s,
         )
         value = execute(branch, task, gather_inputs(branch, task, metrics), metrics)
     # No completion event: the claimant reports the task (its metrics feed the history).
@@ -324,10 +325,10 @@ _UNPUBLISHED = object()
 
 def await_published(branch: Branch, task: int, metrics: TaskMetrics) -> Any:
     """The value of `task` once its claimant published it (recomputed from a recipe),
-    polling with backoff; `_UNPUBLISHED` after `kong.wukong.untried_root_wait_s`, or as
+    polling with backoff; `_UNPUBLISHED` after `kong.wukong.shared_root_wait_s`, or as
     soon as the run is cancelled or closed (a claimant whose root raised fails the run)."""
     ctx = branch.ctx
-    deadline = time.monotonic() + ctx.settings.untried_root_wait_s
+    deadline = time.monotonic() + ctx.settings.shared_root_wait_s
     delay = 0.001
     while not outputs_in_store(branch, [task]):
         if time.monotonic() >= deadline or ctx.cancelled():

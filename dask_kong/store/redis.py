@@ -384,7 +384,7 @@ class RedisStore:
         prefix = run_prefix(run_id)
 
         # The token makes a retry after a lost reply still learn that its first attempt
-        # won (as lua.MARK_PARENTS_DONE does): an untried root's claimant must know it
+        # won (as lua.MARK_PARENTS_DONE does): a shared root's claimant must know it
         # is the one to run and publish the root, or every subtree waits for nobody.
         token = secrets.token_hex(8).encode()
         keys = [prefix + claim_key(name) for name in names]
