@@ -110,26 +110,25 @@ def test_visualize_style_access_before_compute_changes_nothing() -> None:
     assert x.compute(scheduler="sync") == dask.compute(x, scheduler="sync")[0] == 400
 
 
+# Two paths from "a" to "end": one of three tasks, one of two.
+LONG_AND_SHORT = {
+    "a": (inc, 1),
+    "long-1": (inc, "a"),
+    "long-2": (inc, "long-1"),
+    "short": (inc, "a"),
+    "end": (add, "long-2", "short"),
+}
+
+
 def test_heights_count_the_longest_chain_to_a_sink() -> None:
-    dsk = {
-        "a": (inc, 1),
-        "long-1": (inc, "a"),
-        "long-2": (inc, "long-1"),
-        "short": (inc, "a"),
-        "end": (add, "long-2", "short"),
-    }
-    dag = to_dag(dsk, "end")
+    dag = to_dag(LONG_AND_SHORT, "end")
     heights = {dag.keys[t]: h for t, h in enumerate(dag.heights)}
     assert heights == {"a": 4, "long-1": 3, "long-2": 2, "short": 2, "end": 1}
 
 
 def test_successors_count_what_waits_on_a_task_along_every_path() -> None:
     dsk = {
-        "a": (inc, 1),
-        "long-1": (inc, "a"),
-        "long-2": (inc, "long-1"),
-        "short": (inc, "a"),
-        "end": (add, "long-2", "short"),
+        **LONG_AND_SHORT,
         "gate": (inc, 2),
         **{f"wait-{i}": (add, "gate", i) for i in range(5)},
     }
