@@ -250,6 +250,24 @@ def test_a_duplicable_root_read_outside_every_subtree_is_not_duplicated() -> Non
                 assert child == top or child in members
 
 
+def test_an_uncovered_duplicable_root_does_not_cost_the_subtrees_inside() -> None:
+    """T's subtree would take in the root R, which "elsewhere" (outside every subtree)
+    also reads: the cut is made again without R, and s2's own subtree still counts."""
+    dsk = {
+        "leaf": (add, 1),
+        "s1": (add, "leaf"),
+        "s2": (add, "s1"),
+        "R": (add, 2),
+        "c1": (add, "R"),
+        "T": (add, "s2", "c1"),
+        "elsewhere": (add, "R", 5),
+    }
+    dag = to_dag(dsk, ["T", "elsewhere"])
+    subtrees = exclusive_subtrees(dag, 10, frozenset(dag.roots))
+    named = {dag.keys[t]: {dag.keys[m] for m in ms} for t, ms in subtrees.items()}
+    assert named == {"s2": {"leaf", "s1"}}
+
+
 @pytest.mark.parametrize("mode", ["threads-redis", "processes"])
 def test_roots_that_published_recipes_are_run_again_in_later_runs(
     mode: str, kong_sessions: Callable[[str], Kong]
@@ -328,6 +346,8 @@ def test_a_costly_shared_root_runs_once_and_a_cheap_one_again_where_needed(
         summary = last_run()
         assert summary is not None and len(summary.plan.shared_roots) == 18, run
         assert summary.invocations == 9, run
+        # the draws the waiting subtrees read count (carried by their next task)
+        assert sum(m.read_bytes for m in summary.task_metrics.values()) > 0, run
         runs = costly.read_text().split()
         assert sorted(runs) == sorted(set(runs)) and len(runs) == 18, run  # each draw once
         costly.unlink()

@@ -59,6 +59,18 @@ def exclusive_subtrees(
         return {}
     outputs = dag.output_tasks
     dup = frozenset(d for d in duplicable if not dag.parents[d] and d not in outputs)
+    while True:
+        subtrees = cut_subtrees(dag, max_tasks, dup)
+        uncovered = uncovered_duplicates(dag, subtrees, dup)
+        if not uncovered:
+            return subtrees
+        # Cut again without them: the subtrees inside the ones that took them in count.
+        dup -= uncovered
+
+
+def cut_subtrees(dag: DAG, max_tasks: int, dup: frozenset[int]) -> dict[int, tuple[int, ...]]:
+    """The cut itself: walking from dependents towards roots, each task not yet taken
+    whose subtree has 2 to `max_tasks` tasks of its own takes its ancestors."""
     weights = closed_subtree_sizes(dag, dup)
     taken = [False] * len(dag)
     subtrees: dict[int, tuple[int, ...]] = {}
@@ -69,7 +81,7 @@ def exclusive_subtrees(
         for member in members:
             taken[member] = member not in dup
         subtrees[top] = members
-    return without_uncovered_duplicates(dag, subtrees, dup)
+    return subtrees
 
 
 def closed_subtree_sizes(dag: DAG, duplicable: frozenset[int] = frozenset()) -> list[int]:
@@ -90,22 +102,17 @@ def closed_subtree_sizes(dag: DAG, duplicable: frozenset[int] = frozenset()) -> 
     return sizes
 
 
-def without_uncovered_duplicates(
+def uncovered_duplicates(
     dag: DAG, subtrees: dict[int, tuple[int, ...]], duplicable: frozenset[int]
-) -> dict[int, tuple[int, ...]]:
-    """`subtrees` less those running a duplicated root that has a dependent in no
-    subtree running it (that dependent would wait for a root nobody runs)."""
-    kept = dict(subtrees)
-    while True:
-        inside: dict[int, set[int]] = {}  # duplicated root -> tasks of subtrees running it
-        for top, members in kept.items():
-            for member in members:
-                if member in duplicable:
-                    inside.setdefault(member, set()).update(members, (top,))
-        uncovered = {d for d, tasks in inside.items() if not set(dag.children[d]) <= tasks}
-        if not uncovered:
-            return kept
-        kept = {t: ms for t, ms in kept.items() if not uncovered.intersection(ms)}
+) -> frozenset[int]:
+    """Duplicable roots some subtree takes in although one of their dependents lies in no
+    subtree that does (that dependent would wait for a root nobody runs)."""
+    inside: dict[int, set[int]] = {}  # duplicated root -> tasks of subtrees running it
+    for top, members in subtrees.items():
+        for member in members:
+            if member in duplicable:
+                inside.setdefault(member, set()).update(members, (top,))
+    return frozenset(d for d, tasks in inside.items() if not set(dag.children[d]) <= tasks)
 
 
 def ancestors(dag: DAG, task: int) -> tuple[int, ...]:

@@ -101,6 +101,9 @@ class Branch:
     failed: bool = False
     # Batched subtree: per member, how many tasks of the subtree have yet to read it.
     unread: collections.Counter[int] = field(default_factory=collections.Counter)
+    # What taking a shared root from its claimant cost (share_root): it has no event of
+    # its own, so the next task's metrics carry it.
+    carried: TaskMetrics | None = None
 
 
 def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = None) -> None:
@@ -136,6 +139,9 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
         waited = metrics.start - invocation.sent_at - invocation.queued_s
         metrics.startup_s = max(waited, 1e-6)
         metrics.cold_start = invocation.cold
+    if branch.carried is not None:
+        carry_over(branch.carried, metrics)
+        branch.carried = None
     try:
         if task in branch.ctx.plan.shared_roots:
             return share_root(branch, task, metrics)
@@ -315,9 +321,24 @@ def share_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[int]:
             ctx.settings.shared_root_wait_s,
         )
         value = execute(branch, task, gather_inputs(branch, task, metrics), metrics)
-    # No completion event: the claimant reports the task (its metrics feed the history).
+        metrics.recompute_s += metrics.exec_s
+        metrics.exec_s = 0.0
+    # No completion event: the claimant reports the task (its metrics feed the history);
+    # what this took is reported with the next task.
     branch.local[task] = value
+    branch.carried = metrics
     return []
+
+
+def carry_over(source: TaskMetrics, target: TaskMetrics) -> None:
+    """Add the store traffic, recomputing and start-up of `source` (a task without an
+    event of its own) to `target`'s, so the run's totals and start-up samples keep them."""
+    target.read_s += source.read_s
+    target.read_bytes += source.read_bytes
+    target.recompute_s += source.recompute_s
+    if source.startup_s and not target.startup_s:
+        target.startup_s = source.startup_s
+        target.cold_start = source.cold_start
 
 
 _UNPUBLISHED = object()
