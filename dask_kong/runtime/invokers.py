@@ -58,7 +58,9 @@ class RemoteInvoker:
 
     def prewarm(self, base_function: str, resource: str) -> None:
         """An empty invocation that only starts (warms) a worker of `resource`."""
-        self.transport.send(function_for(base_function, resource), [PREWARM_PAYLOAD], [0])
+        self.transport.send(
+            function_for(base_function, resource), [PREWARM_PAYLOAD], [PREWARM_PRIORITY]
+        )
 
     def _payload(self, ctx: RunContext, invocation: Invocation) -> bytes:
         """The payload; inline inputs that would break the size limit go to the store."""
@@ -83,6 +85,10 @@ class RemoteInvoker:
 
 # The event a pre-warm invocation carries: the handler returns at once.
 PREWARM_PAYLOAD = b'{"kong-warm": true}'
+# A pre-warm is sent when the plan predicts a worker of its config will soon be needed;
+# queued behind the run's work (priorities are successor counts, at most len(dag)) it
+# would start that worker too late to help, so it goes first.
+PREWARM_PRIORITY = 2**31 - 1
 
 
 def function_for(base: str, resource: str) -> str:
