@@ -30,6 +30,7 @@ def measure(mb: float, repeat: int) -> dict[str, float]:
     try:
         for i in range(repeat):
             run_id = f"throughput-{i}"
+            store.open_run(run_id)  # a store takes commits only for an open run
             started = time.perf_counter()
             store.commit(run_id, {"out:0": block})
             writes.append(time.perf_counter() - started)
