@@ -2,8 +2,8 @@
 
 An invocation is a queue entry. A thread takes it if one is idle ("warm start"); else a
 new thread starts ("cold start") up to the worker limit, beyond which invocations queue;
-the queue starts the most urgent first (`DAG.successors`), then the oldest, as the local
-gateway does.
+waiting invocations start most urgent first (`DAG.successors`), then oldest, as the
+local gateway's do.
 An idle thread exits after `kong.threads.keep_warm_s`, like a container after its
 keep-warm window, so an idle session holds no threads.
 """
@@ -11,9 +11,9 @@ keep-warm window, so an idle session holds no threads.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import logging
-import math
 import os
 import queue
 import threading
@@ -27,10 +27,9 @@ from ...runtime.worker import run_branch
 
 logger = logging.getLogger("dask_kong.backends.threads")
 
-_Work = tuple[RunContext, Invocation] | None
-# (-priority, arrival number, work); None work tells a thread to stop, and is queued after
-# everything else
-_Item = tuple[float, int, _Work]
+_Work = tuple[RunContext, Invocation]
+# (-priority, arrival number, work): a heap, most urgent first, FIFO among equals
+_Item = tuple[int, int, _Work]
 
 
 class ThreadBackend:
@@ -41,7 +40,13 @@ class ThreadBackend:
     def __init__(self, workers: int | None = None, keep_warm_s: float | None = None) -> None:
         self.max_workers = int(config.get("workers", workers) or os.cpu_count() or 1)
         self.keep_warm_s = float(config.get("threads.keep_warm_s", keep_warm_s))
-        self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
+        # Work waits in a heap; a thread takes one token per piece of work from a
+        # SimpleQueue (True: take the most urgent work; None: stop). The C SimpleQueue
+        # wakes threads far faster than queue.PriorityQueue's Condition: with 1,024
+        # threads PriorityQueue made WUKONG's 0 ms sleeping tree 1.5x slower.
+        self._work: list[_Item] = []
+        self._work_lock = threading.Lock()
+        self._tokens: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
         self._arrivals = itertools.count()
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
@@ -70,8 +75,10 @@ class ThreadBackend:
         urgency = ctx.dag.successors
         for invocation in invocations:
             ctx.branch_started()
-            priority = -urgency[invocation.start]
-            self._queue.put((priority, next(self._arrivals), (ctx, invocation)))
+            item = (-urgency[invocation.start], next(self._arrivals), (ctx, invocation))
+            with self._work_lock:
+                heapq.heappush(self._work, item)
+            self._tokens.put(True)
         self._grow(len(invocations))
 
     def _grow(self, wanted: int) -> None:
@@ -92,17 +99,18 @@ class ThreadBackend:
             with self._lock:
                 self._idle += 1
             try:
-                item = self._queue.get(timeout=self.keep_warm_s)[2]
+                token = self._tokens.get(timeout=self.keep_warm_s)
             except queue.Empty:
-                item = None
+                token = None
             with self._lock:
                 self._idle -= 1
-                if item is None:
-                    if self._queue.empty() or self._closed:
+                if token is None:
+                    if self._tokens.empty() or self._closed:
                         self._threads.discard(me)
                         return
                     continue
-            ctx, invocation = item
+            with self._work_lock:  # one token per piece of work: there is one
+                ctx, invocation = heapq.heappop(self._work)[2]
             queued_s = max(0.0, time.time() - invocation.sent_at)
             try:
                 run_branch(ctx, dataclasses.replace(invocation, queued_s=queued_s))
@@ -117,6 +125,6 @@ class ThreadBackend:
             self._closed = True
             threads = list(self._threads)
         for _ in threads:
-            self._queue.put((math.inf, next(self._arrivals), None))
+            self._tokens.put(None)
         for thread in threads:
             thread.join(timeout=10)
