@@ -42,8 +42,9 @@ def to_dag(dsk: Any, keys: Any, *, constant_bytes: int | None = None) -> DAG:
     sources = resolve_sources(graph, needed)
     threshold = config.get("data.constant_bytes", constant_bytes)
     tasks, data = split_tasks_and_data(graph, needed, sources, threshold)
-    order = topological_order(tasks, sources, position)
-    return assemble(order, tasks, data, sources, wanted, position)
+    deps = {k: dependencies_in_order(node, position) for k, node in tasks.items()}
+    order = topological_order(tasks, sources, deps)
+    return assemble(order, tasks, data, sources, wanted, deps)
 
 
 def normalise_graph(dsk: Any) -> dict[Key, GraphNode]:
@@ -170,10 +171,11 @@ def _is_large_constant(value: Any, constant_bytes: int) -> bool:
 
 
 def topological_order(
-    tasks: Mapping[Key, GraphNode], sources: Mapping[Key, Key], position: Mapping[Key, int]
+    tasks: Mapping[Key, GraphNode], sources: Mapping[Key, Key], deps: Mapping[Key, list[Key]]
 ) -> list[Key]:
-    """Tasks in dependency order (Kahn), stable in the canonical order (`position`)."""
-    parents = {k: _task_parents(node, tasks, sources, position) for k, node in tasks.items()}
+    """Tasks in dependency order (Kahn), stable in the canonical order; `deps` holds each
+    task's dependencies in that order (`dependencies_in_order`)."""
+    parents = {k: _task_parents(deps[k], tasks, sources) for k in tasks}
     children: dict[Key, list[Key]] = {k: [] for k in tasks}
     missing = {k: len(p) for k, p in parents.items()}
     for key, ps in parents.items():
@@ -196,18 +198,15 @@ def topological_order(
 
 
 def _task_parents(
-    node: GraphNode,
-    tasks: Mapping[Key, GraphNode],
-    sources: Mapping[Key, Key],
-    position: Mapping[Key, int],
+    deps: list[Key], tasks: Mapping[Key, GraphNode], sources: Mapping[Key, Key]
 ) -> tuple[Key, ...]:
-    """Distinct task keys whose values `node` reads (data entries excluded)."""
-    found = dict.fromkeys(sources.get(d, d) for d in dependencies_in_order(node, position))
+    """Distinct task keys among a task's dependencies `deps` (data entries excluded)."""
+    found = dict.fromkeys(sources.get(d, d) for d in deps)
     return tuple(p for p in found if p in tasks)
 
 
 def dependencies_in_order(node: GraphNode, position: Mapping[Key, int]) -> list[Key]:
-    """`node.dependencies` (a frozenset) in the graph's order; keys the graph does not
+    """`node.dependencies` (a frozenset) in canonical order; keys the graph does not
     hold (lifted constants) last, by their text."""
     if len(node.dependencies) < 2:
         return list(node.dependencies)
@@ -233,18 +232,12 @@ def assemble(
     data: Mapping[Key, Any],
     sources: Mapping[Key, Key],
     wanted: list[Key],
-    position: Mapping[Key, int],
+    deps: Mapping[Key, list[Key]],
 ) -> DAG:
     """Number tasks and data, and resolve every input and output to its source."""
     index = {k: i for i, k in enumerate(order)}
     data_names = {k: f"d{j}" for j, k in enumerate(data)}
-    inputs = tuple(
-        tuple(
-            _input(dep, sources, index, data_names)
-            for dep in dependencies_in_order(tasks[k], position)
-        )
-        for k in order
-    )
+    inputs = tuple(tuple(_input(dep, sources, index, data_names) for dep in deps[k]) for k in order)
     parents = tuple(
         tuple(dict.fromkeys(i.task for i in ins if i.task is not None)) for ins in inputs
     )
