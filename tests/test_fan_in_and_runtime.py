@@ -283,6 +283,28 @@ def test_recompute_publishes_a_cheap_large_output_as_a_recipe(kong_sessions: obj
     assert len(rebuilt) == 3
 
 
+def doubled(block: list[int]) -> list[int]:
+    return [2 * v for v in block]
+
+
+def test_a_recipe_built_from_a_recomputed_input_carries_that_input_as_a_recipe(
+    kong_sessions: object,
+) -> None:
+    """`doubled` reads a block the worker got cheaply: its recipe holds the block's
+    recipe, not the block's ~870 KB, and each of the three invoked readers reruns both."""
+    session = kong_sessions("threads-redis")  # type: ignore[operator]
+    dsk: dict = {"block": (counted_block, 200_000, "nested"), "doubled": (doubled, "block")}
+    dsk.update({f"p{i}": (part, "doubled", i) for i in range(4)})
+    dsk["total"] = (combine_parts, *(f"p{i}" for i in range(4)))
+    cheap = {"kong.wukong.recompute_bytes_per_s": 1e-9, "kong.wukong.cluster_bytes": 10**12}
+    with dask.config.set(cheap):
+        assert session.get(dsk, "total") == 2 * sum(range(200_000))
+    summary = last_run()
+    assert summary is not None and summary.invocations == 4
+    assert BLOCK_CALLS["nested"] == 4  # once, then once in each invoked reader
+    assert summary.bytes_read + summary.bytes_written < 100_000
+
+
 def test_recompute_is_off_for_slow_tasks_and_in_process(kong_sessions: object) -> None:
     """The default rate: a block that took 0.3 s to make moves rather than reruns; and
     the embedded store never recomputes (a write there is free)."""

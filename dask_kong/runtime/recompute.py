@@ -13,11 +13,18 @@ same assumption dask itself makes (dask's docs: tasks should be pure; distribute
 them after a worker loss): running a task twice on the same inputs gives the same value.
 `dask.array` random chunks carry their seeds in the graph and qualify. A user whose
 delayed functions are impure switches it off with `kong.wukong.recompute_bytes_per_s: 0`.
+
+Recipes nest: an input the worker itself got from a recipe goes into the new recipe as
+that recipe (`RecipeRef`), not as its value. A block of `a @ b` whose factors are random
+draws is then published as two seeds and a product, not as the two 1.6 MB factors (what
+svd_compressed's 64 blocks of A wrote at full size: 3.2 MB each). The whole chain must
+still run faster than its output moves (`Recipe.cost_s`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +40,20 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Recipe:
     """What a reader needs to recompute one task's output: its input values, keyed as the
-    task's node expects them, and their size (for routing and inlining decisions)."""
+    task's node expects them (an input recomputed in turn is a `RecipeRef`), their size
+    (for routing and inlining decisions), and the seconds running it all took."""
 
     inputs: dict[Any, Any]
     nbytes: int
+    cost_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RecipeRef:
+    """An input of a recipe that is itself recomputed: its task and its recipe."""
+
+    task: int
+    recipe: Recipe
 
 
 @sizeof.register(Recipe)
@@ -44,8 +61,17 @@ def _sizeof_recipe(recipe: Recipe) -> int:
     return recipe.nbytes
 
 
+@sizeof.register(RecipeRef)
+def _sizeof_recipe_ref(ref: RecipeRef) -> int:
+    return ref.recipe.nbytes
+
+
 def recipe_for(
-    ctx: RunContext, task: int, inputs: dict[Any, Any], metrics: TaskMetrics
+    ctx: RunContext,
+    task: int,
+    inputs: dict[Any, Any],
+    metrics: TaskMetrics,
+    known: Mapping[int, Recipe] | None = None,
 ) -> Recipe | None:
     """A recipe to store in place of `task`'s output, or None to store the output.
 
@@ -53,7 +79,8 @@ def recipe_for(
     output is large (`kong.wukong.recompute_min_bytes`), running the task took less time
     than moving its output would (`output_bytes / kong.wukong.recompute_bytes_per_s`,
     the store's measured throughput), and the inputs are a small fraction of the output
-    (`kong.wukong.recompute_input_fraction`). Never in-process: a write there is free."""
+    (`kong.wukong.recompute_input_fraction`). Never in-process: a write there is free.
+    Inputs whose recipes the worker holds (`known`: task -> recipe) go in as recipes."""
     settings = ctx.settings
     if (
         ctx.store.in_process
@@ -64,15 +91,36 @@ def recipe_for(
         or metrics.exec_s * settings.recompute_bytes_per_s > metrics.output_bytes
     ):
         return None
-    nbytes = sizeof(inputs)
+    nested = nest_recipes(ctx, task, inputs, known or {})
+    cost_s = metrics.exec_s + sum(
+        v.recipe.cost_s for v in nested.values() if isinstance(v, RecipeRef)
+    )
+    if cost_s * settings.recompute_bytes_per_s > metrics.output_bytes:
+        return None
+    nbytes = sizeof(nested)
     if nbytes > metrics.output_bytes * settings.recompute_input_fraction:
         return None
-    return Recipe(dict(inputs), nbytes)
+    return Recipe(nested, nbytes, cost_s)
+
+
+def nest_recipes(
+    ctx: RunContext, task: int, inputs: dict[Any, Any], known: Mapping[int, Recipe]
+) -> dict[Any, Any]:
+    """`inputs`, with every input produced by a task of `known` replaced by its recipe."""
+    nested = dict(inputs)
+    for inp in ctx.dag.inputs[task]:
+        if inp.task is not None and inp.task in known and inp.key in nested:
+            nested[inp.key] = RecipeRef(inp.task, known[inp.task])
+    return nested
 
 
 def rebuild(ctx: RunContext, task: int, recipe: Recipe, metrics: TaskMetrics) -> Any:
     """Run `task` again from its recipe; the time counts as the reader's recompute time."""
+    inputs = {
+        key: rebuild(ctx, v.task, v.recipe, metrics) if isinstance(v, RecipeRef) else v
+        for key, v in recipe.inputs.items()
+    }
     started = time.perf_counter()
-    value = ctx.dag.nodes[task](recipe.inputs)
+    value = ctx.dag.nodes[task](inputs)
     metrics.recompute_s += time.perf_counter() - started
     return value

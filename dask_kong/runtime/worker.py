@@ -245,7 +245,7 @@ def route_dependents(
     ctx = branch.ctx
     branch.local[task] = value
     metrics.output_bytes = sizeof(value)
-    recipe = recipe_for(ctx, task, inputs, metrics)
+    recipe = recipe_for(ctx, task, inputs, metrics, branch.recipes)
     if recipe is not None:
         branch.recipes[task] = recipe
         metrics.recipe = True
@@ -287,7 +287,7 @@ def keep_for_subtree(
             branch.local.pop(parent, None)
     branch.local[task] = value
     metrics.output_bytes = sizeof(value)
-    metrics.recipe = recipe_for(branch.ctx, task, inputs, metrics) is not None
+    metrics.recipe = recipe_for(branch.ctx, task, inputs, metrics, branch.recipes) is not None
     metrics.end = time.time()
     branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, metrics))
     flush_if_due(branch)
