@@ -248,9 +248,12 @@ def isolated_environ() -> Iterator[None]:
     saved = dict(os.environ)
     try:
         yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    finally:  # key by key: the environment is never empty, even for an instant
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
 
 
 def run_cell(
