@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dask.utils import key_split
 
@@ -325,7 +325,8 @@ def worker_count(workers: tuple[int, ...]) -> int:
 def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
     """WUKONG's plan (its runtime switches and per-task optimizations) on the default
     config, with worker hints from the DAG's structure alone, and no predictions."""
-    batching = batched_subtrees(dag, context)
+    # The caller found no history of these functions: batching must not look it up again.
+    batching = batched_subtrees(dag, replace(context, history=None))
     workers = workers_with_subtrees(assign_workers(dag, [None] * len(dag)), batching.subtrees)
     resource = context.default_resource
     return Plan(

@@ -147,9 +147,10 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
             return share_root(branch, task, metrics)
         values = gather_inputs(branch, task, metrics)
         value = execute(branch, task, values, metrics)
+        recipe = publishable(branch, task, value, values, metrics)
         if task in branch.ctx.plan.subtree_members:
-            return keep_for_subtree(branch, task, value, values, metrics)
-        return route_dependents(branch, task, value, values, metrics)
+            return keep_for_subtree(branch, task, value, metrics)
+        return route_dependents(branch, task, value, recipe, metrics)
     except Exception as exc:
         branch.failed = True  # the run fails: nothing after this task is worth running
         report_failure(branch, task, exc)
@@ -236,19 +237,29 @@ class Routing:
     write: bool  # the output goes to the store now
 
 
-def route_dependents(
+def publishable(
     branch: Branch, task: int, value: Any, inputs: dict[Any, Any], metrics: TaskMetrics
+) -> Recipe | None:
+    """Record the output's size and whether it would be published as a recipe; that
+    recipe (`runtime.recompute`), or None to publish the output itself. Recorded for
+    subtree members too, which publish nothing: planners read it from the history to
+    decide which roots a subtree may run again."""
+    metrics.output_bytes = sizeof(value)
+    recipe = recipe_for(branch.ctx, task, inputs, metrics, branch.recipes)
+    metrics.recipe = recipe is not None
+    return recipe
+
+
+def route_dependents(
+    branch: Branch, task: int, value: Any, recipe: Recipe | None, metrics: TaskMetrics
 ) -> list[int]:
     """Publish what others need, mark fan-ins, invoke workers for dependents that run
     elsewhere, and return the dependents this worker runs next. What is published is
-    the output itself, or its recipe when recomputing it is cheaper than moving it."""
+    the output itself, or `recipe` when recomputing it is cheaper than moving it."""
     ctx = branch.ctx
     branch.local[task] = value
-    metrics.output_bytes = sizeof(value)
-    recipe = recipe_for(ctx, task, inputs, metrics, branch.recipes)
     if recipe is not None:
         branch.recipes[task] = recipe
-        metrics.recipe = True
         value = recipe
     routing = plan_routing(branch, task, recipe.nbytes if recipe else metrics.output_bytes)
     ready = list(routing.direct)
@@ -272,22 +283,16 @@ def route_dependents(
     return here
 
 
-def keep_for_subtree(
-    branch: Branch, task: int, value: Any, inputs: dict[Any, Any], metrics: TaskMetrics
-) -> list[int]:
+def keep_for_subtree(branch: Branch, task: int, value: Any, metrics: TaskMetrics) -> list[int]:
     """A member of a batched subtree: its dependents in the subtree run later in this
     branch, so the output stays in memory and only the completion event is queued. The
     branch already holds the rest of the subtree in its to-do list: nothing new to run.
-    Inputs no other task of the subtree reads are dropped now. Whether the output would
-    have been published as a recipe is still recorded: planners read it from the
-    history to decide which roots a subtree may run again."""
+    Inputs no other task of the subtree reads are dropped now."""
     for parent in branch.ctx.dag.parents[task]:
         branch.unread[parent] -= 1
         if branch.unread[parent] <= 0:
             branch.local.pop(parent, None)
     branch.local[task] = value
-    metrics.output_bytes = sizeof(value)
-    metrics.recipe = recipe_for(branch.ctx, task, inputs, metrics, branch.recipes) is not None
     metrics.end = time.time()
     branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, metrics))
     flush_if_due(branch)
@@ -306,10 +311,9 @@ def share_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[int]:
     if ctx.store.claim(ctx.run_id, [f"root:{task}"])[0]:
         values = gather_inputs(branch, task, metrics)
         value = execute(branch, task, values, metrics)
-        metrics.output_bytes = sizeof(value)
-        recipe = recipe_for(ctx, task, values, metrics)
+        recipe = publishable(branch, task, value, values, metrics)
         commit_output(branch, task, value if recipe is None else recipe, [], metrics)
-        return keep_for_subtree(branch, task, value, values, metrics)
+        return keep_for_subtree(branch, task, value, metrics)
     value = await_published(branch, task, metrics)
     if value is _UNPUBLISHED and ctx.cancelled():
         branch.failed = True  # the run failed (the claimant's error, maybe): stop here
