@@ -34,6 +34,12 @@ def claim_key(name: str) -> str:
     return f"claim:{name}"
 
 
+def stateful_claim(task: int) -> str:
+    """Claim name of a stateful task (`dask_kong.values`): its first runner owns it, so a
+    duplicate delivery never acts on the state behind a handle a second time."""
+    return f"stateful:{task}"
+
+
 DAG_KEY = "dag"
 EVENTS_KEY = "events"
 HEARTBEATS_KEY = "heartbeats"

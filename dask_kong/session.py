@@ -18,10 +18,11 @@ from dask.core import flatten
 
 from . import config
 from .backends.base import Backend
-from .dag import to_dag
+from .dag import DAG, to_dag
+from .dag.shuffle import without_disk_shuffle
 from .dag.translate import normalise_graph
 from .metrics.records import RunSummary
-from .planning import PlanningContext, get_planner
+from .planning import Plan, PlanningContext, get_planner
 from .planning.history import History, MemoryHistory, RedisHistory, record_run
 from .runtime.client import execute_run, new_run_id
 from .runtime.finalize import client_finals, keys_to_run, run_finals
@@ -80,34 +81,74 @@ class Kong:
 
     def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         """Dask scheduler entry point: compute `keys` of `dsk`, nested like `keys`."""
-        global _last_run
         if self._closed:
             raise RuntimeError("this Kong session is closed")
         started = time.perf_counter()
-        graph = normalise_graph(dsk)
         wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
-        finals = client_finals(graph, wanted)
-        dag = to_dag(graph, keys_to_run(wanted, finals))
+        renamed: dict[Any, Any] = {}
+        if not self.workers_share_machine:
+            dsk, renamed = without_disk_shuffle(dsk, wanted)
+        run_keys = [k for k in renamed] or wanted
+        graph = normalise_graph(dsk)
+        finals = client_finals(graph, run_keys)
+        dag = to_dag(graph, keys_to_run(run_keys, finals))
         planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
         plan = planner(dag, self.planning_context())
         translate_s = time.perf_counter() - started
         self.last_run_id = new_run_id()
-        values, summary = execute_run(
-            dag,
-            plan,
-            run_id=self.last_run_id,
-            store=self.store,
-            backend=self.backend,
-            heartbeater=self.heartbeater,
-            store_name=self.store_spec,
-            callbacks=kwargs.pop("callbacks", None),
-            dsk=dsk,
-        )
+        try:
+            values, summary = execute_run(
+                dag,
+                plan,
+                run_id=self.last_run_id,
+                store=self.store,
+                backend=self.backend,
+                heartbeater=self.heartbeater,
+                store_name=self.store_spec,
+                callbacks=kwargs.pop("callbacks", None),
+                dsk=dsk,
+            )
+        except BaseException as exc:
+            self._record(self.failed_summary(dag, plan, started, exc))
+            raise
         summary.translate_s = translate_s
         record_run(self.history, dag, plan, summary)
-        _last_run = summary
+        self._record(summary)
         run_finals(finals, values)
+        values.update({renamed[k]: values[k] for k in renamed})
         return nest(keys, values)
+
+    def _record(self, summary: RunSummary) -> None:
+        """Make `summary` what `last_run()` returns."""
+        global _last_run
+        _last_run = summary
+
+    def failed_summary(
+        self, dag: DAG, plan: Plan, started: float, exc: BaseException
+    ) -> RunSummary:
+        """What `last_run()` says of a run that raised: its size, time and error."""
+        return RunSummary(
+            run_id=self.last_run_id or "",
+            tasks=len(dag),
+            workers=0,
+            invocations=0,
+            makespan_s=time.perf_counter() - started,
+            bytes_written=0,
+            bytes_read=0,
+            planner=plan.planner,
+            backend=self.backend_name,
+            store=self.store_spec,
+            succeeded=False,
+            shape_hash=dag.shape_hash,
+            error=f"{type(exc).__name__}: {exc}",
+            plan=plan,
+            dag=dag,
+        )
+
+    @property
+    def workers_share_machine(self) -> bool:
+        """Whether every worker reaches this machine's disk (not so on AWS Lambda)."""
+        return self.backend_name != "lambda"
 
     def planning_context(self) -> PlanningContext:
         """What planners may consult: history of earlier runs, the backend's sizes."""
@@ -120,11 +161,12 @@ class Kong:
         )
 
     def __enter__(self) -> Kong:
-        # Workers do not share memory, so dataframes must shuffle through tasks, not
-        # through dask's in-process disk shuffle (see runtime.remote.check_shippable).
-        self._config_ctx = dask.config.set(
-            {"scheduler": self.get, "dataframe.shuffle.method": "tasks"}
-        )
+        settings: dict[str, Any] = {"scheduler": self.get}
+        if not self.workers_share_machine:
+            # Bags pick their shuffle when they are built, not when computed: inside the
+            # block they get the task shuffle (dask_kong.dag.shuffle).
+            settings["dataframe.shuffle.method"] = "tasks"
+        self._config_ctx = dask.config.set(settings)
         self._config_ctx.__enter__()
         return self
 

@@ -32,4 +32,4 @@ def redis_store(redis_server: RedisServer) -> Iterator[RedisStore]:
 
 
 # The `kong` fixture (one session per mode: embedded, threads+Redis, processes+Redis).
-from .kong_fixtures import kong, kong_sessions  # noqa: E402, F401
+from .kong_fixtures import kong, kong_sessions, lambda_gateway  # noqa: E402, F401

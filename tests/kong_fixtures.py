@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from dask_kong import Kong
+from dask_kong.backends.processes.backend import HANDLER
+from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.store.server import RedisServer
 
 MODES = ("embedded", "threads-redis", "processes")
@@ -61,3 +63,18 @@ def kong_sessions(redis_server: RedisServer) -> Iterator[Callable[[str], Kong]]:
 def kong(request: pytest.FixtureRequest, kong_sessions: Callable[[str], Kong]) -> Kong:
     """An open session of each mode."""
     return kong_sessions(request.param)
+
+
+@pytest.fixture
+def lambda_gateway(redis_server: RedisServer) -> Iterator[Gateway]:
+    """A local gateway that serves kong's handler as a Lambda function, for the lambda
+    backend (aiobotocore at its endpoint_url); its workers use the session's Redis."""
+    env = {"DASK_KONG__STORE__URL": redis_server.url}
+    gateway = Gateway(HANDLER, env=env, keep_warm_s=10.0).start()
+    pids: list[int] = []
+    try:
+        yield gateway
+    finally:
+        pids = gateway.worker_pids()
+        gateway.stop()
+        assert not [p for p in pids if pid_alive(p)]

@@ -124,7 +124,7 @@ def test_dataframe_merge_matches_sync(kong: Kong, frames: tuple) -> None:
     pd.testing.assert_frame_equal(got, want)
 
 
-def test_disk_shuffle_is_refused_by_workers_without_shared_memory(frames: tuple) -> None:
+def test_disk_shuffle_is_refused_only_where_workers_share_no_disk(frames: tuple) -> None:
     from dask_kong.dag import to_dag
     from dask_kong.errors import KongError
     from dask_kong.runtime.remote import check_shippable
@@ -133,13 +133,14 @@ def test_disk_shuffle_is_refused_by_workers_without_shared_memory(frames: tuple)
     with dask.config.set({"dataframe.shuffle.method": "disk"}):
         expr = left.merge(right, on="k").optimize()
         dag = to_dag(expr.__dask_graph__(), expr.__dask_keys__())
+    check_shippable(dag, shares_machine=True)
     with pytest.raises(KongError, match="disk shuffle"):
-        check_shippable(dag)
+        check_shippable(dag, shares_machine=False)
 
 
-def test_kong_context_selects_task_shuffle() -> None:
+def test_kong_context_keeps_dasks_shuffle_where_workers_share_a_disk() -> None:
     with Kong():
-        assert dask.config.get("dataframe.shuffle.method") == "tasks"
+        assert dask.config.get("dataframe.shuffle.method", None) is None
 
 
 def test_from_array_constants_compute_correctly(kong: Kong) -> None:

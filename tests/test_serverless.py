@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 
 import dask
 import dask.array as da
@@ -16,7 +15,6 @@ import pytest
 from dask_kong import Kong, last_run
 from dask_kong.backends.aws_lambda.backend import LambdaBackend
 from dask_kong.backends.processes import backend as backend_module
-from dask_kong.backends.processes.backend import HANDLER
 from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.errors import SerializationError, WorkerLostError
 from dask_kong.planning.history import Metric
@@ -120,19 +118,6 @@ def test_finalize_runs_in_the_client(processes: Kong) -> None:
     assert in_client.client_bytes_read > expected.nbytes  # the 16 chunks
     moved = in_worker.bytes_read + in_worker.bytes_written
     assert in_client.bytes_read + in_client.bytes_written < 0.6 * moved
-
-
-@pytest.fixture
-def lambda_gateway(redis_server: RedisServer) -> Iterator[Gateway]:
-    env = {"DASK_KONG__STORE__URL": redis_server.url}
-    gateway = Gateway(HANDLER, env=env, keep_warm_s=10.0).start()
-    pids: list[int] = []
-    try:
-        yield gateway
-    finally:
-        pids = gateway.worker_pids()
-        gateway.stop()
-        assert not [p for p in pids if pid_alive(p)]
 
 
 def test_lambda_backend_end_to_end_through_aiobotocore(

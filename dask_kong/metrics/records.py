@@ -35,6 +35,8 @@ class TaskMetrics:
     cold_start: bool = False
     # the output was published as a recipe: readers recomputed it (runtime.recompute)
     recipe: bool = False
+    # the task read or made a handle to state (dask_kong.values): it never runs twice
+    stateful: bool = False
 
 
 @dataclass
@@ -55,6 +57,8 @@ class RunSummary:
     translate_s: float = 0.0
     succeeded: bool = True
     shape_hash: str = ""
+    #: Why the run failed ("" when it succeeded): the exception's type and message.
+    error: str = ""
     #: Of bytes_read, what the client read (the requested values).
     client_bytes_read: int = 0
     #: Requested outputs the client read while the run was still going (runtime.prefetch).

@@ -93,6 +93,7 @@ class Metric(enum.StrEnum):
     OUTPUT_BYTES = "output_bytes"  # size of one task's output
     OUTPUT_RATIO = "output_ratio"  # output bytes / input bytes
     RECIPE = "recipe"  # 1 when the output was published as a recipe, else 0
+    STATEFUL = "stateful"  # 1 when the task read or made a handle to state (values.py)
     # per resource config
     READ_BPS = "read_bps"  # bytes read from the store per second of reading
     WRITE_BPS = "write_bps"  # bytes written to the store per second of writing
@@ -247,6 +248,7 @@ def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Obse
         by_metric = obs[function_group(key_split(dag.keys[task]), resource)]
         by_metric[Metric.EXEC_S].append(m.exec_s)
         by_metric[Metric.RECIPE].append(1.0 if m.recipe else 0.0)
+        by_metric[Metric.STATEFUL].append(1.0 if m.stateful else 0.0)
         if profile:
             observe_task_profile(obs[function_group(task_profile_name(dag, task), resource)], m)
         input_bytes = known_input_bytes(dag, metrics, task)
@@ -266,6 +268,7 @@ def observe_task_profile(by_metric: defaultdict[Metric, list[float]], m: TaskMet
     """One task's own time, output size and publishing (see `task_profile_name`)."""
     by_metric[Metric.EXEC_S].append(m.exec_s)
     by_metric[Metric.RECIPE].append(1.0 if m.recipe else 0.0)
+    by_metric[Metric.STATEFUL].append(1.0 if m.stateful else 0.0)
     if m.output_bytes > 0:
         by_metric[Metric.OUTPUT_BYTES].append(m.output_bytes)
 

@@ -290,7 +290,8 @@ def duplicable_roots(
     """Roots with several dependents that batched subtrees may run again instead of
     having their outputs moved (see `subtrees`), where outputs cross a store.
 
-    A root the history saw publish recipes is `known`. Any other (one the history never
+    A root the history saw publish recipes, and never read or make a handle to state
+    (`dask_kong.values`), is `known`. Any other (one the history never
     saw, as every root of a first run, or one it saw publish its value) is `shared`: the
     subtrees share its single run through the store, whatever it costs, and take its
     recipe or its value from there (`runtime.worker.share_root`). A GEMM output block is
@@ -313,7 +314,9 @@ def duplicable_roots(
     for task in candidates:
         profile = task_profile_name(dag, task) if profiled else ""
         name, _ = history_name(predictor, profile, key_split(dag.keys[task]))
-        if predictor.publishes_recipe(name, context.default_resource):
+        if predictor.publishes_recipe(name, context.default_resource) and not (
+            predictor.is_stateful(name)
+        ):
             known.add(task)
     return DuplicableRoots(frozenset(known), frozenset(candidates) - known)
 
@@ -432,7 +435,8 @@ def choose_optimizations(
     * pre-load: a fan-in whose first and last inputs arrive more than
       kong.planning.preload_min_wait_s apart;
     * task-dup: a fan-in whose worker would start it more than
-      kong.planning.task_dup_min_gain_s sooner by recomputing its slowest parent.
+      kong.planning.task_dup_min_gain_s sooner by recomputing its slowest parent, unless
+      the history saw that parent's function read or make a handle to state.
     """
     flags: list[set[Optimization]] = [set() for _ in range(len(dag))]
     for task in first_tasks(timeline.workers).values():
@@ -461,6 +465,8 @@ def task_dup_gain_s(dag: DAG, timeline: Timeline, estimates: Estimates, task: in
     slow = timeline.binding_parent(task)
     if not own or slow is None or timeline.workers[slow] == worker:
         return None
+    if estimates.is_stateful(slow):
+        return None  # it must never run twice (dask_kong.values)
     dup_exec = estimates.exec_s(slow, resource)
     if dup_exec is None:
         return None

@@ -206,6 +206,13 @@ class Predictor:
         share = self._at(function, resource, Metric.RECIPE)
         return share is not None and share[1] >= 0.5
 
+    def is_stateful(self, function: str) -> bool:
+        """Whether any task of `function` was ever seen reading or making a handle to
+        state (`dask_kong.values`) on any config: such a task must never run twice, so
+        no planner duplicates it."""
+        stats = self._function_stats(function).values()
+        return any(s.sums.get(Metric.STATEFUL, 0.0) > 0 for s in stats)
+
     def transfer_s(self, nbytes: float | None, source: str, dest: str) -> float | None:
         """Seconds to move an output: written by a worker of `source`, read by one of
         `dest`. With the size unknown, the typical time of one write and one read."""

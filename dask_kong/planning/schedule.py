@@ -158,6 +158,11 @@ class Estimates:
         name, _ = history_name(self.predictor, self.profiles[task], self.functions[task])
         return self.predictor.publishes_recipe(name, resource)
 
+    def is_stateful(self, task: int) -> bool:
+        """Whether the history saw `task`'s function read or make a handle to state."""
+        name, _ = history_name(self.predictor, self.profiles[task], self.functions[task])
+        return self.predictor.is_stateful(name)
+
     def write_s(self, task: int, resource: str) -> float | None:
         """The writing worker's time to publish `task`'s output (a recipe: ~nothing)."""
         key = (task, resource, "")

@@ -58,6 +58,7 @@ class RunSettings:
     recompute_min_bytes: int
     recompute_input_fraction: float
     recompute_bytes_per_s: float
+    inspect_items: int
 
     @classmethod
     def from_config(cls) -> RunSettings:
@@ -72,6 +73,7 @@ class RunSettings:
             recompute_min_bytes=int(config.get("wukong.recompute_min_bytes")),
             recompute_input_fraction=float(config.get("wukong.recompute_input_fraction")),
             recompute_bytes_per_s=float(config.get("wukong.recompute_bytes_per_s")),
+            inspect_items=int(config.get("values.inspect_items")),
         )
 
 
@@ -118,6 +120,10 @@ class RunContext:
     shipment: Any = None
     active: int = 0
     cancel_probe: CancelProbe | None = None
+    # Handles to state this process's tasks made for the run, by task (dask_kong.values):
+    # kept alive until the run ends here, and used by every task of this process that
+    # reads them. A worker process shares one dict per run across its invocations.
+    handles: dict[int, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:

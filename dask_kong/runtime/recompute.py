@@ -11,8 +11,10 @@ value runs the task again from the recipe.
 This trades compute for store traffic exactly like WUKONG's task-dup, and rests on the
 same assumption dask itself makes (dask's docs: tasks should be pure; distributed reruns
 them after a worker loss): running a task twice on the same inputs gives the same value.
-`dask.array` random chunks carry their seeds in the graph and qualify. A user whose
-delayed functions are impure switches it off with `kong.wukong.recompute_bytes_per_s: 0`.
+`dask.array` random chunks carry their seeds in the graph and qualify. A task that reads or
+makes a handle to state (a partd store of dask's disk shuffle) never does: see
+`dask_kong.values`. A user whose delayed functions are impure in ways no value shows (a
+global counter) switches it off with `kong.wukong.recompute_bytes_per_s: 0`.
 
 Recipes nest: an input the worker itself got from a recipe goes into the new recipe as
 that recipe (`RecipeRef`), not as its value. A block of `a @ b` whose factors are random
@@ -80,6 +82,7 @@ def recipe_for(
     than moving its output would (`output_bytes / kong.wukong.recompute_bytes_per_s`,
     the store's measured throughput), and the inputs are a small fraction of the output
     (`kong.wukong.recompute_input_fraction`). Never in-process: a write there is free.
+    Never for a stateful task (`dask_kong.values`): it must not run twice.
     Inputs whose recipes the worker holds (`known`: task -> recipe) go in as recipes."""
     settings = ctx.settings
     if (
@@ -87,6 +90,7 @@ def recipe_for(
         or settings.recompute_bytes_per_s <= 0
         or not ctx.plan.has(task, Optimization.RECOMPUTE)
         or task in ctx.output_tasks
+        or metrics.stateful
         or metrics.output_bytes < settings.recompute_min_bytes
         or metrics.exec_s * settings.recompute_bytes_per_s > metrics.output_bytes
     ):

@@ -51,11 +51,12 @@ from typing import Any
 from dask.sizeof import sizeof
 
 from .. import serialize
-from ..constants import data_key, output_key
+from ..constants import data_key, output_key, stateful_claim
 from ..errors import MissingOutputError
 from ..metrics.records import TaskMetrics
 from ..planning import Optimization
 from ..store.base import Event, EventKind, FanIn, MissingKeyError
+from ..values import all_plain, is_plain_data
 from .context import Invocation, RunContext
 from .recompute import Recipe, rebuild, recipe_for
 
@@ -151,6 +152,8 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
         if task in branch.ctx.plan.subtree_members:
             return keep_for_subtree(branch, task, value, metrics)
         return route_dependents(branch, task, value, recipe, metrics)
+    except RunElsewhere:
+        return []  # a duplicate delivery of a stateful task: the first one goes on
     except Exception as exc:
         branch.failed = True  # the run fails: nothing after this task is worth running
         report_failure(branch, task, exc)
@@ -158,14 +161,17 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
 
 
 def gather_inputs(branch: Branch, task: int, metrics: TaskMetrics) -> dict[Any, Any]:
-    """Input values of `task` keyed as its node expects: local memory and the payload
-    first, the DAG's in-process data next, the store last (one round-trip for all)."""
+    """Input values of `task` keyed as its node expects: handles this process made and
+    local memory and the payload first, the DAG's in-process data next, the store last
+    (one round-trip for all)."""
     dag = branch.ctx.dag
     values: dict[Any, Any] = {}
     remote: list[tuple[Any, str]] = []
     for inp in dag.inputs[task]:
         if inp.task is not None:
-            if inp.task in branch.local:
+            if inp.task in branch.ctx.handles:  # the one object of this process
+                values[inp.key] = branch.ctx.handles[inp.task]
+            elif inp.task in branch.local:
                 values[inp.key] = local_value(branch, inp.task, metrics)
             else:
                 remote.append((inp.key, output_key(inp.task)))
@@ -218,12 +224,39 @@ def local_value(branch: Branch, task: int, metrics: TaskMetrics) -> Any:
     return value
 
 
+class RunElsewhere(Exception):
+    """A stateful task this worker may not run: another delivery of it claimed it first
+    (a duplicate invocation, or task-dup). That one routes its dependents."""
+
+
 def execute(branch: Branch, task: int, values: dict[Any, Any], metrics: TaskMetrics) -> Any:
-    """Run the task's node on its inputs."""
+    """Run the task's node on its inputs. A stateful task (one that reads or makes a handle
+    to state: `dask_kong.values`) runs for the run only in the worker that claims it
+    first; elsewhere `RunElsewhere` is raised. A task that reads a handle claims before it
+    runs (it may act on the state); one that makes a handle, as soon as it sees it."""
+    ctx = branch.ctx
+    plain_inputs = all_plain(values, ctx.settings.inspect_items)
+    if not plain_inputs:
+        claim_stateful(branch, task)
     started = time.perf_counter()
-    value = branch.ctx.dag.nodes[task](values)
+    value = ctx.dag.nodes[task](values)
     metrics.exec_s = time.perf_counter() - started
+    if is_plain_data(value, ctx.settings.inspect_items):
+        metrics.stateful = not plain_inputs
+        return value
+    metrics.stateful = True
+    if plain_inputs:
+        claim_stateful(branch, task)
+    ctx.handles[task] = value  # lives as long as the run in this process
     return value
+
+
+def claim_stateful(branch: Branch, task: int) -> None:
+    """Claim the one run of a stateful task, or raise `RunElsewhere`."""
+    ctx = branch.ctx
+    if not ctx.store.claim(ctx.run_id, [stateful_claim(task)])[0]:
+        logger.debug("task %r is run by another delivery", ctx.dag.keys[task])
+        raise RunElsewhere(ctx.dag.keys[task])
 
 
 @dataclass(frozen=True)

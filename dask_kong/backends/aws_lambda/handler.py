@@ -41,6 +41,8 @@ class WorkerProcess:
         self._heartbeater: Heartbeater | None = None
         self._specs: collections.OrderedDict[str, RunSpec] = collections.OrderedDict()
         self._probes: dict[str, CancelProbe] = {}
+        # Per run, the handles to state this process's tasks made (RunContext.handles).
+        self._handles: dict[str, dict[int, Any]] = {}
         self._invokers: dict[InvokerSpec, RemoteInvoker] = {}
         self.invocations = 0
 
@@ -75,6 +77,7 @@ class WorkerProcess:
         while len(self._specs) > _SPEC_CACHE_SIZE:
             old_run, _ = self._specs.popitem(last=False)
             self._probes.pop(old_run, None)
+            self._handles.pop(old_run, None)
         return spec
 
     def cancel_probe(self, run_id: str, interval_s: float) -> CancelProbe:
@@ -83,6 +86,18 @@ class WorkerProcess:
         if probe is None:
             probe = self._probes[run_id] = CancelProbe(self.store(), run_id, interval_s)
         return probe
+
+    def handles(self, run_id: str) -> dict[int, Any]:
+        """The run's handles to state made in this process, shared by its invocations."""
+        return self._handles.setdefault(run_id, {})
+
+    def release_ended_runs(self, current: str) -> None:
+        """Drop the handles of runs that have ended (their finalisers run now: partd
+        removes its directory), as dask releases a result once its readers are done.
+        Asks the store only about runs that hold handles, which few do."""
+        for run_id in [r for r in self._handles if r != current]:
+            if not self._handles[run_id] or self.store().is_cancelled(run_id):
+                del self._handles[run_id]
 
     def invoker(self, spec: InvokerSpec) -> RemoteInvoker:
         with self._lock:
@@ -108,6 +123,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if event.get("kong-warm"):
         return {"warm": True, "pid": os.getpid()}
     decoded = decode_invocation(event)
+    _process.release_ended_runs(decoded.invocation.run_id)
     ctx = build_context(decoded)
     worker_id = new_worker_id(ctx.run_id)
     # the local gateway says how long the invocation queued for a slot; AWS does not
@@ -137,4 +153,5 @@ def build_context(decoded: DecodedInvocation) -> RunContext:
         output_tasks=spec.output_tasks,
         shipment=Shipment(spec_inline=decoded.spec_b64, invoker=decoded.invoker),
         cancel_probe=_process.cancel_probe(run_id, spec.settings.cancel_check_s),
+        handles=_process.handles(run_id),
     )
