@@ -1,0 +1,574 @@
+"""Dask's own test modules on kong: how many tests that pass under dask pass under kong.
+
+    python -m benchmarks.dask_suites --backend threads|processes \\
+        --suites array-core,bag,dataframe-groupby [--json out.json] [-k expr] [--junit-dir DIR]
+
+For each suite (one test module of the installed dask package, see SUITES) pytest runs
+twice, each in its own subprocess: once plain, on dask's own schedulers, and once with the
+`benchmarks.kong_everywhere` plugin, which makes one kong session on `--backend` serve
+every scheduler name and the default. Both runs write junit XML; the two are compared
+test id by test id. A suite's score is how many of the tests that pass under dask also
+pass under kong; every test that passes under dask and not under kong is listed with the
+first line of its failure message. Tests that fail or skip under dask do not count.
+
+Each test has a pytest-timeout (`--timeout`, signal method, so a hung test fails and the
+run goes on) and each pytest run an overall budget (`--run-budget`), after which it is
+interrupted like a Ctrl-C, so that the kong session still closes. pytest reads a small
+config of our own (markers dask uses, `-m "not network"`), never this repository's
+setup.cfg, whose warnings-as-errors is for dask-kong's tests, not dask's.
+
+The exit status is 1 when some test passes under dask and not under kong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+
+#: Suite name -> test module, relative to the installed dask package.
+SUITES: dict[str, str] = {
+    "array-core": "array/tests/test_array_core.py",
+    "array-linalg": "array/tests/test_linalg.py",
+    "array-reductions": "array/tests/test_reductions.py",
+    "bag": "bag/tests/test_bag.py",
+    "dataframe-groupby": "dataframe/tests/test_groupby.py",
+    "dataframe-shuffle": "dataframe/tests/test_shuffle.py",
+    "dataframe-multi": "dataframe/tests/test_multi.py",
+}
+BACKENDS = ("threads", "processes")
+MODES = ("dask", "kong")
+PLUGIN = "benchmarks.kong_everywhere"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Markers dask's test modules use, registered so that pytest does not warn about each.
+# Network tests need the internet, which neither CI nor the dev machine is promised.
+PYTEST_INI = """\
+[pytest]
+markers =
+    slow: dask's slow tests
+    network: needs the internet
+    gpu: needs a GPU (cupy)
+    flaky: rerun by pytest-rerunfailures in dask's CI
+    skip_with_pyarrow_strings: see dask/conftest.py
+    xfail_with_pyarrow_strings: see dask/conftest.py
+xfail_strict = true
+"""
+DEFAULT_MARKERS = "not network"
+REASON_CHARS = 300  # a reason is one line of a table, not a traceback
+NO_TESTS_COLLECTED = 5  # pytest's exit status when nothing matched
+
+
+@dataclass
+class Outcome:
+    """One test's result in one run, from its junit XML `testcase`."""
+
+    status: str  # "passed" | "failed" | "error" | "skipped"
+    message: str = ""
+
+
+@dataclass
+class RunInfo:
+    """One pytest subprocess: what it ran and how it ended."""
+
+    mode: str
+    command: list[str]
+    returncode: int | None
+    seconds: float
+    log: str
+    counts: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False  # the run budget ran out
+    leaked_pids: list[int] = field(default_factory=list)
+    #: `source_fingerprint()` when the run started: which dask_kong code it measured.
+    dask_kong_source: str = ""
+
+
+@dataclass
+class SuiteResult:
+    """A suite's comparison: the JSON `suites` entry and a table row."""
+
+    suite: str
+    modules: list[str]
+    backend: str
+    passed_dask: int = 0
+    passed_both: int = 0
+    percent: float | None = None
+    #: Tests that pass under dask and not under kong: id -> one-line reason.
+    kong_failures: dict[str, str] = field(default_factory=dict)
+    #: Tests that pass under kong and not under dask (informative, not scored).
+    kong_only_passes: list[str] = field(default_factory=list)
+    note: str = ""
+    runs: list[RunInfo] = field(default_factory=list)
+
+
+# -- running pytest ----------------------------------------------------------------------
+
+
+def dask_package_dir() -> Path:
+    """Where the installed dask package lives: its test modules are what we run."""
+    return Path(dask.__file__).resolve().parent
+
+
+def write_ini(directory: Path) -> Path:
+    """Our pytest config, in `directory` (see PYTEST_INI for why our own)."""
+    path = directory / "pytest.ini"
+    path.write_text(PYTEST_INI)
+    return path
+
+
+def pytest_command(
+    modules: list[Path],
+    junit: Path,
+    ini: Path,
+    *,
+    backend: str | None,
+    keyword: str | None,
+    timeout_s: float,
+    pids_file: Path | None = None,
+) -> list[str]:
+    """The pytest command line for one run; `backend=None` is the plain dask run.
+
+    rootdir is site-packages, so test ids read `dask/bag/tests/test_bag.py::test_x`, and
+    conftest files are looked up from there down, so dask's own `dask/conftest.py` (its
+    `shuffle_method` fixture) is loaded in both runs."""
+    site_packages = dask_package_dir().parent
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *map(str, modules),
+        "-q",
+        "-c",
+        str(ini),
+        f"--rootdir={site_packages}",
+        f"--confcutdir={site_packages}",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        f"--timeout={timeout_s:g}",
+        "--timeout-method=signal",
+        "-m",
+        DEFAULT_MARKERS,
+    ]
+    if keyword:
+        command += ["-k", keyword]
+    if backend is not None:
+        command += ["-p", PLUGIN, f"--kong-backend={backend}"]
+        if pids_file is not None:
+            command.append(f"--kong-pids-file={pids_file}")
+    return command
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a run: ours, with this checkout importable (the plugin lives in
+    `benchmarks/`), so the script works from a checkout that is not installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_pytest(
+    command: list[str], cwd: Path, log: Path, budget_s: float
+) -> tuple[int | None, bool]:
+    """Run pytest, output to `log`; after `budget_s` interrupt it as Ctrl-C would (pytest
+    then still writes its junit XML and the plugin closes the kong session), and kill it
+    only if that does not end it. Returns (returncode, interrupted)."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=subprocess_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: a kill reaches its helpers, not us
+        )
+        try:
+            return process.wait(timeout=budget_s), False
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=60), True
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            return process.wait(), True
+
+
+# -- reading junit XML -------------------------------------------------------------------
+
+
+def parse_junit(path: Path) -> dict[str, Outcome]:
+    """Test id -> outcome. A missing or unreadable file (the run crashed) is no tests."""
+    try:
+        root = ET.parse(path).getroot()
+    except (FileNotFoundError, ET.ParseError):
+        return {}
+    outcomes: dict[str, Outcome] = {}
+    for case in root.iter("testcase"):
+        outcomes[test_id(case)] = case_outcome(case)
+    return outcomes
+
+
+def test_id(case: ET.Element) -> str:
+    """`dask.bag.tests.test_bag` + `test_x[p]` -> `dask/bag/tests/test_bag.py::test_x[p]`,
+    as pytest itself names the test (classes keep their dotted part after the module)."""
+    classname = case.get("classname", "")
+    name = case.get("name", "")
+    parts = classname.split(".")
+    # the module is the last part that starts with "test_"; anything after is a class
+    module_end = max((i for i, p in enumerate(parts) if p.startswith("test_")), default=-1)
+    if module_end < 0:
+        return f"{classname}::{name}" if classname else name
+    module = "/".join(parts[: module_end + 1]) + ".py"
+    return "::".join([module, *parts[module_end + 1 :], name])
+
+
+def case_outcome(case: ET.Element) -> Outcome:
+    """A testcase's status; a failure or error wins over a skip (a teardown error)."""
+    for status in ("failure", "error"):
+        child = case.find(status)
+        if child is not None:
+            kind = "failed" if status == "failure" else "error"
+            return Outcome(kind, first_line(child.get("message") or child.text or ""))
+    child = case.find("skipped")
+    if child is not None:
+        return Outcome("skipped", first_line(child.get("message") or ""))
+    return Outcome("passed")
+
+
+def first_line(message: str) -> str:
+    """The first non-empty line of a message, shortened for a table."""
+    for line in message.splitlines():
+        if line.strip():
+            return line.strip()[:REASON_CHARS]
+    return ""
+
+
+def count_statuses(outcomes: dict[str, Outcome]) -> dict[str, int]:
+    """How many tests of a run ended in each status."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes.values():
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return counts
+
+
+# -- comparing ---------------------------------------------------------------------------
+
+
+def compare(
+    result: SuiteResult, dask_run: dict[str, Outcome], kong_run: dict[str, Outcome]
+) -> None:
+    """Fill `result`'s score from the two runs' outcomes."""
+    passing = [tid for tid, o in dask_run.items() if o.status == "passed"]
+    result.passed_dask = len(passing)
+    for tid in passing:
+        outcome = kong_run.get(tid)
+        if outcome is not None and outcome.status == "passed":
+            result.passed_both += 1
+        else:
+            result.kong_failures[tid] = describe_failure(outcome)
+    result.kong_only_passes = sorted(
+        tid
+        for tid, o in kong_run.items()
+        if o.status == "passed" and dask_run.get(tid, Outcome("missing")).status != "passed"
+    )
+    if result.passed_dask:
+        result.percent = round(100.0 * result.passed_both / result.passed_dask, 2)
+
+
+def describe_failure(outcome: Outcome | None) -> str:
+    """One line saying why a test did not pass under kong."""
+    if outcome is None:
+        return "not run under kong (the run crashed or was interrupted before it)"
+    return f"{outcome.status}: {outcome.message}" if outcome.message else outcome.status
+
+
+def skip_note(outcomes: dict[str, Outcome]) -> str:
+    """Why a whole module did not run (a module-level importorskip), if that is the case."""
+    if outcomes and all(o.status == "skipped" for o in outcomes.values()):
+        return "every test skipped: " + next(iter(outcomes.values())).message
+    return ""
+
+
+# -- one suite ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunSettings:
+    """What every pytest run of one invocation shares."""
+
+    backend: str
+    keyword: str | None
+    timeout_s: float
+    budget_s: float
+    work_dir: Path
+    ini: Path
+    #: Run the dask and the kong run at once: halves a short run's wall time (the CI
+    #: slice); the full comparison runs them one after the other, so neither slows the
+    #: other's timing-sensitive tests.
+    concurrent: bool = False
+
+
+def run_mode(
+    suite: str, modules: list[str], mode: str, settings: RunSettings
+) -> tuple[RunInfo, dict[str, Outcome]]:
+    """Run `suite` (its `modules`) once, plain (`mode="dask"`) or on kong, and read its
+    junit XML."""
+    stem = f"{suite}-{settings.backend}-{mode}"
+    junit = settings.work_dir / f"{stem}.xml"
+    log = settings.work_dir / f"{stem}.log"
+    pids_file = settings.work_dir / f"{stem}.pids.json" if mode == "kong" else None
+    for stale in (junit, pids_file):
+        if stale is not None:
+            stale.unlink(missing_ok=True)
+    command = pytest_command(
+        [dask_package_dir() / module for module in modules],
+        junit,
+        settings.ini,
+        backend=settings.backend if mode == "kong" else None,
+        keyword=settings.keyword,
+        timeout_s=settings.timeout_s,
+        pids_file=pids_file,
+    )
+    source = source_fingerprint()
+    started = time.perf_counter()
+    code, interrupted = run_pytest(command, settings.work_dir, log, settings.budget_s)
+    outcomes = parse_junit(junit)
+    info = RunInfo(
+        mode=mode,
+        command=command,
+        returncode=code,
+        seconds=round(time.perf_counter() - started, 1),
+        log=str(log),
+        counts=count_statuses(outcomes),
+        interrupted=interrupted,
+        leaked_pids=leaked_pids(pids_file),
+        dask_kong_source=source,
+    )
+    return info, outcomes
+
+
+def leaked_pids(pids_file: Path | None) -> list[int]:
+    """PIDs the kong session started that were still alive after it closed."""
+    if pids_file is None or not pids_file.exists():
+        return []
+    return list(json.loads(pids_file.read_text()).get("alive_after_close", []))
+
+
+def run_suite(suite: str, settings: RunSettings, modules: list[str] | None = None) -> SuiteResult:
+    """Both runs of one suite, compared. `modules` (paths in the dask package, or test ids
+    such as `bag/tests/test_bag.py::test_foldby`) make an ad-hoc suite of several modules
+    in one pytest run, as the CI slice does to start pytest fewer times; by default a
+    suite is its module in SUITES."""
+    modules = modules or [SUITES[suite]]
+    result = SuiteResult(
+        suite=suite, modules=[f"dask/{m}" for m in modules], backend=settings.backend
+    )
+    outcomes: dict[str, dict[str, Outcome]] = {}
+
+    def run(mode: str) -> tuple[RunInfo, dict[str, Outcome]]:
+        progress(f"{suite}: running under {mode_label(mode, settings.backend)}")
+        info, found = run_mode(suite, modules, mode, settings)
+        progress(f"{suite}: {mode} {info.counts} in {info.seconds:.0f} s")
+        return info, found
+
+    with ThreadPoolExecutor(max_workers=len(MODES) if settings.concurrent else 1) as pool:
+        for mode, (info, found) in zip(MODES, pool.map(run, MODES), strict=True):
+            result.runs.append(info)
+            outcomes[mode] = found
+    compare(result, outcomes["dask"], outcomes["kong"])
+    result.note = skip_note(outcomes["dask"]) or run_problems(result.runs)
+    return result
+
+
+def run_problems(runs: list[RunInfo]) -> str:
+    """Anything about the runs themselves a reader must know (budget, crash, leaks)."""
+    notes = []
+    for run in runs:
+        if run.interrupted:
+            notes.append(f"{run.mode} run interrupted at the run budget")
+        elif run.returncode == NO_TESTS_COLLECTED:
+            notes.append(f"{run.mode} run: no test selected")
+        elif not run.counts:
+            notes.append(f"{run.mode} run wrote no results (exit {run.returncode}): see {run.log}")
+        if run.leaked_pids:
+            notes.append(f"{run.mode} run left processes alive: {run.leaked_pids}")
+    return "; ".join(notes)
+
+
+def mode_label(mode: str, backend: str) -> str:
+    return "dask's schedulers" if mode == "dask" else f"kong ({backend})"
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def render_table(results: list[SuiteResult]) -> str:
+    """A markdown table, one row per suite and a total, then each kong failure."""
+    lines = [
+        "| suite | pass under dask | also under kong | % | dask run s | kong run s | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        seconds = {run.mode: f"{run.seconds:.0f}" for run in r.runs}
+        lines.append(
+            f"| {r.suite} | {r.passed_dask} | {r.passed_both} | {format_percent(r.percent)} "
+            f"| {seconds.get('dask', '')} | {seconds.get('kong', '')} | {r.note} |"
+        )
+    total_dask = sum(r.passed_dask for r in results)
+    total_both = sum(r.passed_both for r in results)
+    percent = round(100.0 * total_both / total_dask, 2) if total_dask else None
+    lines.append(f"| **total** | {total_dask} | {total_both} | {format_percent(percent)} | | | |")
+    for r in results:
+        if r.kong_failures:
+            lines += ["", f"{r.suite}: {len(r.kong_failures)} pass under dask, not under kong:"]
+            lines += [f"- `{tid}`: {reason}" for tid, reason in r.kong_failures.items()]
+    return "\n".join(lines)
+
+
+def format_percent(percent: float | None) -> str:
+    return "n/a" if percent is None else f"{percent:.2f}"
+
+
+def git_revision() -> str:
+    """The checkout's short commit, with "+dirty" when files differ from it."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+def source_fingerprint() -> str:
+    """A short hash of dask_kong's files as they are on disk now. The commit alone does
+    not say what ran when the working tree holds uncommitted changes, or changes during
+    a run of hours; two runs with the same fingerprint measured the same code."""
+    digest = hashlib.sha1()
+    for path in sorted((REPO_ROOT / "dask_kong").rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".yaml"):
+            digest.update(str(path.relative_to(REPO_ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def to_json(
+    results: list[SuiteResult], settings: RunSettings, argv: list[str], git_at_start: str
+) -> dict[str, Any]:
+    """The JSON report: what ran, on what code, and every suite's result."""
+    import pandas
+    import pytest
+
+    return {
+        "command": "python -m benchmarks.dask_suites " + shlex.join(argv),
+        "backend": settings.backend,
+        "keyword": settings.keyword,
+        "timeout_s": settings.timeout_s,
+        "dask_kong_git": git_at_start,
+        "dask_kong_git_at_end": git_revision(),
+        "dask_kong_source_at_end": source_fingerprint(),
+        "versions": {
+            "dask": dask.__version__,
+            "pandas": pandas.__version__,
+            "pytest": pytest.__version__,
+        },
+        "cores": os.cpu_count(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "suites": [asdict(r) for r in results],
+    }
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.dask_suites", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default="threads")
+    parser.add_argument(
+        "--suites", default=",".join(SUITES), help="comma-separated: " + ", ".join(SUITES)
+    )
+    parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression, both runs")
+    parser.add_argument("--json", default=None, help="write the report as JSON here")
+    parser.add_argument(
+        "--junit-dir", default=None, help="keep junit XML and logs here (default: a temp dir)"
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="per-test timeout, s")
+    parser.add_argument("--run-budget", type=float, default=4 * 3600.0, help="per pytest run, s")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.suites.split(",") if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suites {unknown}: use {', '.join(SUITES)}")
+    return args
+
+
+def make_settings(
+    backend: str,
+    work_dir: Path,
+    *,
+    keyword: str | None = None,
+    timeout_s: float = 120.0,
+    budget_s: float = 4 * 3600.0,
+    concurrent: bool = False,
+) -> RunSettings:
+    """Settings for runs that keep their files in `work_dir` (our pytest.ini goes there)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ini = write_ini(work_dir)
+    return RunSettings(backend, keyword, timeout_s, budget_s, work_dir, ini, concurrent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    git_at_start = git_revision()
+    results: list[SuiteResult] = []
+    with tempfile.TemporaryDirectory(prefix="dask-suites-") as tmp:
+        settings = make_settings(
+            args.backend,
+            Path(args.junit_dir or tmp).resolve(),
+            keyword=args.keyword,
+            timeout_s=args.timeout,
+            budget_s=args.run_budget,
+        )
+        for suite in args.suites.split(","):
+            results.append(run_suite(suite, settings))
+            # Rewritten after every suite: a run of hours that is stopped keeps its results.
+            if args.json:
+                report = to_json(results, settings, argv, git_at_start)
+                Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    print(render_table(results))
+    return 1 if any(r.kong_failures for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
