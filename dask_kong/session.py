@@ -55,6 +55,7 @@ class Kong:
         workers: int | None = None,
         **backend_options: Any,
     ) -> None:
+        config.validate({"workers": workers})
         self.backend_name = str(config.get("backend", backend))
         self.store_spec = default_store(self.backend_name, store)
         self.planner_name = str(config.get("planner", planner))
@@ -84,6 +85,7 @@ class Kong:
         if self._closed:
             raise RuntimeError("this Kong session is closed")
         started = time.perf_counter()
+        config.validate()  # settings may have changed since the session opened
         wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
         renamed: dict[Any, Any] = {}
         if not self.workers_share_machine:

@@ -70,7 +70,7 @@ def test_linear_chain_stays_in_one_worker_and_writes_only_the_output() -> None:
         assert session.get(dsk, "x199") == 200
     summary = last_run()
     assert summary is not None
-    assert summary.workers == 1 and summary.invocations == 1
+    assert summary.workers == summary.branches == summary.invocations == 1
     # nothing came back from the store but the output, to the client
     assert summary.bytes_read == summary.client_bytes_read < 1000
     assert 0 < summary.bytes_written < 1000  # only the requested output
@@ -83,7 +83,9 @@ def test_naive_planner_invokes_every_dependent_and_writes_everything() -> None:
         assert session.get(dsk, "x19") == 20
     summary = last_run()
     assert summary is not None and summary.planner == "naive"
-    assert summary.invocations == 20 and summary.workers == 20
+    assert summary.invocations == summary.branches == 20
+    # a few pool threads, each warm, served the 20 invocations
+    assert 1 <= summary.workers <= session.backend.concurrency()
 
 
 def test_last_run_reports_the_fields_users_read(kong: Kong) -> None:
@@ -103,7 +105,8 @@ def test_last_run_reports_the_fields_users_read(kong: Kong) -> None:
         "planner",
     ):
         assert name in fields
-    assert summary.tasks == 3 and summary.invocations == 2 and summary.workers == 2
+    assert summary.tasks == 3 and summary.invocations == summary.branches == 2
+    assert 1 <= summary.workers <= 2  # the second invocation may find the first warm
     assert summary.makespan_s > 0
 
 
@@ -232,7 +235,7 @@ def test_clustering_keeps_dependents_of_a_large_output_in_its_worker(
         assert session.get(dsk, "total") == expected
     spread = last_run()
     assert clustered is not None and spread is not None
-    assert clustered.invocations == 1 and clustered.workers == 1
+    assert clustered.invocations == clustered.branches == clustered.workers == 1
     assert spread.invocations == 4  # the block travelled to three more workers
     assert clustered.bytes_read < spread.bytes_read
 

@@ -15,8 +15,10 @@ from typing import Any
 class TaskMetrics:
     """What happened to one task in one worker."""
 
-    worker: str
+    worker: str  # the invocation (branch) that ran the task
     resource: str = "default"
+    # the process and thread that ran it: a warm container serves many invocations
+    container: str = ""
     start: float = 0.0
     end: float = 0.0
     read_s: float = 0.0
@@ -45,7 +47,10 @@ class RunSummary:
 
     run_id: str
     tasks: int
+    #: Distinct workers (containers: a worker process, a pool thread, a Lambda
+    #: instance) that ran tasks; a warm one serves many invocations.
     workers: int
+    #: Invocations made, the client's included.
     invocations: int
     makespan_s: float
     bytes_written: int
@@ -57,6 +62,8 @@ class RunSummary:
     translate_s: float = 0.0
     succeeded: bool = True
     shape_hash: str = ""
+    #: Invocations that ran at least one task (each runs one branch of the DAG).
+    branches: int = 0
     #: Why the run failed ("" when it succeeded): the exception's type and message.
     error: str = ""
     #: Of bytes_read, what the client read (the requested values).

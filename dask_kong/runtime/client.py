@@ -356,7 +356,8 @@ def summarize(
     return RunSummary(
         run_id=ctx.run_id,
         tasks=len(ctx.dag),
-        workers=len({m.worker for m in metrics.values()}),
+        workers=len({m.container for m in metrics.values()}),
+        branches=len({m.worker for m in metrics.values()}),
         invocations=len(ctx.plan.start_tasks(ctx.dag.roots))
         + sum(m.invocations for m in metrics.values()),
         makespan_s=makespan_s,

@@ -42,6 +42,7 @@ import collections
 import itertools
 import logging
 import os
+import threading
 import time
 import traceback
 from collections.abc import Iterable
@@ -79,6 +80,12 @@ def _refresh_pid() -> None:
 
 
 os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def container_id() -> str:
+    """The process and thread running this code: what a warm serverless container is
+    here (a worker process of the gateway, a thread of the embedded pool)."""
+    return f"{_pid}:{threading.get_native_id()}"
 
 
 def new_worker_id(run_id: str) -> str:
@@ -135,7 +142,9 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
     """Run one task; the tasks this worker runs next (none when the branch ends).
     `invocation` is given for the branch's first task: its start-up is measured."""
     resource = branch.ctx.plan.tasks[task].resource
-    metrics = TaskMetrics(worker=branch.worker_id, resource=resource, start=time.time())
+    metrics = TaskMetrics(
+        worker=branch.worker_id, resource=resource, start=time.time(), container=container_id()
+    )
     if invocation is not None and invocation.sent_at > 0:
         waited = metrics.start - invocation.sent_at - invocation.queued_s
         metrics.startup_s = max(waited, 1e-6)
