@@ -11,6 +11,17 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
+@dataclass(frozen=True, slots=True)
+class CapturedWarning:
+    """A warning a task raised in a worker process, to be raised again in the client (as
+    dask's local schedulers would, where the task runs in the caller's process)."""
+
+    category: type[Warning]
+    message: str
+    filename: str
+    lineno: int
+
+
 @dataclass(slots=True)
 class TaskMetrics:
     """What happened to one task in one worker."""
@@ -39,6 +50,8 @@ class TaskMetrics:
     recipe: bool = False
     # the task read or made a handle to state (dask_kong.values): it never runs twice
     stateful: bool = False
+    # warnings the task raised in a worker process, distinct ones, for the client
+    warnings: tuple[CapturedWarning, ...] = ()
 
 
 @dataclass

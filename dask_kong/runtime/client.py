@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..backends.base import Backend
 from ..constants import output_key
 from ..dag import DAG
 from ..errors import RemoteTaskError, StuckRunError, WorkerLostError
-from ..metrics.records import RunSummary, TaskMetrics
+from ..metrics.records import CapturedWarning, RunSummary, TaskMetrics
 from ..planning import Optimization, Plan
 from ..store.base import Event, EventKind, Store
 from .context import Invocation, RunContext, RunSettings
@@ -203,6 +204,7 @@ def apply_event(
         progress.last_progress = time.monotonic()
         if event.metrics is not None:
             progress.metrics[event.task] = event.metrics
+            reraise_warnings(event.metrics.warnings)
         hooks.task_done(event.task, event.worker)
     elif event.kind is EventKind.WORKER_FAILED:
         raise WorkerLostError(
@@ -213,6 +215,14 @@ def apply_event(
         )
     else:
         raise_task_failure(ctx.dag, event)
+
+
+def reraise_warnings(captured: tuple[CapturedWarning, ...]) -> None:
+    """Raise in the client the warnings a task raised in a worker process, where they
+    would have been raised under dask's local schedulers: the caller's filters decide
+    whether each shows once, always, or becomes an error."""
+    for w in captured:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def release_read_outputs(ctx: RunContext, progress: RunProgress, task: int) -> None:

@@ -124,6 +124,9 @@ class RunContext:
     # kept alive until the run ends here, and used by every task of this process that
     # reads them. A worker process shares one dict per run across its invocations.
     handles: dict[int, Any] = field(default_factory=dict)
+    # True in a worker process (not the client's): warnings a task raises are recorded
+    # and raised again in the client, where the user's filters and pytest.warns are.
+    captures_warnings: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:

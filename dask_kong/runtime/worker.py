@@ -45,6 +45,7 @@ import os
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,7 @@ from dask.sizeof import sizeof
 from .. import serialize
 from ..constants import data_key, output_key, stateful_claim
 from ..errors import MissingOutputError
-from ..metrics.records import TaskMetrics
+from ..metrics.records import CapturedWarning, TaskMetrics
 from ..planning import Optimization
 from ..store.base import Event, EventKind, FanIn, MissingKeyError
 from ..values import all_plain, is_plain_data
@@ -70,6 +71,10 @@ _worker_ids = itertools.count()
 _DELAY_IO_FIRST_PAUSE_S = 0.001
 _DELAY_IO_MAX_PAUSE_S = 0.05
 
+
+# A task that warns in a loop (a reduction over NaNs, per element) would otherwise ship
+# thousands of copies of one warning; the client shows each distinct one once anyway.
+_MAX_WARNINGS_PER_TASK = 100
 
 _pid = os.getpid()
 
@@ -248,7 +253,10 @@ def execute(branch: Branch, task: int, values: dict[Any, Any], metrics: TaskMetr
     if not plain_inputs:
         claim_stateful(branch, task)
     started = time.perf_counter()
-    value = ctx.dag.nodes[task](values)
+    if ctx.captures_warnings:
+        value = run_capturing_warnings(ctx.dag.nodes[task], values, metrics)
+    else:
+        value = ctx.dag.nodes[task](values)
     metrics.exec_s = time.perf_counter() - started
     if is_plain_data(value, ctx.settings.inspect_items):
         metrics.stateful = not plain_inputs
@@ -257,6 +265,20 @@ def execute(branch: Branch, task: int, values: dict[Any, Any], metrics: TaskMetr
     if plain_inputs:
         claim_stateful(branch, task)
     ctx.handles[task] = value  # lives as long as the run in this process
+    return value
+
+
+def run_capturing_warnings(node: Any, values: dict[Any, Any], metrics: TaskMetrics) -> Any:
+    """Run `node`, recording the distinct warnings it raises in `metrics` for the client.
+    Every warning is recorded ("always"): the client's own filters decide what shows."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = node(values)
+    seen = {
+        (w.category, str(w.message), w.filename, w.lineno): None
+        for w in caught[:_MAX_WARNINGS_PER_TASK]
+    }
+    metrics.warnings = tuple(CapturedWarning(*key) for key in seen)
     return value
 
 

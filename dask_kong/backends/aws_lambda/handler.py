@@ -154,4 +154,5 @@ def build_context(decoded: DecodedInvocation) -> RunContext:
         shipment=Shipment(spec_inline=decoded.spec_b64, invoker=decoded.invoker),
         cancel_probe=_process.cancel_probe(run_id, spec.settings.cancel_check_s),
         handles=_process.handles(run_id),
+        captures_warnings=True,
     )
