@@ -102,8 +102,9 @@ def test_memory_history_stays_the_same_size_over_10000_runs() -> None:
         history.record(dag, observed_run(dag, seed), plan)
     assert history.stored_size() == size_after_100
     groups, samples = size_after_100
-    # three functions, one config, one shape, and a profile per distinct task structure
-    assert groups == 3 + 1 + 1 + len(set(dag.task_digests))
+    # three functions, one config, one shape (and its one planner), and a profile per
+    # distinct task structure
+    assert groups == 3 + 1 + 2 + len(set(dag.task_digests))
     assert samples <= groups * len(Metric) * WINDOW
     stats = history.function_stats([("load", "default")])[("load", "default")]
     assert stats.count(Metric.EXEC_S) == 3 * 10_000  # counts keep counting
@@ -140,8 +141,8 @@ def test_redis_history_stays_the_same_size_over_10000_concurrent_runs(
     client = redis_history._client
     lists = [k for k in keys if client.type(k) == b"list"]
     hashes = [k for k in keys if client.type(k) == b"hash"]
-    # functions, config, shape, and a profile per distinct task structure
-    assert len(hashes) == 3 + 1 + 1 + len(set(dag.task_digests))
+    # functions, config, shape (and its one planner), a profile per distinct task structure
+    assert len(hashes) == 3 + 1 + 2 + len(set(dag.task_digests))
     assert lists and all(client.llen(k) <= WINDOW for k in lists)
     assert max(client.llen(k) for k in lists) == WINDOW
     assert all(len(client.hkeys(k)) <= 2 * len(Metric) for k in hashes)
@@ -294,3 +295,16 @@ def test_task_profiles_name_tasks_by_structure_not_by_number() -> None:
     backward = digests(["load-1", "process-1", "load-0", "process-0", "join-0"])
     assert forward == backward
     assert len(set(forward.values())) == 3  # loads alike, processes alike, the join
+
+
+def test_history_keeps_each_planners_makespans_of_a_shape_apart() -> None:
+    dag = fan_in_dag(2)
+    history = MemoryHistory()
+    for planner, makespan in (("wukong", 2.0), ("wukong", 4.0), ("uniform", 1.0)):
+        summary = observed_run(dag, makespan_s=makespan)
+        summary.planner = planner
+        history.record(dag, summary, plan_for(dag, makespan_s=1.5))
+    stats = history.planner_stats(dag.shape_hash, ["wukong", "uniform", "naive"])
+    assert set(stats) == {"wukong", "uniform"}  # naive never ran it
+    assert stats["wukong"].percentile(Metric.MAKESPAN_S, 50) == 3.0
+    assert stats["uniform"].percentile(Metric.MAKESPAN_ERROR, 50) == pytest.approx(0.5)

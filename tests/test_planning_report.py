@@ -163,3 +163,23 @@ def test_png_export_with_graphviz_writes_a_png(tmp_path: Path) -> None:
     dot = plan_to_dot(dag, plan_uniform(dag, context(diamond_history())))
     write_plan_png(dot, tmp_path / "plan.png")
     assert (tmp_path / "plan.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_pairs_predicted_reads_and_writes_and_sums_errors_per_measure() -> None:
+    plan, dag, summary = chain_plan()
+    a, b = dag.index_of("a-0"), dag.index_of("b-0")
+    tasks = list(plan.tasks)
+    tasks[a] = TaskPlan("small", predicted_exec_s=1.0, predicted_write_s=0.2)
+    tasks[b] = TaskPlan("small", predicted_exec_s=2.0, predicted_read_s=0.1)
+    plan = Plan("uniform", tuple(tasks), predicted_makespan_s=4.0)
+    summary.task_metrics[a].write_s = 0.4
+    summary.task_metrics[b].read_s, summary.task_metrics[b].recompute_s = 0.2, 0.1
+    report = compare_plan(dag, plan, summary)
+    row_b = report.tasks[b]
+    assert (row_b.predicted_read_s, row_b.observed_read_s) == (0.1, pytest.approx(0.3))
+    assert (report.tasks[a].predicted_write_s, report.tasks[a].observed_write_s) == (0.2, 0.4)
+    errors = report.task_errors()
+    # exec: |1 - 1.5| + |2 - 2.5| over 1.5 + 2.5; a big task weighs more than a small one
+    assert errors["exec"] == pytest.approx(1.0 / 4.0)
+    assert errors["write"] == pytest.approx(0.2 / 0.4)  # b predicted no write: not counted
+    assert errors["start"] is None  # predictions dropped above: nothing to compare

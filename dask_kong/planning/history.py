@@ -10,7 +10,8 @@ keeps, per metric, a count and a sum (for means) and a window of the latest
   per read and per write (when sizes are unknown), invocation latency, cold and warm
   worker start-up;
 * ``shape/<shape hash>``, per DAG shape: observed and predicted makespans, and the
-  relative error of the prediction.
+  relative error of the prediction; ``shape/<shape hash>/<planner>`` the same per
+  planner, so that the dashboard can show how planners compared on a shape.
 
 So the stored size is bounded by (functions x configs + configs + shapes) x metrics x
 window, however many runs are recorded. `MemoryHistory` keeps the groups in this process
@@ -150,6 +151,11 @@ def shape_group(shape_hash: str) -> str:
     return f"shape/{shape_hash}"
 
 
+def planner_shape_group(shape_hash: str, planner: str) -> str:
+    """Group of one planner's runs of a DAG shape (planner names contain no '/')."""
+    return f"shape/{shape_hash}/{planner}"
+
+
 def task_profile_name(dag: DAG, task: int) -> str:
     """The pseudo-function under which one task of one DAG shape is profiled: a task of
     a shape seen before is predicted from its own earlier runs, not from every task that
@@ -230,6 +236,10 @@ class History(Protocol):
         """Stats of a DAG shape, None before its first recorded run."""
         ...
 
+    def planner_stats(self, shape_hash: str, planners: Iterable[str]) -> dict[str, Stats]:
+        """Stats of a DAG shape per planner that ran it; planners without runs are left out."""
+        ...
+
 
 def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Observations:
     """What one run tells the history, grouped and ready to apply.
@@ -261,6 +271,8 @@ def observe_run(dag: DAG, summary: RunSummary, plan: Plan | None = None) -> Obse
         observe_io(obs[resource_group(resource)], m, bandwidth_bytes)
     if summary.shape_hash:
         observe_makespan(obs[shape_group(summary.shape_hash)], summary, plan)
+        by_planner = planner_shape_group(summary.shape_hash, summary.planner)
+        observe_makespan(obs[by_planner], summary, plan)
     return {group: dict(by_metric) for group, by_metric in obs.items()}
 
 
@@ -361,6 +373,10 @@ class SummaryHistory:
 
     def shape_stats(self, shape_hash: str) -> Stats | None:
         return self._read([shape_group(shape_hash)]).get(shape_group(shape_hash))
+
+    def planner_stats(self, shape_hash: str, planners: Iterable[str]) -> dict[str, Stats]:
+        groups = {planner_shape_group(shape_hash, p): p for p in planners}
+        return {groups[g]: stats for g, stats in self._read(list(groups)).items()}
 
     def _apply(self, obs: Observations) -> None:
         raise NotImplementedError

@@ -34,6 +34,11 @@ class TaskPlan:
     predicted_end_s: float | None = None
     predicted_exec_s: float | None = None
     predicted_output_bytes: int | None = None
+    #: Predicted time getting inputs other workers published (reading them, or
+    #: recomputing recipes) and writing the output for others: plan against reality
+    #: compares them with `TaskMetrics.read_s` + `recompute_s` and `write_s`.
+    predicted_read_s: float | None = None
+    predicted_write_s: float | None = None
 
 
 @dataclass(frozen=True)

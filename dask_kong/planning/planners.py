@@ -367,6 +367,8 @@ def predicted_plan(
             predicted_end_s=timeline.end[t],
             predicted_exec_s=timeline.exec_s[t],
             predicted_output_bytes=None if size is None else round(size),
+            predicted_read_s=timeline.read_s[t],
+            predicted_write_s=timeline.write_s[t],
         )
         for t, size in enumerate(sizes.output_bytes)
     )

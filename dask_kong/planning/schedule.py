@@ -213,6 +213,10 @@ class Timeline:
     end: tuple[float, ...]
     exec_s: tuple[float | None, ...]
     overhead_s: tuple[float, ...]
+    #: Per task: reading (or recomputing) inputs other workers published, and writing
+    #: its output for other workers or the client.
+    read_s: tuple[float, ...]
+    write_s: tuple[float, ...]
     #: Per task: parent -> when the parent's output is usable by the task's worker.
     arrivals: tuple[dict[int, float], ...]
     critical_path: tuple[int, ...]
@@ -243,6 +247,8 @@ def simulate(
     end = [0.0] * n
     execs: list[float | None] = [None] * n
     overheads = [0.0] * n
+    read_s = [0.0] * n
+    write_s = [0.0] * n
     arrivals: list[dict[int, float]] = [{} for _ in range(n)]
     slots = [0.0] * concurrency if concurrency else None
     waiting = [len(parents) for parents in dag.parents]
@@ -254,11 +260,11 @@ def simulate(
         if first[workers[task]] == task:
             overheads[task] = estimates.overhead_s(resource)
         free_at = heapq.heappop(slots) if slots is not None else 0.0
-        reads = sum(arrivals[task][p] - end[p] for p in dag.parents[task])
-        start[task] = max(ready_at, free_at + reads) + overheads[task]
+        read_s[task] = sum(arrivals[task][p] - end[p] for p in dag.parents[task])
+        start[task] = max(ready_at, free_at + read_s[task]) + overheads[task]
         execs[task] = estimates.exec_s(task, resource)
-        writing = write_cost(dag, task, workers, resource, estimates)
-        end[task] = start[task] + (execs[task] or 0.0) + writing
+        write_s[task] = write_cost(dag, task, workers, resource, estimates)
+        end[task] = start[task] + (execs[task] or 0.0) + write_s[task]
         if slots is not None:
             heapq.heappush(slots, end[task])
         for child in dag.children[task]:
@@ -275,6 +281,8 @@ def simulate(
         end=tuple(end),
         exec_s=tuple(execs),
         overhead_s=tuple(overheads),
+        read_s=tuple(read_s),
+        write_s=tuple(write_s),
         arrivals=tuple(arrivals),
         critical_path=(),
         makespan_s=max(end, default=0.0),
