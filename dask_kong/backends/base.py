@@ -1,7 +1,8 @@
 """The small surface every backend implements (Lithops-style: one folder per backend).
 
 A backend starts workers (`invoke`), prepares a run for workers that live elsewhere
-(`prepare_run`: e.g. store the DAG once) and frees what it holds (`close`).
+(`prepare_run`: e.g. store the DAG once), stops an interrupted run's workers
+(`cancel_run`) and frees what it holds (`close`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class Backend(Protocol):
 
     def prewarm(self, resource: str) -> None:
         """Start (warm) a worker of `resource` ahead of need; no-op where meaningless."""
+        ...
+
+    def cancel_run(self, ctx: RunContext) -> None:
+        """The run was interrupted (its cancel flag is set): stop its workers as far as
+        the platform allows and free the capacity they hold, so the next run starts at
+        once. Never waits for a task to finish."""
         ...
 
     def close(self) -> None:

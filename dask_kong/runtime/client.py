@@ -5,6 +5,11 @@ batched subtree, see `planning.subtrees`) and then reads the run's event stream 
 every requested output is reported, a task fails, or the run stops making progress (no
 event and no live worker heartbeat within the stall timeout). Whatever happens, the
 run's keys are deleted before `execute_run` returns.
+
+An interrupt (Ctrl-C: KeyboardInterrupt, or any BaseException that is not an Exception)
+returns at once instead: the run is cancelled, the backend stops the workers running it
+and frees their slots, and its keys are deleted; the client waits for that at most
+`kong.run.interrupt_cleanup_s` and lets the rest finish in the background.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ..errors import RemoteTaskError, StuckRunError, WorkerLostError
 from ..metrics.records import CapturedWarning, RunSummary, TaskMetrics
 from ..planning import Optimization, Plan
 from ..store.base import Event, EventKind, Store
+from ..waits import poll_until
 from .context import Invocation, RunContext, RunSettings
 from .heartbeat import Heartbeater
 from .prefetch import OutputPrefetch
@@ -37,6 +43,8 @@ logger = logging.getLogger("dask_kong.client")
 _STUCK_TASKS_SHOWN = 10
 # Longest single wait on the event stream, so deadlines and stalls are checked often.
 _MAX_EVENT_WAIT_S = 0.25
+# Longest pause between two looks at a draining run's heartbeats (a store round-trip).
+_DRAIN_MAX_PAUSE_S = 0.1
 
 
 @dataclass
@@ -82,7 +90,7 @@ def execute_run(
     )
     progress = RunProgress(dag, set(dag.output_tasks))
     started = time.perf_counter()
-    succeeded = False
+    succeeded = interrupted = False
     with local_callbacks(callbacks) as cbs:
         hooks = CallbackHooks(cbs, dsk, dag, progress)
         prewarms = schedule_prewarms(ctx, backend)
@@ -95,12 +103,18 @@ def execute_run(
             prefetched, prefetched_bytes = prefetch.taken()
             values, client_read = collect_outputs(ctx, prefetched, prefetched_bytes)
             succeeded = True
+        except BaseException as exc:
+            interrupted = not isinstance(exc, Exception)
+            raise
         finally:
             prefetch.stop(0.0)
             for timer in prewarms:
                 timer.cancel()
             hooks.finish(errored=not succeeded)
-            cleanup_run(ctx, succeeded)
+            if interrupted:
+                abandon_run(ctx, backend)
+            else:
+                cleanup_run(ctx, succeeded)
     makespan = time.perf_counter() - started
     summary = summarize(ctx, progress, makespan, submit_s, backend.name, store_name)
     summary.client_bytes_read = client_read
@@ -341,17 +355,47 @@ def cleanup_run(ctx: RunContext, succeeded: bool) -> None:
 
 def drain(ctx: RunContext, timeout_s: float) -> None:
     """Wait (bounded, with backoff) until no worker of the run is running."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.001
     ttl = float(config.get("heartbeat.ttl_s"))
-    while time.monotonic() < deadline:
-        if ctx.active <= 0 and (
-            ctx.store.in_process or not ctx.store.live_workers(ctx.run_id, ttl)
-        ):
-            return
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-    logger.warning("run %s: workers still running after %.1f s", ctx.run_id, timeout_s)
+
+    def stopped() -> bool:
+        if ctx.active > 0:
+            return False
+        return ctx.store.in_process or not ctx.store.live_workers(ctx.run_id, ttl)
+
+    if not poll_until(stopped, timeout_s, max_s=_DRAIN_MAX_PAUSE_S):
+        logger.warning("run %s: workers still running after %.1f s", ctx.run_id, timeout_s)
+
+
+def abandon_run(ctx: RunContext, backend: Backend) -> None:
+    """An interrupted run: stop it and give control back at once. Its cancel flag, the
+    backend's `cancel_run` (kill its worker processes, free their slots) and deleting its
+    keys run in a thread the client waits for at most `kong.run.interrupt_cleanup_s`;
+    what is left then goes on in the background (the keys carry a TTL in any case).
+    Nothing here waits for a task: a Ctrl-C must not wait 20 s for one to end, and the
+    stores drop what a worker of a deleted run still commits."""
+    cleanup = threading.Thread(
+        target=stop_and_delete_run, args=(ctx, backend), name="kong-interrupted-run", daemon=True
+    )
+    cleanup.start()
+    cleanup.join(float(config.get("run.interrupt_cleanup_s")))
+    if cleanup.is_alive():
+        logger.info("run %s interrupted: its cleanup goes on in the background", ctx.run_id)
+
+
+def stop_and_delete_run(ctx: RunContext, backend: Backend) -> None:
+    """Cancel the run everywhere, then delete its keys; failures are logged, not raised
+    (nobody is left to catch them)."""
+    try:
+        ctx.store.cancel(ctx.run_id)
+        if ctx.cancel_probe is not None:  # this process's branches see the flag at once
+            ctx.cancel_probe.interval_s = 0.0
+        backend.cancel_run(ctx)
+    except Exception as exc:
+        logger.warning("could not cancel interrupted run %s: %s", ctx.run_id, exc)
+    try:
+        ctx.store.delete_run(ctx.run_id)
+    except Exception as exc:  # keys carry a TTL, so they expire anyway
+        logger.warning("could not delete the keys of run %s: %s", ctx.run_id, exc)
 
 
 def summarize(

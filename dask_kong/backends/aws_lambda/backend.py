@@ -64,5 +64,10 @@ class LambdaBackend:
     def prewarm(self, resource: str) -> None:
         self.invoker.prewarm(self.spec.function, resource)
 
+    def cancel_run(self, ctx: RunContext) -> None:
+        """Lambda cannot stop a running invocation, and a reserved slot frees itself when
+        the invocation returns: the run's cancel flag stops its branches at their next
+        task boundary, which is all there is to do."""
+
     def close(self) -> None:
         self.invoker.close()

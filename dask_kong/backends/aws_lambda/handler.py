@@ -26,6 +26,11 @@ from ...runtime.heartbeat import Heartbeater
 from ...runtime.invokers import GatewayPipeTransport, LambdaTransport, RemoteInvoker, Transport
 from ...runtime.remote import DecodedInvocation, InvokerSpec, RunSpec, Shipment, decode_invocation
 from ...runtime.worker import new_worker_id, run_branch
+
+# Imported at init, not by the first invocation: every invocation opens the Redis store,
+# and an init phase (a pre-warm, or a spare started after a cancelled run's worker was
+# killed) is spent before the invocation waits on it. AWS advises the same.
+from ...store import redis as _redis_store  # noqa: F401
 from ...store.base import Store
 
 # Run specs cached per process; a container rarely serves more than a few runs at once.

@@ -4,7 +4,10 @@ the local Lambda-compatible gateway, with all data and coordination through Redi
 The client owns the gateway and invokes through its in-process fast path (no HTTP);
 workers invoke each other through their pipe to the gateway. A worker process that dies
 mid-invocation is reported by the gateway; this backend turns that into a WORKER_FAILED
-event on the run's stream, so the client fails at once with the task named.
+event on the run's stream, so the client fails at once with the task named. An
+interrupted run is taken back from the gateway (`cancel_run`): its queued invocations
+are dropped and the worker processes running its branches are killed, so the next run
+gets their slots at once.
 """
 
 from __future__ import annotations
@@ -27,6 +30,27 @@ logger = logging.getLogger("dask_kong.backends.processes")
 
 
 HANDLER = "dask_kong.backends.aws_lambda.handler:lambda_handler"
+
+# `runtime.remote.encode_invocation` writes the run id near the start of the payload;
+# looking there first spares parsing whole payloads (an inline DAG or inputs can make
+# them hundreds of KB) for every queued invocation when a run is cancelled.
+_RUN_FIELD = b'"run":"'
+_RUN_FIELD_WITHIN = 256
+
+
+def payload_run_id(payload: bytes) -> str | None:
+    """The run a dask-kong invocation payload belongs to (None: not one, e.g. a pre-warm)."""
+    head = payload[:_RUN_FIELD_WITHIN]
+    start = head.find(_RUN_FIELD)
+    if start >= 0:
+        end = head.find(b'"', start + len(_RUN_FIELD))
+        if end >= 0:
+            return head[start + len(_RUN_FIELD) : end].decode(errors="replace")
+    try:
+        run = json.loads(payload).get("run")
+    except (ValueError, AttributeError):
+        return None
+    return None if run is None else str(run)
 
 
 def host_cpus() -> int:
@@ -103,6 +127,17 @@ class ProcessBackend:
 
     def prewarm(self, resource: str) -> None:
         self.invoker.prewarm(self.spec.function, resource)
+
+    def cancel_run(self, ctx: RunContext) -> None:
+        """Take the run's invocations back from the gateway: queued ones are dropped,
+        the worker processes running its branches are killed (a handler cannot be
+        interrupted mid-task) and their slots freed, so the next run starts at once; a
+        new worker replaces each when next needed. Workers of the run between tasks stop
+        at their next task boundary anyway (the run's cancel flag)."""
+        run_id = ctx.run_id
+        killed = self.gateway.cancel(lambda _function, payload: payload_run_id(payload) == run_id)
+        if killed:
+            logger.info("run %s cancelled: killed its worker processes %s", run_id, killed)
 
     def _on_worker_lost(self, function: str, payload: bytes, exitcode: int | None) -> None:
         """Report a dead worker on its run's event stream (called on the gateway loop)."""

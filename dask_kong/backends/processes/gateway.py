@@ -43,6 +43,7 @@ from ... import config
 from ...errors import KongError
 from .pool import (
     GatewayStats,
+    InvocationMatcher,
     InvocationOutcome,
     PendingInvocation,
     PoolSettings,
@@ -152,6 +153,7 @@ def resolve_settings(
         ),
         stop_timeout_s=float(config.get("gateway.stop_timeout_s")),
         priority_window_s=float(config.get("gateway.priority_window_s")),
+        close_drain_s=float(config.get("gateway.close_drain_s")),
         max_sync_payload_bytes=int(config.get("gateway.max_sync_payload_bytes")),
         max_async_payload_bytes=int(config.get("gateway.max_async_payload_bytes")),
         env=dict(env or {}),
@@ -267,8 +269,9 @@ class Gateway:
     def stop(self) -> None:
         """Stop serving, end every worker process (by PID), join the loop thread.
 
-        Idempotent. Pending synchronous invocations fail with `Gateway.Stopped`; queued
-        Event invocations are dropped (and counted).
+        Idempotent. Running invocations get `kong.gateway.close_drain_s` to finish;
+        then pending synchronous invocations fail with `Gateway.Stopped`, and queued or
+        still running Event invocations are dropped (and counted).
         """
         if threading.current_thread() is self._thread:
             raise GatewayError("stop() cannot run on the gateway's own event loop thread")
@@ -281,7 +284,7 @@ class Gateway:
         loop, thread = self._loop, self._thread
         assert loop is not None and thread is not None
         pool = self._pool
-        deadline = 4 * self.settings.pool.stop_timeout_s
+        deadline = self.settings.pool.close_drain_s + 4 * self.settings.pool.stop_timeout_s
         try:
             asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=deadline)
         except Exception:
@@ -566,6 +569,13 @@ class Gateway:
     def worker_pids(self) -> list[int]:
         """PIDs of the worker processes alive now."""
         return self._call_in_loop(lambda pool: pool.worker_pids())
+
+    def cancel(self, matches: InvocationMatcher) -> list[int]:
+        """Take back every queued or running invocation for which `matches(function,
+        payload)` is true: queued ones are dropped, the workers running (or starting
+        for) the others are killed and their slots freed at once. A sync caller gets a
+        `Gateway.Cancelled` error. Returns the PIDs of the workers killed."""
+        return self._call_in_loop(lambda pool: pool.cancel(matches))
 
     def retire_idle_workers(self) -> int:
         """End every idle worker now, so that the next invocations start cold."""

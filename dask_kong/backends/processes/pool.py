@@ -16,6 +16,16 @@ The policy is AWS Lambda's, on one machine:
   `concurrency` too: a cold start first ends the longest-idle worker when at the cap.
 - An idle worker exits `keep_warm_s` after its last invocation: its request pipe is
   closed and it leaves its loop on EOF.
+- `cancel(matches)` takes back what a caller no longer wants (dask-kong: the branches of
+  an interrupted run): matching queued invocations are dropped, and the workers running
+  (or cold-starting) matching ones are killed by PID, their slots freed at once. A
+  handler cannot be interrupted mid-call, and a slot held until a cancelled 20 s task
+  ends would stall the next run. One spare worker per config killed starts at once in
+  their place, for the next invocation to claim. What a killed worker still sends
+  (invocations of its own) is dropped too.
+- At `close`, invocations still running get `close_drain_s` to finish (a straggler of a
+  finished run is milliseconds from its result); the rest are stopped. Both are expected
+  ends, logged at INFO and counted, not reported as failures.
 - A worker that dies mid-invocation (os._exit, killed for memory) is removed. A
   synchronous caller gets a Lambda error `Runtime.ExitError`; an Event invocation is
   logged and handed to `on_worker_lost`. An invocation past its timeout has its worker
@@ -44,6 +54,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ...waits import poll_until_async
 from . import worker_main
 from .resources import FunctionTable, ResourceConfig, function_arn
 from .worker_main import Frame, FrameDecoder, FrameKind, lambda_error
@@ -51,6 +62,8 @@ from .worker_main import Frame, FrameDecoder, FrameKind, lambda_error
 logger = logging.getLogger("dask_kong.gateway")
 
 OutcomeCallback = Callable[["InvocationOutcome"], None]
+# (function name, event payload) -> whether `cancel` takes this invocation back
+InvocationMatcher = Callable[[str, bytes], bool]
 # (function name, event payload, exit code: negative for a signal, like Popen.returncode)
 WorkerLostCallback = Callable[[str, bytes, int], None]
 
@@ -98,6 +111,8 @@ class PoolSettings:
     max_async_payload_bytes: int
     env: Mapping[str, str] = field(default_factory=dict)
     priority_window_s: float = 10.0
+    # how long running invocations get to finish at close (kong.gateway.close_drain_s)
+    close_drain_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,8 @@ class GatewayStats:
     expired_workers: int  # exited after keep_warm_s idle
     evicted_workers: int  # ended early to make room for a cold start of another config
     dropped_at_stop: int  # Event invocations still queued when the gateway stopped
+    stopped_at_stop: int  # invocations still running after the drain at stop
+    cancelled: int  # taken back by cancel(): dropped from the queue or their worker killed
     live_workers: int
     busy: int  # invocations running or cold-starting now
     max_busy: int
@@ -191,6 +208,8 @@ class _Counters:
     expired_workers: int = 0
     evicted_workers: int = 0
     dropped_at_stop: int = 0
+    stopped_at_stop: int = 0
+    cancelled: int = 0
     max_busy: int = 0
     max_queued: int = 0
     cold_start_total_s: float = 0.0
@@ -377,15 +396,8 @@ class WorkerProcess:
 
 async def wait_for_exit(popen: subprocess.Popen[bytes], timeout_s: float) -> int | None:
     """The exit code once the process ended, or None after `timeout_s` (polls, backoff)."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.001
-    while (code := popen.poll()) is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.05)
-    return code
+    await poll_until_async(lambda: popen.poll() is not None, timeout_s)
+    return popen.poll()
 
 
 class WorkerPool:
@@ -437,8 +449,9 @@ class WorkerPool:
             counters.sync_invocations += 1
         else:
             counters.async_invocations += 1
-        if self._closing:
-            self._complete(invocation, self._stopped_outcome(invocation))
+        if self._closing:  # the caller is stopping the gateway: what comes now is dropped
+            counters.dropped_at_stop += 1
+            self._complete(invocation, self._stopped_outcome(invocation), expected=True)
             return
         heapq.heappush(self._queue, (-invocation.priority, next(self._arrivals), invocation))
         self._arrival_order.append(invocation)
@@ -485,6 +498,10 @@ class WorkerPool:
             self._counters.warm_starts += 1
             self._run(worker, invocation, cold_start=False)
             return
+        spare = self._take_spare(invocation.config)
+        if spare is not None:  # it runs the invocation once started (a cold start)
+            spare.invocation = invocation
+            return
         self._make_room()
         try:
             worker = self._spawn(invocation.config)
@@ -495,7 +512,7 @@ class WorkerPool:
             return
         self._counters.cold_starts += 1
         worker.invocation = invocation
-        self._spawn_task(self._cold_start(worker, invocation))
+        self._spawn_task(self._cold_start(worker))
 
     def _take_idle(self, config: ResourceConfig) -> WorkerProcess | None:
         """The most recently used idle worker of `config`, out of the idle pool."""
@@ -516,6 +533,75 @@ class WorkerPool:
         if idle:
             self._counters.evicted_workers += 1
             self._retire(min(idle, key=lambda w: w.idle_since))
+
+    # -- taking work back -----------------------------------------------------------
+
+    def cancel(self, matches: InvocationMatcher) -> list[int]:
+        """Take back every invocation `matches(function, payload)` selects: queued ones
+        are dropped; running or cold-starting ones lose their worker (SIGKILL by PID: our
+        own child) and free their slot at once. Returns the PIDs killed."""
+        self._dispatching = True  # nothing starts before every match is taken back
+        try:
+            for invocation in self._queued():
+                if matches(invocation.function, invocation.payload):
+                    self._waiting -= 1
+                    self._take_back(invocation)
+            killed = [w for w in list(self._workers.values()) if self._cancel_running(w, matches)]
+            for config in {w.config.name: w.config for w in killed}.values():
+                self._replace(config)
+        finally:
+            self._dispatching = False
+        self._dispatch()
+        return [worker.pid for worker in killed]
+
+    def _queued(self) -> list[PendingInvocation]:
+        """The invocations waiting for a slot, oldest first (a snapshot)."""
+        return [i for i in self._arrival_order if not (i.holds_slot or i.done)]
+
+    def _cancel_running(self, worker: WorkerProcess, matches: InvocationMatcher) -> bool:
+        """Kill `worker` when the invocation it runs (or starts for) matches: a handler
+        cannot be interrupted mid-call. Its reaper removes it quietly (it is STOPPING)."""
+        invocation = worker.invocation
+        if invocation is None or invocation.done:
+            return False
+        if not matches(invocation.function, invocation.payload):
+            return False
+        worker.invocation = None
+        worker.cancel_timers()
+        worker.kill()
+        self._take_back(invocation)
+        return True
+
+    def _replace(self, config: ResourceConfig) -> None:
+        """Start a spare worker of `config` in place of those `cancel` killed, so the next
+        invocation finds a warm worker (or one well into its start) rather than paying a
+        whole cold start after it arrives: Ctrl-C, then the next computation. One per
+        config: what a next computation needs first; the others start when needed, so
+        that parallel cold starts do not compete for the cores with that computation.
+        The first invocation of `config` that finds no idle worker claims it; unclaimed,
+        it joins the warm pool and expires like any idle worker."""
+        if self._closing:
+            return
+        try:
+            worker = self._spawn(config)
+        except OSError as exc:  # the next invocation's own cold start tries again
+            logger.warning("cannot start a replacement %s worker: %s", config.name, exc)
+            return
+        self._counters.cold_starts += 1
+        self._spawn_task(self._cold_start(worker))
+
+    def _take_spare(self, config: ResourceConfig) -> WorkerProcess | None:
+        """A spare worker of `config` still starting that no invocation claimed yet."""
+        for worker in self._workers.values():
+            starting = worker.state is WorkerState.STARTING and worker.invocation is None
+            if starting and worker.config.name == config.name:
+                return worker
+        return None
+
+    def _take_back(self, invocation: PendingInvocation) -> None:
+        """Complete a cancelled invocation: a sync caller gets `Gateway.Cancelled`."""
+        self._counters.cancelled += 1
+        self._complete(invocation, self._cancelled_outcome(invocation), expected=True)
 
     # -- worker lifecycle -----------------------------------------------------------
 
@@ -558,11 +644,14 @@ class WorkerPool:
         self._workers[worker.pid] = worker
         return worker
 
-    async def _cold_start(self, worker: WorkerProcess, invocation: PendingInvocation) -> None:
-        """Wait (bounded) for a new worker to import its handler, then run the invocation.
+    async def _cold_start(self, worker: WorkerProcess) -> None:
+        """Wait (bounded) for a new worker to import its handler, then run the invocation
+        it holds; a spare (see `_replace`) that no invocation claimed meanwhile goes
+        into the warm pool instead.
 
-        The worker holds the invocation while it starts, so that `close` and the reaper
-        (the process died during init) can fail it; whoever fails it first wins.
+        The worker holds its invocation while it starts, so that `close`, `cancel` and
+        the reaper (the process died during init) can fail it; whoever fails it first
+        wins, and takes it off the worker.
         """
         timeout = self.settings.cold_start_timeout_s
         if worker.state is WorkerState.STOPPING:  # stopped before it was even connected
@@ -572,32 +661,35 @@ class WorkerPool:
             failure = await asyncio.wait_for(asyncio.shield(worker.ready), timeout)
         except TimeoutError:
             logger.error("worker %s did not start within %ss: killing it", worker, timeout)
-            message = (
-                f"RequestId: {invocation.request_id} Error: the runtime did not start "
-                f"within {timeout:.2f} seconds"
-            )
-            worker.invocation = None
-            worker.kill()
-            self._lose(invocation, lambda_error("Sandbox.Timedout", message), -signal.SIGKILL)
+            message = f"the runtime did not start within {timeout:.2f} seconds"
+            self._fail_start(worker, "Sandbox.Timedout", message)
             return
         except Exception as exc:  # e.g. the pipes could not be attached to the loop
             logger.exception("worker %s could not be connected: killing it", worker)
-            worker.invocation = None
-            worker.kill()
-            body = lambda_error("Runtime.StartError", f"cannot connect to the worker: {exc}")
-            self._complete(invocation, self._error_outcome(invocation, body))
+            self._fail_start(worker, "Runtime.StartError", f"cannot connect to the worker: {exc}")
             return
+        invocation, worker.invocation = worker.invocation, None
         if failure is not None:
-            if worker.invocation is invocation:  # the handler failed to load (INIT_ERROR)
-                worker.invocation = None
+            if invocation is not None:  # the handler failed to load (INIT_ERROR)
                 # worker_main exits with status 1 right after reporting INIT_ERROR.
                 self._lose(invocation, failure, 1)
             return
         self._record_cold_start(worker)
-        if self._closing or invocation.done:
-            self._retire(worker)
+        if worker.state is WorkerState.STOPPING:  # killed by cancel() as it got ready
+            return
+        if self._closing or invocation is None or invocation.done:
+            self._make_idle(worker)  # retires it when closing
             return
         self._run(worker, invocation, cold_start=True)
+
+    def _fail_start(self, worker: WorkerProcess, error_type: str, message: str) -> None:
+        """Kill a worker that could not start; the invocation it holds is lost with it
+        (a sync caller gets `error_type`, an Event one goes to `on_worker_lost`)."""
+        invocation, worker.invocation = worker.invocation, None
+        worker.kill()
+        if invocation is not None:
+            text = f"RequestId: {invocation.request_id} Error: {message}"
+            self._lose(invocation, lambda_error(error_type, text), -signal.SIGKILL)
 
     def _record_cold_start(self, worker: WorkerProcess) -> None:
         elapsed = time.monotonic() - worker.spawned_at
@@ -652,7 +744,7 @@ class WorkerPool:
         if frame.kind is FrameKind.RESULT:
             self._on_result(worker, frame)
         elif frame.kind is FrameKind.CALL:
-            self._on_call(frame)
+            self._on_call(worker, frame)
         elif frame.kind is FrameKind.READY and not worker.ready.done():
             worker.ready.set_result(None)
         elif frame.kind is FrameKind.INIT_ERROR and not worker.ready.done():
@@ -677,8 +769,13 @@ class WorkerPool:
         )
         self._complete(invocation, outcome)
 
-    def _on_call(self, frame: Frame) -> None:
-        """A handler called invoke_via_gateway: an Event invocation of another function."""
+    def _on_call(self, worker: WorkerProcess, frame: Frame) -> None:
+        """A handler called invoke_via_gateway: an Event invocation of another function.
+        Not from a worker being stopped (killed by `cancel`, ended at close): its
+        invocation was taken back, so is the work it would start."""
+        if worker.state is WorkerState.STOPPING:
+            logger.debug("invocation from stopped worker %s dropped", worker)
+            return
         requested = str(frame.header.get("fn"))
         resolved = self.functions.resolve(requested)
         if resolved is None:
@@ -764,8 +861,12 @@ class WorkerPool:
 
     # -- outcomes -------------------------------------------------------------------
 
-    def _complete(self, invocation: PendingInvocation, outcome: InvocationOutcome) -> None:
-        """Deliver the outcome once, free the slot, start what waits for it."""
+    def _complete(
+        self, invocation: PendingInvocation, outcome: InvocationOutcome, expected: bool = False
+    ) -> None:
+        """Deliver the outcome once, free the slot, start what waits for it. An Event
+        invocation's failure is logged at ERROR (nobody else hears of it) unless it was
+        `expected`: taken back by `cancel` or stopped at close, as its caller asked."""
         if invocation.done:
             return
         invocation.done = True
@@ -774,7 +875,7 @@ class WorkerPool:
             self._busy -= 1
         if outcome.function_error:
             self._counters.function_errors += 1
-            if not invocation.sync:
+            if not invocation.sync and not expected:
                 logger.error(
                     "Event invocation %s of %s failed: %s",
                     invocation.request_id,
@@ -794,6 +895,10 @@ class WorkerPool:
 
     def _stopped_outcome(self, invocation: PendingInvocation) -> InvocationOutcome:
         body = lambda_error("Gateway.Stopped", "the gateway stopped before this invocation ended")
+        return self._error_outcome(invocation, body)
+
+    def _cancelled_outcome(self, invocation: PendingInvocation) -> InvocationOutcome:
+        body = lambda_error("Gateway.Cancelled", "the invocation was cancelled by its caller")
         return self._error_outcome(invocation, body)
 
     # -- helpers, stats, shutdown ---------------------------------------------------
@@ -838,33 +943,45 @@ class WorkerPool:
         )
 
     async def close(self) -> None:
-        """Fail what waits, end every worker (EOF, then SIGTERM, then SIGKILL), reap all."""
+        """Fail what waits; give what runs `close_drain_s` to finish; end every worker
+        (EOF, then SIGTERM, then SIGKILL); reap all."""
         self._closing = True
-        while self._waiting:
-            invocation = self._next_queued()
-            if not invocation.sync:
-                self._counters.dropped_at_stop += 1
-            self._complete(invocation, self._stopped_outcome(invocation))
-        if self._counters.dropped_at_stop:
-            logger.warning(
-                "%d queued Event invocations dropped at stop", self._counters.dropped_at_stop
-            )
-        for worker in list(self._workers.values()):
-            self._stop_worker(worker)
+        self._drop_queued()
+        await poll_until_async(lambda: self._busy == 0, self.settings.close_drain_s)
+        stopped = sum(self._stop_worker(w) for w in list(self._workers.values()))
+        if stopped:
+            self._counters.stopped_at_stop += stopped
+            logger.info("%d invocations still running at stop were stopped", stopped)
         for worker in list(self._workers.values()):
             self.on_worker_gone(worker)
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def _stop_worker(self, worker: WorkerProcess) -> None:
-        """Idle workers leave on EOF; busy or starting ones are terminated at once."""
+    def _drop_queued(self) -> None:
+        """At stop: fail every queued invocation. Event ones are lost work nobody else
+        hears of, hence the warning (a dask-kong session has none at close: a finished
+        run leaves nothing queued, and an interrupted one was taken back by `cancel`)."""
+        dropped = 0
+        while self._waiting:
+            invocation = self._next_queued()
+            dropped += not invocation.sync
+            self._complete(invocation, self._stopped_outcome(invocation), expected=True)
+        self._counters.dropped_at_stop += dropped
+        if dropped:
+            logger.warning("%d queued Event invocations dropped at stop", dropped)
+
+    def _stop_worker(self, worker: WorkerProcess) -> bool:
+        """Idle workers leave on EOF; busy or starting ones are terminated at once.
+        Whether it stopped an invocation (which fails with `Gateway.Stopped`)."""
         invocation, worker.invocation = worker.invocation, None
+        pending = invocation is not None and not invocation.done
         if invocation is not None:
-            self._complete(invocation, self._stopped_outcome(invocation))
+            self._complete(invocation, self._stopped_outcome(invocation), expected=True)
         was_idle = worker.state is WorkerState.IDLE
         self._retire(worker)
         if not was_idle:
             worker.signal(signal.SIGTERM)
+        return pending
 
     def kill_all_now(self, timeout_s: float) -> None:
         """Last resort from another thread when the event loop is stuck: SIGKILL by PID."""

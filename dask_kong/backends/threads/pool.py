@@ -6,6 +6,13 @@ waiting invocations start most urgent first (`DAG.successors`), then oldest, as 
 local gateway's do.
 An idle thread exits after `kong.threads.keep_warm_s`, like a container after its
 keep-warm window, so an idle session holds no threads.
+
+An interrupted run (`cancel_run`) cannot have its threads killed: Python cannot stop a
+thread in the middle of a task. Its queued branches are dropped, and the threads running
+its branches are written off: they stop counting against the worker limit and exit as
+soon as their branch returns (at its next task boundary, the run being cancelled). So
+the next run starts its threads at once, and for as long as a cancelled run's task is
+still running, the pool holds up to that many threads beyond its limit.
 """
 
 from __future__ import annotations
@@ -49,7 +56,12 @@ class ThreadBackend:
         self._tokens: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
         self._arrivals = itertools.count()
         self._lock = threading.Lock()
+        # Threads counted against max_workers.
         self._threads: set[threading.Thread] = set()
+        # The run each thread is running a branch of (guarded by _lock).
+        self._running: dict[threading.Thread, RunContext] = {}
+        # Threads finishing a cancelled run's task: not counted, they exit after it.
+        self._written_off: set[threading.Thread] = set()
         self._idle = 0
         self._closed = False
         self.cold_starts = 0
@@ -93,10 +105,15 @@ class ThreadBackend:
                 thread.start()
 
     def _serve(self) -> None:
-        """Worker thread: run branches until idle for the keep-warm window or closed."""
+        """Worker thread: run branches until idle for the keep-warm window, closed, or
+        written off (see `cancel_run`)."""
         me = threading.current_thread()
         while True:
             with self._lock:
+                self._running.pop(me, None)
+                if me in self._written_off:
+                    self._written_off.discard(me)
+                    return
                 self._idle += 1
             try:
                 token = self._tokens.get(timeout=self.keep_warm_s)
@@ -109,8 +126,10 @@ class ThreadBackend:
                         self._threads.discard(me)
                         return
                     continue
-            with self._work_lock:  # one token per piece of work: there is one
-                ctx, invocation = heapq.heappop(self._work)[2]
+                work = self._take_work(me)
+            if work is None:  # its run was cancelled: cancel_run dropped it
+                continue
+            ctx, invocation = work
             queued_s = max(0.0, time.time() - invocation.sent_at)
             try:
                 run_branch(ctx, dataclasses.replace(invocation, queued_s=queued_s))
@@ -119,8 +138,37 @@ class ThreadBackend:
             finally:
                 ctx.branch_ended()
 
+    def _take_work(self, me: threading.Thread) -> _Work | None:
+        """The most urgent piece of work, noted as `me`'s (caller holds `_lock`, so that
+        `cancel_run` sees it either queued or running). None when a cancelled run's work
+        was dropped after its token was put."""
+        with self._work_lock:
+            if not self._work:
+                return None
+            work = heapq.heappop(self._work)[2]
+        self._running[me] = work[0]
+        return work
+
+    def cancel_run(self, ctx: RunContext) -> None:
+        """Drop the run's queued branches and write off the threads running its others
+        (they no longer count against `max_workers` and exit once their branch returns),
+        so the next run gets threads at once. See the module docstring."""
+        with self._lock:
+            with self._work_lock:
+                kept = [item for item in self._work if item[2][0] is not ctx]
+                dropped = len(self._work) - len(kept)
+                heapq.heapify(kept)
+                self._work = kept
+            for thread, run in self._running.items():
+                if run is ctx and thread in self._threads:
+                    self._threads.discard(thread)
+                    self._written_off.add(thread)
+        for _ in range(dropped):  # their tokens stay queued and wake a thread for nothing
+            ctx.branch_ended()
+
     def close(self) -> None:
-        """Stop accepting invocations and join every thread."""
+        """Stop accepting invocations and join every thread (not those written off: they
+        finish a cancelled run's task, which nothing can stop, and then exit)."""
         with self._lock:
             self._closed = True
             threads = list(self._threads)
