@@ -1,7 +1,15 @@
 """Every store key of a run, in one place.
 
-All keys of run R start with ``kong:{R}:`` so that Redis Cluster places a whole run on one
-slot (the braces are a hash tag) and cleanup can find every key of a run by prefix.
+On one Redis node every key of run R starts with ``kong:{R}:``, and cleanup finds them all
+by that prefix. On a Redis Cluster the braces are a hash tag: every key that carries it
+lands on the one slot of ``R``. That is where a run's coordination lives (fan-in sets and
+their ready claims, claims, the live marker, the event stream, heartbeats, the cancel flag
+and the registry of the run's values), because Lua scripts and one pipeline may only touch
+keys of one slot. A run's values (what `Store.commit` writes: outputs, uploaded data, the
+run spec, and the parts of large ones) would pile up on that one shard too, so on a
+cluster they are named ``kong:{}{R}:<key>`` instead (`spread_prefix`): an empty hash tag
+first makes Redis hash the whole name, so each value lands on a slot of its own and a
+run's bytes spread over every shard (dask_kong/store/cluster.py).
 """
 
 from __future__ import annotations
@@ -12,6 +20,13 @@ KEY_PREFIX = "kong"
 def run_prefix(run_id: str) -> str:
     """Prefix shared by every key of one run."""
     return f"{KEY_PREFIX}:{{{run_id}}}:"
+
+
+def spread_prefix(run_id: str) -> str:
+    """Prefix of run R's values on a Redis Cluster: the leading empty hash tag ``{}``
+    makes Redis hash the whole key name, so values spread over all slots; the run's own
+    tag that follows it no longer counts, but still tells whose value it is."""
+    return f"{KEY_PREFIX}:{{}}{{{run_id}}}:"
 
 
 def output_key(task: int) -> str:
@@ -45,3 +60,6 @@ EVENTS_KEY = "events"
 HEARTBEATS_KEY = "heartbeats"
 LIVE_KEY = "live"
 CANCEL_KEY = "cancel"
+# On a Redis Cluster: the set of run-relative names of the run's values, which live on
+# other shards; `delete_run` deletes what it lists (store/cluster.py).
+VALUE_REGISTRY_KEY = "values"

@@ -31,5 +31,8 @@ def redis_store(redis_server: RedisServer) -> Iterator[RedisStore]:
         store.close()
 
 
+# A real three-shard Redis Cluster and a store on it (issue #17).
+from .cluster_fixtures import cluster_store, redis_cluster  # noqa: E402, F401
+
 # The `kong` fixture (one session per mode: embedded, threads+Redis, processes+Redis).
 from .kong_fixtures import kong, kong_sessions, lambda_gateway  # noqa: E402, F401

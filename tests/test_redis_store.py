@@ -1,7 +1,8 @@
-"""`RedisStore` against a real redis-server, and the `Store` contract over both stores.
+"""`RedisStore` against a real redis-server, and the `Store` contract over every store.
 
-Tests taking `any_store` run once on `MemoryStore` and once on `RedisStore`: passing both
-proves the two implementations agree on the protocol. The rest exercise what only Redis
+Tests taking `any_store` run on `MemoryStore`, on `RedisStore` and on `RedisClusterStore`
+(a real three-shard cluster, where a run's values spread over the shards): passing all
+three proves the implementations agree on the protocol. The rest exercise what only Redis
 has: TTLs, the order commands reach the server, scripts, connection failures, the private
 server's life cycle.
 """
@@ -42,11 +43,11 @@ from dask_kong.store.server import RedisServer, free_port
 # --- fixtures ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def any_store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """Each store implementation in turn (the Redis one only starts a server if needed)."""
-    if request.param == "redis":
-        yield request.getfixturevalue("redis_store")
+    """Each store implementation in turn (the Redis ones only start servers if needed)."""
+    if request.param in ("redis", "cluster"):
+        yield request.getfixturevalue(f"{request.param}_store")
         return
     store = MemoryStore()
     yield store
@@ -58,7 +59,7 @@ def run_id(request: pytest.FixtureRequest) -> str:
     """A run id no other test uses, with glob characters to keep SCAN MATCH honest,
     opened in the test's store (a store takes commits only for an open run)."""
     run = f"run*?[{uuid.uuid4().hex[:8]}]"
-    for name in ("any_store", "redis_store"):
+    for name in ("any_store", "redis_store", "cluster_store"):
         if name in request.fixturenames:
             request.getfixturevalue(name).open_run(run)
     return run

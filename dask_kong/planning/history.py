@@ -451,8 +451,9 @@ class RedisHistory(SummaryHistory):
     long), where a pipeline of the same Redis commands took ~15 ms (redis-py spends
     ~13 us per pipelined command). A look-up is one pipeline.
 
-    On a Redis Cluster the script needs all history keys on one slot: give a prefix with
-    a hash tag, e.g. ``kong:{history}:``.
+    On a Redis Cluster the script needs all history keys on one slot: a URL of a cluster
+    node gets redis-py's cluster client and the prefix in braces (one hash tag) unless it
+    has a tag already; a client passed in needs a prefix with a hash tag.
     """
 
     def __init__(
@@ -469,6 +470,7 @@ class RedisHistory(SummaryHistory):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        from ..store.cluster import cluster_client
         from ..store.redis import RetryPolicy, describe_address
 
         super().__init__(samples)
@@ -476,7 +478,15 @@ class RedisHistory(SummaryHistory):
         self.ttl_s = max(1, math.ceil(float(config.get("planning.history_ttl_s", ttl_s))))
         self._retry = RetryPolicy.from_config()
         self._owned_pool: redis.ConnectionPool | None = None
-        if isinstance(url_or_client, str):
+        self._client: redis.Redis | redis.RedisCluster
+        cluster = cluster_client(url_or_client) if isinstance(url_or_client, str) else None
+        self._owned_cluster = cluster
+        if cluster is not None:
+            self._client = cluster
+            self.prefix = prefix if "{" in prefix else "{" + prefix + "}"
+            #: Where the server is, safe to log: host:port or unix:path.
+            self.address = f"{cluster.get_default_node().name} (cluster)"
+        elif isinstance(url_or_client, str):
             # Same connection settings as RedisStore: our `_call` retries, redis-py must not.
             self._owned_pool = redis.ConnectionPool.from_url(
                 url_or_client,
@@ -485,10 +495,10 @@ class RedisHistory(SummaryHistory):
                 retry=Retry(NoBackoff(), 0),
             )
             self._client = redis.Redis(connection_pool=self._owned_pool)
+            self.address = describe_address(self._owned_pool.connection_kwargs)
         else:
             self._client = url_or_client
-        #: Where the server is, safe to log: host:port or unix:path.
-        self.address = describe_address(self._client.connection_pool.connection_kwargs)
+            self.address = describe_address(url_or_client.connection_pool.connection_kwargs)
         # EVALSHA, loading the script first if the server does not hold it (yet, or any more).
         self._record_script = self._client.register_script(RECORD_OBSERVATIONS)
 
@@ -543,6 +553,8 @@ class RedisHistory(SummaryHistory):
         """Disconnect the pool this history opened (a client passed in is left alone)."""
         if self._owned_pool is not None:
             self._owned_pool.disconnect()
+        if self._owned_cluster is not None:
+            self._owned_cluster.close()
 
     def _call(self, what: str, operation: Callable[[], T]) -> T:
         """Run `operation` with the store's retry policy (kong.store.retries)."""

@@ -1,5 +1,10 @@
 """`RedisStore`: the store of worker processes and AWS Lambda workers, on one Redis.
 
+(`store/cluster.py` builds `RedisClusterStore` on it for a Redis Cluster: `connect` picks
+it when the URL's node says it is part of a cluster. The hooks it overrides are the
+methods named `_run_client`, `_value_prefix`, `_value_client`, `_read_raw`,
+`_strlen_all`, `_commit_once`, `_undo_commit`, `delete_run` and `run_keys`.)
+
 Every key of run R is ``constants.run_prefix(R)`` + a run-relative key (one hash tag per
 run, so Redis Cluster keeps a run on one slot) and carries a TTL (kong.store.key_ttl_s),
 so a run whose client died still disappears. Values are `dask_kong.serialize` bytes; the
@@ -34,7 +39,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.client import Pipeline
+from redis.client import Pipeline, Redis
 from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerializer
 from redis.exceptions import AuthenticationError, NoScriptError
 from redis.retry import Retry
@@ -146,15 +151,7 @@ class RedisStore:
         self.key_ttl_s = max(1, math.ceil(float(config.get("store.key_ttl_s", key_ttl_s))))
         self._retry = RetryPolicy.from_config()
         self._socket_timeout_s = float(config.get("store.socket_timeout_s"))
-        self._pool = redis.ConnectionPool.from_url(
-            url,
-            socket_timeout=self._socket_timeout_s,
-            socket_connect_timeout=float(config.get("store.connect_timeout_s")),
-            # `_call` retries, with backoff and a log line; redis-py must not retry silently
-            # underneath it.
-            retry=Retry(NoBackoff(), 0),
-            command_packer=LargeValuePacker(),
-        )
+        self._pool = redis.ConnectionPool.from_url(url, **self._connection_options())
         self.max_value_bytes = int(config.get("store.max_value_bytes"))
         #: Where the server is, safe to log: host:port or unix:path.
         self.address = describe_address(self._pool.connection_kwargs)
@@ -169,6 +166,31 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({self.address})"
+
+    def _connection_options(self) -> dict[str, Any]:
+        """Settings of every connection this store opens (on a cluster: to each node)."""
+        return {
+            "socket_timeout": self._socket_timeout_s,
+            "socket_connect_timeout": float(config.get("store.connect_timeout_s")),
+            # `_call` retries, with backoff and a log line; redis-py must not retry silently
+            # underneath it.
+            "retry": Retry(NoBackoff(), 0),
+            "command_packer": LargeValuePacker(),
+        }
+
+    # -- where keys live (the hooks RedisClusterStore overrides) -----------------------
+
+    def _run_client(self, run_id: str) -> Redis:
+        """The client of the server that holds the run's coordination keys."""
+        return self._client
+
+    def _value_prefix(self, run_id: str) -> str:
+        """Prefix of the run's values (what `commit` writes)."""
+        return run_prefix(run_id)
+
+    def _value_client(self, name: str) -> Redis:
+        """The client of the server that holds the value named `name` (full name)."""
+        return self._client
 
     # -- writes and coordination ----------------------------------------------------
 
@@ -238,14 +260,7 @@ class RedisStore:
         events: bool,
     ) -> None:
         """Remove what a commit to a closed run just wrote (see `_commit_pipeline`)."""
-        keys = [prefix + key for key in values]
-        for mark in fan_ins:
-            keys += [
-                prefix + fan_in_key(mark.child),
-                prefix + fan_in_key(mark.child) + _READY_CLAIM_SUFFIX,
-            ]
-        if events:
-            keys.append(prefix + EVENTS_KEY)
+        keys = [prefix + key for key in values] + commit_coordination_keys(prefix, fan_ins, events)
         logger.debug("run %s is closed: dropping a late commit of %d keys", run_id, len(keys))
         self._call(
             f"drop a late commit to run {run_id}", functools.partial(self._client.unlink, *keys)
@@ -267,27 +282,42 @@ class RedisStore:
         pipe = self._client.pipeline(transaction=False)
         for key, data in values.items():
             pipe.set(prefix + key, data, nx=True, ex=self.key_ttl_s)
+        self._queue_marks_and_events(pipe, prefix, fan_ins, payloads, token)
+        return pipe
+
+    def _queue_marks_and_events(
+        self,
+        pipe: Pipeline,
+        prefix: str,
+        fan_ins: Sequence[FanIn],
+        payloads: list[bytes],
+        token: str,
+        script_cached: bool | None = None,
+    ) -> None:
+        """Queue what follows a commit's writes, on the run's server: the fan-in marks,
+        the events, then whether the run is still open (see `_commit_pipeline`)."""
         if fan_ins:
-            self._queue_marks(pipe, prefix, fan_ins, token)
+            cached = self._mark_script_cached if script_cached is None else script_cached
+            self._queue_marks(pipe, prefix, fan_ins, token, cached)
         if payloads:
             stream = prefix + EVENTS_KEY
             for data in payloads:
                 pipe.xadd(stream, {_EVENT_FIELD: data})
             pipe.expire(stream, self.key_ttl_s)
         pipe.exists(prefix + LIVE_KEY)
-        return pipe
 
     def _queue_marks(
-        self, pipe: Pipeline, prefix: str, fan_ins: Sequence[FanIn], token: str
+        self, pipe: Pipeline, prefix: str, fan_ins: Sequence[FanIn], token: str, cached: bool
     ) -> None:
-        """Queue one call of lua.MARK_PARENTS_DONE for every fan-in mark of the commit."""
+        """Queue one call of lua.MARK_PARENTS_DONE for every fan-in mark of the commit;
+        by hash (`cached`) once the server is known to hold the script, else its text."""
         keys: list[str] = []
         args: list[str | int] = [self.key_ttl_s, token]
         for mark in fan_ins:
             parents = prefix + fan_in_key(mark.child)
             keys += [parents, parents + _READY_CLAIM_SUFFIX]
             args += [mark.parent, mark.in_degree]
-        if self._mark_script_cached:
+        if cached:
             pipe.evalsha(self._mark_sha, len(keys), *keys, *args)
         else:
             pipe.eval(lua.MARK_PARENTS_DONE, len(keys), *keys, *args)
@@ -302,19 +332,20 @@ class RedisStore:
         keys = [prefix + HEARTBEATS_KEY, prefix + LIVE_KEY]
         self._call(
             f"heartbeat of run {run_id}",
-            functools.partial(self._heartbeat_script, keys=keys, args=args),
+            lambda: self._heartbeat_script(keys=keys, args=args, client=self._run_client(run_id)),
         )
 
     def open_run(self, run_id: str) -> None:
         key = run_prefix(run_id) + LIVE_KEY
         self._call(
-            f"open run {run_id}", functools.partial(self._client.set, key, 1, ex=self.key_ttl_s)
+            f"open run {run_id}", lambda: self._run_client(run_id).set(key, 1, ex=self.key_ttl_s)
         )
 
     def cancel(self, run_id: str) -> None:
         key = run_prefix(run_id) + CANCEL_KEY
         self._call(
-            f"cancel run {run_id}", functools.partial(self._client.set, key, 1, ex=self.key_ttl_s)
+            f"cancel run {run_id}",
+            lambda: self._run_client(run_id).set(key, 1, ex=self.key_ttl_s),
         )
 
     # -- reads ----------------------------------------------------------------------
@@ -322,7 +353,7 @@ class RedisStore:
     def get_many(self, run_id: str, keys: Sequence[str]) -> tuple[list[Any], int]:
         if not keys:
             return [], 0
-        prefix = run_prefix(run_id)
+        prefix = self._value_prefix(run_id)
         raw = self._read_raw(f"read from run {run_id}", [prefix + key for key in keys])
         found: list[bytes] = []
         for key, data in zip(keys, raw, strict=True):
@@ -335,8 +366,8 @@ class RedisStore:
 
     def _read_parts(self, run_id: str, key: str, manifest: bytes) -> bytes:
         """Reassemble a value that `split_large_values` stored in parts."""
-        tag, count = manifest[len(_PARTS_MAGIC) :].decode().split(":")
-        names = [run_prefix(run_id) + part_key(key, tag, i) for i in range(int(count))]
+        prefix = self._value_prefix(run_id)
+        names = [prefix + part for part in manifest_parts(key, manifest) or ()]
         parts = self._read_raw(f"read parts of {key!r} in run {run_id}", names)
         if any(part is None for part in parts):
             raise MissingKeyError(f"a part of {key!r} of run {run_id} is not in the store")
@@ -372,9 +403,9 @@ class RedisStore:
         """Keep everything until the run ends: see `Store.forget`."""
 
     def exists(self, run_id: str, key: str) -> bool:
-        full_key = run_prefix(run_id) + key
+        full_key = self._value_prefix(run_id) + key
         count = self._call(
-            f"check {key!r} of run {run_id}", functools.partial(self._client.exists, full_key)
+            f"check {key!r} of run {run_id}", lambda: self._value_client(full_key).exists(full_key)
         )
         return bool(count)
 
@@ -390,7 +421,8 @@ class RedisStore:
         keys = [prefix + claim_key(name) for name in names]
 
         def set_nx_all() -> list[bool]:
-            pipe = self._client.pipeline(transaction=False)
+            client = self._run_client(run_id)
+            pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.set(key, token, nx=True, ex=self.key_ttl_s)
             for key in keys:
@@ -399,7 +431,7 @@ class RedisStore:
             replies = pipe.execute()
             holders, live = replies[len(keys) : 2 * len(keys)], replies[-1]
             if not live:  # a closed run (see `_commit_pipeline`): leave nothing, win nothing
-                self._client.unlink(*keys)
+                client.unlink(*keys)
                 return [False] * len(names)
             return [holder == token for holder in holders]
 
@@ -411,7 +443,7 @@ class RedisStore:
         prefix = run_prefix(run_id)
 
         def scard_all() -> list[int]:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._run_client(run_id).pipeline(transaction=False)
             for child in children:
                 pipe.scard(prefix + fan_in_key(child))
             return [int(n) for n in pipe.execute()]
@@ -421,7 +453,7 @@ class RedisStore:
     def sizes(self, run_id: str, keys: Sequence[str]) -> list[int]:
         if not keys:
             return []
-        prefix = run_prefix(run_id)
+        prefix = self._value_prefix(run_id)
         names = [prefix + key for key in keys]
         return self._call(f"sizes in run {run_id}", functools.partial(self._strlen_all, names))
 
@@ -436,23 +468,23 @@ class RedisStore:
             block_s = min(remaining, longest_block_s) if remaining > 0 else None
             entries = self._call(
                 f"read events of run {run_id}",
-                functools.partial(self._read_stream, stream, cursor, block_s),
+                functools.partial(self._read_stream, run_id, stream, cursor, block_s),
             )
             if entries:
                 last_id = entries[-1][0]
-                return _text(last_id), [_decode_event(fields) for _, fields in entries]
+                return text(last_id), [_decode_event(fields) for _, fields in entries]
             if block_s is None or remaining <= longest_block_s:
                 return cursor, []
 
     def _read_stream(
-        self, stream: str, cursor: str, block_s: float | None
+        self, run_id: str, stream: str, cursor: str, block_s: float | None
     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Stream entries after `cursor`, blocking up to `block_s` (None: not at all)."""
         # BLOCK 0 would mean "forever": the shortest real wait is 1 ms.
         block_ms = None if block_s is None else max(1, round(block_s * 1000))
         # redis-py's legacy (RESP2-shaped) reply, which is its default in every version:
         # [[stream, [(id, {field: value}), ...]]], or nothing on timeout.
-        reply: Any = self._client.xread({stream: cursor}, block=block_ms)
+        reply: Any = self._run_client(run_id).xread({stream: cursor}, block=block_ms)
         if not reply:
             return []
         _, entries = reply[0]
@@ -462,7 +494,8 @@ class RedisStore:
         key = run_prefix(run_id) + HEARTBEATS_KEY
 
         def read_clock_and_beats() -> tuple[tuple[int, int], dict[bytes, bytes]]:
-            pipe = self._client.pipeline(transaction=False)
+            # The clock of the server that stamped the beats (lua.HEARTBEAT).
+            pipe = self._run_client(run_id).pipeline(transaction=False)
             pipe.time()
             pipe.hgetall(key)
             now, beats = pipe.execute()
@@ -473,16 +506,16 @@ class RedisStore:
         now = seconds + micros / 1e6
         live = {}
         for worker, value in beats.items():
-            stamp, _, task = _text(value).partition(":")
+            stamp, _, task = text(value).partition(":")
             if now - float(stamp) < ttl_s:
-                live[_text(worker)] = int(task)
+                live[text(worker)] = int(task)
         return live
 
     def is_cancelled(self, run_id: str) -> bool:
         prefix = run_prefix(run_id)
 
         def flags() -> tuple[int, int]:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._run_client(run_id).pipeline(transaction=False)
             pipe.exists(prefix + CANCEL_KEY)
             pipe.exists(prefix + LIVE_KEY)
             cancelled, live = pipe.execute()
@@ -498,28 +531,37 @@ class RedisStore:
         # after itself, whether or not the scan below has passed its keys.
         live = run_prefix(run_id) + LIVE_KEY
         deleted = int(
-            self._call(f"close run {run_id}", functools.partial(self._client.unlink, live))
+            self._call(f"close run {run_id}", lambda: self._run_client(run_id).unlink(live))
         )
-        for page in self._scan_run(run_id):
-            deleted += int(
-                self._call(
-                    f"delete keys of run {run_id}", functools.partial(self._client.unlink, *page)
-                )
-            )
+        return deleted + self._delete_prefixed(run_id, lambda: self._run_client(run_id))
+
+    def _delete_prefixed(self, run_id: str, client: Callable[[], Redis]) -> int:
+        """Delete the keys starting with the run's prefix on one server; how many."""
+        deleted = 0
+        for page in self._scan(run_id, client, run_prefix(run_id)):
+            unlink_page = functools.partial(lambda keys: client().unlink(*keys), page)
+            deleted += int(self._call(f"delete keys of run {run_id}", unlink_page))
         return deleted
 
     def run_keys(self, run_id: str) -> list[str]:
         prefix = run_prefix(run_id)
-        return [_text(key)[len(prefix) :] for page in self._scan_run(run_id) for key in page]
+        pages = self._scan(run_id, lambda: self._client, prefix)
+        return [text(key)[len(prefix) :] for page in pages for key in page]
 
-    def _scan_run(self, run_id: str) -> Iterator[list[bytes | str]]:
-        """Pages of the full names of every key of the run (SCAN MATCH on its prefix)."""
-        pattern = glob_escape(run_prefix(run_id)) + "*"
+    def _scan(
+        self, run_id: str, client: Callable[[], Redis], prefix: str
+    ) -> Iterator[list[bytes | str]]:
+        """Pages of the full names of every key on one server that starts with `prefix`
+        (SCAN MATCH)."""
+        pattern = glob_escape(prefix) + "*"
+
+        def scan_from(cursor: int) -> tuple[int, list[bytes | str]]:
+            return client().scan(cursor, match=pattern, count=_SCAN_PAGE)
+
         cursor = 0
         while True:
             cursor, page = self._call(
-                f"list keys of run {run_id}",
-                functools.partial(self._client.scan, cursor, match=pattern, count=_SCAN_PAGE),
+                f"list keys of run {run_id}", functools.partial(scan_from, cursor)
             )
             if page:
                 yield page
@@ -530,6 +572,13 @@ class RedisStore:
         """Check that the server answers (and accepts our password): open_store fails early
         with a clear error instead of at a run's first commit."""
         self._call("ping", self._client.ping)
+
+    def cluster_enabled(self) -> bool:
+        """Whether the server at the URL is a node of a Redis Cluster (INFO cluster). One
+        round-trip, like `ping`, and it checks the same: the server answers and takes
+        our password."""
+        info = self._call("ask for cluster mode", lambda: self._client.info("cluster"))
+        return bool(info.get("cluster_enabled"))
 
     def close(self) -> None:
         if self._closed:
@@ -556,6 +605,27 @@ def part_key(key: str, tag: str, index: int) -> str:
     return f"{key}#{tag}#part{index}"
 
 
+def manifest_parts(key: str, data: bytes) -> list[str] | None:
+    """Run-relative names of the parts that the stored value `data` of `key` is a
+    manifest of; None when `data` is a whole value."""
+    if not data.startswith(_PARTS_MAGIC):
+        return None
+    tag, count = data[len(_PARTS_MAGIC) :].decode().split(":")
+    return [part_key(key, tag, i) for i in range(int(count))]
+
+
+def commit_coordination_keys(prefix: str, fan_ins: Sequence[FanIn], events: bool) -> list[str]:
+    """Full names of the coordination keys a commit touches besides its values: each
+    fan-in's parent set and ready claim, and the event stream if it sent events."""
+    keys: list[str] = []
+    for mark in fan_ins:
+        parents = prefix + fan_in_key(mark.child)
+        keys += [parents, parents + _READY_CLAIM_SUFFIX]
+    if events:
+        keys.append(prefix + EVENTS_KEY)
+    return keys
+
+
 def split_large_values(values: dict[str, bytes], limit: int, tag: str) -> dict[str, bytes]:
     """Values above `limit` bytes as parts (written first) and a manifest under the
     value's own key (written after with SET NX: still the write-once guard). Parts are
@@ -577,12 +647,24 @@ def split_large_values(values: dict[str, bytes], limit: int, tag: str) -> dict[s
     return {**parts, **whole}
 
 
+#: What `call_with_retry` retries by default: the connection was lost or timed out.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+
+
 def call_with_retry(
-    operation: Callable[[], T], *, what: str, address: str, policy: RetryPolicy
+    operation: Callable[[], T],
+    *,
+    what: str,
+    address: str,
+    policy: RetryPolicy,
+    retry_on: tuple[type[BaseException], ...] = CONNECTION_ERRORS,
+    before_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
-    """Run a Redis `operation`, retrying lost connections and timeouts `policy.retries`
-    times with exponential backoff and a log line each; then raise StoreUnavailableError
-    naming the address (never the password). Wrong credentials fail at once."""
+    """Run a Redis `operation`, retrying `retry_on` errors (lost connections and timeouts)
+    `policy.retries` times with exponential backoff and a log line each; then raise
+    StoreUnavailableError naming the address (never the password). Wrong credentials fail
+    at once. `before_retry` gets each error before its retry (a cluster client refreshes
+    its map of the slots there)."""
     attempt = 0
     while True:
         try:
@@ -591,7 +673,7 @@ def call_with_retry(
             raise StoreUnavailableError(
                 f"Redis at {address} refused our credentials ({what}): {exc}"
             ) from exc
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except retry_on as exc:
             if attempt >= policy.retries:
                 raise StoreUnavailableError(
                     f"Redis at {address} unreachable after {attempt + 1} attempts ({what}): {exc}"
@@ -607,6 +689,8 @@ def call_with_retry(
                 policy.retries,
                 delay,
             )
+            if before_retry is not None:
+                before_retry(exc)
             time.sleep(delay)
 
 
@@ -622,7 +706,8 @@ def glob_escape(text: str) -> str:
     return "".join("\\" + c if c in _GLOB_CHARS else c for c in text)
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A key or field as redis-py returns it (bytes), as text."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -636,7 +721,8 @@ def open_store(spec: str | None = None) -> RedisStore:
 
     "redis" or None: the server at kong.store.url when one is configured (also via
     DASK_KONG__STORE__URL), else a private redis-server that closing the store stops.
-    A redis://, rediss:// or unix:// URL: that existing server (password in the URL).
+    A redis://, rediss:// or unix:// URL: that existing server (password in the URL), or
+    the Redis Cluster that server is a node of.
     """
     if spec is None or spec == "redis":
         url = config.get("store.url")
@@ -647,14 +733,21 @@ def open_store(spec: str | None = None) -> RedisStore:
 
 
 def connect(url: str) -> RedisStore:
-    """A store on the existing server at `url`, checked to answer."""
+    """A store on the existing server at `url`, checked to answer. When that server is a
+    node of a Redis Cluster (any node: the others are found from it), a
+    `RedisClusterStore` that spreads each run's values over the cluster's shards."""
     store = RedisStore(url)
     try:
-        store.ping()
+        clustered = store.cluster_enabled()
     except BaseException:
         store.close()
         raise
-    return store
+    if not clustered:
+        return store
+    store.close()
+    from .cluster import RedisClusterStore  # imports this module: not at the top
+
+    return RedisClusterStore(url)
 
 
 def start_private_store() -> RedisStore:

@@ -1,4 +1,5 @@
-"""`RedisServer`: a private redis-server for one session, started and stopped by us.
+"""`RedisServer`: a private redis-server for one session, started and stopped by us;
+`LocalRedisCluster`: several of them joined into a Redis Cluster.
 
 The local serverless mode needs a Redis that worker processes can reach, without asking
 the user to run one. We start `redis-server` from PATH, else the binary that the
@@ -10,6 +11,11 @@ The server is ours to stop: `stop()` (or leaving the `with` block) terminates it
 removes its temp dir, and a `weakref.finalize` does the same at interpreter exit or when
 the object is collected, so a forgotten server never outlives the Python process that
 started it (short of that process being SIGKILLed).
+
+`LocalRedisCluster` starts `shards` such servers in cluster mode, sharing one password,
+assigns them the 16,384 hash slots in equal ranges and introduces them to each other
+(CLUSTER ADDSLOTS, SET-CONFIG-EPOCH, MEET: what `redis-cli --cluster create` does, without
+its one-second polling). Tests and benchmarks use it to run against a real cluster.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -34,6 +41,7 @@ from redis.retry import Retry
 
 from .. import config
 from ..errors import StoreUnavailableError
+from ..waits import poll_until
 
 logger = logging.getLogger("dask_kong.store")
 
@@ -45,6 +53,15 @@ _POLL_MAX_S = 0.1
 # How much of the server's log an error quotes: the last lines say why it died.
 _LOG_TAIL_BYTES = 2000
 _PORT_IN_USE = "Address already in use"
+# A cluster node also listens on its port + 10000 for the cluster bus (redis-server 6.2
+# has no `cluster-port` setting), so both must be free and the bus port a valid port.
+_CLUSTER_BUS_OFFSET = 10000
+_HIGHEST_PORT = 65535
+# How many ephemeral ports to try for one whose bus port is free too: ports above
+# 55535 (a sixth of Linux's ephemeral range) have no bus port at all.
+_CLUSTER_PORT_TRIES = 100
+# Redis Cluster's fixed number of hash slots.
+CLUSTER_SLOTS = 16384
 
 
 def find_redis_server() -> str:
@@ -80,12 +97,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free as well."""
+    for _ in range(_CLUSTER_PORT_TRIES):
+        port = free_port()
+        bus = port + _CLUSTER_BUS_OFFSET
+        if bus > _HIGHEST_PORT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((_BIND_HOST, bus))
+            except OSError:
+                continue
+        return port
+    raise StoreUnavailableError(
+        f"no free port with a free cluster bus port among {_CLUSTER_PORT_TRIES} tried"
+    )
+
+
 class RedisServer:
     """A private, password-protected, non-persistent redis-server on 127.0.0.1.
 
     Starts in the constructor and is ready (answers PING) when the constructor returns.
     `unix_socket=True` also listens on a socket file in the server's private temp dir
-    (`unix_url`), which saves the TCP stack on one machine.
+    (`unix_url`), which saves the TCP stack on one machine. `cluster=True` starts it as a
+    Redis Cluster node (slots unassigned: `LocalRedisCluster` assigns them); nodes of one
+    cluster share a `password`, since a cluster client uses one for every node.
     """
 
     def __init__(
@@ -94,9 +131,12 @@ class RedisServer:
         unix_socket: bool = False,
         binary: str | None = None,
         startup_timeout_s: float | None = None,
+        cluster: bool = False,
+        password: str | None = None,
     ) -> None:
         self.binary = binary or find_redis_server()
-        self.password = secrets.token_hex(16)
+        self.password = password or secrets.token_hex(16)
+        self.cluster = cluster
         self.dir = tempfile.mkdtemp(prefix="dask-kong-redis-")
         self.unix_socket = os.path.join(self.dir, "redis.sock") if unix_socket else None
         self.port = 0
@@ -162,7 +202,7 @@ class RedisServer:
         chosen one between our probe and redis-server's bind."""
         attempts = int(config.get("store.server_port_attempts"))
         for attempt in range(1, attempts + 1):
-            self.port = free_port()
+            self.port = free_cluster_port() if self.cluster else free_port()
             self._state.process = self._spawn()
             try:
                 self._wait_until_ready(timeout_s)
@@ -215,6 +255,16 @@ class RedisServer:
         ]
         if self.unix_socket is not None:
             lines += [f'unixsocket "{self.unix_socket}"', "unixsocketperm 700"]
+        if self.cluster:
+            node_timeout_ms = round(1000 * float(config.get("store.cluster_node_timeout_s")))
+            lines += [
+                "cluster-enabled yes",
+                # In the server's private dir (`dir` above), removed with it.
+                "cluster-config-file nodes.conf",
+                f"cluster-node-timeout {node_timeout_ms}",
+                # A replica added later authenticates to its primary with the shared password.
+                f"masterauth {self.password}",
+            ]
         return "\n".join(lines) + "\n"
 
     def _wait_until_ready(self, timeout_s: float) -> None:
@@ -320,3 +370,135 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
         )
     process.kill()
     process.wait()
+
+
+class LocalRedisCluster:
+    """A private Redis Cluster on 127.0.0.1: `shards` primaries, no replicas, the hash
+    slots in equal ranges. Ready when the constructor returns: every node reports the
+    cluster ok and knows every other node.
+
+    `url` (any node's URL) is what a user would hand dask-kong; `stop()` stops every
+    node by PID and removes their temp dirs, as `RedisServer.stop` does.
+    """
+
+    def __init__(
+        self,
+        shards: int = 3,
+        *,
+        binary: str | None = None,
+        startup_timeout_s: float | None = None,
+    ) -> None:
+        if shards < 1:
+            raise ValueError(f"a cluster needs at least one shard, not {shards}")
+        self.password = secrets.token_hex(16)
+        self.servers: list[RedisServer] = []
+        timeout_s = float(config.get("store.startup_timeout_s", startup_timeout_s))
+        try:
+            for _ in range(shards):
+                self.servers.append(
+                    RedisServer(
+                        binary=binary,
+                        startup_timeout_s=timeout_s,
+                        cluster=True,
+                        password=self.password,
+                    )
+                )
+            self._form(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        """The first node's URL, password included: never log it."""
+        return self.servers[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs of the running nodes."""
+        return [server.pid for server in self.servers if server.pid is not None]
+
+    def stop(self) -> None:
+        """Stop every node (by PID) and remove their temp dirs. Idempotent."""
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> LocalRedisCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"LocalRedisCluster({', '.join(s.address for s in self.servers)})"
+
+    def _form(self, timeout_s: float) -> None:
+        """Assign the slots, give each node its own config epoch (no epoch collisions to
+        resolve), introduce the nodes, then wait for every node to see a healthy cluster."""
+        with contextlib.ExitStack() as stack:
+            clients = [stack.enter_context(_admin_client(s, timeout_s)) for s in self.servers]
+            for epoch, (client, slots) in enumerate(
+                zip(clients, slot_ranges(len(clients)), strict=True), start=1
+            ):
+                client.execute_command("CLUSTER", "ADDSLOTS", *slots)
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+            for server in self.servers[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", _BIND_HOST, server.port)
+            healthy = lambda: all(_cluster_ok(c, len(clients)) for c in clients)  # noqa: E731
+            if not poll_until(healthy, timeout_s):
+                states = [_cluster_info(c).get("cluster_state") for c in clients]
+                raise StoreUnavailableError(
+                    f"private Redis Cluster on {self!r} not ok within {timeout_s} s: "
+                    f"node states {states}"
+                )
+        logger.info("formed a private Redis Cluster: %r", self)
+
+
+def slot_ranges(shards: int) -> Iterator[Sequence[int]]:
+    """The hash slots of each of `shards` nodes: equal, contiguous ranges."""
+    for i in range(shards):
+        yield range(i * CLUSTER_SLOTS // shards, (i + 1) * CLUSTER_SLOTS // shards)
+
+
+@contextlib.contextmanager
+def _admin_client(server: RedisServer, timeout_s: float) -> Iterator[redis.Redis]:
+    """A plain client on one node, to run CLUSTER commands on that node itself."""
+    client = redis.Redis(
+        host=_BIND_HOST,
+        port=server.port,
+        password=server.password,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+    with contextlib.closing(client):
+        yield client
+
+
+def _cluster_info(client: redis.Redis) -> dict[str, str]:
+    """CLUSTER INFO of the node `client` talks to, as a dict of its fields."""
+    text = client.execute_command("CLUSTER", "INFO")
+    if isinstance(text, bytes):
+        text = text.decode()
+    if isinstance(text, dict):  # a redis-py version that parses the reply itself
+        return {str(k): str(v) for k, v in text.items()}
+    fields = (line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+    return {key: value.strip() for key, value in fields}
+
+
+def _cluster_ok(client: redis.Redis, nodes: int) -> bool:
+    info = _cluster_info(client)
+    return (
+        info.get("cluster_state") == "ok"
+        and info.get("cluster_known_nodes") == str(nodes)
+        and info.get("cluster_slots_ok") == str(CLUSTER_SLOTS)
+    )

@@ -1,0 +1,545 @@
+"""`RedisClusterStore`: `RedisStore` on a Redis Cluster, each run's values spread over the
+shards.
+
+Where keys live (`dask_kong.constants`):
+
+* A run's coordination, ``kong:{R}:<key>``: one hash tag, so one slot of one shard (the
+  run's shard): fan-in sets and their ready claims, claims, the live marker, the event
+  stream, heartbeats, the cancel flag, and the registry of the run's values. Everything
+  that must be atomic (the Lua scripts; a commit's marks and its live check) touches only
+  these keys, exactly as on one node.
+* A run's values, ``kong:{}{R}:<key>``: what `commit` writes (outputs, uploaded data, the
+  run spec, and the parts of values above kong.store.max_value_bytes). The empty tag makes
+  Redis hash the whole name, so each value lands on a slot of its own.
+
+Commit order across shards. On one node a commit is one pipeline, which Redis runs in
+order. Here a value may live on another shard than the fan-in set it is reported to, and
+two connections to two servers keep no order between them. So a commit writes its values
+first (a pipeline per shard, concurrently; the registry entry goes to the run's shard with
+them), waits for every shard's reply, and only then runs the marks, the events and
+`EXISTS live` on the run's shard: whoever a mark makes ready finds the inputs. Values that
+hash to the run's own shard travel in that last pipeline, ahead of the marks, as on one
+node: a commit without values, or whose values all live on the run's shard, is one
+round-trip; any other two. Parts of a large value are written (and acknowledged) before
+the manifest that names them, so a reader never finds a manifest without its parts.
+
+Cleanup. `delete_run` removes the live marker, deletes every value the registry names
+(shard by shard), then the run's own keys, registry included (SCAN on the run's shard).
+A commit registers its values before it checks `EXISTS live`, and checks only once its
+values are acknowledged. One that finds the run live wrote and registered them before the
+marker went, so `delete_run` finds and deletes them; one that finds it gone deletes its
+values and removes its own names from the registry (SREM: never the whole set, which
+`delete_run` may be reading at that moment).
+
+Pipelining per shard. redis-py's ClusterPipeline sends every node's commands before it
+reads a reply, but from one thread: sending an 8 MB value to one shard blocks before the
+next shard gets a byte. Here each shard's pipeline runs in a thread of its own (a pool of
+kong.store.cluster_io_threads), so reads and writes to different shards move at once; an
+operation that touches one shard runs in the caller's thread, with no hand-off.
+
+Topology. redis-py's `RedisCluster`, built from the URL of any node, keeps the map of
+slots to primaries. Commands go through this store's own connection pool per primary, with
+the settings of the single-node store (timeouts, `LargeValuePacker`). A MOVED or ASK reply,
+CLUSTERDOWN, TRYAGAIN or a lost connection refreshes the map and retries the operation with
+backoff (kong.store.retries); every operation is safe to repeat (SET NX, fan-in sets with
+a commit token, events deduplicated by their consumers).
+
+Replicas. Reads go to primaries. Replication is asynchronous: a value that a fan-in mark
+reports written on a primary may not have reached its replicas yet, so a worker reading a
+replica could miss its input (redis-py's `read_from_replicas` is therefore not used).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.client import Redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.retry import Retry
+
+from .. import config
+from ..constants import LIVE_KEY, VALUE_REGISTRY_KEY, run_prefix, spread_prefix
+from ..errors import StoreUnavailableError
+from .base import CommitResult, FanIn
+from .redis import (
+    CONNECTION_ERRORS,
+    RedisStore,
+    call_with_retry,
+    commit_coordination_keys,
+    manifest_parts,
+    text,
+)
+
+logger = logging.getLogger("dask_kong.store")
+
+T = TypeVar("T")
+
+#: Errors after which the map of slots is refreshed and the operation sent again: the
+#: slot moved (MOVED; ASK while it migrates), the cluster is failing over (CLUSTERDOWN,
+#: TRYAGAIN), our map lacks the slot, or a node went away.
+CLUSTER_RETRY_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    AskError,
+    TryAgainError,
+    ClusterDownError,
+    SlotNotCoveredError,
+)
+# Names per SSCAN page of the value registry, as RedisStore's SCAN pages.
+_REGISTRY_PAGE = 1000
+# Values above this many bytes are read with a GET each (see RedisStore._read_raw).
+_LARGE_READ_BYTES = 1 << 20
+
+
+class RedisClusterStore(RedisStore):
+    """`Store` on a Redis Cluster: coordination on the run's slot, values spread over
+    every shard (see the module docstring). Thread-safe."""
+
+    def __init__(self, url: str, *, key_ttl_s: float | None = None) -> None:
+        if url.startswith("unix://"):
+            raise ValueError(
+                "a Redis Cluster is reached over TCP: give the redis:// or rediss:// URL "
+                "of any of its nodes, not a unix:// socket"
+            )
+        super().__init__(url, key_ttl_s=key_ttl_s)
+        self.address = f"{self.address} (cluster)"
+        self._url_options = parse_url(url)
+        try:
+            # Only the map of slots goes through it; `_call` retries with backoff.
+            self._cluster = open_cluster(url, retry=Retry(NoBackoff(), 0))
+        except (redis.RedisError, RedisClusterException) as exc:
+            super().close()
+            raise StoreUnavailableError(f"Redis Cluster at {self.address}: {exc}") from exc
+        self._io_threads = int(config.get("store.cluster_io_threads"))
+        self._lock = threading.Lock()
+        self._clients: dict[str, Redis] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Primaries known to hold lua.MARK_PARENTS_DONE (by node name): a script is cached
+        # per server, and a run's marks go to its shard.
+        self._mark_script_on: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisClusterStore({self.address}, {len(self._cluster.get_primaries())} shards)"
+
+    # -- where keys live -------------------------------------------------------------
+
+    def _shard_of(self, name: str) -> ClusterNode:
+        """The primary that holds the slot of the key `name`."""
+        node: ClusterNode = self._cluster.get_node_from_key(name)
+        return node
+
+    def _client_of(self, node: ClusterNode) -> Redis:
+        """This store's client of one primary (its own connection pool)."""
+        client = self._clients.get(node.name)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(node.name)
+                if client is None:
+                    options = {**self._connection_options(), **self._url_options}
+                    pool = redis.ConnectionPool(**{**options, "host": node.host, "port": node.port})
+                    client = self._clients[node.name] = Redis(connection_pool=pool)
+        return client
+
+    def _run_client(self, run_id: str) -> Redis:
+        return self._client_of(self._shard_of(run_prefix(run_id)))
+
+    def _value_prefix(self, run_id: str) -> str:
+        return spread_prefix(run_id)
+
+    def _value_client(self, name: str) -> Redis:
+        return self._client_of(self._shard_of(name))
+
+    def _by_shard(self, names: Sequence[str]) -> list[tuple[ClusterNode, list[int]]]:
+        """Positions of `names` grouped by the primary holding each."""
+        groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i, name in enumerate(names):
+            node = self._shard_of(name)
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        return list(groups.values())
+
+    def _on_shards(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
+        """Run one job per shard concurrently (the first in this thread) and return their
+        results in order. Every job has finished when this returns or raises, so a retry
+        or the next step of a commit never overlaps them; each is bounded by its
+        connection's socket timeout (kong.store.socket_timeout_s)."""
+        if len(jobs) == 1:
+            return [jobs[0]()]
+        executor = self._shard_executor()
+        futures = [executor.submit(job) for job in jobs[1:]]
+        try:
+            first = jobs[0]()
+        finally:
+            concurrent.futures.wait(futures)
+        return [first, *(future.result() for future in futures)]
+
+    def _shard_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._io_threads, thread_name_prefix="kong-shard-io"
+                )
+            return self._executor
+
+    # -- commits ---------------------------------------------------------------------
+
+    def _commit_once(
+        self,
+        run_id: str,
+        values: dict[str, bytes],
+        fan_ins: Sequence[FanIn],
+        payloads: list[bytes],
+        token: str,
+    ) -> CommitResult:
+        """Values first, acknowledged by every shard; then, on the run's shard, the marks,
+        the events and the live check (see the module docstring)."""
+        run_shard = self._shard_of(run_prefix(run_id))
+        prefix = spread_prefix(run_id)
+        unregistered = list(values)
+        written = 0
+        last: dict[str, bytes] = {}
+        stages = value_stages(values)
+        for number, stage in enumerate(stages, start=1):
+            here, elsewhere = self._split_off_shard(prefix, stage, run_shard)
+            if number == len(stages) and not elsewhere:
+                last = here  # they can go with the marks: the same connection keeps order
+                break
+            written += self._write_stage(run_id, run_shard, here, elsewhere, unregistered)
+            unregistered = []
+        result = self._finish_commit(
+            run_id, run_shard, last, unregistered, fan_ins, payloads, token
+        )
+        if result is None:
+            self._undo_commit(run_id, run_prefix(run_id), values, fan_ins, bool(payloads))
+            return CommitResult()
+        result.bytes_written += written
+        return result
+
+    def _split_off_shard(
+        self, prefix: str, values: dict[str, bytes], shard: ClusterNode
+    ) -> tuple[dict[str, bytes], list[tuple[ClusterNode, dict[str, bytes]]]]:
+        """`values` by full name: those on `shard`, and the others grouped by primary."""
+        names = [prefix + key for key in values]
+        data = list(values.values())
+        here: dict[str, bytes] = {}
+        elsewhere: list[tuple[ClusterNode, dict[str, bytes]]] = []
+        for node, positions in self._by_shard(names):
+            group = {names[i]: data[i] for i in positions}
+            if node.name == shard.name:
+                here = group
+            else:
+                elsewhere.append((node, group))
+        return here, elsewhere
+
+    def _write_stage(
+        self,
+        run_id: str,
+        run_shard: ClusterNode,
+        here: dict[str, bytes],
+        elsewhere: list[tuple[ClusterNode, dict[str, bytes]]],
+        register: list[str],
+    ) -> int:
+        """Write values on every shard at once, the registry entry with those on the
+        run's shard; the bytes actually written (SET NX)."""
+        registry = run_prefix(run_id) + VALUE_REGISTRY_KEY
+        jobs = [functools.partial(self._write_on, node, group) for node, group in elsewhere]
+        if here or register:
+            jobs.append(functools.partial(self._write_on, run_shard, here, registry, register))
+        return sum(self._on_shards(jobs))
+
+    def _write_on(
+        self,
+        node: ClusterNode,
+        values: dict[str, bytes],
+        registry: str = "",
+        register: Sequence[str] = (),
+    ) -> int:
+        """One pipeline on one primary: register `register`, write `values` (SET NX)."""
+        pipe = self._client_of(node).pipeline(transaction=False)
+        self._queue_values(pipe, values, registry, register)
+        replies = pipe.execute()
+        return written_bytes(values, replies[2 if register else 0 :])
+
+    def _queue_values(
+        self, pipe: Any, values: dict[str, bytes], registry: str, register: Sequence[str]
+    ) -> None:
+        if register:
+            pipe.sadd(registry, *register)
+            pipe.expire(registry, self.key_ttl_s)
+        for name, data in values.items():
+            pipe.set(name, data, nx=True, ex=self.key_ttl_s)
+
+    def _finish_commit(
+        self,
+        run_id: str,
+        shard: ClusterNode,
+        values: dict[str, bytes],
+        register: list[str],
+        fan_ins: Sequence[FanIn],
+        payloads: list[bytes],
+        token: str,
+    ) -> CommitResult | None:
+        """The last pipeline of a commit, on the run's shard: its values there (and their
+        registry entry) if not written yet, the marks, the events and the live check.
+        None when the run is closed."""
+        prefix = run_prefix(run_id)
+        client = self._client_of(shard)
+
+        def send(script_cached: bool) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            self._queue_values(pipe, values, prefix + VALUE_REGISTRY_KEY, register)
+            self._queue_marks_and_events(pipe, prefix, fan_ins, payloads, token, script_cached)
+            return list(pipe.execute())
+
+        try:
+            replies = send(shard.name in self._mark_script_on)
+        except NoScriptError:
+            # As in RedisStore._commit_once: resending duplicates at most events.
+            logger.warning("Redis at %s lost its scripts; sending them again", shard.name)
+            self._mark_script_on.discard(shard.name)
+            replies = send(False)
+        if not replies[-1]:
+            return None
+        offset = 2 if register else 0
+        result = CommitResult(bytes_written=written_bytes(values, replies[offset:]))
+        if fan_ins:
+            self._mark_script_on.add(shard.name)
+            marks = replies[offset + len(values)]
+            result.ready = [mark.child for mark, ready in zip(fan_ins, marks, strict=True) if ready]
+        return result
+
+    def _undo_commit(
+        self,
+        run_id: str,
+        prefix: str,
+        values: dict[str, bytes],
+        fan_ins: Sequence[FanIn],
+        events: bool,
+    ) -> None:
+        """Remove what a commit to a closed run wrote, on every shard it wrote to."""
+        run_shard = self._shard_of(prefix)
+        names = [spread_prefix(run_id) + key for key in values]
+        coordination = commit_coordination_keys(prefix, fan_ins, events)
+        logger.debug("run %s is closed: dropping a late commit of %d values", run_id, len(names))
+
+        def undo_on(node: ClusterNode, doomed: list[str]) -> None:
+            # One key per UNLINK: a multi-key command may not span slots, even on one node.
+            pipe = self._client_of(node).pipeline(transaction=False)
+            for name in doomed:
+                pipe.unlink(name)
+            if node.name == run_shard.name:
+                if values:
+                    pipe.srem(prefix + VALUE_REGISTRY_KEY, *values)
+                if coordination:
+                    pipe.unlink(*coordination)  # one slot: the run's
+            pipe.execute()
+
+        groups = {node.name: (node, [names[i] for i in idx]) for node, idx in self._by_shard(names)}
+        groups.setdefault(run_shard.name, (run_shard, []))
+        jobs = [functools.partial(undo_on, node, doomed) for node, doomed in groups.values()]
+        self._call(f"drop a late commit to run {run_id}", lambda: self._on_shards(jobs))
+
+    # -- reads -----------------------------------------------------------------------
+
+    def _read_raw(self, what: str, names: list[str]) -> list[Any]:
+        return self._call(what, functools.partial(self._read_everywhere, names))
+
+    def _read_everywhere(self, names: list[str]) -> list[Any]:
+        """The stored bytes of `names` (None where absent), each shard read at once."""
+        values: list[Any] = [None] * len(names)
+        groups = self._by_shard(names)
+        jobs = [
+            functools.partial(self._read_on, node, [names[i] for i in positions])
+            for node, positions in groups
+        ]
+        for (_, positions), got in zip(groups, self._on_shards(jobs), strict=True):
+            for i, value in zip(positions, got, strict=True):
+                values[i] = value
+        return values
+
+    def _read_on(self, node: ClusterNode, names: list[str]) -> list[Any]:
+        """`names` from one primary, as RedisStore._read_raw reads them from its server
+        (small values in one round-trip, large ones a GET each after their STRLENs), with
+        pipelined GETs where it sends one MGET: a multi-key command may not span slots."""
+        client = self._client_of(node)
+        if len(names) == 1:
+            return [client.get(names[0])]
+        lengths = self._strlen_on(node, names)
+        values: list[Any] = [None] * len(names)
+        small = [i for i, n in enumerate(lengths) if n <= _LARGE_READ_BYTES]
+        if small:
+            pipe = client.pipeline(transaction=False)
+            for i in small:
+                pipe.get(names[i])
+            for i, value in zip(small, pipe.execute(), strict=True):
+                values[i] = value
+        for i, n in enumerate(lengths):
+            if n > _LARGE_READ_BYTES:
+                values[i] = client.get(names[i])
+        return values
+
+    def _strlen_all(self, names: Sequence[str]) -> list[int]:
+        sizes = [0] * len(names)
+        groups = self._by_shard(names)
+        jobs = [
+            functools.partial(self._strlen_on, node, [names[i] for i in positions])
+            for node, positions in groups
+        ]
+        for (_, positions), got in zip(groups, self._on_shards(jobs), strict=True):
+            for i, size in zip(positions, got, strict=True):
+                sizes[i] = size
+        return sizes
+
+    def _strlen_on(self, node: ClusterNode, names: Sequence[str]) -> list[int]:
+        pipe = self._client_of(node).pipeline(transaction=False)
+        for name in names:
+            pipe.strlen(name)
+        return [int(n) for n in pipe.execute()]
+
+    # -- cleanup ---------------------------------------------------------------------
+
+    def delete_run(self, run_id: str) -> int:
+        # The live marker first, as on one node: a late commit then undoes itself.
+        live = run_prefix(run_id) + LIVE_KEY
+        deleted = int(
+            self._call(f"close run {run_id}", lambda: self._run_client(run_id).unlink(live))
+        )
+        deleted += self._delete_values(run_id)
+        return deleted + self._delete_prefixed(run_id, lambda: self._run_client(run_id))
+
+    def _delete_values(self, run_id: str) -> int:
+        """Delete every value the run's registry names, on whichever shard it lives."""
+        registry = run_prefix(run_id) + VALUE_REGISTRY_KEY
+        prefix = spread_prefix(run_id)
+
+        def page_from(cursor: int) -> tuple[int, list[bytes | str]]:
+            return self._run_client(run_id).sscan(registry, cursor, count=_REGISTRY_PAGE)
+
+        deleted, cursor = 0, 0
+        while True:
+            cursor, members = self._call(
+                f"list values of run {run_id}", functools.partial(page_from, cursor)
+            )
+            names = [prefix + text(member) for member in members]
+            if names:
+                deleted += self._call(
+                    f"delete values of run {run_id}",
+                    functools.partial(self._unlink_everywhere, names),
+                )
+            if cursor == 0:
+                return deleted
+
+    def _unlink_everywhere(self, names: list[str]) -> int:
+        def unlink_on(node: ClusterNode, doomed: list[str]) -> int:
+            pipe = self._client_of(node).pipeline(transaction=False)
+            for name in doomed:  # one key per UNLINK: the names are on different slots
+                pipe.unlink(name)
+            return sum(int(n) for n in pipe.execute())
+
+        groups = self._by_shard(names)
+        jobs = [
+            functools.partial(unlink_on, node, [names[i] for i in positions])
+            for node, positions in groups
+        ]
+        return sum(self._on_shards(jobs))
+
+    def run_keys(self, run_id: str) -> list[str]:
+        """Every key of the run on every primary, found by SCAN, not by the registry:
+        tests prove with it that nothing is left anywhere."""
+        found: list[str] = []
+        for prefix in (run_prefix(run_id), spread_prefix(run_id)):
+            for node in self._cluster.get_primaries():
+                pages = self._scan(run_id, functools.partial(self._client_of, node), prefix)
+                found += [text(key)[len(prefix) :] for page in pages for key in page]
+        return found
+
+    # -- connections -----------------------------------------------------------------
+
+    def shards(self) -> list[str]:
+        """host:port of every primary (for metrics and tests)."""
+        return sorted(node.name for node in self._cluster.get_primaries())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        super().close()
+        with self._lock:
+            executor, self._executor = self._executor, None
+            clients = list(self._clients.values())
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        for client in clients:
+            client.connection_pool.disconnect()
+        self._cluster.close()
+
+    def _call(self, what: str, operation: Callable[[], T]) -> T:
+        """Run `operation` with retries as RedisStore does; a redirection or a lost node
+        also refreshes the map of slots before the retry."""
+        return call_with_retry(
+            operation,
+            what=what,
+            address=self.address,
+            policy=self._retry,
+            retry_on=CLUSTER_RETRY_ERRORS,
+            before_retry=self._refresh_slots,
+        )
+
+    def _refresh_slots(self, error: BaseException) -> None:
+        """Ask the cluster again which primary holds which slot (after a failover or a
+        resharding); a failure here only means the retry fails again, with backoff."""
+        try:
+            self._cluster.nodes_manager.initialize()
+        except (redis.RedisError, RedisClusterException) as exc:
+            logger.warning("Redis at %s: refreshing the slot map failed: %s", self.address, exc)
+
+
+def open_cluster(url: str, **options: Any) -> RedisCluster:
+    """redis-py's cluster client, found from the node at `url`, with the store's timeouts."""
+    return RedisCluster.from_url(
+        url,
+        socket_timeout=float(config.get("store.socket_timeout_s")),
+        socket_connect_timeout=float(config.get("store.connect_timeout_s")),
+        **options,
+    )
+
+
+def cluster_client(url: str) -> RedisCluster | None:
+    """redis-py's cluster client when the server at `url` is a node of a Redis Cluster,
+    else None: for what keeps its own keys beside the store (the metrics history)."""
+    probe = RedisStore(url)
+    try:
+        clustered = probe.cluster_enabled()
+    finally:
+        probe.close()
+    return open_cluster(url) if clustered else None
+
+
+def value_stages(values: dict[str, bytes]) -> list[dict[str, bytes]]:
+    """`values` in the order the shards must hold them: the parts of large values before
+    everything else, since a manifest names its parts (`split_large_values`)."""
+    parts = {part for key, data in values.items() for part in manifest_parts(key, data) or ()}
+    if not parts:
+        return [values] if values else []
+    return [
+        {key: data for key, data in values.items() if key in parts},
+        {key: data for key, data in values.items() if key not in parts},
+    ]
+
+
+def written_bytes(values: dict[str, bytes], replies: Sequence[Any]) -> int:
+    """Bytes of the `values` whose SET NX wrote them (the first len(values) replies)."""
+    return sum(len(data) for data, stored in zip(values.values(), replies, strict=False) if stored)
