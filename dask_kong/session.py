@@ -17,13 +17,13 @@ import dask.config
 from dask.core import flatten
 
 from . import config
-from .backends.base import Backend
 from .dag import DAG, to_dag
 from .dag.shuffle import without_disk_shuffle
 from .dag.translate import normalise_graph
 from .metrics.records import RunSummary
 from .planning import Plan, PlanningContext, get_planner
 from .planning.history import History, MemoryHistory, RedisHistory, record_run
+from .runtime.backend import Backend
 from .runtime.client import execute_run, new_run_id
 from .runtime.finalize import client_finals, keys_to_run, run_finals
 from .runtime.heartbeat import Heartbeater

@@ -11,7 +11,8 @@ import os
 import time
 from typing import Any
 
-from dask_kong.backends.processes.worker_main import LambdaContext, invoke_via_gateway
+from dask_kong.backends.processes.worker_main import LambdaContext
+from dask_kong.invocation.pipe import invoke_via_gateway
 
 
 def echo(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from dask_kong import Kong
-from dask_kong.runtime.context import Invocation, RunContext
+from dask_kong.invocation.model import Invocation
+from dask_kong.runtime.context import RunContext
 from dask_kong.waits import poll_until
 
 # Long enough that no test could wait for it: an interrupt must not.

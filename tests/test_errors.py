@@ -11,7 +11,8 @@ import pytest
 
 from dask_kong import Kong
 from dask_kong.errors import StuckRunError
-from dask_kong.runtime.context import Invocation, RunContext
+from dask_kong.invocation.model import Invocation
+from dask_kong.runtime.context import RunContext
 
 
 class TaskBoomError(Exception):

@@ -25,8 +25,9 @@ from dask_kong import Kong, last_run
 from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.dag import to_dag
 from dask_kong.errors import KongError
+from dask_kong.invocation.model import Invocation
 from dask_kong.planning import PLANNERS, Predictor
-from dask_kong.runtime.context import Invocation, RunContext
+from dask_kong.runtime.context import RunContext
 from dask_kong.runtime.remote import check_shippable
 from dask_kong.store.server import RedisServer
 from dask_kong.values import is_plain_data

@@ -25,15 +25,17 @@ from typing import Any
 from dask.callbacks import local_callbacks, unpack_callbacks
 
 from .. import config, serialize
-from ..backends.base import Backend
 from ..constants import output_key
 from ..dag import DAG
 from ..errors import RemoteTaskError, StuckRunError, WorkerLostError
+from ..invocation.model import Invocation
+from ..invocation.payload import RunSettings
 from ..metrics.records import CapturedWarning, RunSummary, TaskMetrics
 from ..planning import Optimization, Plan
 from ..store.base import Event, EventKind, Store
 from ..waits import poll_until
-from .context import Invocation, RunContext, RunSettings
+from .backend import Backend
+from .context import RunContext
 from .heartbeat import Heartbeater
 from .prefetch import OutputPrefetch
 

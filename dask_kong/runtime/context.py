@@ -1,8 +1,8 @@
 """What a worker needs to run tasks of one run: the DAG, the plan, the store, an invoker.
 
 A `RunContext` is built by the client (embedded mode: shared by all worker threads) or by
-a worker process from its invocation payload (serverless modes). `Invocation` is what one
-invocation carries: where to start and the inputs that travel inline.
+`dask_kong.handler` in a worker process from its invocation payload (serverless modes).
+What one invocation carries is `dask_kong.invocation.model.Invocation`.
 """
 
 from __future__ import annotations
@@ -13,27 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import config
 from ..dag import DAG
-from ..planning import Plan
+from ..invocation.model import Invocation
+from ..invocation.payload import RunSettings, Shipment
+from ..planning.plan import Plan
 from ..store.base import Store
 from .heartbeat import Heartbeater
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """Start a branch at task `start`; `inputs` maps parent task index -> value inline.
-
-    For the metrics history's start-up samples: `sent_at` is the wall clock when the
-    invocation was made, `queued_s` how long it then waited for a free concurrency slot
-    (known to the backend that queues it), `cold` whether it started a new worker."""
-
-    run_id: str
-    start: int
-    inputs: dict[int, Any] = field(default_factory=dict)
-    sent_at: float = field(default_factory=time.time)
-    queued_s: float = 0.0
-    cold: bool = False
 
 
 class Invoker(Protocol):
@@ -42,39 +27,6 @@ class Invoker(Protocol):
     def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
         """Start one worker per invocation (concurrently where the backend can)."""
         ...
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Thresholds workers read on the hot path, resolved once per run from config."""
-
-    inline_input_bytes: int
-    progress_interval_s: float
-    cancel_check_s: float
-    cluster_bytes: int
-    delay_io_bytes: int
-    delay_io_wait_s: float
-    shared_root_wait_s: float
-    recompute_min_bytes: int
-    recompute_input_fraction: float
-    recompute_bytes_per_s: float
-    inspect_items: int
-
-    @classmethod
-    def from_config(cls) -> RunSettings:
-        return cls(
-            inline_input_bytes=int(config.get("payload.inline_input_bytes")),
-            progress_interval_s=float(config.get("run.progress_interval_s")),
-            cancel_check_s=float(config.get("run.cancel_check_s")),
-            cluster_bytes=int(config.get("wukong.cluster_bytes")),
-            delay_io_bytes=int(config.get("wukong.delay_io_bytes")),
-            delay_io_wait_s=float(config.get("wukong.delay_io_wait_s")),
-            shared_root_wait_s=float(config.get("wukong.shared_root_wait_s")),
-            recompute_min_bytes=int(config.get("wukong.recompute_min_bytes")),
-            recompute_input_fraction=float(config.get("wukong.recompute_input_fraction")),
-            recompute_bytes_per_s=float(config.get("wukong.recompute_bytes_per_s")),
-            inspect_items=int(config.get("values.inspect_items")),
-        )
 
 
 class CancelProbe:
@@ -115,9 +67,9 @@ class RunContext:
     heartbeater: Heartbeater
     settings: RunSettings
     output_tasks: frozenset[int] = frozenset()
-    # How invocations refer to this run when workers live in other processes (a
-    # `remote.Shipment`, set by the backend's prepare_run); None in the embedded mode.
-    shipment: Any = None
+    # How invocations refer to this run when workers live in other processes (set by the
+    # backend's prepare_run: runtime.remote); None in the embedded mode.
+    shipment: Shipment | None = None
     active: int = 0
     cancel_probe: CancelProbe | None = None
     # Handles to state this process's tasks made for the run, by task (dask_kong.values):

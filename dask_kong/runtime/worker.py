@@ -55,11 +55,12 @@ from dask.sizeof import sizeof
 from .. import serialize
 from ..constants import data_key, output_key, stateful_claim
 from ..errors import MissingOutputError
+from ..invocation.model import Invocation
 from ..metrics.records import CapturedWarning, TaskMetrics
 from ..planning import Optimization
 from ..store.base import Event, EventKind, FanIn, MissingKeyError
 from ..values import all_plain, is_plain_data
-from .context import Invocation, RunContext
+from .context import RunContext
 from .recompute import Recipe, rebuild, recipe_for
 
 logger = logging.getLogger("dask_kong.runtime")

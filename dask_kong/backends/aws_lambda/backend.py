@@ -1,7 +1,7 @@
 """AWS Lambda backend: workers are invocations of a Lambda function, started through the
 Lambda Invoke API with aiobotocore (InvocationType="Event").
 
-The function runs `dask_kong.backends.aws_lambda.handler.lambda_handler` and reaches the
+The function runs `dask_kong.handler.lambda_handler` and reaches the
 same Redis as the client (its URL in the function's environment as
 DASK_KONG__STORE__URL). `endpoint_url` points the client, and the workers, at any
 endpoint that speaks the Invoke API: the local gateway does, which is how this backend is
@@ -14,10 +14,12 @@ from collections.abc import Sequence
 
 from ... import config
 from ...errors import KongError
+from ...invocation.invoker import RemoteInvoker
+from ...invocation.model import Invocation, InvokerSpec
+from ...invocation.transports import LambdaTransport
 from ...planning import ResourceSpec
-from ...runtime.context import Invocation, RunContext
-from ...runtime.invokers import LambdaTransport, RemoteInvoker
-from ...runtime.remote import InvokerSpec, prepare_remote_run
+from ...runtime.context import RunContext
+from ...runtime.remote import prepare_remote_run
 from ...store.base import Store
 
 

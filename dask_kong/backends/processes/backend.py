@@ -12,65 +12,32 @@ gets their slots at once.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from ...errors import KongError
+from ...invocation.invoker import RemoteInvoker
+from ...invocation.model import Invocation, InvokerSpec
+from ...invocation.payload import payload_branch, payload_run_id
+from ...invocation.transports import GatewayDirectTransport
 from ...planning import ResourceSpec
-from ...runtime.context import Invocation, RunContext
-from ...runtime.invokers import RemoteInvoker
-from ...runtime.remote import InvokerSpec, prepare_remote_run
+from ...runtime.context import RunContext
+from ...runtime.remote import prepare_remote_run
 from ...store.base import Event, EventKind, Store
 from .gateway import Gateway
 
 logger = logging.getLogger("dask_kong.backends.processes")
 
 
-HANDLER = "dask_kong.backends.aws_lambda.handler:lambda_handler"
-
-# `runtime.remote.encode_invocation` writes the run id near the start of the payload;
-# looking there first spares parsing whole payloads (an inline DAG or inputs can make
-# them hundreds of KB) for every queued invocation when a run is cancelled.
-_RUN_FIELD = b'"run":"'
-_RUN_FIELD_WITHIN = 256
-
-
-def payload_run_id(payload: bytes) -> str | None:
-    """The run a dask-kong invocation payload belongs to (None: not one, e.g. a pre-warm)."""
-    head = payload[:_RUN_FIELD_WITHIN]
-    start = head.find(_RUN_FIELD)
-    if start >= 0:
-        end = head.find(b'"', start + len(_RUN_FIELD))
-        if end >= 0:
-            return head[start + len(_RUN_FIELD) : end].decode(errors="replace")
-    try:
-        run = json.loads(payload).get("run")
-    except (ValueError, AttributeError):
-        return None
-    return None if run is None else str(run)
-
+HANDLER = "dask_kong.handler:lambda_handler"
 
 def host_cpus() -> int:
     """The cpus this process may run on (its affinity mask, where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-class GatewayDirectTransport:
-    """Event invocations through a gateway in this process, without HTTP."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def send(self, function: str, payloads: Sequence[bytes], priorities: Sequence[int]) -> None:
-        self.gateway.invoke_many(function, payloads, sync=False, priorities=priorities)
-
-    def close(self) -> None:
-        """The backend stops the gateway."""
 
 
 class ProcessBackend:
@@ -141,11 +108,10 @@ class ProcessBackend:
 
     def _on_worker_lost(self, function: str, payload: bytes, exitcode: int | None) -> None:
         """Report a dead worker on its run's event stream (called on the gateway loop)."""
-        try:
-            body = json.loads(payload)
-            run_id, task = str(body["run"]), int(body["start"])
-        except (ValueError, KeyError, TypeError):
+        branch = payload_branch(payload)
+        if branch is None:
             return  # not a dask-kong invocation (e.g. a pre-warm): nothing to report
+        run_id, task = branch
         reason = f"worker process of {function} exited with code {exitcode}"
         event = Event(EventKind.WORKER_FAILED, task, worker="", message=reason)
         try:

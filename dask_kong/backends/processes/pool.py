@@ -54,10 +54,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ...invocation import pipe
+from ...invocation.pipe import Frame, FrameDecoder, FrameKind
 from ...waits import poll_until_async
 from . import worker_main
 from .resources import FunctionTable, ResourceConfig, function_arn
-from .worker_main import Frame, FrameDecoder, FrameKind, lambda_error
+from .worker_main import lambda_error
 
 logger = logging.getLogger("dask_kong.gateway")
 
@@ -76,16 +78,20 @@ THREAD_VARIABLES = (
     "NUMEXPR_NUM_THREADS",
 )
 
-# A worker is started with `python -c`: this loads worker_main from its file under its
-# real module name, so the worker does not import the dask_kong package (and dask) just
-# to start; a handler that needs them pays for them in its own import.
+# A worker is started with `python -c`: this loads the pipe protocol and worker_main from
+# their files under their real module names, so the worker does not import the dask_kong
+# package (and dask) just to start; a handler that needs them pays for them in its own
+# import.
 _WORKER_BOOTSTRAP = (
     "import importlib.util as u, sys\n"
-    "s = u.spec_from_file_location('dask_kong.backends.processes.worker_main', sys.argv[1])\n"
-    "m = u.module_from_spec(s)\n"
-    "sys.modules[s.name] = m\n"
-    "s.loader.exec_module(m)\n"
-    "sys.exit(m.main(sys.argv[2:]))\n"
+    "def load(name, path):\n"
+    "    s = u.spec_from_file_location(name, path)\n"
+    "    m = sys.modules[name] = u.module_from_spec(s)\n"
+    "    s.loader.exec_module(m)\n"
+    "    return m\n"
+    "load('dask_kong.invocation.pipe', sys.argv[1])\n"
+    "m = load('dask_kong.backends.processes.worker_main', sys.argv[2])\n"
+    "sys.exit(m.main(sys.argv[3:]))\n"
 )
 
 # Room for a frame's prefix and JSON header on top of the largest allowed payload.
@@ -347,7 +353,7 @@ class WorkerProcess:
     def send_invocation(self, invocation: PendingInvocation, timeout_s: float) -> None:
         """Hand the invocation to the (idle) worker."""
         assert self._requests is not None
-        header = worker_main.encode_header(
+        header = pipe.encode_header(
             {
                 "id": invocation.request_id,
                 "fn": invocation.function,
@@ -356,7 +362,7 @@ class WorkerProcess:
                 "queued_s": max(0.0, invocation.started_at - invocation.accepted_at),
             }
         )
-        prefix = worker_main.encode_prefix(FrameKind.INVOKE, header, len(invocation.payload))
+        prefix = pipe.encode_prefix(FrameKind.INVOKE, header, len(invocation.payload))
         self._requests.writelines([prefix, invocation.payload])
 
     def close_requests(self) -> None:
@@ -613,6 +619,7 @@ class WorkerPool:
             sys.executable,
             "-c",
             _WORKER_BOOTSTRAP,
+            pipe.__file__,
             worker_main.__file__,
             f"--handler={self.settings.handler}",
             f"--memory-mb={config.memory_mb}",

@@ -1,9 +1,9 @@
 """The main loop of one worker process of the local gateway: a warm serverless container.
 
 The gateway starts this module with two pipe file descriptors: it sends invocations on
-one and reads results on the other. Both carry length-prefixed frames (`FrameKind`);
-the worker's stdout and stderr are plain log output that the gateway forwards to its
-logger, so a handler's `print` can never corrupt the protocol.
+one and reads results on the other. Both carry length-prefixed frames
+(`dask_kong.invocation.pipe`); the worker's stdout and stderr are plain log output that
+the gateway forwards to its logger, so a handler's `print` can never corrupt the protocol.
 
 At start the worker applies its resource config (a memory limit; the CPU thread
 variables were set in its environment by the gateway before any import), imports the
@@ -11,141 +11,30 @@ handler once, reports READY, then answers invocations one at a time until its re
 pipe closes (keep-warm expiry or gateway stop). A handler can start other invocations
 without HTTP through `invoke_via_gateway`.
 
-This module imports only the standard library, so a cold start costs an interpreter
-start plus the handler's own imports, nothing of dask-kong's.
+This module imports only the standard library and the pipe protocol (standard library
+only too; the gateway loads both from their files, not through the dask_kong package),
+so a cold start costs an interpreter start plus the handler's own imports.
 """
 
 from __future__ import annotations
 
 import argparse
-import enum
 import importlib
 import json
 import os
 import resource
-import struct
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dask_kong.invocation.pipe import Frame, FrameKind, WorkerChannel, attach
+
 ENV_GATEWAY_URL = "KONG_GATEWAY_URL"
 
-# Frame layout: kind (1 byte), header length, payload length (4 bytes each, big endian),
-# then a small JSON header and the raw payload.
-_PREFIX = struct.Struct("!BII")
-PREFIX_SIZE = _PREFIX.size
-
 Handler = Callable[[Any, "LambdaContext"], Any]
-
-
-class FrameKind(enum.IntEnum):
-    """What a frame means; READY, RESULT, INIT_ERROR and CALL go worker -> gateway."""
-
-    INVOKE = 1  # gateway -> worker: run the handler. header: id, fn, timeout_ms
-    READY = 2  # the handler is imported. header: pid, init_s
-    RESULT = 3  # header: id, error (bool); payload: result JSON or Lambda error JSON
-    INIT_ERROR = 4  # the handler could not be loaded; payload: Lambda error JSON
-    CALL = 5  # invoke another function asynchronously. header: fn; payload: event JSON
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One decoded frame."""
-
-    kind: FrameKind
-    header: dict[str, Any]
-    payload: bytes
-
-
-def encode_prefix(kind: FrameKind, header: bytes, payload_size: int) -> bytes:
-    """The fixed-size prefix plus the header; the payload follows it unchanged (no copy)."""
-    return _PREFIX.pack(kind, len(header), payload_size) + header
-
-
-def encode_header(header: dict[str, Any]) -> bytes:
-    """A frame header as compact JSON."""
-    return json.dumps(header, separators=(",", ":")).encode()
-
-
-class FrameDecoder:
-    """Incremental decoder for the gateway side, which reads whatever bytes arrived."""
-
-    def __init__(self, max_frame_bytes: int) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Frame]:
-        """Append `data`; return every frame it completed. ValueError on a corrupt stream."""
-        self._buffer += data
-        frames = []
-        while len(self._buffer) >= PREFIX_SIZE:
-            kind, header_size, payload_size = _PREFIX.unpack_from(self._buffer)
-            total = PREFIX_SIZE + header_size + payload_size
-            if total > self.max_frame_bytes:
-                raise ValueError(f"frame of {total} bytes exceeds {self.max_frame_bytes}")
-            if len(self._buffer) < total:
-                break
-            header = json.loads(self._buffer[PREFIX_SIZE : PREFIX_SIZE + header_size])
-            payload = bytes(self._buffer[PREFIX_SIZE + header_size : total])
-            del self._buffer[:total]
-            frames.append(Frame(FrameKind(kind), header, payload))
-        return frames
-
-
-class WorkerChannel:
-    """The worker's blocking end of the two frame pipes.
-
-    Sends are locked: a handler may call `invoke_via_gateway` from its own threads while
-    the main loop sends a result.
-    """
-
-    def __init__(self, in_fd: int, out_fd: int) -> None:
-        # A subprocess the handler starts must not inherit the frame pipes: it would keep
-        # them open and hide this worker's death from the gateway.
-        os.set_inheritable(in_fd, False)
-        os.set_inheritable(out_fd, False)
-        self._in = os.fdopen(in_fd, "rb", buffering=0)
-        self._out_fd = out_fd
-        self._lock = threading.Lock()
-
-    def receive(self) -> Frame | None:
-        """The next frame from the gateway; None when the gateway closed the pipe."""
-        prefix = self._read_exactly(PREFIX_SIZE)
-        if prefix is None:
-            return None
-        kind, header_size, payload_size = _PREFIX.unpack(prefix)
-        body = self._read_exactly(header_size + payload_size)
-        if body is None:
-            return None
-        header = json.loads(body[:header_size])
-        return Frame(FrameKind(kind), header, bytes(body[header_size:]))
-
-    def send(self, kind: FrameKind, header: dict[str, Any], payload: bytes = b"") -> None:
-        """Write one whole frame (BrokenPipeError when the gateway is gone)."""
-        prefix = encode_prefix(kind, encode_header(header), len(payload))
-        with self._lock:
-            self._write_all(prefix)
-            self._write_all(payload)
-
-    def _read_exactly(self, size: int) -> bytearray | None:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        got = 0
-        while got < size:
-            n = self._in.readinto(view[got:])
-            if not n:
-                return None
-            got += n
-        return buffer
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._out_fd, view) :]
 
 
 @dataclass
@@ -182,29 +71,6 @@ class LambdaContext:
     def get_remaining_time_in_millis(self) -> int:
         """Milliseconds left before the gateway kills this invocation for its timeout."""
         return max(int((self.deadline_monotonic - time.monotonic()) * 1000), 0)
-
-
-# The worker's one connection to its gateway; set by `main`. Process-wide by nature: a
-# worker process has exactly one gateway.
-_channel: WorkerChannel | None = None
-_settings: WorkerSettings | None = None
-
-
-def invoke_via_gateway(function: str, payload: bytes, priority: int = 0) -> None:
-    """Invoke `function` asynchronously (Event semantics, no reply) through the gateway.
-
-    Cheaper than HTTP: one frame on this worker's pipe, which the gateway reads even
-    while this invocation is still running. Only valid inside a gateway worker. When
-    invocations wait for a concurrency slot, higher `priority` starts first.
-    """
-    if _channel is None or _settings is None:
-        raise RuntimeError("invoke_via_gateway works only inside a dask-kong gateway worker")
-    if len(payload) > _settings.max_async_bytes:
-        raise ValueError(
-            f"payload of {len(payload)} bytes exceeds the asynchronous invocation limit "
-            f"of {_settings.max_async_bytes} bytes"
-        )
-    _channel.send(FrameKind.CALL, {"fn": function, "priority": priority}, payload)
 
 
 def lambda_error(error_type: str, message: str, stack: list[str] | None = None) -> bytes:
@@ -342,12 +208,11 @@ def parse_args(argv: list[str] | None) -> WorkerSettings:
 
 def main(argv: list[str] | None = None) -> int:
     """Start, load the handler, serve; the exit status tells the gateway how it ended."""
-    global _channel, _settings
     started = time.monotonic()
     settings = parse_args(argv)
     apply_memory_limit(settings.memory_mb)
     channel = WorkerChannel(settings.in_fd, settings.out_fd)
-    _channel, _settings = channel, settings
+    attach(channel, settings.max_async_bytes)
     try:
         handler = load_handler(settings.handler)
     except InitError as exc:
@@ -365,8 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the copy imported under the module's real name, so that a handler importing
-    # `invoke_via_gateway` from it sees the channel `main` sets (not a `__main__` twin).
-    from dask_kong.backends.processes import worker_main as _named
-
-    sys.exit(_named.main())
+    sys.exit(main())

@@ -28,8 +28,9 @@ import time
 from collections.abc import Sequence
 
 from ... import config
+from ...invocation.model import Invocation
 from ...planning import ResourceSpec
-from ...runtime.context import Invocation, RunContext
+from ...runtime.context import RunContext
 from ...runtime.worker import run_branch
 
 logger = logging.getLogger("dask_kong.backends.threads")

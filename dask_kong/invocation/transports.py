@@ -1,108 +1,55 @@
-"""Invoking workers in other processes: one `RemoteInvoker`, several transports.
+"""Transports: what delivers an invocation payload to a platform.
 
-The invoker turns invocations into JSON payloads (see `remote.py`) and hands them to a
-transport: the local gateway's pipe (inside a gateway worker), the gateway's in-process
-fast path (a client that owns the gateway), or the AWS Lambda Invoke API through
-aiobotocore (AWS itself, or any endpoint that speaks it, such as our gateway).
+* `GatewayPipeTransport`: inside a worker of the local gateway, a frame on the worker's
+  pipe (no HTTP: `pipe.invoke_via_gateway`).
+* `GatewayDirectTransport`: a client that owns the gateway calls it in-process.
+* `LambdaTransport`: the AWS Lambda Invoke API through aiobotocore, against AWS or any
+  endpoint that speaks it (the local gateway does, which is how it is tested).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .. import config
-from ..constants import output_key
 from ..errors import KongError
-from .context import Invocation, RunContext
-from .remote import encode_invocation
-
-logger = logging.getLogger("dask_kong.invokers")
+from .pipe import invoke_via_gateway
 
 
-class Transport(Protocol):
-    """Delivers asynchronous (Event) invocations of `function`.
+class Gateway(Protocol):
+    """What the direct transport needs of the local gateway."""
 
-    `priorities` (one per payload, higher first) order invocations that wait for a
-    concurrency slot; a transport to a backend without such a queue ignores them."""
+    def invoke_many(
+        self,
+        function: str,
+        payloads: Sequence[bytes],
+        *,
+        sync: bool,
+        priorities: Sequence[int] | None = None,
+    ) -> Any: ...
 
-    def send(self, function: str, payloads: Sequence[bytes], priorities: Sequence[int]) -> None: ...
 
-    def close(self) -> None: ...
+class GatewayDirectTransport:
+    """Event invocations through a gateway in this process, without HTTP."""
 
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
 
-class RemoteInvoker:
-    """`Invoker` for workers in other processes."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.max_bytes = int(config.get("payload.max_async_bytes"))
-
-    def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
-        shipment = ctx.shipment
-        if shipment is None:
-            raise KongError(f"run {ctx.run_id} was not prepared for remote workers")
-        by_function: dict[str, tuple[list[bytes], list[int]]] = {}
-        urgency = ctx.dag.successors
-        for inv in invocations:
-            function = function_for(shipment.invoker.function, ctx.plan.tasks[inv.start].resource)
-            payloads, priorities = by_function.setdefault(function, ([], []))
-            payloads.append(self._payload(ctx, inv))
-            priorities.append(urgency[inv.start])
-        for function, (payloads, priorities) in by_function.items():
-            self.transport.send(function, payloads, priorities)
-
-    def prewarm(self, base_function: str, resource: str) -> None:
-        """An empty invocation that only starts (warms) a worker of `resource`."""
-        self.transport.send(
-            function_for(base_function, resource), [PREWARM_PAYLOAD], [PREWARM_PRIORITY]
-        )
-
-    def _payload(self, ctx: RunContext, invocation: Invocation) -> bytes:
-        """The payload; inline inputs that would break the size limit go to the store."""
-        payload = encode_invocation(invocation, ctx.shipment)
-        if len(payload) <= self.max_bytes or not invocation.inputs:
-            return payload
-        writes = {output_key(t): v for t, v in invocation.inputs.items()}
-        ctx.store.commit(ctx.run_id, writes)
-        slim = Invocation(invocation.run_id, invocation.start, sent_at=invocation.sent_at)
-        payload = encode_invocation(slim, ctx.shipment)
-        if len(payload) > self.max_bytes:
-            raise KongError(
-                f"invocation payload of {len(payload)} bytes exceeds the limit of "
-                f"{self.max_bytes} even without inline inputs; raise "
-                "kong.payload.max_async_bytes or lower kong.payload.inline_dag_bytes"
-            )
-        return payload
+    def send(self, function: str, payloads: Sequence[bytes], priorities: Sequence[int]) -> None:
+        self.gateway.invoke_many(function, payloads, sync=False, priorities=priorities)
 
     def close(self) -> None:
-        self.transport.close()
-
-
-# The event a pre-warm invocation carries: the handler returns at once.
-PREWARM_PAYLOAD = b'{"kong-warm": true}'
-# A pre-warm is sent when the plan predicts a worker of its config will soon be needed;
-# queued behind the run's work (priorities are successor counts, at most len(dag)) it
-# would start that worker too late to help, so it goes first.
-PREWARM_PRIORITY = 2**31 - 1
-
-
-def function_for(base: str, resource: str) -> str:
-    """The function serving `resource`: one function per resource config, named
-    <base>-<config> (as the local gateway names them); "default" is <base> itself."""
-    return base if resource in ("", "default") else f"{base}-{resource}"
+        """The backend stops the gateway."""
 
 
 class GatewayPipeTransport:
     """Inside a gateway worker process: a frame on the worker's pipe, no HTTP."""
 
     def send(self, function: str, payloads: Sequence[bytes], priorities: Sequence[int]) -> None:
-        from ..backends.processes.worker_main import invoke_via_gateway
-
         for payload, priority in zip(payloads, priorities, strict=True):
             invoke_via_gateway(function, payload, priority)
 

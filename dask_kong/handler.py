@@ -6,7 +6,7 @@ pool, the heartbeat thread, the run specs fetched from the store, the Lambda cli
 kept in one `WorkerProcess` per process and reused: that reuse is what makes a warm
 invocation cost milliseconds.
 
-Events: a dask-kong invocation (see `runtime/remote.py`), or `{"kong-warm": true}`, an
+Events: a dask-kong invocation (`dask_kong.invocation.payload`), or `{"kong-warm": true}`, an
 empty invocation that only warms the container (pre-warm).
 """
 
@@ -19,19 +19,21 @@ import threading
 import time
 from typing import Any
 
-from ... import config, serialize
-from ...constants import DAG_KEY
-from ...runtime.context import CancelProbe, RunContext
-from ...runtime.heartbeat import Heartbeater
-from ...runtime.invokers import GatewayPipeTransport, LambdaTransport, RemoteInvoker, Transport
-from ...runtime.remote import DecodedInvocation, InvokerSpec, RunSpec, Shipment, decode_invocation
-from ...runtime.worker import new_worker_id, run_branch
+from . import config, serialize
+from .constants import DAG_KEY
+from .invocation.invoker import RemoteInvoker
+from .invocation.model import InvokerSpec, Transport
+from .invocation.payload import DecodedInvocation, RunSpec, Shipment, decode_invocation
+from .invocation.transports import GatewayPipeTransport, LambdaTransport
+from .runtime.context import CancelProbe, RunContext
+from .runtime.heartbeat import Heartbeater
+from .runtime.worker import new_worker_id, run_branch
 
 # Imported at init, not by the first invocation: every invocation opens the Redis store,
 # and an init phase (a pre-warm, or a spare started after a cancelled run's worker was
 # killed) is spent before the invocation waits on it. AWS advises the same.
-from ...store import redis as _redis_store  # noqa: F401
-from ...store.base import Store
+from .store import redis as _redis_store  # noqa: F401
+from .store.base import Store
 
 # Run specs cached per process; a container rarely serves more than a few runs at once.
 _SPEC_CACHE_SIZE = 8
@@ -54,7 +56,7 @@ class WorkerProcess:
     def store(self) -> Store:
         with self._lock:
             if self._store is None:
-                from ...store.redis import open_store
+                from .store.redis import open_store
 
                 url = config.get("store.url")
                 if not url:

@@ -1,5 +1,8 @@
 """The small surface every backend implements (Lithops-style: one folder per backend).
 
+It lives with its user, the client (`runtime/client.py`); backends implement it, so the
+runtime never imports a backend.
+
 A backend starts workers (`invoke`), prepares a run for workers that live elsewhere
 (`prepare_run`: e.g. store the DAG once), stops an interrupted run's workers
 (`cancel_run`) and frees what it holds (`close`).
@@ -10,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..planning import ResourceSpec
-from ..runtime.context import Invocation, RunContext
+from ..invocation.model import Invocation
+from ..planning.plan import ResourceSpec
+from .context import RunContext
 
 
 class Backend(Protocol):

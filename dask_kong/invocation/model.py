@@ -1,0 +1,88 @@
+"""What an invocation is, and what delivers it.
+
+`Invocation` is one start of a worker on one branch of a run; `InvokerSpec` says how a
+worker starts further workers; a `Transport` delivers payloads to a platform.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Start a branch of run `run_id` at task `start`.
+
+    `attempt` counts deliveries the client or a worker made on purpose (1 for the first;
+    a re-invocation of a lost branch is the next); a platform's own duplicate delivery
+    repeats an attempt. `inputs` maps parent task index -> value inline. For the metrics
+    history's start-up samples: `sent_at` is the wall clock when the invocation was made,
+    `queued_s` how long it then waited for a free concurrency slot (known to the backend
+    that queues it), `cold` whether it started a new worker."""
+
+    run_id: str
+    start: int
+    inputs: dict[int, Any] = field(default_factory=dict)
+    sent_at: float = field(default_factory=time.time)
+    queued_s: float = 0.0
+    cold: bool = False
+    attempt: int = 1
+
+    @property
+    def id(self) -> str:
+        """Run-relative name of this branch attempt: `<start task>.<attempt>`."""
+        return f"{self.start}.{self.attempt}"
+
+    def without_inputs(self) -> Invocation:
+        """The same invocation with nothing inline (its inputs went to the store)."""
+        return Invocation(
+            self.run_id, self.start, sent_at=self.sent_at, attempt=self.attempt
+        )
+
+
+@dataclass(frozen=True)
+class InvokerSpec:
+    """How a worker starts further workers: through the local gateway's pipe, or with
+    the AWS Lambda API (aiobotocore) at `endpoint_url` (None: AWS itself)."""
+
+    kind: str  # "gateway" or "lambda"
+    function: str
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @property
+    def shares_machine(self) -> bool:
+        """Whether every worker runs on this machine (its disk is theirs): the gateway's."""
+        return self.kind == "gateway"
+
+
+class Transport(Protocol):
+    """Delivers asynchronous (Event) invocations of `function`.
+
+    `priorities` (one per payload, higher first) order invocations that wait for a
+    concurrency slot; a transport to a backend without such a queue ignores them."""
+
+    def send(self, function: str, payloads: Sequence[bytes], priorities: Sequence[int]) -> None:
+        """Deliver every payload; never waits for the invocations to run."""
+        ...
+
+    def close(self) -> None:
+        """Release what the transport holds (connections, an event loop)."""
+        ...
+
+
+# The event a pre-warm invocation carries: the handler returns at once.
+PREWARM_PAYLOAD = b'{"kong-warm": true}'
+# A pre-warm is sent when the plan predicts a worker of its config will soon be needed;
+# queued behind the run's work (priorities are successor counts, at most len(dag)) it
+# would start that worker too late to help, so it goes first.
+PREWARM_PRIORITY = 2**31 - 1
+
+
+def function_for(base: str, resource: str) -> str:
+    """The function serving `resource`: one function per resource config, named
+    <base>-<config> (as the local gateway names them); "default" is <base> itself."""
+    return base if resource in ("", "default") else f"{base}-{resource}"

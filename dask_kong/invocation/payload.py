@@ -1,0 +1,171 @@
+"""The payload format: what one invocation carries, as every platform delivers it.
+
+A Lambda event is JSON, so a payload is a small JSON object; binary parts (the run spec,
+inline inputs) are pickles in base64. A run is prepared once by the client
+(`runtime.remote.prepare_remote_run`):
+
+* the `RunSpec` (DAG without its large data, plan, settings) is pickled once; it travels
+  inline when small, else it is stored once under the run's `dag` key and every worker
+  process fetches it once and caches it by run id;
+* large data entries (DataNodes, constants lifted out of `da.from_array` tasks) are
+  stored once, each under its own key, and fetched only by the worker whose task reads it.
+
+Pickle memoization keeps a function shared by many tasks once in the spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .. import config, serialize
+from ..dag import DAG
+from ..errors import SerializationError
+from ..planning.plan import Plan
+from .model import Invocation, InvokerSpec
+
+PAYLOAD_VERSION = 1
+
+# `encode_invocation` writes the run id near the start of the payload; looking there
+# first spares parsing whole payloads (an inline DAG or inputs can make them hundreds of
+# KB) for every queued invocation when a run is cancelled.
+_RUN_FIELD = b'"run":"'
+_RUN_FIELD_WITHIN = 256
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Thresholds workers read on the hot path, resolved once per run from config."""
+
+    inline_input_bytes: int
+    progress_interval_s: float
+    cancel_check_s: float
+    cluster_bytes: int
+    delay_io_bytes: int
+    delay_io_wait_s: float
+    shared_root_wait_s: float
+    recompute_min_bytes: int
+    recompute_input_fraction: float
+    recompute_bytes_per_s: float
+    inspect_items: int
+
+    @classmethod
+    def from_config(cls) -> RunSettings:
+        return cls(
+            inline_input_bytes=int(config.get("payload.inline_input_bytes")),
+            progress_interval_s=float(config.get("run.progress_interval_s")),
+            cancel_check_s=float(config.get("run.cancel_check_s")),
+            cluster_bytes=int(config.get("wukong.cluster_bytes")),
+            delay_io_bytes=int(config.get("wukong.delay_io_bytes")),
+            delay_io_wait_s=float(config.get("wukong.delay_io_wait_s")),
+            shared_root_wait_s=float(config.get("wukong.shared_root_wait_s")),
+            recompute_min_bytes=int(config.get("wukong.recompute_min_bytes")),
+            recompute_input_fraction=float(config.get("wukong.recompute_input_fraction")),
+            recompute_bytes_per_s=float(config.get("wukong.recompute_bytes_per_s")),
+            inspect_items=int(config.get("values.inspect_items")),
+        )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a remote worker needs about a run besides its inputs."""
+
+    dag: DAG
+    plan: Plan
+    settings: RunSettings
+    output_tasks: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """A prepared run: how invocations refer to its spec, and how workers invoke."""
+
+    spec_inline: str | None  # base64 pickle of the RunSpec, or None when stored
+    invoker: InvokerSpec
+
+
+def dumps_spec(spec: RunSpec) -> bytes:
+    """Pickle the spec; when that fails, name the first task that cannot be pickled."""
+    try:
+        return serialize.dumps(spec, what="the run's DAG")
+    except SerializationError:
+        for key, node in zip(spec.dag.keys, spec.dag.nodes, strict=True):
+            serialize.dumps(node, what=f"task {key!r}")  # raises naming the task
+        raise
+
+
+def encode_invocation(invocation: Invocation, shipment: Shipment) -> bytes:
+    """The JSON payload of one invocation (the run id first: see `payload_run_id`)."""
+    body: dict[str, Any] = {
+        "run": invocation.run_id,
+        "kong": PAYLOAD_VERSION,
+        "start": invocation.start,
+        "attempt": invocation.attempt,
+        "sent": invocation.sent_at,
+        "invoker": asdict(shipment.invoker),
+    }
+    if invocation.inputs:
+        body["inputs"] = b64(serialize.dumps(invocation.inputs, what="inline inputs"))
+    if shipment.spec_inline is not None:
+        body["spec"] = shipment.spec_inline
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class DecodedInvocation:
+    """An invocation, the run spec when it travelled inline (base64, passed on as is to
+    the workers this one invokes), and how to invoke further workers."""
+
+    invocation: Invocation
+    spec_b64: str | None
+    invoker: InvokerSpec
+
+    @property
+    def spec_inline(self) -> bytes | None:
+        return None if self.spec_b64 is None else base64.b64decode(self.spec_b64)
+
+
+def decode_invocation(event: dict[str, Any]) -> DecodedInvocation:
+    """Inverse of `encode_invocation`; a payload of another version is refused."""
+    if event.get("kong") != PAYLOAD_VERSION:
+        raise ValueError(f"not a dask-kong v{PAYLOAD_VERSION} invocation: {sorted(event)}")
+    inputs = serialize.loads(base64.b64decode(event["inputs"])) if "inputs" in event else {}
+    invocation = Invocation(
+        event["run"],
+        int(event["start"]),
+        inputs,
+        sent_at=float(event.get("sent", 0.0)),
+        attempt=int(event.get("attempt", 1)),
+    )
+    return DecodedInvocation(invocation, event.get("spec"), InvokerSpec(**event["invoker"]))
+
+
+def payload_run_id(payload: bytes) -> str | None:
+    """The run a dask-kong invocation payload belongs to (None: not one, e.g. a pre-warm)."""
+    head = payload[:_RUN_FIELD_WITHIN]
+    start = head.find(_RUN_FIELD)
+    if start >= 0:
+        end = head.find(b'"', start + len(_RUN_FIELD))
+        if end >= 0:
+            return head[start + len(_RUN_FIELD) : end].decode(errors="replace")
+    try:
+        run = json.loads(payload).get("run")
+    except (ValueError, AttributeError):
+        return None
+    return None if run is None else str(run)
+
+
+def payload_branch(payload: bytes) -> tuple[str, int] | None:
+    """(run id, start task) of a dask-kong invocation payload; None for anything else."""
+    try:
+        body = json.loads(payload)
+        return str(body["run"]), int(body["start"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def b64(blob: bytes) -> str:
+    """`blob` as base64 text, for a JSON payload."""
+    return base64.b64encode(blob).decode("ascii")
