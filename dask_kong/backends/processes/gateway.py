@@ -25,14 +25,11 @@ import asyncio
 import atexit
 import concurrent.futures
 import enum
-import http.client
 import json
 import logging
 import os
-import statistics
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -602,69 +599,3 @@ def _deliver_to(
             future.set_result(outcome)
 
     return deliver
-
-
-def _percentiles(samples_s: list[float], prefix: str) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    return {
-        f"{prefix}_mean_ms": statistics.fmean(ordered) * 1000,
-        f"{prefix}_p50_ms": ordered[len(ordered) // 2] * 1000,
-        f"{prefix}_p99_ms": ordered[min(int(len(ordered) * 0.99), len(ordered) - 1)] * 1000,
-    }
-
-
-def _time_http_invocations(gateway: Gateway, function: str, payload: bytes, n: int) -> list[float]:
-    """Seconds per synchronous invocation over HTTP, on one keep-alive connection."""
-    url = urllib.parse.urlsplit(gateway.url)
-    path = INVOKE_ROUTE.format(name=urllib.parse.quote(function, safe=""))
-    headers = {HEADER_INVOCATION_TYPE: InvocationType.REQUEST_RESPONSE.value}
-    timeout = float(config.get("gateway.sync_wait_s"))
-    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout)
-    samples = []
-    try:
-        for _ in range(n):
-            started = time.perf_counter()
-            connection.request("POST", path, body=payload, headers=headers)
-            response = connection.getresponse()
-            response.read()
-            samples.append(time.perf_counter() - started)
-            if response.status != 200 or response.getheader(HEADER_FUNCTION_ERROR):
-                raise GatewayError(f"latency probe failed with HTTP {response.status}")
-    finally:
-        connection.close()
-    return samples
-
-
-def measure_latency(
-    gateway: Gateway, n: int, *, function: str | None = None, payload: bytes = b"{}"
-) -> dict[str, float]:
-    """End-to-end latency of synchronous invocations: one cold (idle workers retired
-    first), then `n` warm through the fast path and `n` warm over HTTP. Milliseconds.
-
-    The handler should answer `payload` at once (an echo); its own time is included.
-    """
-    if n < 1:
-        raise ValueError("n must be >= 1")
-    function = function or gateway.default_function
-    gateway.retire_idle_workers()
-    started = time.perf_counter()
-    wait_s = float(config.get("gateway.sync_wait_s"))
-    cold = gateway.submit(function, payload).result(timeout=wait_s)
-    cold_s = time.perf_counter() - started
-    if cold.function_error:
-        raise FunctionError(cold.request_id, cold.payload)
-    fast = []
-    for _ in range(n):
-        started = time.perf_counter()
-        gateway.invoke(function, payload)
-        fast.append(time.perf_counter() - started)
-    http_samples = _time_http_invocations(gateway, function, payload, n)
-    stats = gateway.stats()
-    return {
-        "n": float(n),
-        "cold_invoke_ms": cold_s * 1000,
-        "cold_was_cold": float(bool(cold.cold_start)),
-        "cold_start_mean_ms": stats.cold_start_mean_s * 1000,
-        **_percentiles(fast, "warm_fast_path"),
-        **_percentiles(http_samples, "warm_http"),
-    }
