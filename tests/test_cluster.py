@@ -26,7 +26,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from dask_kong import Kong
 from dask_kong.constants import LIVE_KEY, run_prefix, spread_prefix
-from dask_kong.store.base import Event, EventKind, FanIn
+from dask_kong.store.base import Event, EventKind, FanIn, MissingKeyError
 from dask_kong.store.cluster import RedisClusterStore
 from dask_kong.store.redis import connect, open_store
 from dask_kong.store.server import LocalRedisCluster
@@ -215,6 +215,25 @@ def test_large_values_are_split_into_parts_on_several_shards_and_leave_nothing(
         store.close()
 
 
+def test_large_and_small_values_round_trip_across_shards_in_order(
+    cluster_store: RedisClusterStore, raw_cluster: RedisCluster, run_id: str
+) -> None:
+    """Large values go to their shards from threads of their own, and several on one
+    shard are read one per connection; the order of `get_many` holds throughout."""
+    big = b"x" * (2 << 20)  # above kong.store.cluster_thread_bytes and the read cut-off
+    values = {f"out:{t}": (big + bytes([t]) if t % 2 else t) for t in range(8)}
+    written = cluster_store.commit(run_id, values).bytes_written
+    assert written > 4 * len(big)
+    shards = {node_of(raw_cluster, spread_prefix(run_id) + key).name for key in values}
+    assert len(shards) == CLUSTER_SHARDS  # some shard holds two or more of them
+    keys = [f"out:{t}" for t in (7, 0, 5, 2, 3, 4, 1, 6)]
+    got, nbytes = cluster_store.get_many(run_id, keys)
+    assert got == [values[k] for k in keys]
+    assert nbytes == written
+    with pytest.raises(MissingKeyError, match="out:9"):
+        cluster_store.get_many(run_id, ["out:1", "out:9", "out:2"])
+
+
 def test_commits_racing_the_runs_deletion_leave_nothing_on_any_shard(
     cluster_store: RedisClusterStore, raw_cluster: RedisCluster, run_id: str
 ) -> None:
@@ -267,9 +286,7 @@ def test_a_slot_that_moves_to_another_shard_is_followed(
         move_empty_slot(raw_cluster, slot, target, source)
 
 
-def move_empty_slot(
-    raw: RedisCluster, slot: int, source: ClusterNode, target: ClusterNode
-) -> None:
+def move_empty_slot(raw: RedisCluster, slot: int, source: ClusterNode, target: ClusterNode) -> None:
     """Hand an empty slot from `source` to `target` as a resharding does (IMPORTING,
     MIGRATING, then NODE on the target first), and wait until every node agrees."""
     source_client, target_client = node_client(raw, source), node_client(raw, target)

@@ -62,12 +62,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.client import Redis
 from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import parse_url
+from redis.connection import ConnectionPool, parse_url
 from redis.exceptions import (
     AskError,
     ClusterDownError,
     NoScriptError,
     RedisClusterException,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -89,6 +90,8 @@ from .redis import (
 logger = logging.getLogger("dask_kong.store")
 
 T = TypeVar("T")
+#: Commands for one primary: (the node, its commands as argument tuples).
+Batch = tuple[ClusterNode, Sequence[tuple[Any, ...]]]
 
 #: Errors after which the map of slots is refreshed and the operation sent again: the
 #: slot moved (MOVED; ASK while it migrates), the cluster is failing over (CLUSTERDOWN,
@@ -126,6 +129,7 @@ class RedisClusterStore(RedisStore):
             super().close()
             raise StoreUnavailableError(f"Redis Cluster at {self.address}: {exc}") from exc
         self._io_threads = int(config.get("store.cluster_io_threads"))
+        self._thread_bytes = int(config.get("store.cluster_thread_bytes"))
         self._lock = threading.Lock()
         self._clients: dict[str, Redis] = {}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -171,6 +175,44 @@ class RedisClusterStore(RedisStore):
             node = self._shard_of(name)
             groups.setdefault(node.name, (node, []))[1].append(i)
         return list(groups.values())
+
+    def _exchange(self, batches: Sequence[Batch]) -> list[list[Any]]:
+        """Send each batch's commands to its primary, every batch before reading any reply,
+        then read the replies, batch by batch: all requests are out before the first reply
+        is awaited, so the shards work at once, with no hand-off to other threads (what
+        small operations want; `_on_shards` is for large writes). Each batch has a
+        connection of its own, so two batches to one primary never share a reply stream.
+        Replies come raw (bytes, ints, None, lists). An error reply is raised once every
+        reply has been read, so the connections go back to their pools clean; a lost
+        connection discards them all."""
+        taken: list[tuple[ConnectionPool, Any]] = []
+        replies: list[list[Any]] = []
+        first_error: ResponseError | None = None
+        try:
+            for node, commands in batches:
+                pool = self._client_of(node).connection_pool
+                connection = pool.get_connection()
+                taken.append((pool, connection))
+                connection.send_packed_command(connection.pack_commands(commands))
+            for (_, connection), (_, commands) in zip(taken, batches, strict=True):
+                got: list[Any] = []
+                for _ in commands:
+                    try:
+                        got.append(connection.read_response())
+                    except ResponseError as exc:
+                        got.append(exc)
+                        first_error = first_error or exc
+                replies.append(got)
+        except BaseException:
+            for _, connection in taken:  # replies may be left unread on any of them
+                connection.disconnect()
+            raise
+        finally:
+            for pool, connection in taken:
+                pool.release(connection)
+        if first_error is not None:
+            raise first_error
+        return replies
 
     def _on_shards(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
         """Run one job per shard concurrently (the first in this thread) and return their
@@ -254,34 +296,42 @@ class RedisClusterStore(RedisStore):
         register: list[str],
     ) -> int:
         """Write values on every shard at once, the registry entry with those on the
-        run's shard; the bytes actually written (SET NX)."""
+        run's shard; the bytes actually written (SET NX). A shard's batch goes from a
+        thread of its own when it carries at least kong.store.cluster_thread_bytes."""
         registry = run_prefix(run_id) + VALUE_REGISTRY_KEY
-        jobs = [functools.partial(self._write_on, node, group) for node, group in elsewhere]
+        groups = list(elsewhere)
+        batches: list[Batch] = [(node, self._value_commands(group)) for node, group in groups]
         if here or register:
-            jobs.append(functools.partial(self._write_on, run_shard, here, registry, register))
-        return sum(self._on_shards(jobs))
+            groups.append((run_shard, here))
+            batches.append((run_shard, self._value_commands(here, registry, register)))
+        if max(sum(map(len, group.values())) for _, group in groups) < self._thread_bytes:
+            replies = self._exchange(batches)
+        else:
+            jobs = [functools.partial(self._exchange, [batch]) for batch in batches]
+            replies = [got for (got,) in self._on_shards(jobs)]
+        written = 0
+        for (node, group), got in zip(groups, replies, strict=True):
+            registered = register and node.name == run_shard.name
+            written += written_bytes(group, got[2 if registered else 0 :])
+        return written
 
-    def _write_on(
-        self,
-        node: ClusterNode,
-        values: dict[str, bytes],
-        registry: str = "",
-        register: Sequence[str] = (),
-    ) -> int:
-        """One pipeline on one primary: register `register`, write `values` (SET NX)."""
-        pipe = self._client_of(node).pipeline(transaction=False)
-        self._queue_values(pipe, values, registry, register)
-        replies = pipe.execute()
-        return written_bytes(values, replies[2 if register else 0 :])
+    def _value_commands(
+        self, values: dict[str, bytes], registry: str = "", register: Sequence[str] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Register `register` (with a TTL), then write `values` (SET NX with a TTL)."""
+        commands: list[tuple[Any, ...]] = []
+        if register:
+            commands += [("SADD", registry, *register), ("EXPIRE", registry, self.key_ttl_s)]
+        for name, data in values.items():
+            commands.append(("SET", name, data, "EX", self.key_ttl_s, "NX"))
+        return commands
 
     def _queue_values(
         self, pipe: Any, values: dict[str, bytes], registry: str, register: Sequence[str]
     ) -> None:
-        if register:
-            pipe.sadd(registry, *register)
-            pipe.expire(registry, self.key_ttl_s)
-        for name, data in values.items():
-            pipe.set(name, data, nx=True, ex=self.key_ttl_s)
+        """`_value_commands`, queued on a pipeline."""
+        for command in self._value_commands(values, registry, register):
+            pipe.execute_command(*command)
 
     def _finish_commit(
         self,
@@ -336,22 +386,18 @@ class RedisClusterStore(RedisStore):
         coordination = commit_coordination_keys(prefix, fan_ins, events)
         logger.debug("run %s is closed: dropping a late commit of %d values", run_id, len(names))
 
-        def undo_on(node: ClusterNode, doomed: list[str]) -> None:
-            # One key per UNLINK: a multi-key command may not span slots, even on one node.
-            pipe = self._client_of(node).pipeline(transaction=False)
-            for name in doomed:
-                pipe.unlink(name)
-            if node.name == run_shard.name:
-                if values:
-                    pipe.srem(prefix + VALUE_REGISTRY_KEY, *values)
-                if coordination:
-                    pipe.unlink(*coordination)  # one slot: the run's
-            pipe.execute()
-
-        groups = {node.name: (node, [names[i] for i in idx]) for node, idx in self._by_shard(names)}
-        groups.setdefault(run_shard.name, (run_shard, []))
-        jobs = [functools.partial(undo_on, node, doomed) for node, doomed in groups.values()]
-        self._call(f"drop a late commit to run {run_id}", lambda: self._on_shards(jobs))
+        batches = [
+            (node, [("UNLINK", names[i]) for i in positions])  # one slot per UNLINK
+            for node, positions in self._by_shard(names)
+        ]
+        run_commands: list[tuple[Any, ...]] = []
+        if values:
+            run_commands.append(("SREM", prefix + VALUE_REGISTRY_KEY, *values))
+        if coordination:
+            run_commands.append(("UNLINK", *coordination))  # all on the run's slot
+        if run_commands:
+            batches.append((run_shard, run_commands))
+        self._call(f"drop a late commit to run {run_id}", lambda: self._exchange(batches))
 
     # -- reads -----------------------------------------------------------------------
 
@@ -359,56 +405,39 @@ class RedisClusterStore(RedisStore):
         return self._call(what, functools.partial(self._read_everywhere, names))
 
     def _read_everywhere(self, names: list[str]) -> list[Any]:
-        """The stored bytes of `names` (None where absent), each shard read at once."""
-        values: list[Any] = [None] * len(names)
+        """The stored bytes of `names` (None where absent), every shard asked at once.
+        One key per shard (the common case): a GET each, one round-trip. Otherwise their
+        sizes first, then the small values of a shard in one batch and each large one
+        on a connection of its own: hiredis parses several large replies on one
+        connection far slower than the same replies one per connection (RedisStore's
+        `_read_raw` reads one server the same way, for the same reason)."""
         groups = self._by_shard(names)
-        jobs = [
-            functools.partial(self._read_on, node, [names[i] for i in positions])
-            for node, positions in groups
+        if all(len(positions) == 1 for _, positions in groups):
+            reads = [[positions] for _, positions in groups]
+        else:
+            sizes = self._strlen_all(names)
+            reads = [split_large(positions, sizes) for _, positions in groups]
+        batches = [
+            (node, [("GET", names[i]) for i in batch])
+            for (node, _), node_reads in zip(groups, reads, strict=True)
+            for batch in node_reads
         ]
-        for (_, positions), got in zip(groups, self._on_shards(jobs), strict=True):
-            for i, value in zip(positions, got, strict=True):
-                values[i] = value
-        return values
-
-    def _read_on(self, node: ClusterNode, names: list[str]) -> list[Any]:
-        """`names` from one primary, as RedisStore._read_raw reads them from its server
-        (small values in one round-trip, large ones a GET each after their STRLENs), with
-        pipelined GETs where it sends one MGET: a multi-key command may not span slots."""
-        client = self._client_of(node)
-        if len(names) == 1:
-            return [client.get(names[0])]
-        lengths = self._strlen_on(node, names)
         values: list[Any] = [None] * len(names)
-        small = [i for i, n in enumerate(lengths) if n <= _LARGE_READ_BYTES]
-        if small:
-            pipe = client.pipeline(transaction=False)
-            for i in small:
-                pipe.get(names[i])
-            for i, value in zip(small, pipe.execute(), strict=True):
+        positions_in_order = [batch for node_reads in reads for batch in node_reads]
+        for batch, got in zip(positions_in_order, self._exchange(batches), strict=True):
+            for i, value in zip(batch, got, strict=True):
                 values[i] = value
-        for i, n in enumerate(lengths):
-            if n > _LARGE_READ_BYTES:
-                values[i] = client.get(names[i])
         return values
 
     def _strlen_all(self, names: Sequence[str]) -> list[int]:
-        sizes = [0] * len(names)
+        """Stored sizes of `names` (0 where absent): one batch per shard, all at once."""
         groups = self._by_shard(names)
-        jobs = [
-            functools.partial(self._strlen_on, node, [names[i] for i in positions])
-            for node, positions in groups
-        ]
-        for (_, positions), got in zip(groups, self._on_shards(jobs), strict=True):
+        batches = [(node, [("STRLEN", names[i]) for i in positions]) for node, positions in groups]
+        sizes = [0] * len(names)
+        for (_, positions), got in zip(groups, self._exchange(batches), strict=True):
             for i, size in zip(positions, got, strict=True):
-                sizes[i] = size
+                sizes[i] = int(size)
         return sizes
-
-    def _strlen_on(self, node: ClusterNode, names: Sequence[str]) -> list[int]:
-        pipe = self._client_of(node).pipeline(transaction=False)
-        for name in names:
-            pipe.strlen(name)
-        return [int(n) for n in pipe.execute()]
 
     # -- cleanup ---------------------------------------------------------------------
 
@@ -444,18 +473,13 @@ class RedisClusterStore(RedisStore):
                 return deleted
 
     def _unlink_everywhere(self, names: list[str]) -> int:
-        def unlink_on(node: ClusterNode, doomed: list[str]) -> int:
-            pipe = self._client_of(node).pipeline(transaction=False)
-            for name in doomed:  # one key per UNLINK: the names are on different slots
-                pipe.unlink(name)
-            return sum(int(n) for n in pipe.execute())
-
-        groups = self._by_shard(names)
-        jobs = [
-            functools.partial(unlink_on, node, [names[i] for i in positions])
-            for node, positions in groups
+        """Delete `names` wherever they live; how many existed. One key per UNLINK: a
+        multi-key command may not span slots, even on one primary."""
+        batches = [
+            (node, [("UNLINK", names[i]) for i in positions])
+            for node, positions in self._by_shard(names)
         ]
-        return sum(self._on_shards(jobs))
+        return sum(int(n) for got in self._exchange(batches) for n in got)
 
     def run_keys(self, run_id: str) -> list[str]:
         """Every key of the run on every primary, found by SCAN, not by the registry:
@@ -526,6 +550,13 @@ def cluster_client(url: str) -> RedisCluster | None:
     finally:
         probe.close()
     return open_cluster(url) if clustered else None
+
+
+def split_large(positions: list[int], sizes: Sequence[int]) -> list[list[int]]:
+    """`positions` as batches to read: the small values together, each large one alone."""
+    small = [i for i in positions if sizes[i] <= _LARGE_READ_BYTES]
+    large = [[i] for i in positions if sizes[i] > _LARGE_READ_BYTES]
+    return [small, *large] if small else large
 
 
 def value_stages(values: dict[str, bytes]) -> list[dict[str, bytes]]:
