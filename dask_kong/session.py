@@ -14,18 +14,15 @@ from types import TracebackType
 from typing import Any
 
 import dask.config
-from dask.core import flatten
 
 from . import config
-from .dag import DAG, to_dag
-from .dag.shuffle import without_disk_shuffle
-from .dag.translate import normalise_graph
+from .dag import DAG
+from .dag.translate import translate
 from .metrics.records import RunSummary
 from .planning import Plan, PlanningContext, get_planner
 from .planning.history import History, MemoryHistory, RedisHistory, record_run
 from .runtime.backend import Backend
 from .runtime.client import execute_run, new_run_id
-from .runtime.finalize import client_finals, keys_to_run, run_finals
 from .runtime.heartbeat import Heartbeater
 from .store.base import Store
 
@@ -86,14 +83,8 @@ class Kong:
             raise RuntimeError("this Kong session is closed")
         started = time.perf_counter()
         config.validate()  # settings may have changed since the session opened
-        wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
-        renamed: dict[Any, Any] = {}
-        if not self.workers_share_machine:
-            dsk, renamed = without_disk_shuffle(dsk, wanted)
-        run_keys = [k for k in renamed] or wanted
-        graph = normalise_graph(dsk)
-        finals = client_finals(graph, run_keys)
-        dag = to_dag(graph, keys_to_run(run_keys, finals))
+        translation = translate(dsk, keys, shares_disk=self.workers_share_machine)
+        dag = translation.dag
         planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
         plan = planner(dag, self.planning_context())
         translate_s = time.perf_counter() - started
@@ -116,9 +107,7 @@ class Kong:
         summary.translate_s = translate_s
         record_run(self.history, dag, plan, summary)
         self._record(summary)
-        run_finals(finals, values)
-        values.update({renamed[k]: values[k] for k in renamed})
-        return nest(keys, values)
+        return nest(keys, translation.results(values))
 
     def _record(self, summary: RunSummary) -> None:
         """Make `summary` what `last_run()` returns."""

@@ -1,5 +1,9 @@
 """Translate what Dask hands a scheduler into a Kong `DAG`.
 
+`translate` is the one way through for a scheduler call: it rewrites what cannot run where
+the workers are (`shuffle.py`), normalises the graph once, splits off the finalize tasks
+the client runs itself (`finalize.py`) and builds the DAG of the rest (`dag_from_graph`).
+
 Accepted inputs: an expression (anything with `__dask_graph__()`), a HighLevelGraph, or a
 dict of `dask._task_spec` nodes or legacy tuples. Steps, each its own function:
 
@@ -23,18 +27,60 @@ The caller's graph is never mutated: nodes are only read, and a lifted task is a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
 from dask.core import flatten
 
 from .. import config
+from .finalize import client_finals, keys_to_run, run_finals
 from .model import DAG, Key, Output, TaskInput
+from .shuffle import without_disk_shuffle
+
+
+@dataclass(frozen=True)
+class Translation:
+    """What a scheduler call becomes: the DAG the workers compute, the finalize tasks the
+    client runs on their values (`finalize.py`), and, where a rewrite renamed requested
+    keys (`shuffle.py`), each new key's original."""
+
+    dag: DAG
+    finals: dict[Key, Task]
+    renamed: dict[Key, Key]
+
+    def results(self, values: dict[Key, Any]) -> dict[Key, Any]:
+        """`values` of the DAG's outputs, completed with the finalize tasks' results and
+        the requested keys under the names dask asked for."""
+        run_finals(self.finals, values)
+        values.update({old: values[new] for new, old in self.renamed.items()})
+        return values
+
+
+def translate(dsk: Any, keys: Any, *, shares_disk: bool = True) -> Translation:
+    """The one way from what dask hands a scheduler to a DAG: an expression whose disk
+    shuffle cannot run where workers share no disk is rewritten first, the graph is
+    normalised once, and the finalize tasks the client runs are split off."""
+    wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
+    renamed: dict[Key, Key] = {}
+    if not shares_disk:
+        dsk, renamed = without_disk_shuffle(dsk, wanted)
+    run_keys = list(renamed) or wanted
+    graph = normalise_graph(dsk)
+    finals = client_finals(graph, run_keys)
+    dag = dag_from_graph(graph, keys_to_run(run_keys, finals))
+    return Translation(dag, finals, renamed)
 
 
 def to_dag(dsk: Any, keys: Any, *, constant_bytes: int | None = None) -> DAG:
     """Build the DAG computing the (possibly nested) `keys` of `dsk`."""
-    graph = normalise_graph(dsk)
+    return dag_from_graph(normalise_graph(dsk), keys, constant_bytes=constant_bytes)
+
+
+def dag_from_graph(
+    graph: dict[Key, GraphNode], keys: Any, *, constant_bytes: int | None = None
+) -> DAG:
+    """The DAG computing `keys` of a normalised graph (steps 2 to 5 above)."""
     wanted = list(dict.fromkeys(flatten(keys) if isinstance(keys, list) else [keys]))
     canonical = canonical_order(graph)
     position = {k: i for i, k in enumerate(canonical)}

@@ -1,4 +1,4 @@
-"""Dask's finalize tasks run in the client.
+"""Dask's finalize tasks run in the client: split off at translation (`translate`).
 
 `dask.compute` adds one `finalize-<token>` task per collection: it joins the chunks into
 the result (`concatenate3` for an array, a list concatenation for a bag, `_concat` for a
@@ -18,7 +18,7 @@ from typing import Any
 from dask._task_spec import GraphNode, Task
 
 from .. import config
-from ..dag.model import Key
+from .model import Key
 
 
 def client_finals(graph: Mapping[Key, GraphNode], wanted: list[Key]) -> dict[Key, Task]:
