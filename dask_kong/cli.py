@@ -8,6 +8,10 @@ function that runs it, so a new subcommand is one more function in `SUBCOMMANDS`
 
 starts the local Lambda-compatible gateway, prints its URL on the first line of stdout
 and serves until SIGINT or SIGTERM.
+
+    python -m dask_kong dashboard --store redis://host:6379/0 [--host H] [--port P]
+
+serves the live dashboard of the runs sessions announce in that store, the same way.
 """
 
 from __future__ import annotations
@@ -75,7 +79,48 @@ def register_gateway(subcommands: argparse._SubParsersAction[argparse.ArgumentPa
     parser.set_defaults(command=run_gateway)
 
 
-SUBCOMMANDS = [register_gateway]
+def run_dashboard(args: argparse.Namespace) -> int:
+    """Serve the live dashboard of the runs announced in a Redis store until SIGINT or
+    SIGTERM (sessions announce runs with kong.dashboard.publish: true)."""
+    from .diagnostics.publish import serve_store
+
+    url = config.get("store.url", args.store)
+    if not url:
+        print("dask-kong dashboard: --store redis://... is required", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    dashboard = serve_store(url, host=args.host, port=args.port)
+    try:
+        print(dashboard.link, flush=True)
+        while not stop.wait(timeout=0.5):
+            pass
+    finally:
+        dashboard.close()
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
+    return 0
+
+
+def register_dashboard(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "dashboard",
+        help="serve the live dashboard of the runs in a Redis store",
+        description="Serve the live dashboard of the runs that sessions announce in a "
+        "Redis store (kong.dashboard.publish: true). Prints its URL on the first line. "
+        "Defaults come from kong.dashboard in kong.yaml.",
+    )
+    parser.add_argument("--store", help="redis:// URL of the store (default: kong.store.url)")
+    parser.add_argument("--host", help="interface to bind (default: loopback)")
+    parser.add_argument("--port", type=int, help="port to bind (0: a free one)")
+    parser.set_defaults(command=run_dashboard)
+
+
+SUBCOMMANDS = [register_gateway, register_dashboard]
 
 
 def build_parser() -> argparse.ArgumentParser:

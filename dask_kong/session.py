@@ -18,6 +18,7 @@ import dask.config
 from . import config
 from .dag import DAG
 from .dag.translate import translate
+from .diagnostics import observers
 from .metrics.records import RunSummary
 from .planning import Plan, PlanningContext, get_planner
 from .planning.history import History, MemoryHistory, RedisHistory, record_run
@@ -50,6 +51,7 @@ class Kong:
         store: str | None = None,
         planner: str | None = None,
         workers: int | None = None,
+        dashboard: bool | None = None,
         **backend_options: Any,
     ) -> None:
         config.validate({"workers": workers})
@@ -76,6 +78,11 @@ class Kong:
         self._closed = False
         #: Run id of the latest run started by this session, failed or not.
         self.last_run_id: str | None = None
+        try:  # the live dashboard (kong.dashboard): told of each run, see diagnostics
+            self.run_observers = observers.open_for(self, dashboard)
+        except BaseException:
+            self.close()
+            raise
 
     def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         """Dask scheduler entry point: compute `keys` of `dsk`, nested like `keys`."""
@@ -89,6 +96,7 @@ class Kong:
         plan = planner(dag, self.planning_context())
         translate_s = time.perf_counter() - started
         self.last_run_id = new_run_id()
+        observers.run_started(self, self.last_run_id, dag, plan)
         try:
             values, summary = execute_run(
                 dag,
@@ -113,6 +121,7 @@ class Kong:
         """Make `summary` what `last_run()` returns."""
         global _last_run
         _last_run = summary
+        observers.run_finished(self, summary)
 
     def failed_summary(
         self, dag: DAG, plan: Plan, started: float, exc: BaseException
@@ -135,6 +144,11 @@ class Kong:
             plan=plan,
             dag=dag,
         )
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """Address of this session's live dashboard (`Kong(dashboard=True)`), else None."""
+        return observers.dashboard_link(self)
 
     @property
     def workers_share_machine(self) -> bool:
@@ -177,6 +191,7 @@ class Kong:
         if self._closed:
             return
         self._closed = True
+        observers.close_for(self)
         self.backend.close()
         self.heartbeater.close()
         self.history.close()
