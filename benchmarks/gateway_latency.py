@@ -130,13 +130,14 @@ def measure_latency(
 
 def main(argv: list[str] | None = None) -> int:
     from dask_kong.backends.processes.gateway import Gateway
+    from dask_kong.backends.processes.settings import GatewaySettings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="warm invocations per path")
     parser.add_argument("--handler", default=HANDLER, help="module:function to invoke")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    with Gateway(args.handler) as gateway:
+    with Gateway(GatewaySettings.from_config(args.handler)) as gateway:
         result = measure_latency(gateway, args.n)
     if args.json:
         print(json.dumps(result))

@@ -32,6 +32,7 @@ Command = Callable[[argparse.Namespace], int]
 def run_gateway(args: argparse.Namespace) -> int:
     """Serve the gateway until SIGINT/SIGTERM; the workers end with it."""
     from .backends.processes.gateway import Gateway
+    from .backends.processes.settings import GatewaySettings
 
     handler = config.get("gateway.handler", args.handler)
     if not handler:
@@ -43,13 +44,14 @@ def run_gateway(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    gateway = Gateway(
+    settings = GatewaySettings.from_config(
         handler,
         host=args.host,
         port=args.port,
         keep_warm_s=args.keep_warm,
         concurrency=args.concurrency,
     )
+    gateway = Gateway(settings)
     try:
         gateway.start()
         print(gateway.url, flush=True)

@@ -18,6 +18,7 @@ import pytest
 from dask_kong import Kong
 from dask_kong.backends.processes.backend import HANDLER
 from dask_kong.backends.processes.gateway import Gateway
+from dask_kong.backends.processes.settings import GatewaySettings
 from dask_kong.store.server import RedisServer
 
 MODES = ("embedded", "threads-redis", "processes")
@@ -70,7 +71,7 @@ def lambda_gateway(redis_server: RedisServer) -> Iterator[Gateway]:
     """A local gateway that serves kong's handler as a Lambda function, for the lambda
     backend (aiobotocore at its endpoint_url); its workers use the session's Redis."""
     env = {"DASK_KONG__STORE__URL": redis_server.url}
-    gateway = Gateway(HANDLER, env=env, keep_warm_s=10.0).start()
+    gateway = Gateway(GatewaySettings.from_config(HANDLER, env=env, keep_warm_s=10.0)).start()
     pids: list[int] = []
     try:
         yield gateway

@@ -37,6 +37,7 @@ from dask_kong.backends.processes.gateway import (
     PayloadTooLargeError,
 )
 from dask_kong.backends.processes.resources import ResourceConfig
+from dask_kong.backends.processes.settings import GatewaySettings
 
 HANDLER = "tests.gateway_handlers:handle"
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +77,9 @@ def running_gateway(handler: str = HANDLER, **kwargs: Any) -> Iterator[Gateway]:
     kwargs.setdefault("keep_warm_s", 30.0)
     kwargs.setdefault("concurrency", 2)
     threads_before = set(threading.enumerate())
-    gateway = Gateway(handler, **kwargs).start()
+    on_worker_lost = kwargs.pop("on_worker_lost", None)
+    settings = GatewaySettings.from_config(handler, **kwargs)
+    gateway = Gateway(settings, on_worker_lost=on_worker_lost).start()
     seen: set[int] = set()
     try:
         yield gateway

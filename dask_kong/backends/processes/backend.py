@@ -27,6 +27,7 @@ from ...runtime.context import RunContext
 from ...runtime.remote import prepare_remote_run
 from ...store.base import Event, EventKind, Store
 from .gateway import Gateway
+from .settings import GatewaySettings
 
 logger = logging.getLogger("dask_kong.backends.processes")
 
@@ -57,13 +58,10 @@ class ProcessBackend:
         if store.in_process or not url:
             raise KongError("backend='processes' needs a Redis store (store='redis' or a URL)")
         self.store = store
-        self.gateway = Gateway(
-            HANDLER,
-            concurrency=workers,
-            env={"DASK_KONG__STORE__URL": url},
-            on_worker_lost=self._on_worker_lost,
-            **gateway_options,
-        ).start()
+        settings = GatewaySettings.from_config(
+            HANDLER, concurrency=workers, env={"DASK_KONG__STORE__URL": url}, **gateway_options
+        )
+        self.gateway = Gateway(settings, on_worker_lost=self._on_worker_lost).start()
         # Tasks name their resource config; the invoker maps it to <prefix>-<config>.
         prefix = self.gateway.settings.function_prefix
         self.spec = InvokerSpec(kind="gateway", function=function or prefix)

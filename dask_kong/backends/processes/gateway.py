@@ -1,8 +1,9 @@
 """A local gateway that speaks the AWS Lambda Invoke API and runs handlers in processes.
 
-`Gateway("module:function")` serves `POST /2015-03-31/functions/{name}/invocations`
-on an aiohttp server whose event loop runs in a background thread, so aiobotocore's
-Lambda client (`endpoint_url=gateway.url`) works against it unchanged. Each invocation
+`Gateway(GatewaySettings.from_config("module:function"))` serves
+`POST /2015-03-31/functions/{name}/invocations` on an aiohttp server whose event loop
+runs in a background thread, so aiobotocore's Lambda client (`endpoint_url=gateway.url`)
+works against it unchanged; its settings come from `kong.gateway` (`settings.py`). Each invocation
 runs in a worker process of the pool (`pool.py`): warm pools per resource config, cold
 starts, keep-warm expiry, a concurrency limit with a priority queue, memory limits and
 timeouts. It is generic: it knows nothing of Dask, only `handler(event, context)`.
@@ -27,11 +28,9 @@ import concurrent.futures
 import enum
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -43,12 +42,12 @@ from .pool import (
     InvocationMatcher,
     InvocationOutcome,
     PendingInvocation,
-    PoolSettings,
     WorkerLostCallback,
     WorkerPool,
     new_request_id,
 )
-from .resources import FunctionTable, ResourceConfig, default_resource_configs, function_arn
+from .resources import FunctionTable, ResourceConfig, function_arn
+from .settings import GatewaySettings
 
 logger = logging.getLogger("dask_kong.gateway")
 
@@ -101,73 +100,6 @@ class FunctionError(GatewayError):
         super().__init__(f"{self.error_type}: {self.error_message}")
 
 
-@dataclass(frozen=True)
-class GatewaySettings:
-    """The gateway's resolved configuration (arguments over `kong.gateway.*`)."""
-
-    handler: str
-    host: str
-    port: int
-    function_prefix: str
-    default_config: str
-    resource_configs: tuple[ResourceConfig, ...]
-    pool: PoolSettings
-
-
-def resolve_settings(
-    handler: str,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    resource_configs: Iterable[ResourceConfig] | None = None,
-    keep_warm_s: float | None = None,
-    concurrency: int | None = None,
-    env: Mapping[str, str] | None = None,
-    function_prefix: str | None = None,
-    default_config: str | None = None,
-    invocation_timeout_s: float | None = None,
-    cold_start_timeout_s: float | None = None,
-) -> GatewaySettings:
-    """Arguments where given, else `kong.gateway.*`."""
-    module, sep, function = handler.partition(":")
-    if not (module and sep and function):
-        raise ValueError(f"handler {handler!r} is not of the form 'module:function'")
-    configs = tuple(resource_configs) if resource_configs is not None else None
-    default = config.get("gateway.default_resource_config", default_config)
-    if configs is None:
-        configs = tuple(default_resource_configs())
-    elif default_config is None and default not in {c.name for c in configs}:
-        default = configs[0].name  # explicit configs without the configured default
-    pool = PoolSettings(
-        handler=handler,
-        keep_warm_s=float(config.get("gateway.keep_warm_s", keep_warm_s)),
-        concurrency=int(config.get("gateway.concurrency", concurrency) or os.cpu_count() or 1),
-        cold_start_timeout_s=float(
-            config.get("gateway.cold_start_timeout_s", cold_start_timeout_s)
-        ),
-        invocation_timeout_s=float(
-            config.get("gateway.invocation_timeout_s", invocation_timeout_s)
-        ),
-        stop_timeout_s=float(config.get("gateway.stop_timeout_s")),
-        priority_window_s=float(config.get("gateway.priority_window_s")),
-        close_drain_s=float(config.get("gateway.close_drain_s")),
-        max_sync_payload_bytes=int(config.get("gateway.max_sync_payload_bytes")),
-        max_async_payload_bytes=int(config.get("gateway.max_async_payload_bytes")),
-        env=dict(env or {}),
-    )
-    if pool.concurrency < 1:
-        raise ValueError("gateway concurrency must be >= 1")
-    return GatewaySettings(
-        handler=handler,
-        host=str(config.get("gateway.host", host)),
-        port=int(config.get("gateway.port", port)),
-        function_prefix=str(config.get("gateway.function_prefix", function_prefix)),
-        default_config=str(default),
-        resource_configs=configs,
-        pool=pool,
-    )
-
-
 def _json_response(status: int, body: dict[str, Any], headers: dict[str, str]) -> web.Response:
     return web.Response(
         status=status,
@@ -191,38 +123,13 @@ class Gateway:
     lost with its worker (died, killed for its timeout or its memory, or the handler
     failed to load); `exitcode` follows `Popen.returncode` (negative: the signal). It
     runs on the gateway's event loop thread: it must return quickly and must not wait
-    on a synchronous invocation.
+    on a synchronous invocation. `settings` come from `GatewaySettings.from_config`.
     """
 
     def __init__(
-        self,
-        handler: str,
-        *,
-        host: str | None = None,
-        port: int | None = None,
-        resource_configs: Iterable[ResourceConfig] | None = None,
-        keep_warm_s: float | None = None,
-        concurrency: int | None = None,
-        env: Mapping[str, str] | None = None,
-        on_worker_lost: WorkerLostCallback | None = None,
-        function_prefix: str | None = None,
-        default_config: str | None = None,
-        invocation_timeout_s: float | None = None,
-        cold_start_timeout_s: float | None = None,
+        self, settings: GatewaySettings, *, on_worker_lost: WorkerLostCallback | None = None
     ) -> None:
-        self.settings = resolve_settings(
-            handler,
-            host=host,
-            port=port,
-            resource_configs=resource_configs,
-            keep_warm_s=keep_warm_s,
-            concurrency=concurrency,
-            env=env,
-            function_prefix=function_prefix,
-            default_config=default_config,
-            invocation_timeout_s=invocation_timeout_s,
-            cold_start_timeout_s=cold_start_timeout_s,
-        )
+        self.settings = settings
         self.function_table = FunctionTable(
             self.settings.function_prefix,
             self.settings.resource_configs,

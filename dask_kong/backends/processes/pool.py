@@ -59,6 +59,7 @@ from ...invocation.pipe import Frame, FrameDecoder, FrameKind
 from ...waits import poll_until_async
 from . import worker_main
 from .resources import FunctionTable, ResourceConfig, function_arn
+from .settings import PoolSettings
 from .worker_main import lambda_error
 
 logger = logging.getLogger("dask_kong.gateway")
@@ -101,24 +102,6 @@ _FRAME_HEADER_ALLOWANCE = 64 * 1024
 def new_request_id() -> str:
     """A Lambda-style request id (a UUID)."""
     return str(uuid.uuid4())
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    """Everything the pool needs to know, resolved from config by the gateway."""
-
-    handler: str
-    keep_warm_s: float
-    concurrency: int
-    cold_start_timeout_s: float
-    invocation_timeout_s: float
-    stop_timeout_s: float
-    max_sync_payload_bytes: int
-    max_async_payload_bytes: int
-    env: Mapping[str, str] = field(default_factory=dict)
-    priority_window_s: float = 10.0
-    # how long running invocations get to finish at close (kong.gateway.close_drain_s)
-    close_drain_s: float = 0.0
 
 
 @dataclass(frozen=True)
