@@ -49,6 +49,18 @@ def claim_key(name: str) -> str:
     return f"claim:{name}"
 
 
+def delay_io_claim(child: int) -> str:
+    """Claim name of the one parent of fan-in `child` allowed to delay its I/O there
+    (two delaying parents would wait for each other)."""
+    return f"delay-io:{child}"
+
+
+def shared_root_claim(task: int) -> str:
+    """Claim name of a shared root (`Plan.shared_roots`): its claimant runs it once for
+    every subtree that takes it in."""
+    return f"root:{task}"
+
+
 def stateful_claim(task: int) -> str:
     """Claim name of a stateful task (`dask_kong.values`): its first runner owns it, so a
     duplicate delivery never acts on the state behind a handle a second time."""

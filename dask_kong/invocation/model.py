@@ -38,9 +38,7 @@ class Invocation:
 
     def without_inputs(self) -> Invocation:
         """The same invocation with nothing inline (its inputs went to the store)."""
-        return Invocation(
-            self.run_id, self.start, sent_at=self.sent_at, attempt=self.attempt
-        )
+        return Invocation(self.run_id, self.start, sent_at=self.sent_at, attempt=self.attempt)
 
 
 @dataclass(frozen=True)

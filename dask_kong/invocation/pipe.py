@@ -25,6 +25,7 @@ from typing import Any
 _PREFIX = struct.Struct("!BII")
 PREFIX_SIZE = _PREFIX.size
 
+
 class FrameKind(enum.IntEnum):
     """What a frame means; READY, RESULT, INIT_ERROR and CALL go worker -> gateway."""
 
@@ -129,7 +130,6 @@ class WorkerChannel:
         view = memoryview(data)
         while view:
             view = view[os.write(self._out_fd, view) :]
-
 
 
 @dataclass(frozen=True)

@@ -25,18 +25,19 @@ still run faster than its output moves (`Recipe.cost_s`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dask.sizeof import sizeof
 
-from ..planning import Optimization
+from ..planning.plan import Optimization
+from .recorder import Phase
 
 if TYPE_CHECKING:
     from ..metrics.records import TaskMetrics
     from .context import RunContext
+    from .recorder import Recorder
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,11 @@ def nest_recipes(
     return nested
 
 
-def rebuild(ctx: RunContext, task: int, recipe: Recipe, metrics: TaskMetrics) -> Any:
+def rebuild(ctx: RunContext, task: int, recipe: Recipe, recorder: Recorder) -> Any:
     """Run `task` again from its recipe; the time counts as the reader's recompute time."""
     inputs = {
-        key: rebuild(ctx, v.task, v.recipe, metrics) if isinstance(v, RecipeRef) else v
+        key: rebuild(ctx, v.task, v.recipe, recorder) if isinstance(v, RecipeRef) else v
         for key, v in recipe.inputs.items()
     }
-    started = time.perf_counter()
-    value = ctx.dag.nodes[task](inputs)
-    metrics.recompute_s += time.perf_counter() - started
-    return value
+    with recorder.timing(Phase.RECOMPUTE):
+        return ctx.dag.nodes[task](inputs)

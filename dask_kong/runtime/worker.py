@@ -39,6 +39,7 @@ memory (`keep_for_subtree`); only the top's dependents are routed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -46,31 +47,34 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from dask.sizeof import sizeof
 
 from .. import serialize
-from ..constants import data_key, output_key, stateful_claim
+from ..constants import (
+    data_key,
+    delay_io_claim,
+    output_key,
+    shared_root_claim,
+    stateful_claim,
+)
 from ..errors import MissingOutputError
 from ..invocation.model import Invocation
 from ..metrics.records import CapturedWarning, TaskMetrics
 from ..planning import Optimization
 from ..store.base import Event, EventKind, FanIn, MissingKeyError
 from ..values import all_plain, is_plain_data
+from ..waits import poll_until
 from .context import RunContext
 from .recompute import Recipe, rebuild, recipe_for
+from .recorder import Phase, Recorder
 
 logger = logging.getLogger("dask_kong.runtime")
 
 _worker_ids = itertools.count()
-
-# Delayed I/O polls the fan-in with exponential backoff between these pauses: the first
-# catches a sibling that is about to finish, the cap keeps polling cheap for the store.
-_DELAY_IO_FIRST_PAUSE_S = 0.001
-_DELAY_IO_MAX_PAUSE_S = 0.05
 
 
 # A task that warns in a loop (a reduction over NaNs, per element) would otherwise ship
@@ -101,7 +105,31 @@ def new_worker_id(run_id: str) -> str:
 
 @dataclass
 class Branch:
-    """State of one worker: what it holds in memory and what it has yet to report."""
+    """State of one worker running one branch, as dask/local.py documents its `state`:
+
+    ============  ===================================================================
+    field         what it holds
+    ============  ===================================================================
+    ctx           the run: DAG, plan, store, invoker, settings (`RunContext`)
+    worker_id     this invocation's id in events and heartbeats (`new_worker_id`)
+    local         task -> output (or `Recipe`) this worker holds: inline inputs of the
+                  invocation, outputs it computed or read; pruned to what the tasks it
+                  runs next read (`keep_only_inputs_of`)
+    data          data-node name -> value read from the store (lifted constants)
+    pending       completion events not sent yet (`flush_if_due` batches them)
+    last_flush    monotonic time of the last round-trip that carried events
+    written       tasks whose output this branch wrote (a task is written once)
+    duplicated    parents this branch ran again for task-dup (never twice)
+    recipes       task -> the recipe its output was published as or read from, so
+                  invoked workers get the recipe, not the value (`runtime.recompute`)
+    failed        a task raised: the branch stops, the run fails
+    unread        batched subtree: per member, how many tasks of the subtree have yet
+                  to read its output (dropped at 0: `keep_for_subtree`)
+    carried       what taking a shared root from its claimant cost (`share_root`): it
+                  has no event of its own, so the next task's metrics carry it
+    recorder      measurements of the task being run (`runtime.recorder`)
+    ============  ===================================================================
+    """
 
     ctx: RunContext
     worker_id: str
@@ -113,11 +141,23 @@ class Branch:
     duplicated: set[int] = field(default_factory=set)
     recipes: dict[int, Recipe] = field(default_factory=dict)
     failed: bool = False
-    # Batched subtree: per member, how many tasks of the subtree have yet to read it.
     unread: collections.Counter[int] = field(default_factory=collections.Counter)
-    # What taking a shared root from its claimant cost (share_root): it has no event of
-    # its own, so the next task's metrics carry it.
     carried: TaskMetrics | None = None
+    recorder: Recorder = field(default_factory=lambda: Recorder(TaskMetrics(worker="")))
+
+    @property
+    def metrics(self) -> TaskMetrics:
+        """The measurements of the task being run."""
+        return self.recorder.metrics
+
+    @contextlib.contextmanager
+    def measuring(self, metrics: TaskMetrics) -> Iterator[None]:
+        """Record into `metrics` for the block (a task run aside: task-dup's duplicate)."""
+        outer, self.recorder = self.recorder, Recorder(metrics)
+        try:
+            yield
+        finally:
+            self.recorder = outer
 
 
 def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = None) -> None:
@@ -151,6 +191,7 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
     metrics = TaskMetrics(
         worker=branch.worker_id, resource=resource, start=time.time(), container=container_id()
     )
+    branch.recorder = Recorder(metrics)
     if invocation is not None and invocation.sent_at > 0:
         waited = metrics.start - invocation.sent_at - invocation.queued_s
         metrics.startup_s = max(waited, 1e-6)
@@ -160,13 +201,13 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
         branch.carried = None
     try:
         if task in branch.ctx.plan.shared_roots:
-            return share_root(branch, task, metrics)
-        values = gather_inputs(branch, task, metrics)
-        value = execute(branch, task, values, metrics)
-        recipe = publishable(branch, task, value, values, metrics)
+            return share_root(branch, task)
+        values = gather_inputs(branch, task)
+        value = execute(branch, task, values)
+        recipe = publishable(branch, task, value, values)
         if task in branch.ctx.plan.subtree_members:
-            return keep_for_subtree(branch, task, value, metrics)
-        return route_dependents(branch, task, value, recipe, metrics)
+            return keep_for_subtree(branch, task, value)
+        return route_dependents(branch, task, value, recipe)
     except RunElsewhere:
         return []  # a duplicate delivery of a stateful task: the first one goes on
     except Exception as exc:
@@ -175,21 +216,21 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
         return []
 
 
-def gather_inputs(branch: Branch, task: int, metrics: TaskMetrics) -> dict[Any, Any]:
+def gather_inputs(branch: Branch, task: int) -> dict[Any, Any]:
     """Input values of `task` keyed as its node expects: handles this process made and
     local memory and the payload first, the DAG's in-process data next, the store last
     (one round-trip for all)."""
     dag = branch.ctx.dag
     values: dict[Any, Any] = {}
-    remote: list[tuple[Any, str]] = []
+    remote: list[RemoteInput] = []
     for inp in dag.inputs[task]:
         if inp.task is not None:
             if inp.task in branch.ctx.handles:  # the one object of this process
                 values[inp.key] = branch.ctx.handles[inp.task]
             elif inp.task in branch.local:
-                values[inp.key] = local_value(branch, inp.task, metrics)
+                values[inp.key] = local_value(branch, inp.task)
             else:
-                remote.append((inp.key, output_key(inp.task)))
+                remote.append(RemoteInput(inp.key, output_key(inp.task), inp.task))
         else:
             name = inp.data or ""
             if name in dag.data:
@@ -197,45 +238,50 @@ def gather_inputs(branch: Branch, task: int, metrics: TaskMetrics) -> dict[Any, 
             elif name in branch.data:
                 values[inp.key] = branch.data[name]
             else:
-                remote.append((inp.key, data_key(name)))
+                remote.append(RemoteInput(inp.key, data_key(name), name))
     if remote:
-        fetch_remote(branch, task, remote, values, metrics)
+        fetch_remote(branch, task, remote, values)
     return values
 
 
+@dataclass(frozen=True)
+class RemoteInput:
+    """An input to read from the store: the key the task's node expects, the store key,
+    and its source (a parent task's index, or a data node's name)."""
+
+    key: Any
+    store_key: str
+    source: int | str
+
+
 def fetch_remote(
-    branch: Branch,
-    task: int,
-    remote: list[tuple[Any, str]],
-    values: dict[Any, Any],
-    metrics: TaskMetrics,
+    branch: Branch, task: int, remote: list[RemoteInput], values: dict[Any, Any]
 ) -> None:
     """Read inputs this worker does not hold from the store, and keep them."""
-    started = time.perf_counter()
     try:
-        fetched, nbytes = branch.ctx.store.get_many(branch.ctx.run_id, [k for _, k in remote])
+        with branch.recorder.timing(Phase.READ):
+            keys = [r.store_key for r in remote]
+            fetched, nbytes = branch.ctx.store.get_many(branch.ctx.run_id, keys)
     except MissingKeyError as exc:
         key = branch.ctx.dag.keys[task]
         raise MissingOutputError(f"input of task {key!r} is missing: {exc}") from exc
-    metrics.read_s += time.perf_counter() - started
-    metrics.read_bytes += nbytes
-    for (dask_key, store_key), value in zip(remote, fetched, strict=True):
-        if store_key.startswith("out:"):
-            parent = int(store_key[4:])
-            branch.local[parent] = value
-            value = local_value(branch, parent, metrics)
+    branch.recorder.read(nbytes)
+    for r, value in zip(remote, fetched, strict=True):
+        if isinstance(r.source, int):
+            branch.local[r.source] = value
+            value = local_value(branch, r.source)
         else:
-            branch.data[store_key[5:]] = value
-        values[dask_key] = value
+            branch.data[r.source] = value
+        values[r.key] = value
 
 
-def local_value(branch: Branch, task: int, metrics: TaskMetrics) -> Any:
+def local_value(branch: Branch, task: int) -> Any:
     """The output of `task` this worker holds, recomputed first when what it holds is a
     recipe (kept, so that workers this one invokes get the recipe, not the value)."""
     value = branch.local[task]
     if isinstance(value, Recipe):
         branch.recipes[task] = value
-        value = branch.local[task] = rebuild(branch.ctx, task, value, metrics)
+        value = branch.local[task] = rebuild(branch.ctx, task, value, branch.recorder)
     return value
 
 
@@ -244,7 +290,7 @@ class RunElsewhere(Exception):
     (a duplicate invocation, or task-dup). That one routes its dependents."""
 
 
-def execute(branch: Branch, task: int, values: dict[Any, Any], metrics: TaskMetrics) -> Any:
+def execute(branch: Branch, task: int, values: dict[Any, Any]) -> Any:
     """Run the task's node on its inputs. A stateful task (one that reads or makes a handle
     to state: `dask_kong.values`) runs for the run only in the worker that claims it
     first; elsewhere `RunElsewhere` is raised. A task that reads a handle claims before it
@@ -253,24 +299,23 @@ def execute(branch: Branch, task: int, values: dict[Any, Any], metrics: TaskMetr
     plain_inputs = all_plain(values, ctx.settings.inspect_items)
     if not plain_inputs:
         claim_stateful(branch, task)
-    started = time.perf_counter()
-    if ctx.captures_warnings:
-        value = run_capturing_warnings(ctx.dag.nodes[task], values, metrics)
-    else:
-        value = ctx.dag.nodes[task](values)
-    metrics.exec_s = time.perf_counter() - started
+    with branch.recorder.timing(Phase.EXECUTE):
+        if ctx.captures_warnings:
+            value = run_capturing_warnings(branch, ctx.dag.nodes[task], values)
+        else:
+            value = ctx.dag.nodes[task](values)
     if is_plain_data(value, ctx.settings.inspect_items):
-        metrics.stateful = not plain_inputs
+        branch.metrics.stateful = not plain_inputs
         return value
-    metrics.stateful = True
+    branch.metrics.stateful = True
     if plain_inputs:
         claim_stateful(branch, task)
     ctx.handles[task] = value  # lives as long as the run in this process
     return value
 
 
-def run_capturing_warnings(node: Any, values: dict[Any, Any], metrics: TaskMetrics) -> Any:
-    """Run `node`, recording the distinct warnings it raises in `metrics` for the client.
+def run_capturing_warnings(branch: Branch, node: Any, values: dict[Any, Any]) -> Any:
+    """Run `node`, recording the distinct warnings it raises for the client.
     Every warning is recorded ("always"): the client's own filters decide what shows."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -279,7 +324,7 @@ def run_capturing_warnings(node: Any, values: dict[Any, Any], metrics: TaskMetri
         (w.category, str(w.message), w.filename, w.lineno): None
         for w in caught[:_MAX_WARNINGS_PER_TASK]
     }
-    metrics.warnings = tuple(CapturedWarning(*key) for key in seen)
+    branch.metrics.warnings = tuple(CapturedWarning(*key) for key in seen)
     return value
 
 
@@ -302,26 +347,23 @@ class Routing:
     write: bool  # the output goes to the store now
 
 
-def publishable(
-    branch: Branch, task: int, value: Any, inputs: dict[Any, Any], metrics: TaskMetrics
-) -> Recipe | None:
+def publishable(branch: Branch, task: int, value: Any, inputs: dict[Any, Any]) -> Recipe | None:
     """Record the output's size and whether it would be published as a recipe; that
     recipe (`runtime.recompute`), or None to publish the output itself. Recorded for
     subtree members too, which publish nothing: planners read it from the history to
     decide which roots a subtree may run again."""
+    metrics = branch.metrics
     metrics.output_bytes = sizeof(value)
     recipe = recipe_for(branch.ctx, task, inputs, metrics, branch.recipes)
     metrics.recipe = recipe is not None
     return recipe
 
 
-def route_dependents(
-    branch: Branch, task: int, value: Any, recipe: Recipe | None, metrics: TaskMetrics
-) -> list[int]:
+def route_dependents(branch: Branch, task: int, value: Any, recipe: Recipe | None) -> list[int]:
     """Publish what others need, mark fan-ins, invoke workers for dependents that run
     elsewhere, and return the dependents this worker runs next. What is published is
     the output itself, or `recipe` when recomputing it is cheaper than moving it."""
-    ctx = branch.ctx
+    ctx, metrics = branch.ctx, branch.metrics
     branch.local[task] = value
     if recipe is not None:
         branch.recipes[task] = recipe
@@ -336,11 +378,11 @@ def route_dependents(
         if early:
             metrics.end = time.time()
             branch.pending.append(done)
-        ready += commit_output(branch, task, value, fan_ins, metrics)
+        ready += commit_output(branch, task, value, fan_ins)
     if routing.delayed:
-        ready += delay_then_mark(branch, task, value, routing.delayed, metrics)
+        ready += delay_then_mark(branch, task, value, routing.delayed)
     here, elsewhere = split_ready(branch, ready, routing.cluster)
-    invoke_others(branch, elsewhere, metrics)
+    invoke_others(branch, elsewhere)
     if not early:
         metrics.end = time.time()
         branch.pending.append(done)
@@ -348,7 +390,7 @@ def route_dependents(
     return here
 
 
-def keep_for_subtree(branch: Branch, task: int, value: Any, metrics: TaskMetrics) -> list[int]:
+def keep_for_subtree(branch: Branch, task: int, value: Any) -> list[int]:
     """A member of a batched subtree: its dependents in the subtree run later in this
     branch, so the output stays in memory and only the completion event is queued. The
     branch already holds the rest of the subtree in its to-do list: nothing new to run.
@@ -358,13 +400,13 @@ def keep_for_subtree(branch: Branch, task: int, value: Any, metrics: TaskMetrics
         if branch.unread[parent] <= 0:
             branch.local.pop(parent, None)
     branch.local[task] = value
-    metrics.end = time.time()
-    branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, metrics))
+    branch.metrics.end = time.time()
+    branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, branch.metrics))
     flush_if_due(branch)
     return []
 
 
-def share_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[int]:
+def share_root(branch: Branch, task: int) -> list[int]:
     """A root several subtrees take in that no earlier run showed cheap to run again
     (`Plan.shared_roots`): it runs once per run, not once per subtree. The first worker
     to claim it runs it and publishes what the store should hold (its recipe when
@@ -372,14 +414,14 @@ def share_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[int]:
     takes that instead: recomputes the recipe, or reads the value. A cheap root is then
     run again where needed, like a known duplicable one, and a costly one is run once
     and read, like any shared output."""
-    ctx = branch.ctx
-    if ctx.store.claim(ctx.run_id, [f"root:{task}"])[0]:
-        values = gather_inputs(branch, task, metrics)
-        value = execute(branch, task, values, metrics)
-        recipe = publishable(branch, task, value, values, metrics)
-        commit_output(branch, task, value if recipe is None else recipe, [], metrics)
-        return keep_for_subtree(branch, task, value, metrics)
-    value = await_published(branch, task, metrics)
+    ctx, metrics = branch.ctx, branch.metrics
+    if ctx.store.claim(ctx.run_id, [shared_root_claim(task)])[0]:
+        values = gather_inputs(branch, task)
+        value = execute(branch, task, values)
+        recipe = publishable(branch, task, value, values)
+        commit_output(branch, task, value if recipe is None else recipe, [])
+        return keep_for_subtree(branch, task, value)
+    value = await_published(branch, task)
     if value is _UNPUBLISHED and ctx.cancelled():
         branch.failed = True  # the run failed (the claimant's error, maybe): stop here
         return []
@@ -389,7 +431,7 @@ def share_root(branch: Branch, task: int, metrics: TaskMetrics) -> list[int]:
             ctx.dag.keys[task],
             ctx.settings.shared_root_wait_s,
         )
-        value = execute(branch, task, gather_inputs(branch, task, metrics), metrics)
+        value = execute(branch, task, gather_inputs(branch, task))
         metrics.recompute_s += metrics.exec_s
         metrics.exec_s = 0.0
     # No completion event: the claimant reports the task (its metrics feed the history);
@@ -413,20 +455,19 @@ def carry_over(source: TaskMetrics, target: TaskMetrics) -> None:
 _UNPUBLISHED = object()
 
 
-def await_published(branch: Branch, task: int, metrics: TaskMetrics) -> Any:
+def await_published(branch: Branch, task: int) -> Any:
     """The value of `task` once its claimant published it (recomputed from a recipe),
     polling with backoff; `_UNPUBLISHED` after `kong.wukong.shared_root_wait_s`, or as
     soon as the run is cancelled or closed (a claimant whose root raised fails the run)."""
     ctx = branch.ctx
-    deadline = time.monotonic() + ctx.settings.shared_root_wait_s
-    delay = 0.001
-    while not outputs_in_store(branch, [task]):
-        if time.monotonic() >= deadline or ctx.cancelled():
-            return _UNPUBLISHED
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    fetch_outputs(branch, [task], metrics)
-    return local_value(branch, task, metrics)
+    published = poll_until(
+        lambda: bool(outputs_in_store(branch, [task])) or ctx.cancelled(),
+        ctx.settings.shared_root_wait_s,
+    )
+    if not published or not outputs_in_store(branch, [task]):
+        return _UNPUBLISHED
+    fetch_outputs(branch, [task])
+    return local_value(branch, task)
 
 
 def event_is_final_before_commit(branch: Branch, routing: Routing) -> bool:
@@ -487,9 +528,7 @@ def split_ready(branch: Branch, ready: list[int], cluster: bool) -> tuple[list[i
     return [become], [c for c in ready if c != become]
 
 
-def delay_then_mark(
-    branch: Branch, task: int, value: Any, children: list[int], metrics: TaskMetrics
-) -> list[int]:
+def delay_then_mark(branch: Branch, task: int, value: Any, children: list[int]) -> list[int]:
     """Delayed I/O: wait (bounded, backoff) until this task is the last missing parent of
     a fan-in; then complete it without writing and run the child here. Only one parent
     per fan-in may delay (the first to claim it): two delaying parents would wait for
@@ -498,37 +537,38 @@ def delay_then_mark(
     the other parents' outputs or recompute a missing parent (task-dup)."""
     ctx = branch.ctx
     parents = ctx.dag.parents
-    deadline = time.monotonic() + ctx.settings.delay_io_wait_s
-    pause = _DELAY_IO_FIRST_PAUSE_S
-    won = ctx.store.claim(ctx.run_id, [f"delay-io:{c}" for c in children])
+    won = ctx.store.claim(ctx.run_id, [delay_io_claim(c) for c in children])
     pending = [c for c, w in zip(children, won, strict=True) if w]
     ready: list[int] = []
     if len(pending) < len(children):
         lost = [c for c in children if c not in pending]
-        ready += mark_last_or_write(branch, task, value, lost, metrics)
-    while pending:
+        ready += mark_last_or_write(branch, task, value, lost)
+
+    def settled() -> bool:
+        """One look at the fan-ins still waited on: complete those where this task is
+        the last missing parent, work while waiting; True when none is left."""
+        nonlocal pending
         progress = ctx.store.fan_in_progress(ctx.run_id, pending)
         last = [c for c, n in zip(pending, progress, strict=True) if n == len(parents[c]) - 1]
         if last:
             marks = [FanIn(c, task, len(parents[c])) for c in last]
-            ready += ctx.store.commit(ctx.run_id, {}, marks).ready
+            ready.extend(ctx.store.commit(ctx.run_id, {}, marks).ready)
             pending = [c for c in pending if c not in last]
-        if not pending or time.monotonic() + pause > deadline:
-            break
-        completed = work_while_waiting(branch, task, pending, metrics)
-        ready += completed
-        pending = [c for c in pending if c not in completed]
-        time.sleep(pause)
-        pause = min(pause * 2, _DELAY_IO_MAX_PAUSE_S)
+        if pending:
+            completed = work_while_waiting(branch, task, pending)
+            ready.extend(completed)
+            pending = [c for c in pending if c not in completed]
+        return not pending
+
+    if pending:
+        poll_until(settled, ctx.settings.delay_io_wait_s)
     if pending:
         fan_ins = [FanIn(c, task, len(parents[c])) for c in pending]
-        ready += commit_output(branch, task, value, fan_ins, metrics)
+        ready += commit_output(branch, task, value, fan_ins)
     return ready
 
 
-def mark_last_or_write(
-    branch: Branch, task: int, value: Any, children: list[int], metrics: TaskMetrics
-) -> list[int]:
+def mark_last_or_write(branch: Branch, task: int, value: Any, children: list[int]) -> list[int]:
     """Fan-ins whose claim another parent won: where every other parent has marked
     already (the claimant too: it marks only after giving up waiting), this worker
     completes the fan-in without writing and runs the child itself; the rest get the
@@ -544,13 +584,11 @@ def mark_last_or_write(
         ready += ctx.store.commit(ctx.run_id, {}, marks).ready
     rest = [FanIn(c, task, len(parents[c])) for c in children if c not in last]
     if rest:
-        ready += commit_output(branch, task, value, rest, metrics)
+        ready += commit_output(branch, task, value, rest)
     return ready
 
 
-def work_while_waiting(
-    branch: Branch, task: int, children: list[int], metrics: TaskMetrics
-) -> list[int]:
+def work_while_waiting(branch: Branch, task: int, children: list[int]) -> list[int]:
     """Pre-load and task-dup for the fan-ins this worker waits on, as the plan says.
     Returns children a duplicate's mark completed (possible only under re-delivery)."""
     plan, parents = branch.ctx.plan, branch.ctx.dag.parents
@@ -564,7 +602,7 @@ def work_while_waiting(
     missing = {c: [p for p in parents[c] if p != task and p not in branch.local] for c in flagged}
     existing = outputs_in_store(branch, sorted({p for ps in missing.values() for p in ps}))
     preload = [p for c, ps in missing.items() if plan.has(c, Optimization.PRELOAD) for p in ps]
-    fetch_outputs(branch, [p for p in dict.fromkeys(preload) if p in existing], metrics)
+    fetch_outputs(branch, [p for p in dict.fromkeys(preload) if p in existing])
     completed: list[int] = []
     for child, ps in missing.items():
         if plan.has(child, Optimization.TASK_DUP):
@@ -582,17 +620,16 @@ def outputs_in_store(branch: Branch, tasks: list[int]) -> set[int]:
     return {t for t, n in zip(tasks, sizes, strict=True) if n > 0}
 
 
-def fetch_outputs(branch: Branch, tasks: list[int], metrics: TaskMetrics) -> None:
+def fetch_outputs(branch: Branch, tasks: list[int]) -> None:
     """Pre-load: bring outputs that exist into this worker's memory now, while it waits,
     so the dependent starts with its inputs at hand."""
     if not tasks:
         return
-    started = time.perf_counter()
     ctx = branch.ctx
-    values, nbytes = ctx.store.get_many(ctx.run_id, [output_key(t) for t in tasks])
+    with branch.recorder.timing(Phase.READ):
+        values, nbytes = ctx.store.get_many(ctx.run_id, [output_key(t) for t in tasks])
     branch.local.update(zip(tasks, values, strict=True))
-    metrics.read_s += time.perf_counter() - started
-    metrics.read_bytes += nbytes
+    branch.recorder.read(nbytes)
 
 
 def duplicate_parent(branch: Branch, parent: int, child: int) -> list[int]:
@@ -609,7 +646,8 @@ def duplicate_parent(branch: Branch, parent: int, child: int) -> list[int]:
     resource = ctx.plan.tasks[parent].resource
     scratch = TaskMetrics(worker=branch.worker_id, resource=resource, start=time.time())
     try:
-        value = execute(branch, parent, gather_inputs(branch, parent, scratch), scratch)
+        with branch.measuring(scratch):
+            value = execute(branch, parent, gather_inputs(branch, parent))
     except Exception as exc:  # the original worker reports the task's real failure
         logger.debug("duplicate of task %r failed: %s", ctx.dag.keys[parent], exc)
         return []
@@ -635,21 +673,17 @@ def inlinable_size(branch: Branch, nbytes: int) -> bool:
     return branch.ctx.store.in_process or nbytes <= branch.ctx.settings.inline_input_bytes
 
 
-def commit_output(
-    branch: Branch, task: int, value: Any, fan_ins: list[FanIn], metrics: TaskMetrics
-) -> list[int]:
+def commit_output(branch: Branch, task: int, value: Any, fan_ins: list[FanIn]) -> list[int]:
     """Write the output (once per branch), then mark the fan-ins, in one store
     round-trip with any batched events. Returns the dependents the marks made ready."""
     ctx = branch.ctx
-    started = time.perf_counter()
     events, branch.pending = branch.pending, []
     writes = {} if task in branch.written else {output_key(task): value}
-    result = ctx.store.commit(ctx.run_id, writes, fan_ins, events)
+    with branch.recorder.timing(Phase.WRITE):
+        result = ctx.store.commit(ctx.run_id, writes, fan_ins, events)
     branch.written.add(task)
     branch.last_flush = time.monotonic()
-    metrics.write_s += time.perf_counter() - started
-    # at most one write per task and branch; the store may have stamped it already
-    metrics.written_bytes = max(metrics.written_bytes, result.bytes_written)
+    branch.recorder.wrote(result.bytes_written)
     return result.ready
 
 
@@ -665,20 +699,19 @@ def choose_become(branch: Branch, ready: list[int]) -> int | None:
     return max(ready, key=lambda c: (sum(p in branch.local for p in parents[c]), heights[c]))
 
 
-def invoke_others(branch: Branch, children: list[int], metrics: TaskMetrics) -> None:
+def invoke_others(branch: Branch, children: list[int]) -> None:
     """One new worker per child, each carrying the inputs this worker holds that can
     travel inline; everything else the child reads from the store."""
     if not children:
         return
     ctx = branch.ctx
-    started = time.perf_counter()
-    invocations = [
-        Invocation(ctx.run_id, c, inline_inputs(branch, c))
-        for c in ctx.dag.longest_chains_first(children)
-    ]
-    ctx.invoker.invoke(ctx, invocations)
-    metrics.invoke_s = time.perf_counter() - started
-    metrics.invocations = len(invocations)
+    with branch.recorder.timing(Phase.INVOKE):
+        invocations = [
+            Invocation(ctx.run_id, c, inline_inputs(branch, c))
+            for c in ctx.dag.longest_chains_first(children)
+        ]
+        ctx.invoker.invoke(ctx, invocations)
+    branch.metrics.invocations = len(invocations)
 
 
 def inline_inputs(branch: Branch, child: int) -> dict[int, Any]:

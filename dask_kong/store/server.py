@@ -29,7 +29,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -269,34 +268,36 @@ class RedisServer:
 
     def _wait_until_ready(self, timeout_s: float) -> None:
         """Poll PING with backoff until it answers, the process dies or `timeout_s` passes."""
-        deadline = time.monotonic() + timeout_s
-        delay = _POLL_FIRST_S
         client = redis.Redis(
             host=_BIND_HOST,
             port=self.port,
             password=self.password,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            # This loop polls with its own deadline; redis-py's default retries would
-            # wait seconds inside one PING.
+            # This poll has its own deadline; redis-py's default retries would wait
+            # seconds inside one PING.
             retry=Retry(NoBackoff(), 0),
         )
+        last_error: list[Exception] = []
+
+        def answers() -> bool:
+            self._check_alive()
+            try:
+                client.ping()
+                return True
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.debug("redis-server on %s not ready yet: %s", self.address, exc)
+                last_error[:] = [exc]
+                return False
+
         with contextlib.closing(client):
-            while True:
-                self._check_alive()
-                try:
-                    client.ping()
-                    return
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    if time.monotonic() + delay > deadline:
-                        self._check_alive()
-                        raise StoreUnavailableError(
-                            f"private redis-server on {self.address} did not answer PING "
-                            f"within {timeout_s} s ({exc}): {self._log_tail()}"
-                        ) from exc
-                    logger.debug("redis-server on %s not ready yet: %s", self.address, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, _POLL_MAX_S)
+            if poll_until(answers, timeout_s, first_s=_POLL_FIRST_S, max_s=_POLL_MAX_S):
+                return
+        self._check_alive()
+        raise StoreUnavailableError(
+            f"private redis-server on {self.address} did not answer PING within "
+            f"{timeout_s} s ({last_error[0] if last_error else 'no answer'}): {self._log_tail()}"
+        )
 
     def _check_alive(self) -> None:
         """Raise, quoting the server's log, when the process has exited."""
