@@ -1,0 +1,192 @@
+"""How a run's bytes spread over the shards of a Redis Cluster, and what the cluster costs
+against one node, in one run (issue #17).
+
+    python -m benchmarks.cluster_spread --size core --repeat 5 \
+        --json docs/results/cluster-spread.json
+
+Starts a private redis-server and a private three-shard Redis Cluster (`LocalRedisCluster`),
+opens a `Kong(backend="processes")` session on each by URL, as a user would, and computes
+each workload (GEMM, TSQR-SVD, svd_compressed) on both, alternating which goes first from
+one repeat to the next, so that a loaded machine's drift hits both alike. One untimed run
+on each comes first (worker processes start, and the metrics history holds a run for
+both, so both plan alike). Every result is checked before its time counts.
+
+Per timed run it reads every server's INFO stats before and after: bytes each shard
+received (the values written to it, and commands) and sent (what was read from it). It
+reports the median makespan on one node and on the cluster and their ratio, the bytes
+each shard received per run, and the largest shard's share of them (1/3 is an even
+spread over three shards). The JSON keeps every repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import dask
+import redis
+
+from dask_kong import Kong, last_run
+from dask_kong.store.server import LocalRedisCluster, RedisServer
+
+from . import environment, workloads
+from .schedulers import warm_up
+from .workloads.base import Case
+
+WORKLOADS = ("gemm", "tsqr-svd", "svd-compressed")
+SHARDS = 3
+STORES = ("one-node", "cluster")
+
+
+@dataclass
+class Cell:
+    """One workload on one store: every timed repeat."""
+
+    workload: str
+    store: str
+    times_s: list[float] = field(default_factory=list)
+    #: Per repeat: bytes each server received and sent during the run, by host:port.
+    received: list[dict[str, int]] = field(default_factory=list)
+    sent: list[dict[str, int]] = field(default_factory=list)
+    bytes_written: list[int] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    def received_per_run(self) -> dict[str, float]:
+        """Mean bytes each server received per run."""
+        servers = sorted({name for run in self.received for name in run})
+        return {s: statistics.mean(run.get(s, 0) for run in self.received) for s in servers}
+
+    def largest_share(self) -> float:
+        """The largest server's share of the bytes all servers received."""
+        per_server = self.received_per_run()
+        return max(per_server.values()) / (sum(per_server.values()) or 1)
+
+
+def net_bytes(urls: list[str]) -> dict[str, tuple[int, int]]:
+    """(bytes received, bytes sent) so far by each server at `urls`, by host:port."""
+    counts = {}
+    for url in urls:
+        with contextlib.closing(redis.Redis.from_url(url)) as client:
+            stats = client.info("stats")
+            address = f"{client.connection_pool.connection_kwargs['host']}:" + str(
+                client.connection_pool.connection_kwargs["port"]
+            )
+            counts[address] = (
+                int(stats["total_net_input_bytes"]),
+                int(stats["total_net_output_bytes"]),
+            )
+    return counts
+
+
+def timed_run(session: Kong, case: Case, urls: list[str], cell: Cell) -> None:
+    """Compute `case` once on `session`, check it, and record time and traffic."""
+    before = net_bytes(urls)
+    started = time.perf_counter()
+    results = dask.compute(*case.collections, scheduler=session.get)
+    elapsed = time.perf_counter() - started
+    after = net_bytes(urls)
+    problem = case.check(results)
+    if problem:
+        raise AssertionError(f"{cell.workload} on {cell.store}: wrong result: {problem}")
+    summary = last_run()
+    cell.times_s.append(elapsed)
+    cell.received.append({s: after[s][0] - before[s][0] for s in after})
+    cell.sent.append({s: after[s][1] - before[s][1] for s in after})
+    cell.bytes_written.append(summary.bytes_written if summary else 0)
+
+
+@contextlib.contextmanager
+def stores() -> Iterator[dict[str, tuple[Kong, list[str]]]]:
+    """Both sessions, each with the URLs of its servers; everything stopped at the end."""
+    with contextlib.ExitStack() as stack:
+        server = RedisServer()
+        stack.callback(server.stop)
+        cluster = LocalRedisCluster(SHARDS)
+        stack.callback(cluster.stop)
+        sessions = {}
+        for name, url, urls in (
+            ("one-node", server.url, [server.url]),
+            ("cluster", cluster.url, cluster.urls),
+        ):
+            session = stack.enter_context(Kong(backend="processes", store=url))
+            warm_up(session.get)
+            sessions[name] = (session, urls)
+        yield sessions
+
+
+def measure(size: str, repeat: int, names: list[str]) -> list[Cell]:
+    cells: list[Cell] = []
+    with stores() as sessions:
+        for spec in workloads.resolve(names, size):
+            case = spec.module.build(spec.params)
+            by_store = {store: Cell(spec.name, store) for store in STORES}
+            for store in STORES:  # untimed: worker processes and history warm up
+                session, _ = sessions[store]
+                dask.compute(*case.collections, scheduler=session.get)
+            for i in range(repeat):
+                order = STORES if i % 2 == 0 else STORES[::-1]
+                for store in order:
+                    session, urls = sessions[store]
+                    timed_run(session, case, urls, by_store[store])
+                    print(
+                        f"{spec.name} {store} repeat {i + 1}: {by_store[store].times_s[-1]:.2f} s",
+                        file=sys.stderr,
+                    )
+            cells += by_store.values()
+    return cells
+
+
+def table(cells: list[Cell]) -> str:
+    """The markdown table of docs/benchmarks.md."""
+    rows = [
+        "| workload | one node | 3-shard cluster | cluster / one node | written per run "
+        "| MB received by each shard per run | largest shard's share |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    by_workload: dict[str, dict[str, Cell]] = {}
+    for cell in cells:
+        by_workload.setdefault(cell.workload, {})[cell.store] = cell
+    for workload, pair in by_workload.items():
+        one, spread = pair["one-node"], pair["cluster"]
+        shards = ", ".join(f"{b / 1e6:.0f}" for b in sorted(spread.received_per_run().values()))
+        written = statistics.median(spread.bytes_written) / 1e6
+        rows.append(
+            f"| {workload} | {one.median_s:.2f} s | {spread.median_s:.2f} s "
+            f"| {spread.median_s / one.median_s:.2f}x | {written:.0f} MB | {shards} "
+            f"| {spread.largest_share():.0%} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="core", choices=workloads.SIZES)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--json", help="write every repeat here")
+    args = parser.parse_args(argv)
+    cells = measure(args.size, args.repeat, args.workloads.split(","))
+    print(table(cells))
+    if args.json:
+        document = {
+            "command": " ".join(["python -m benchmarks.cluster_spread", *(argv or sys.argv[1:])]),
+            "machine": environment.describe_machine(),
+            "versions": environment.describe_versions(),
+            "cells": [asdict(cell) for cell in cells],
+        }
+        with open(args.json, "w") as f:
+            json.dump(document, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
