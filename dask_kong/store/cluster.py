@@ -80,6 +80,8 @@ from ..errors import StoreUnavailableError
 from .base import CommitResult, FanIn
 from .redis import (
     CONNECTION_ERRORS,
+    LARGE_READ_BYTES,
+    SCAN_PAGE,
     RedisStore,
     call_with_retry,
     commit_coordination_keys,
@@ -103,10 +105,6 @@ CLUSTER_RETRY_ERRORS: tuple[type[BaseException], ...] = (
     ClusterDownError,
     SlotNotCoveredError,
 )
-# Names per SSCAN page of the value registry, as RedisStore's SCAN pages.
-_REGISTRY_PAGE = 1000
-# Values above this many bytes are read with a GET each (see RedisStore._read_raw).
-_LARGE_READ_BYTES = 1 << 20
 
 
 class RedisClusterStore(RedisStore):
@@ -456,7 +454,7 @@ class RedisClusterStore(RedisStore):
         prefix = spread_prefix(run_id)
 
         def page_from(cursor: int) -> tuple[int, list[bytes | str]]:
-            return self._run_client(run_id).sscan(registry, cursor, count=_REGISTRY_PAGE)
+            return self._run_client(run_id).sscan(registry, cursor, count=SCAN_PAGE)
 
         deleted, cursor = 0, 0
         while True:
@@ -554,8 +552,8 @@ def cluster_client(url: str) -> RedisCluster | None:
 
 def split_large(positions: list[int], sizes: Sequence[int]) -> list[list[int]]:
     """`positions` as batches to read: the small values together, each large one alone."""
-    small = [i for i in positions if sizes[i] <= _LARGE_READ_BYTES]
-    large = [[i] for i in positions if sizes[i] > _LARGE_READ_BYTES]
+    small = [i for i in positions if sizes[i] <= LARGE_READ_BYTES]
+    large = [[i] for i in positions if sizes[i] > LARGE_READ_BYTES]
     return [small, *large] if small else large
 
 

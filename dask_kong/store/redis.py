@@ -73,13 +73,13 @@ _EVENT_FIELD = "e"
 _READY_CLAIM_SUFFIX = ":ready"
 # Keys per SCAN page and per UNLINK: a run of 100k keys is deleted in ~100 round-trips,
 # and one UNLINK of this many keys returns at once (the server frees memory in background).
-_SCAN_PAGE = 1000
+SCAN_PAGE = 1000
 # Above this many bytes an argument is sent as its own chunk (`LargeValuePacker`);
 # redis-py's own cut-off between joining and chunking arguments.
 _LARGE_ARGUMENT_BYTES = 6000
 # Values above this many bytes are read with a GET each (`RedisStore._read_raw`): below
 # it a value costs less to parse than a round-trip (~0.1 ms here, about 1 MB of reply).
-_LARGE_READ_BYTES = 1 << 20
+LARGE_READ_BYTES = 1 << 20
 # Characters that SCAN MATCH would read as a pattern; run ids may contain them, and the
 # braces of the hash tag are escaped too so that the prefix is matched literally.
 _GLOB_CHARS = frozenset("\\*?[]{}")
@@ -375,14 +375,14 @@ class RedisStore:
 
     def _read_raw(self, what: str, names: list[str]) -> list[Any]:
         """The stored bytes of `names` (None where absent). Small values come in one MGET;
-        values above `_LARGE_READ_BYTES` in a GET each, after one round-trip of STRLENs:
+        values above `LARGE_READ_BYTES` in a GET each, after one round-trip of STRLENs:
         hiredis parses a reply that holds several large values far slower than the same
         values one reply each (4 x 8 MB: 27 ms in one MGET, 12 ms in four GETs here)."""
         if len(names) == 1:
             return [self._call(what, functools.partial(self._client.get, names[0]))]
         lengths = self._call(what, functools.partial(self._strlen_all, names))
-        large = [i for i, n in enumerate(lengths) if n > _LARGE_READ_BYTES]
-        small = [i for i, n in enumerate(lengths) if n <= _LARGE_READ_BYTES]
+        large = [i for i, n in enumerate(lengths) if n > LARGE_READ_BYTES]
+        small = [i for i, n in enumerate(lengths) if n <= LARGE_READ_BYTES]
         values: list[Any] = [None] * len(names)
         if small:
             got = self._call(what, functools.partial(self._client.mget, [names[i] for i in small]))
@@ -556,7 +556,7 @@ class RedisStore:
         pattern = glob_escape(prefix) + "*"
 
         def scan_from(cursor: int) -> tuple[int, list[bytes | str]]:
-            return client().scan(cursor, match=pattern, count=_SCAN_PAGE)
+            return client().scan(cursor, match=pattern, count=SCAN_PAGE)
 
         cursor = 0
         while True:
