@@ -36,6 +36,8 @@ from dask_kong.backends.processes.gateway import (
     Gateway,
     PayloadTooLargeError,
 )
+from dask_kong.backends.processes.invocation_queue import InvocationQueue
+from dask_kong.backends.processes.pending import PendingInvocation, new_request_id
 from dask_kong.backends.processes.resources import ResourceConfig
 from dask_kong.backends.processes.settings import GatewaySettings
 
@@ -311,6 +313,35 @@ def test_invocations_from_a_handler_carry_their_priority(tmp_path: Path) -> None
         gateway.invoke("kong", event("fan_out_ranked", function="kong", children=children))
         wait_until(lambda: path.exists() and len(path.read_text().split()) == len(ranked))
     assert path.read_text().split() == ["first", "second", "last"]
+
+
+def test_queue_skips_what_was_removed_in_either_order() -> None:
+    """The queue's two views (priority heap, arrival FIFO) agree on what is queued: a
+    removed invocation (cancelled) is never handed out, whichever view reaches it."""
+    queue = InvocationQueue(priority_window_s=60.0)
+    low, high, high_later = (
+        PendingInvocation(new_request_id(), "kong", SMALL, b"{}", None, p) for p in (0, 5, 5)
+    )
+    for invocation in (low, high, high_later):
+        queue.push(invocation)
+    queue.remove(high)
+    assert queue.oldest_first() == [low, high_later]
+    assert [queue.pop() for _ in range(len(queue))] == [high_later, low]
+    assert not queue
+
+
+def test_settings_are_kong_gateway_with_overrides_by_name() -> None:
+    """One resolution for every caller: an override wins by its setting's name, the rest
+    comes from kong.gateway, and a misspelt name fails as a misspelt keyword would."""
+    settings = GatewaySettings.from_config(HANDLER, keep_warm_s=3.0, resource_configs=[LARGE])
+    assert settings.pool.keep_warm_s == 3.0
+    assert settings.pool.stop_timeout_s == dask.config.get("kong.gateway.stop_timeout_s")
+    assert settings.default_config == "large"  # the configured default is not served
+    misspelt: dict[str, Any] = {"keep_warm": 3.0}
+    with pytest.raises(TypeError, match="keep_warm"):
+        GatewaySettings.from_config(HANDLER, **misspelt)
+    with pytest.raises(ValueError, match="module:function"):
+        GatewaySettings.from_config("no_function_here")
 
 
 def test_idle_workers_exit_after_keep_warm() -> None:

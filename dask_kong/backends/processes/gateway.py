@@ -37,17 +37,11 @@ from aiohttp import web
 
 from ... import config
 from ...errors import KongError
-from .pool import (
-    GatewayStats,
-    InvocationMatcher,
-    InvocationOutcome,
-    PendingInvocation,
-    WorkerLostCallback,
-    WorkerPool,
-    new_request_id,
-)
+from .pending import InvocationOutcome, PendingInvocation, new_request_id
+from .pool import InvocationMatcher, WorkerLostCallback, WorkerPool
 from .resources import FunctionTable, ResourceConfig, function_arn
 from .settings import GatewaySettings
+from .stats import GatewayStats
 
 logger = logging.getLogger("dask_kong.gateway")
 
