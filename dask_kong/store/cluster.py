@@ -59,7 +59,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
 from redis.client import Redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import ConnectionPool, parse_url
@@ -72,7 +71,6 @@ from redis.exceptions import (
     SlotNotCoveredError,
     TryAgainError,
 )
-from redis.retry import Retry
 
 from .. import config
 from ..constants import LIVE_KEY, VALUE_REGISTRY_KEY, run_prefix, spread_prefix
@@ -83,8 +81,10 @@ from .redis import (
     LARGE_READ_BYTES,
     SCAN_PAGE,
     RedisStore,
+    RetryPolicy,
     call_with_retry,
     commit_coordination_keys,
+    connection_options,
     manifest_parts,
     text,
 )
@@ -122,7 +122,7 @@ class RedisClusterStore(RedisStore):
         self._url_options = parse_url(url)
         try:
             # Only the map of slots goes through it; `_call` retries with backoff.
-            self._cluster = open_cluster(url, retry=Retry(NoBackoff(), 0))
+            self._cluster = open_cluster(url)
         except (redis.RedisError, RedisClusterException) as exc:
             super().close()
             raise StoreUnavailableError(f"Redis Cluster at {self.address}: {exc}") from exc
@@ -511,32 +511,43 @@ class RedisClusterStore(RedisStore):
     def _call(self, what: str, operation: Callable[[], T]) -> T:
         """Run `operation` with retries as RedisStore does; a redirection or a lost node
         also refreshes the map of slots before the retry."""
-        return call_with_retry(
-            operation,
-            what=what,
-            address=self.address,
-            policy=self._retry,
-            retry_on=CLUSTER_RETRY_ERRORS,
-            before_retry=self._refresh_slots,
+        return call_with_cluster_retry(
+            self._cluster, operation, what=what, address=self.address, policy=self._retry
         )
 
-    def _refresh_slots(self, error: BaseException) -> None:
-        """Ask the cluster again which primary holds which slot (after a failover or a
-        resharding); a failure here only means the retry fails again, with backoff."""
+
+def call_with_cluster_retry(
+    cluster: RedisCluster,
+    operation: Callable[[], T],
+    *,
+    what: str,
+    address: str,
+    policy: RetryPolicy,
+) -> T:
+    """`call_with_retry` for what goes through `cluster`: a redirection, a failover or a
+    lost node is retried too, after asking the cluster again which primary holds which
+    slot (a failure there only means the retry fails again, with backoff)."""
+
+    def refresh_slots(error: BaseException) -> None:
         try:
-            self._cluster.nodes_manager.initialize()
+            cluster.nodes_manager.initialize()
         except (redis.RedisError, RedisClusterException) as exc:
-            logger.warning("Redis at %s: refreshing the slot map failed: %s", self.address, exc)
+            logger.warning("Redis at %s: refreshing the slot map failed: %s", address, exc)
 
-
-def open_cluster(url: str, **options: Any) -> RedisCluster:
-    """redis-py's cluster client, found from the node at `url`, with the store's timeouts."""
-    return RedisCluster.from_url(
-        url,
-        socket_timeout=float(config.get("store.socket_timeout_s")),
-        socket_connect_timeout=float(config.get("store.connect_timeout_s")),
-        **options,
+    return call_with_retry(
+        operation,
+        what=what,
+        address=address,
+        policy=policy,
+        retry_on=CLUSTER_RETRY_ERRORS,
+        before_retry=refresh_slots,
     )
+
+
+def open_cluster(url: str) -> RedisCluster:
+    """redis-py's cluster client, found from the node at `url`, with the store's
+    connection settings (`connection_options`: its calls retry through ours only)."""
+    return RedisCluster.from_url(url, **connection_options())
 
 
 def cluster_client(url: str) -> RedisCluster | None:

@@ -131,6 +131,20 @@ class RetryPolicy:
         return min(self.max_s, self.base_s * 2**attempt) * random.uniform(0.5, 1.0)
 
 
+def connection_options(**extra: Any) -> dict[str, Any]:
+    """Settings of every connection dask-kong opens to a Redis it keeps data in (the
+    store, each node of a cluster, the metrics history), plus `extra`: the configured
+    timeouts, and no retries of redis-py's own. `call_with_retry` retries under
+    `RetryPolicy`, with backoff and a log line; redis-py must not retry silently
+    underneath it."""
+    return {
+        "socket_timeout": float(config.get("store.socket_timeout_s")),
+        "socket_connect_timeout": float(config.get("store.connect_timeout_s")),
+        "retry": Retry(NoBackoff(), 0),
+        **extra,
+    }
+
+
 class RedisStore:
     """`Store` on a Redis server, thread-safe (one connection pool shared by all threads).
 
@@ -169,14 +183,7 @@ class RedisStore:
 
     def _connection_options(self) -> dict[str, Any]:
         """Settings of every connection this store opens (on a cluster: to each node)."""
-        return {
-            "socket_timeout": self._socket_timeout_s,
-            "socket_connect_timeout": float(config.get("store.connect_timeout_s")),
-            # `_call` retries, with backoff and a log line; redis-py must not retry silently
-            # underneath it.
-            "retry": Retry(NoBackoff(), 0),
-            "command_packer": LargeValuePacker(),
-        }
+        return connection_options(command_packer=LargeValuePacker())
 
     # -- where keys live (the hooks RedisClusterStore overrides) -----------------------
 

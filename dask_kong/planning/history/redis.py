@@ -90,11 +90,9 @@ class RedisHistory(SummaryHistory):
         # redis-py is imported here, not with the module: planners import this module, and
         # workers (Lambda cold starts) import planners without ever recording history.
         import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
         from ...store.cluster import cluster_client
-        from ...store.redis import RetryPolicy, describe_address
+        from ...store.redis import RetryPolicy, connection_options, describe_address
 
         super().__init__(samples)
         self.prefix = prefix
@@ -110,13 +108,8 @@ class RedisHistory(SummaryHistory):
             #: Where the server is, safe to log: host:port or unix:path.
             self.address = f"{cluster.get_default_node().name} (cluster)"
         elif isinstance(url_or_client, str):
-            # Same connection settings as RedisStore: our `_call` retries, redis-py must not.
-            self._owned_pool = redis.ConnectionPool.from_url(
-                url_or_client,
-                socket_timeout=float(config.get("store.socket_timeout_s")),
-                socket_connect_timeout=float(config.get("store.connect_timeout_s")),
-                retry=Retry(NoBackoff(), 0),
-            )
+            # The store's connection settings: our `_call` retries, redis-py must not.
+            self._owned_pool = redis.ConnectionPool.from_url(url_or_client, **connection_options())
             self._client = redis.Redis(connection_pool=self._owned_pool)
             self.address = describe_address(self._owned_pool.connection_kwargs)
         else:
@@ -180,10 +173,17 @@ class RedisHistory(SummaryHistory):
             self._owned_cluster.close()
 
     def _call(self, what: str, operation: Callable[[], T]) -> T:
-        """Run `operation` with the store's retry policy (kong.store.retries)."""
+        """Run `operation` with the store's retry policy (kong.store.retries); on a
+        cluster, redirections and failovers are retried too, as the cluster store does."""
+        from ...store.cluster import call_with_cluster_retry
         from ...store.redis import call_with_retry
 
-        return call_with_retry(operation, what=what, address=self.address, policy=self._retry)
+        cluster, address, policy = self._owned_cluster, self.address, self._retry
+        if cluster is not None:
+            return call_with_cluster_retry(
+                cluster, operation, what=what, address=address, policy=policy
+            )
+        return call_with_retry(operation, what=what, address=address, policy=policy)
 
 
 def _decode_stats(fields: Mapping[bytes, bytes], windows: Mapping[Metric, list[bytes]]) -> Stats:
