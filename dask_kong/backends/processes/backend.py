@@ -34,6 +34,7 @@ logger = logging.getLogger("dask_kong.backends.processes")
 
 HANDLER = "dask_kong.handler:lambda_handler"
 
+
 def host_cpus() -> int:
     """The cpus this process may run on (its affinity mask, where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
