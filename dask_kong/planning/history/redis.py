@@ -11,7 +11,6 @@ recording history.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -142,18 +141,22 @@ class RedisHistory(SummaryHistory):
         # statistics, and far cheaper than a token per record.
         self._call(
             "record metrics history",
-            functools.partial(self._record_script, keys=keys, args=args),
+            lambda: self._record_script(keys=keys, args=args, client=self._server()),
         )
 
     def _read(self, groups: Sequence[str]) -> dict[str, Stats]:
         if not groups:
             return {}
-        pipe = self._client.pipeline(transaction=False)
-        for group in groups:
-            pipe.hgetall(self.hash_key(group))
-            for metric in group_metrics(group):
-                pipe.lrange(self.window_key(group, metric), 0, self.samples - 1)
-        replies: list[Any] = self._call("read metrics history", pipe.execute)
+
+        def read() -> list[Any]:
+            pipe = self._server().pipeline(transaction=False)
+            for group in groups:
+                pipe.hgetall(self.hash_key(group))
+                for metric in group_metrics(group):
+                    pipe.lrange(self.window_key(group, metric), 0, self.samples - 1)
+            return list(pipe.execute())
+
+        replies = self._call("read metrics history", read)
         found = {}
         position = 0
         for group in groups:
@@ -164,6 +167,19 @@ class RedisHistory(SummaryHistory):
             if fields:
                 found[group] = _decode_stats(fields, dict(zip(metrics, windows, strict=True)))
         return found
+
+    def _server(self) -> redis.Redis | redis.RedisCluster:
+        """Where a call goes. On a cluster: the primary of the history's one slot, asked
+        at every call (a slot that moved is followed once `_call` has refreshed the map),
+        through a plain client: redis-py's cluster client routes each command in Python,
+        which made a record ~5x and a look-up ~4x slower."""
+        cluster = self._owned_cluster
+        if cluster is None:
+            return self._client
+        node_client: redis.Redis = cluster.get_redis_connection(
+            cluster.get_node_from_key(self.prefix)
+        )
+        return node_client
 
     def close(self) -> None:
         """Disconnect the pool this history opened (a client passed in is left alone)."""
