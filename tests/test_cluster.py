@@ -232,6 +232,8 @@ def test_large_and_small_values_round_trip_across_shards_in_order(
     assert nbytes == written
     with pytest.raises(MissingKeyError, match="out:9"):
         cluster_store.get_many(run_id, ["out:1", "out:9", "out:2"])
+    one = cluster_store.commit(run_id, {"out:100": big}, [FanIn(200, 100, 1)])  # no threads
+    assert one.ready == [200] and cluster_store.get_many(run_id, ["out:100"])[0] == [big]
 
 
 def test_commits_racing_the_runs_deletion_leave_nothing_on_any_shard(

@@ -294,24 +294,38 @@ class RedisClusterStore(RedisStore):
         register: list[str],
     ) -> int:
         """Write values on every shard at once, the registry entry with those on the
-        run's shard; the bytes actually written (SET NX). A shard's batch goes from a
-        thread of its own when it carries at least kong.store.cluster_thread_bytes."""
+        run's shard; the bytes actually written (SET NX)."""
         registry = run_prefix(run_id) + VALUE_REGISTRY_KEY
         groups = list(elsewhere)
         batches: list[Batch] = [(node, self._value_commands(group)) for node, group in groups]
         if here or register:
             groups.append((run_shard, here))
             batches.append((run_shard, self._value_commands(here, registry, register)))
-        if max(sum(map(len, group.values())) for _, group in groups) < self._thread_bytes:
-            replies = self._exchange(batches)
-        else:
-            jobs = [functools.partial(self._exchange, [batch]) for batch in batches]
-            replies = [got for (got,) in self._on_shards(jobs)]
+        sizes = [sum(map(len, group.values())) for _, group in groups]
+        replies = self._send_values(batches, sizes)
         written = 0
         for (node, group), got in zip(groups, replies, strict=True):
             registered = register and node.name == run_shard.name
             written += written_bytes(group, got[2 if registered else 0 :])
         return written
+
+    def _send_values(self, batches: list[Batch], sizes: list[int]) -> list[list[Any]]:
+        """The replies to `batches` (in their order), the i-th carrying `sizes[i]` bytes of
+        values. With at most one batch of kong.store.cluster_thread_bytes or more: one
+        exchange from this thread, the small batches first, so that they do not wait
+        behind its bytes. With several: each large one from a thread of its own, so their
+        bytes leave at once (one thread sends one shard's before the next's), and the
+        small ones together."""
+        large = [i for i, n in enumerate(sizes) if n >= self._thread_bytes]
+        small = [i for i, n in enumerate(sizes) if n < self._thread_bytes]
+        parts = [small + large] if len(large) <= 1 else [[i] for i in large] + [small]
+        parts = [part for part in parts if part]
+        jobs = [functools.partial(self._exchange, [batches[i] for i in part]) for part in parts]
+        replies: list[list[Any]] = [[] for _ in batches]
+        for part, got in zip(parts, self._on_shards(jobs), strict=True):
+            for i, reply in zip(part, got, strict=True):
+                replies[i] = reply
+        return replies
 
     def _value_commands(
         self, values: dict[str, bytes], registry: str = "", register: Sequence[str] = ()
