@@ -157,7 +157,7 @@ def _kong_ratios(workload_ratios: dict[str, Any], scheduler: str) -> str:
 
 
 def _median_startup(suite: dict[str, Any], scheduler: str) -> float | None:
-    startups = sorted(
+    startups: list[float] = sorted(
         r["startup_s"]
         for r in suite["results"]
         if r["scheduler"] == scheduler and r["startup_s"] is not None and r["status"] == "ok"

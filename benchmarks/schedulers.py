@@ -51,7 +51,7 @@ class Scheduler:
 
     def compute(self, case: Case) -> tuple[Any, ...]:
         """Compute the workload; results in the order of `case.collections`."""
-        return dask.compute(*case.collections, scheduler=self.name)
+        return compute_case(case, scheduler=self.name)
 
     def run_details(self) -> dict[str, Any] | None:
         """What the scheduler reports about the last compute (kong), else None."""
@@ -94,6 +94,12 @@ def open_scheduler(name: str) -> Scheduler:
     return DaskLocalScheduler(name)
 
 
+def compute_case(case: Case, **kwargs: Any) -> tuple[Any, ...]:
+    """`dask.compute` of the case's collections, typed: results in their order."""
+    results: tuple[Any, ...] = dask.compute(*case.collections, **kwargs)
+    return results
+
+
 def warm_up(get: Any, **kwargs: Any) -> None:
     """One tiny dask.array computation: worker processes import numpy and dask.array now,
     during start-up, rather than during the first timed repeat."""
@@ -126,7 +132,7 @@ class ProcessPoolScheduler(Scheduler):
         warm_up("processes", pool=self.pool)
 
     def compute(self, case: Case) -> tuple[Any, ...]:
-        return dask.compute(*case.collections, scheduler="processes", pool=self.pool)
+        return compute_case(case, scheduler="processes", pool=self.pool)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -164,7 +170,7 @@ class DistributedScheduler(Scheduler):
             pause = min(pause * 2, 0.5)
 
     def compute(self, case: Case) -> tuple[Any, ...]:
-        return dask.compute(*case.collections, scheduler=self.client.get)
+        return compute_case(case, scheduler=self.client.get)
 
     def close(self) -> None:
         try:
@@ -198,7 +204,7 @@ class KongScheduler(Scheduler):
 
     def compute(self, case: Case) -> tuple[Any, ...]:
         before = self._last_run()
-        results = dask.compute(*case.collections, scheduler=self.session.get)
+        results = compute_case(case, scheduler=self.session.get)
         summary = self._last_run()
         # A summary left over from an earlier run would be silently wrong: report none.
         self._details = summary.as_dict() if summary is not None and summary is not before else None

@@ -21,7 +21,8 @@ _DEFAULTS_PATH = os.path.join(os.path.dirname(__file__), "kong.yaml")
 
 def _load_defaults() -> dict[str, Any]:
     with open(_DEFAULTS_PATH) as f:
-        return yaml.safe_load(f)
+        defaults: dict[str, Any] = yaml.safe_load(f)
+    return defaults
 
 
 DEFAULTS = _load_defaults()

@@ -19,7 +19,8 @@ def dumps(obj: Any, *, what: str = "object") -> bytes:
     # cloudpickle (not plain pickle) always: plain pickle stores functions of __main__ by
     # reference, which a worker process cannot import.
     try:
-        return cloudpickle.dumps(obj, protocol=5)
+        data: bytes = cloudpickle.dumps(obj, protocol=5)
+        return data
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize {what} of type {type(obj).__name__}: {exc}"

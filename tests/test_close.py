@@ -85,7 +85,7 @@ def test_close_drains_a_straggler_of_a_finished_run_quietly(
     backend: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     kong = open_session(backend, redis_server.url)
-    kong.backend = DuplicatingBackend(kong.backend)  # type: ignore[assignment]
+    kong.backend = DuplicatingBackend(kong.backend)
     assert kong.get({"one": (first_copy_returns, str(tmp_path), 0.3)}, "one") == 1
     close_s = close_quietly(kong, caplog)
     assert close_s < 2.0
@@ -97,7 +97,7 @@ def test_close_stops_a_straggler_longer_than_the_drain_quietly(
     caplog.set_level(logging.INFO, logger="dask_kong.gateway")
     with dask.config.set({"kong.gateway.close_drain_s": 0.2}):
         kong = open_session("processes", redis_server.url)
-    kong.backend = DuplicatingBackend(kong.backend)  # type: ignore[assignment]
+    kong.backend = DuplicatingBackend(kong.backend)
     assert kong.get({"one": (first_copy_returns, str(tmp_path), 20.0)}, "one") == 1
     close_s = close_quietly(kong, caplog)
     assert close_s < 2.0  # not the straggler's 20 s

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dask
 import dask.array as da
 import dask.bag as db
@@ -11,9 +13,13 @@ import pytest
 
 from dask_kong import Kong
 
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+
 
 def rng_array(shape: tuple[int, ...], chunks: tuple[int, ...] | int, seed: int = 0) -> da.Array:
-    return da.random.default_rng(seed).random(shape, chunks=chunks)
+    array: da.Array = da.random.default_rng(seed).random(shape, chunks=chunks)
+    return array
 
 
 def assert_same_as_sync(kong: Kong, *collections: object) -> None:
@@ -99,7 +105,7 @@ def test_bag_matches_sync(kong: Kong) -> None:
 
 
 @pytest.fixture
-def frames() -> tuple[object, object]:
+def frames() -> tuple[dd.DataFrame, dd.DataFrame]:
     import dask.dataframe as dd
 
     rng = np.random.default_rng(0)
@@ -108,14 +114,18 @@ def frames() -> tuple[object, object]:
     return dd.from_pandas(left, npartitions=5), dd.from_pandas(right, npartitions=2)
 
 
-def test_dataframe_groupby_matches_sync(kong: Kong, frames: tuple) -> None:
+def test_dataframe_groupby_matches_sync(
+    kong: Kong, frames: tuple[dd.DataFrame, dd.DataFrame]
+) -> None:
     left, _ = frames
     result = left.groupby("k").v.agg(["sum", "mean", "count"])
     got = result.compute(scheduler=kong.get)
     pd.testing.assert_frame_equal(got.sort_index(), result.compute(scheduler="sync").sort_index())
 
 
-def test_dataframe_merge_matches_sync(kong: Kong, frames: tuple) -> None:
+def test_dataframe_merge_matches_sync(
+    kong: Kong, frames: tuple[dd.DataFrame, dd.DataFrame]
+) -> None:
     left, right = frames
     with dask.config.set({"dataframe.shuffle.method": "tasks"}):
         merged = left.merge(right, on="k").optimize()
@@ -124,7 +134,9 @@ def test_dataframe_merge_matches_sync(kong: Kong, frames: tuple) -> None:
     pd.testing.assert_frame_equal(got, want)
 
 
-def test_disk_shuffle_is_refused_only_where_workers_share_no_disk(frames: tuple) -> None:
+def test_disk_shuffle_is_refused_only_where_workers_share_no_disk(
+    frames: tuple[dd.DataFrame, dd.DataFrame],
+) -> None:
     from dask_kong.dag import to_dag
     from dask_kong.errors import KongError
     from dask_kong.runtime.remote import check_shippable

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import dask
 import pytest
@@ -64,7 +65,7 @@ def test_other_branches_stop_after_a_failure() -> None:
 
     # Two roots: a chain of 40 slow tasks, and a task that fails at once. The chain must
     # stop at a task boundary soon after, not run to its end (2 s).
-    dsk: dict = {"s0": (slow, 0)}
+    dsk: dict[str, Any] = {"s0": (slow, 0)}
     dsk.update({f"s{i}": (slow, i, f"s{i - 1}") for i in range(1, 40)})
     dsk["bad"] = (boom, 0)
     dsk["out"] = (sum, ["s39", "bad"])

@@ -7,6 +7,8 @@ import pickle
 import random
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import dask
 import pytest
@@ -15,6 +17,10 @@ from dask.utils_test import GetFunctionTestMixin
 from dask_kong import Kong, kong_get, last_run
 from dask_kong.store.base import FanIn
 from dask_kong.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from dask_kong.dag import DAG
+    from dask_kong.planning.plan import Plan, PlanningContext
 
 
 class TestKongGetContract(GetFunctionTestMixin):
@@ -64,7 +70,7 @@ def inc(v: int) -> int:
 
 
 def test_linear_chain_stays_in_one_worker_and_writes_only_the_output() -> None:
-    dsk = {f"x{i}": (inc, f"x{i - 1}") for i in range(1, 200)}
+    dsk: dict[str, Any] = {f"x{i}": (inc, f"x{i - 1}") for i in range(1, 200)}
     dsk["x0"] = (inc, 0)
     with Kong() as session:
         assert session.get(dsk, "x199") == 200
@@ -77,7 +83,7 @@ def test_linear_chain_stays_in_one_worker_and_writes_only_the_output() -> None:
 
 
 def test_naive_planner_invokes_every_dependent_and_writes_everything() -> None:
-    dsk = {f"x{i}": (inc, f"x{i - 1}") for i in range(1, 20)}
+    dsk: dict[str, Any] = {f"x{i}": (inc, f"x{i - 1}") for i in range(1, 20)}
     dsk["x0"] = (inc, 0)
     with Kong(planner="naive") as session:
         assert session.get(dsk, "x19") == 20
@@ -85,7 +91,9 @@ def test_naive_planner_invokes_every_dependent_and_writes_everything() -> None:
     assert summary is not None and summary.planner == "naive"
     assert summary.invocations == summary.branches == 20
     # a few pool threads, each warm, served the 20 invocations
-    assert 1 <= summary.workers <= session.backend.concurrency()
+    concurrency = session.backend.concurrency()
+    assert concurrency is not None
+    assert 1 <= summary.workers <= concurrency
 
 
 def test_last_run_reports_the_fields_users_read(kong: Kong) -> None:
@@ -110,11 +118,11 @@ def test_last_run_reports_the_fields_users_read(kong: Kong) -> None:
     assert summary.makespan_s > 0
 
 
-def random_graph(seed: int) -> tuple[dict, list]:
+def random_graph(seed: int) -> tuple[dict[str, Any], list[str]]:
     """A random DAG with random fan-ins and fan-outs, some data nodes and aliases."""
     rng = random.Random(seed)
     n = rng.randint(1, 60)
-    dsk: dict = {}
+    dsk: dict[str, Any] = {}
     for i in range(n):
         kind = rng.random()
         earlier = [f"t{j}" for j in range(i)]
@@ -174,7 +182,7 @@ def test_config_selects_the_planner_via_dask_config() -> None:
 def test_progress_bar_sees_every_task(capsys: pytest.CaptureFixture[str]) -> None:
     from dask.diagnostics import ProgressBar
 
-    dsk = {f"x{i}": (inc, i) for i in range(30)}
+    dsk: dict[str, Any] = {f"x{i}": (inc, i) for i in range(30)}
     dsk["total"] = (sum, [f"x{i}" for i in range(30)])
     with Kong() as session, ProgressBar(minimum=0, dt=0.01):
         assert session.get(dsk, "total") == sum(range(1, 31))
@@ -221,10 +229,10 @@ def combine_parts(*parts: int) -> int:
 
 
 def test_clustering_keeps_dependents_of_a_large_output_in_its_worker(
-    kong_sessions: object,
+    kong_sessions: Callable[[str], Kong],
 ) -> None:
-    session = kong_sessions("threads-redis")  # type: ignore[operator]
-    dsk: dict = {"block": (make_block, 50_000)}
+    session = kong_sessions("threads-redis")
+    dsk: dict[str, Any] = {"block": (make_block, 50_000)}
     dsk.update({f"p{i}": (part, "block", i) for i in range(4)})
     dsk["total"] = (combine_parts, *(f"p{i}" for i in range(4)))
     expected = sum(range(50_000))
@@ -258,13 +266,15 @@ def counted_block(n: int, tag: str) -> list[int]:
     return list(range(n))
 
 
-def test_recompute_publishes_a_cheap_large_output_as_a_recipe(kong_sessions: object) -> None:
+def test_recompute_publishes_a_cheap_large_output_as_a_recipe(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
     """A block that is quick to draw and large to move is published as its inputs: the
     fan-in reader reruns it, and far fewer bytes go through the store."""
-    session = kong_sessions("threads-redis")  # type: ignore[operator]
+    session = kong_sessions("threads-redis")
 
-    def graph(tag: str) -> dict:
-        dsk: dict = {"block": (counted_block, 200_000, tag)}
+    def graph(tag: str) -> dict[str, Any]:
+        dsk: dict[str, Any] = {"block": (counted_block, 200_000, tag)}
         dsk.update({f"p{i}": (part, "block", i) for i in range(4)})
         dsk["total"] = (combine_parts, *(f"p{i}" for i in range(4)))
         return dsk
@@ -291,12 +301,15 @@ def doubled(block: list[int]) -> list[int]:
 
 
 def test_a_recipe_built_from_a_recomputed_input_carries_that_input_as_a_recipe(
-    kong_sessions: object,
+    kong_sessions: Callable[[str], Kong],
 ) -> None:
     """`doubled` reads a block the worker got cheaply: its recipe holds the block's
     recipe, not the block's ~870 KB, and each of the three invoked readers reruns both."""
-    session = kong_sessions("threads-redis")  # type: ignore[operator]
-    dsk: dict = {"block": (counted_block, 200_000, "nested"), "doubled": (doubled, "block")}
+    session = kong_sessions("threads-redis")
+    dsk: dict[str, Any] = {
+        "block": (counted_block, 200_000, "nested"),
+        "doubled": (doubled, "block"),
+    }
     dsk.update({f"p{i}": (part, "doubled", i) for i in range(4)})
     dsk["total"] = (combine_parts, *(f"p{i}" for i in range(4)))
     cheap = {"kong.wukong.recompute_bytes_per_s": 1e-9, "kong.wukong.cluster_bytes": 10**12}
@@ -308,14 +321,16 @@ def test_a_recipe_built_from_a_recomputed_input_carries_that_input_as_a_recipe(
     assert summary.bytes_read + summary.bytes_written < 100_000
 
 
-def test_recompute_is_off_for_slow_tasks_and_in_process(kong_sessions: object) -> None:
+def test_recompute_is_off_for_slow_tasks_and_in_process(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
     """The default rate: a block that took 0.3 s to make moves rather than reruns; and
     the embedded store never recomputes (a write there is free)."""
-    dsk: dict = {"block": (slow_block, 200_000, 0.3)}
+    dsk: dict[str, Any] = {"block": (slow_block, 200_000, 0.3)}
     dsk.update({f"p{i}": (part, "block", i) for i in range(4)})
     dsk["total"] = (combine_parts, *(f"p{i}" for i in range(4)))
     for mode in ("threads-redis", "embedded"):
-        session = kong_sessions(mode)  # type: ignore[operator]
+        session = kong_sessions(mode)
         with dask.config.set({"kong.wukong.cluster_bytes": 10**12}):
             assert session.get(dsk, "total") == sum(range(200_000))
         summary = last_run()
@@ -330,7 +345,7 @@ def slow_block(n: int, delay: float) -> list[int]:
     return list(range(n))
 
 
-def joined_blocks(first: tuple[int, float], second: tuple[int, float]) -> dict:
+def joined_blocks(first: tuple[int, float], second: tuple[int, float]) -> dict[str, Any]:
     """Two blocks of (length, seconds to make) and a join of their lengths."""
     return {
         "first": (slow_block, *first),
@@ -339,7 +354,7 @@ def joined_blocks(first: tuple[int, float], second: tuple[int, float]) -> dict:
     }
 
 
-def delayed_io_over_100_kb(wait_s: float) -> dict:
+def delayed_io_over_100_kb(wait_s: float) -> dict[str, Any]:
     """Delayed I/O for outputs over 100 KB, waiting `wait_s`; no recomputation."""
     return {
         "kong.wukong.delay_io_bytes": 100_000,
@@ -349,9 +364,9 @@ def delayed_io_over_100_kb(wait_s: float) -> dict:
 
 
 def test_delayed_io_completes_a_fan_in_without_writing_the_large_output(
-    kong_sessions: object,
+    kong_sessions: Callable[[str], Kong],
 ) -> None:
-    session = kong_sessions("threads-redis")  # type: ignore[operator]
+    session = kong_sessions("threads-redis")
     # The big "first" finishes first and waits; "second" finishes later and marks;
     # "first" completes the fan-in and runs "join": its 400 KB never go to the store.
     dsk = joined_blocks((50_000, 0.0), (10, 0.2))
@@ -365,11 +380,13 @@ def test_delayed_io_completes_a_fan_in_without_writing_the_large_output(
     assert delayed.bytes_written < 10_000 < eager.bytes_written
 
 
-def test_last_parent_of_a_fan_in_completes_it_without_writing(kong_sessions: object) -> None:
+def test_last_parent_of_a_fan_in_completes_it_without_writing(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
     """Two large parents: the first claims delayed I/O, gives up waiting, writes and
     marks; the second finds itself the last one missing, marks without writing and
     runs the join: one block goes through the store, not two."""
-    session = kong_sessions("threads-redis")  # type: ignore[operator]
+    session = kong_sessions("threads-redis")
     dsk = joined_blocks((50_000, 0.0), (50_000, 0.3))
     with dask.config.set(delayed_io_over_100_kb(0.01)):
         assert session.get(dsk, "join") == 100_000
@@ -379,7 +396,7 @@ def test_last_parent_of_a_fan_in_completes_it_without_writing(kong_sessions: obj
     assert 0.9 * block < summary.bytes_written < 1.5 * block
 
 
-def plan_every_optimization(dag, context):  # type: ignore[no-untyped-def]
+def plan_every_optimization(dag: DAG, context: PlanningContext) -> Plan:
     """wukong plus pre-load and task-dup on every task: the runtime must stay correct."""
     from dataclasses import replace
 
@@ -410,12 +427,12 @@ def test_random_dags_match_sync_with_preload_and_task_dup_everywhere(
 
 
 def test_task_dup_recomputes_a_slow_parent_while_waiting(
-    kong_sessions: object, monkeypatch: pytest.MonkeyPatch
+    kong_sessions: Callable[[str], Kong], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dask_kong.planning import PLANNERS
 
     monkeypatch.setitem(PLANNERS, "everything", plan_every_optimization)
-    session = kong_sessions("threads-redis")  # type: ignore[operator]
+    session = kong_sessions("threads-redis")
     calls: list[str] = []
 
     def slow_then_fast(name: str, delay: float) -> str:
@@ -477,7 +494,7 @@ def test_environment_variables_configure_kong() -> None:
 def test_events_that_ride_in_a_commit_still_report_written_bytes(kong: Kong) -> None:
     # Every leaf writes its output for the fan-in and ends its branch: its completion
     # event travels in that same commit, with the written size stamped by the store.
-    dsk = {f"leaf{i}": (inc, i) for i in range(8)}
+    dsk: dict[str, Any] = {f"leaf{i}": (inc, i) for i in range(8)}
     dsk.update({f"pair{i}": (sum, [f"leaf{2 * i}", f"leaf{2 * i + 1}"]) for i in range(4)})
     dsk["total"] = (sum, [f"pair{i}" for i in range(4)])
     assert kong.get(dsk, "total") == sum(range(1, 9))
@@ -503,7 +520,7 @@ def test_embedded_store_releases_outputs_once_their_readers_are_done() -> None:
             counted.append(len(session.store._runs[session.last_run_id].values))  # type: ignore[attr-defined]
             return 0
 
-        dsk: dict = {"a0": (step,), "b0": (step,)}
+        dsk: dict[str, Any] = {"a0": (step,), "b0": (step,)}
         for i in range(1, 20):
             dsk[f"a{i}"] = (step, f"a{i - 1}", f"b{i - 1}")
             dsk[f"b{i}"] = (step, f"a{i - 1}", f"b{i - 1}")
@@ -524,7 +541,7 @@ def noted(name: str, *values: int) -> int:
 def test_the_thread_pool_starts_the_most_urgent_queued_invocation_first() -> None:
     """One worker thread, two roots queued at once: the one ten tasks wait on starts
     before the one heading a longer chain, which the client invoked first."""
-    dsk: dict = {"chain-0": (noted, "ran chain-0")}
+    dsk: dict[str, Any] = {"chain-0": (noted, "ran chain-0")}
     for i in range(1, 6):
         dsk[f"chain-{i}"] = (noted, f"ran chain-{i}", f"chain-{i - 1}")
     dsk["gate"] = (noted, "ran gate")

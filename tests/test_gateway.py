@@ -451,9 +451,9 @@ def test_cli_gateway_serves_and_exits_on_sigterm() -> None:
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
+        assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], 30)
         assert ready, "the CLI printed no URL within 30 s"
-        assert process.stdout is not None
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
         request = urllib.request.Request(

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import redis
@@ -29,7 +30,7 @@ def work(*args: object) -> int:
 
 def fan_in_dag(width: int) -> DAG:
     """`width` loads, each processed, all joined: functions load, process, join."""
-    dsk: dict = {f"load-{i}": (work,) for i in range(width)}
+    dsk: dict[str, Any] = {f"load-{i}": (work,) for i in range(width)}
     dsk.update({f"process-{i}": (work, f"load-{i}") for i in range(width)})
     dsk["join-0"] = (work, *[f"process-{i}" for i in range(width)])
     return to_dag(dsk, "join-0")

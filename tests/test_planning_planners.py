@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Mapping
+from typing import Any
 
 import dask
 import pytest
 
 from dask_kong import Kong, last_run
-from dask_kong.dag import DAG, to_dag
+from dask_kong.dag import DAG, Key, to_dag
 from dask_kong.metrics.records import RunSummary, TaskMetrics
 from dask_kong.planning import (
     PLANNERS,
@@ -51,7 +53,7 @@ def diamond() -> DAG:
     return to_dag(dsk, "join-0")
 
 
-def summary_of(dag: DAG, metrics: dict[str, TaskMetrics], makespan_s: float) -> RunSummary:
+def summary_of(dag: DAG, metrics: Mapping[Key, TaskMetrics], makespan_s: float) -> RunSummary:
     return RunSummary(
         run_id="synthetic",
         tasks=len(dag),
@@ -104,7 +106,7 @@ def diamond_history_with_large(exec_factor: float, makespan_s: float) -> MemoryH
     return history
 
 
-def diamond_history_metrics(side_exec_s: float = 1.0) -> dict[str, TaskMetrics]:
+def diamond_history_metrics(side_exec_s: float = 1.0) -> dict[Key, TaskMetrics]:
     """One run of the diamond on small, as the table of `diamond_history` says."""
     return {
         "src-0": TaskMetrics("w0", exec_s=1.0, output_bytes=1000, written_bytes=1000, write_s=1.0),
@@ -137,7 +139,7 @@ def context(
     return PlanningContext(history=history, resources=resources, sla="p50")
 
 
-def by_key(dag: DAG, plan: Plan, attribute: str) -> dict[str, object]:
+def by_key(dag: DAG, plan: Plan, attribute: str) -> dict[str, Any]:
     return {str(key): getattr(plan.tasks[i], attribute) for i, key in enumerate(dag.keys)}
 
 
@@ -231,6 +233,7 @@ def test_non_uniform_keeps_a_worker_strong_when_downgrading_it_breaks_the_tolera
         relaxed = plan_non_uniform(dag, context(diamond_history(side_exec_s=4.0)))
     assert relaxed.tasks[dag.index_of("side-0")].resource == "small"
     assert relaxed.predicted_makespan_s == pytest.approx(7.03)
+    assert relaxed.predicted_makespan_s is not None
     assert relaxed.predicted_makespan_s <= 5.21 * 1.5
 
 
@@ -278,10 +281,10 @@ def test_planners_are_registered_by_name() -> None:
     assert set(PLANNERS) >= {"naive", "wukong", "uniform", "non_uniform"}
 
 
-def random_graph(seed: int) -> tuple[dict, list]:
+def random_graph(seed: int) -> tuple[dict[str, Any], list[str]]:
     """A random DAG: a few function names, random fan-ins and fan-outs, some data."""
     rng = random.Random(seed)
-    dsk: dict = {}
+    dsk: dict[str, Any] = {}
     for i in range(rng.randint(1, 40)):
         earlier = list(dsk)
         if not earlier or rng.random() < 0.1:
@@ -409,7 +412,7 @@ def test_delayed_io_is_off_where_a_fan_in_waits_for_a_deeper_parent() -> None:
     """TSQR's shape: a block waits at a fan-in for a parent that needs every block
     first (deeper in the DAG): holding the block there only delays its write. Parents
     at the same depth (a reduction's siblings) keep delayed I/O."""
-    dsk: dict = {f"block-{i}": (work,) for i in range(3)}
+    dsk: dict[str, Any] = {f"block-{i}": (work,) for i in range(3)}
     dsk.update({f"r-{i}": (work, f"block-{i}") for i in range(3)})
     dsk["stack"] = (work, "r-0", "r-1", "r-2")
     dsk.update({f"q2-{i}": (work, "stack") for i in range(3)})

@@ -324,7 +324,8 @@ def test_fan_in_retry_with_same_token_still_learns_it_made_child_ready(
     keys = [parents, parents + ":ready"]
 
     def mark(token: str, parent: int) -> list[int]:
-        return raw_redis.eval(lua.MARK_PARENTS_DONE, 2, *keys, 60, token, parent, 2)
+        ready: list[int] = raw_redis.eval(lua.MARK_PARENTS_DONE, 2, *keys, 60, token, parent, 2)
+        return ready
 
     assert mark("commit-a", 10) == [0]
     assert mark("commit-b", 11) == [1]

@@ -6,6 +6,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
@@ -22,10 +24,14 @@ from dask_kong.store.server import RedisServer
 
 from .kong_fixtures import pid_alive
 
+if TYPE_CHECKING:
+    from dask_kong.dag import DAG
+    from dask_kong.planning.plan import Plan, PlanningContext
+
 
 @pytest.fixture
-def processes(kong_sessions: object) -> Kong:
-    return kong_sessions("processes")  # type: ignore[operator]
+def processes(kong_sessions: Callable[[str], Kong]) -> Kong:
+    return kong_sessions("processes")
 
 
 def die(value: int) -> int:
@@ -90,7 +96,7 @@ def test_large_constants_are_fetched_only_by_their_readers(processes: Kong) -> N
 def test_first_tasks_of_invocations_report_their_start_up(processes: Kong) -> None:
     """Every invocation's first task measures its start-up (invocation to start, less
     any wait for a concurrency slot), and the history keeps them for the planners."""
-    dsk = {f"x{i}": (inc, i) for i in range(8)}
+    dsk: dict[str, Any] = {f"x{i}": (inc, i) for i in range(8)}
     dsk["total"] = (sum, [f"x{i}" for i in range(8)])
     assert processes.get(dsk, "total") == sum(range(1, 9))
     summary = last_run()
@@ -156,7 +162,7 @@ def test_tasks_run_on_their_planned_resource_config_and_prewarm_warms_it(
     from dask_kong.planning import PLANNERS, Optimization
     from dask_kong.planning.planners import plan_wukong
 
-    def plan_large_with_prewarm(dag, context):  # type: ignore[no-untyped-def]
+    def plan_large_with_prewarm(dag: DAG, context: PlanningContext) -> Plan:
         plan = plan_wukong(dag, context)
         large = replace(plan.tasks[0], resource="large")
         flagged = replace(large, optimizations=large.optimizations | {Optimization.PREWARM})
@@ -164,7 +170,7 @@ def test_tasks_run_on_their_planned_resource_config_and_prewarm_warms_it(
 
     monkeypatch.setitem(PLANNERS, "test-large", plan_large_with_prewarm)
     gateway = processes.backend.gateway  # type: ignore[attr-defined]
-    dsk = {f"x{i}": (inc, i) for i in range(6)}
+    dsk: dict[str, Any] = {f"x{i}": (inc, i) for i in range(6)}
     dsk["total"] = (sum, [f"x{i}" for i in range(6)])
     assert processes.get(dsk, "total", planner="test-large") == sum(range(1, 7))
     summary = last_run()

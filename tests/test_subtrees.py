@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dask
 import pytest
@@ -23,9 +24,9 @@ def add(*values: int) -> int:
     return sum(values)
 
 
-def pairwise_tree(leaves: int) -> tuple[dict, str]:
+def pairwise_tree(leaves: int) -> tuple[dict[str, Any], str]:
     """leaf-i = i, summed pairwise up to one key: 2 * leaves - 1 tasks."""
-    dsk: dict = {f"leaf-{i}": (add, i) for i in range(leaves)}
+    dsk: dict[str, Any] = {f"leaf-{i}": (add, i) for i in range(leaves)}
     level = [f"leaf-{i}" for i in range(leaves)]
     height = 0
     while len(level) > 1:
@@ -39,11 +40,11 @@ def pairwise_tree(leaves: int) -> tuple[dict, str]:
     return dsk, level[0]
 
 
-def random_forest(seed: int) -> tuple[dict, list]:
+def random_forest(seed: int) -> tuple[dict[str, Any], list[str]]:
     """A random DAG that is mostly trees: a task reads 1-3 outputs nobody read yet,
     sometimes one already read (a shared ancestor); a few outputs are requested."""
     rng = random.Random(seed)
-    dsk: dict = {}
+    dsk: dict[str, Any] = {}
     unread: list[str] = []
     for i in range(rng.randint(2, 80)):
         key = f"t{i}"
@@ -171,10 +172,10 @@ def test_a_failing_member_stops_its_subtree() -> None:
     """Nothing after the failed member runs in its branch (the run is failing)."""
     ran: list[int] = []
     lock = threading.Lock()
-    dsk: dict = {f"leaf-{i}": (add, i) for i in range(8)}
+    dsk: dict[str, Any] = {f"leaf-{i}": (add, i) for i in range(8)}
     dsk["top"] = (add, *[f"leaf-{i}" for i in range(8)])
     order = [k for k in to_dag(dsk, ["top"]).keys if k != "top"]
-    bad = int(order[3].split("-")[1])  # the fourth leaf the branch runs
+    bad = int(str(order[3]).split("-")[1])  # the fourth leaf the branch runs
 
     def record(value: int) -> int:
         with lock:
@@ -190,18 +191,18 @@ def test_a_failing_member_stops_its_subtree() -> None:
         pytest.raises(LeafFailed),
     ):
         session.get(dsk, "top")
-    assert ran == [int(k.split("-")[1]) for k in order[:4]]
+    assert ran == [int(str(k).split("-")[1]) for k in order[:4]]
 
 
 def block_matmul(
     blocks: int, root: Callable[..., int] | None = None, *extra: object, name: str = ""
-) -> tuple[dict, list[str]]:
+) -> tuple[dict[str, Any], list[str]]:
     """C[i,j] = sum_k A[i,k] B[k,j] over `blocks` x `blocks` blocks of random draws: every
     draw feeds `blocks` products (GEMM's shape as dask.array builds it). The draws are
     `root(seed, *extra)` (default `draw`); `name` prefixes the draws' keys, so that the
     metrics history (keyed by key names) has never seen them."""
     draws = root or draw
-    dsk: dict = {}
+    dsk: dict[str, Any] = {}
     for i in range(blocks):
         for k in range(blocks):
             dsk[f"{name}a-{i}-{k}"] = (draws, i * 100 + k, *extra)
@@ -289,6 +290,7 @@ def test_roots_that_published_recipes_are_run_again_in_later_runs(
             summary = last_run()
             assert summary is not None
             assert session.store.run_keys(session.last_run_id or "") == []
+    assert summary is not None
     assert len(summary.plan.subtrees) == 16
     assert summary.invocations == 16
     assert not summary.plan.shared_roots  # the history knows the draws by now

@@ -102,7 +102,8 @@ def normalise_graph(dsk: Any) -> dict[Key, GraphNode]:
     plain = dict(dsk)
     if all(isinstance(v, GraphNode) for v in plain.values()):
         return plain
-    return convert_legacy_graph(plain)
+    converted: dict[Key, GraphNode] = convert_legacy_graph(plain)
+    return converted
 
 
 def cull(graph: Mapping[Key, GraphNode], wanted: list[Key], canonical: list[Key]) -> list[Key]:

@@ -59,14 +59,17 @@ class RecipeRef:
     recipe: Recipe
 
 
-@sizeof.register(Recipe)
 def _sizeof_recipe(recipe: Recipe) -> int:
     return recipe.nbytes
 
 
-@sizeof.register(RecipeRef)
 def _sizeof_recipe_ref(ref: RecipeRef) -> int:
     return ref.recipe.nbytes
+
+
+# Registered by call, not as decorators: dask's Dispatch.register is untyped.
+sizeof.register(Recipe, _sizeof_recipe)
+sizeof.register(RecipeRef, _sizeof_recipe_ref)
 
 
 def recipe_for(

@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
+from redis._parsers import Encoder
 from redis.backoff import NoBackoff
 from redis.client import Pipeline, Redis
-from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerializer
+from redis.connection import HiredisRespSerializer, PythonRespSerializer
 from redis.exceptions import AuthenticationError, NoScriptError
 from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
@@ -106,7 +107,8 @@ class LargeValuePacker:
             for arg in args
         )
         packer = self._python if large or self._hiredis is None else self._hiredis
-        return packer.pack(*args)
+        packed: list[bytes | memoryview] = packer.pack(*args)
+        return packed
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class RetryPolicy:
     def delay_s(self, attempt: int) -> float:
         """Backoff before retry `attempt` (0-based), jittered so that many workers that
         lost one Redis together do not all come back in the same millisecond."""
-        return min(self.max_s, self.base_s * 2**attempt) * random.uniform(0.5, 1.0)
+        return min(self.max_s, self.base_s * 2.0**attempt) * random.uniform(0.5, 1.0)
 
 
 def connection_options(**extra: Any) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def load_handler(spec: str) -> Handler:
         message = f"Unable to import module '{module_name}': {exc}"
         stack = traceback.format_list(traceback.extract_tb(exc.__traceback__))
         raise InitError(lambda_error("Runtime.ImportModuleError", message, stack)) from exc
-    handler = getattr(module, attr, None)
+    handler: Handler | None = getattr(module, attr, None)
     if not callable(handler):
         message = f"Handler '{attr}' missing on module '{module_name}'"
         raise InitError(lambda_error("Runtime.HandlerNotFound", message))
