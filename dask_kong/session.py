@@ -23,7 +23,7 @@ from .metrics.records import RunSummary
 from .planning import Plan, PlanningContext, get_planner
 from .planning.history import History, MemoryHistory, RedisHistory, record_run
 from .runtime.backend import Backend
-from .runtime.client import execute_run, new_run_id
+from .runtime.client import RunServices, execute_run, new_run_id
 from .runtime.heartbeat import Heartbeater
 from .store.base import Store
 
@@ -98,14 +98,12 @@ class Kong:
         self.last_run_id = new_run_id()
         observers.run_started(self, self.last_run_id, dag, plan)
         try:
+            services = RunServices(self.store, self.backend, self.heartbeater, self.store_spec)
             values, summary = execute_run(
                 dag,
                 plan,
+                services,
                 run_id=self.last_run_id,
-                store=self.store,
-                backend=self.backend,
-                heartbeater=self.heartbeater,
-                store_name=self.store_spec,
                 callbacks=kwargs.pop("callbacks", None),
                 dsk=dsk,
             )

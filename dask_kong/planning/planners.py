@@ -25,7 +25,6 @@ from .plan import Optimization, Plan, PlanningContext, ResourceSpec, TaskPlan
 from .predict import Predictor, parse_sla
 from .schedule import (
     Estimates,
-    Sizes,
     Timeline,
     assign_workers,
     first_tasks,
@@ -116,7 +115,7 @@ def plan_uniform(dag: DAG, context: PlanningContext) -> Plan:
     timeline = simulate(
         dag, workers, [resource] * worker_count(workers), estimates, context.concurrency
     )
-    return predicted_plan("uniform", dag, timeline, sizes, estimates, context, {}, batching)
+    return predicted_plan("uniform", timeline, estimates, context, {}, batching)
 
 
 def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
@@ -154,7 +153,7 @@ def plan_non_uniform(dag: DAG, context: PlanningContext) -> Plan:
         dag, strong, estimates, [r.name for r in cheaper], left, context.concurrency
     )
     notes = downgrade_notes(strong, timeline, strongest.name, tolerance)
-    return predicted_plan("non_uniform", dag, timeline, sizes, estimates, context, notes, batching)
+    return predicted_plan("non_uniform", timeline, estimates, context, notes, batching)
 
 
 def strongest_config(
@@ -346,16 +345,16 @@ def unpredicted_plan(name: str, dag: DAG, context: PlanningContext) -> Plan:
 
 def predicted_plan(
     name: str,
-    dag: DAG,
     timeline: Timeline,
-    sizes: Sizes,
     estimates: Estimates,
     context: PlanningContext,
     notes: dict[str, str],
     batching: Batching,
 ) -> Plan:
     """The plan a timeline describes: WUKONG's optimizations everywhere (the runtime
-    applies them by size), plus those the predictions justify; and the notes."""
+    applies them by size), plus those the predictions justify; and the notes. The DAG
+    and its predicted sizes are those the estimates were made for."""
+    dag, sizes = estimates.dag, estimates.sizes
     flags = choose_optimizations(dag, timeline, estimates, context.default_resource)
     wukong = wukong_optimizations(dag)
     tasks = tuple(

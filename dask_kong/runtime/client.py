@@ -67,26 +67,35 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True)
+class RunServices:
+    """What a run uses of its session: the store and the backend it runs on, the
+    session's heartbeater, and the store's name for the summary."""
+
+    store: Store
+    backend: Backend
+    heartbeater: Heartbeater
+    store_name: str
+
+
 def execute_run(
     dag: DAG,
     plan: Plan,
+    services: RunServices,
     *,
     run_id: str,
-    store: Store,
-    backend: Backend,
-    heartbeater: Heartbeater,
-    store_name: str,
     callbacks: Any = None,
     dsk: Any = None,
 ) -> tuple[dict[Any, Any], RunSummary]:
     """Run `dag` to completion; returns the requested values by key and the summary."""
+    backend = services.backend
     ctx = RunContext(
         run_id=run_id,
         dag=dag,
         plan=plan,
-        store=store,
+        store=services.store,
         invoker=backend,
-        heartbeater=heartbeater,
+        heartbeater=services.heartbeater,
         settings=RunSettings.from_config(),
         output_tasks=dag.output_tasks,
     )
@@ -118,7 +127,7 @@ def execute_run(
             else:
                 cleanup_run(ctx, succeeded)
     makespan = time.perf_counter() - started
-    summary = summarize(ctx, progress, makespan, submit_s, backend.name, store_name)
+    summary = summarize(ctx, progress, makespan, submit_s, backend.name, services.store_name)
     summary.client_bytes_read = client_read
     summary.outputs_prefetched = len(prefetched)
     summary.bytes_read += client_read

@@ -220,28 +220,36 @@ def gather_inputs(branch: Branch, task: int) -> dict[Any, Any]:
     """Input values of `task` keyed as its node expects: handles this process made and
     local memory and the payload first, the DAG's in-process data next, the store last
     (one round-trip for all)."""
-    dag = branch.ctx.dag
     values: dict[Any, Any] = {}
     remote: list[RemoteInput] = []
-    for inp in dag.inputs[task]:
-        if inp.task is not None:
-            if inp.task in branch.ctx.handles:  # the one object of this process
-                values[inp.key] = branch.ctx.handles[inp.task]
-            elif inp.task in branch.local:
-                values[inp.key] = local_value(branch, inp.task)
-            else:
-                remote.append(RemoteInput(inp.key, output_key(inp.task), inp.task))
+    for inp in branch.ctx.dag.inputs[task]:
+        source = inp.task if inp.task is not None else inp.data or ""
+        if holds(branch, source):
+            values[inp.key] = held_value(branch, source)
         else:
-            name = inp.data or ""
-            if name in dag.data:
-                values[inp.key] = dag.data[name]
-            elif name in branch.data:
-                values[inp.key] = branch.data[name]
-            else:
-                remote.append(RemoteInput(inp.key, data_key(name), name))
+            store_key = output_key(source) if isinstance(source, int) else data_key(source)
+            remote.append(RemoteInput(inp.key, store_key, source))
     if remote:
         fetch_remote(branch, task, remote, values)
     return values
+
+
+def holds(branch: Branch, source: int | str) -> bool:
+    """Whether this process has the output of task `source` (a handle it made, or in
+    local memory), or the data node named `source` (in the DAG or the payload)."""
+    if isinstance(source, int):
+        return source in branch.ctx.handles or source in branch.local
+    return source in branch.ctx.dag.data or source in branch.data
+
+
+def held_value(branch: Branch, source: int | str) -> Any:
+    """The value of an input `holds` says this process has."""
+    if isinstance(source, int):
+        if source in branch.ctx.handles:  # the one object of this process
+            return branch.ctx.handles[source]
+        return local_value(branch, source)
+    dag_data = branch.ctx.dag.data
+    return dag_data[source] if source in dag_data else branch.data[source]
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,29 @@ class _RunState:
     claims: set[str] = field(default_factory=set)
     cancelled: bool = False
 
+    def write_new(self, writes: Mapping[str, Any], sized: Mapping[str, int]) -> int:
+        """Keep the values of keys not written yet (a retried write keeps the first
+        value); the bytes kept."""
+        written = 0
+        for key, value in writes.items():
+            if key not in self.values:
+                self.values[key] = value
+                self.sizes[key] = sized[key]
+                written += sized[key]
+        return written
+
+    def mark_parents_done(self, fan_ins: Sequence[FanIn]) -> list[int]:
+        """Record each parent once per child; the children whose last parent this was."""
+        ready = []
+        for mark in fan_ins:
+            parents = self.fan_ins.setdefault(mark.child, set())
+            if mark.parent in parents:
+                continue
+            parents.add(mark.parent)
+            if len(parents) == mark.in_degree:
+                ready.append(mark.child)
+        return ready
+
 
 class MemoryStore:
     """In-process `Store` for the embedded (threads) mode."""
@@ -59,18 +82,8 @@ class MemoryStore:
             run = self._runs.get(run_id)
             if run is None:  # not opened, or deleted already: a straggler's late commit
                 return result
-            for key, value in writes.items():
-                if key not in run.values:
-                    run.values[key] = value
-                    run.sizes[key] = sized[key]
-                    result.bytes_written += sized[key]
-            for mark in fan_ins:
-                parents = run.fan_ins.setdefault(mark.child, set())
-                if mark.parent in parents:
-                    continue
-                parents.add(mark.parent)
-                if len(parents) == mark.in_degree:
-                    result.ready.append(mark.child)
+            result.bytes_written += run.write_new(writes, sized)
+            result.ready.extend(run.mark_parents_done(fan_ins))
             if events:
                 stamp_written_bytes(events, sized)
                 run.events.extend(events)
