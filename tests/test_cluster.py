@@ -95,6 +95,11 @@ def task_on(raw: RedisCluster, run: str, wanted: Callable[[ClusterNode], bool]) 
     return next(t for t in range(10_000) if wanted(node_of(raw, f"{spread_prefix(run)}out:{t}")))
 
 
+def named(name: str) -> Callable[[ClusterNode], bool]:
+    """For `task_on`: accepts the shard called `name`."""
+    return lambda node: node.name == name
+
+
 def done(task: int) -> Event:
     return Event(EventKind.TASK_DONE, task, "w")
 
@@ -169,7 +174,7 @@ def test_a_paused_shard_does_not_hold_up_reads_from_the_others(
     """The shards of one `get_many` are read at once: while the first key's shard is
     paused, the others have already served their keys."""
     shards = sorted(raw_cluster.get_primaries(), key=lambda node: node.name)
-    tasks = [task_on(raw_cluster, run_id, lambda n, s=s: n.name == s.name) for s in shards]
+    tasks = [task_on(raw_cluster, run_id, named(s.name)) for s in shards]
     cluster_store.commit(run_id, {f"out:{t}": t for t in tasks})
     others = [node_client(raw_cluster, shard) for shard in shards[1:]]
     before = [gets_served(client) for client in others]
@@ -344,7 +349,7 @@ def test_every_invocation_delivered_twice_still_gives_one_result_on_a_cluster(
     cluster_kong: Kong,
 ) -> None:
     inner = cluster_kong.backend
-    cluster_kong.backend = DeliverTwice(inner)  # type: ignore[assignment]
+    cluster_kong.backend = DeliverTwice(inner)
     try:
         for seed in range(CLUSTER_SEEDS // 2):
             dsk, wanted = random_graph(seed)
@@ -352,7 +357,11 @@ def test_every_invocation_delivered_twice_still_gives_one_result_on_a_cluster(
             assert got == dask.get(dsk, wanted), seed
             # A duplicate may still be committing: its late commit must undo itself.
             run = cluster_kong.last_run_id or ""
-            assert poll_until(lambda r=run: cluster_kong.store.run_keys(r) == [], 5.0), seed
+
+            def no_keys_left(r: str = run) -> bool:
+                return cluster_kong.store.run_keys(r) == []
+
+            assert poll_until(no_keys_left, 5.0), seed
     finally:
         cluster_kong.backend = inner
 
