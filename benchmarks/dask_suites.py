@@ -15,7 +15,7 @@ Each test has a pytest-timeout (`--timeout`, signal method, so a hung test fails
 run goes on) and each pytest run an overall budget (`--run-budget`), after which it is
 interrupted like a Ctrl-C, so that the kong session still closes. pytest reads a small
 config of our own (markers dask uses, `-m "not network"`), never this repository's
-setup.cfg, whose warnings-as-errors is for dask-kong's tests, not dask's.
+pyproject.toml, whose warnings-as-errors is for dask-kong's tests, not dask's.
 
 The exit status is 1 when some test passes under dask and not under kong.
 """
