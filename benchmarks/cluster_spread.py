@@ -13,9 +13,17 @@ both, so both plan alike). Every result is checked before its time counts.
 
 Per timed run it reads every server's INFO stats before and after: bytes each shard
 received (the values written to it, and commands) and sent (what was read from it). It
-reports the median makespan on one node and on the cluster and their ratio, the bytes
-each shard received per run, and the largest shard's share of them (1/3 is an even
-spread over three shards). The JSON keeps every repeat.
+reports the median makespan on one node and on the cluster, the median of the repeats'
+ratios cluster / one node (each repeat runs both back to back, so a ratio compares runs
+under the same load), the bytes each shard received per run, and the largest shard's
+share of them (1/3 is an even spread over three shards). The JSON keeps every repeat.
+
+    python -m benchmarks.cluster_spread --ops 1500
+
+measures single store operations instead, on the same two stores (no Kong session): the
+median latency of a commit of one small output with a fan-in mark and an event, of a
+commit of a mark and an event alone, of a `get_many` of three outputs, of `is_cancelled`,
+each run `--ops` times per store, the stores alternating in five rounds.
 """
 
 from __future__ import annotations
@@ -26,13 +34,15 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import dask
 import redis
 
 from dask_kong import Kong, last_run
+from dask_kong.store.base import Event, EventKind, FanIn, Store
+from dask_kong.store.redis import connect
 from dask_kong.store.server import LocalRedisCluster, RedisServer
 
 from . import environment, workloads
@@ -145,6 +155,65 @@ def measure(size: str, repeat: int, names: list[str]) -> list[Cell]:
     return cells
 
 
+# Rounds of --ops: each store measured this many times, alternating with the other.
+OP_ROUNDS = 5
+
+
+def operation_latencies(count: int) -> dict[str, dict[str, float]]:
+    """store -> operation -> median seconds (see the module docstring)."""
+    samples: dict[str, dict[str, list[float]]] = {s: {} for s in STORES}
+    with contextlib.ExitStack() as stack:
+        server = RedisServer()
+        stack.callback(server.stop)
+        cluster = LocalRedisCluster(SHARDS)
+        stack.callback(cluster.stop)
+        stores = {"one-node": connect(server.url), "cluster": connect(cluster.url)}
+        for store in stores.values():
+            stack.callback(store.close)
+        for round_ in range(OP_ROUNDS):
+            for name in STORES if round_ % 2 == 0 else STORES[::-1]:
+                for op, seconds in time_operations(stores[name], count, round_).items():
+                    samples[name].setdefault(op, []).extend(seconds)
+    return {s: {op: statistics.median(t) for op, t in ops.items()} for s, ops in samples.items()}
+
+
+def time_operations(store: Store, count: int, round_: int) -> dict[str, list[float]]:
+    """Seconds of each call of each operation, `count` calls each, in a fresh run."""
+    run = f"ops-{round_}"
+    store.open_run(run)
+
+    def done(task: int) -> list[Event]:
+        return [Event(EventKind.TASK_DONE, task, "w")]
+
+    operations: dict[str, Callable[[int], object]] = {
+        "commit of an output, a mark and an event": lambda i: store.commit(
+            run, {f"out:{i}": i}, [FanIn(count + i, i, 2)], done(i)
+        ),
+        "commit of a mark and an event": lambda i: store.commit(
+            run, {}, [FanIn(count + i, i + 1, 2)], done(i)
+        ),
+        "get_many of three outputs": lambda i: store.get_many(
+            run, [f"out:{(i + k) % count}" for k in range(3)]
+        ),
+        "is_cancelled": lambda i: store.is_cancelled(run),
+    }
+    seconds: dict[str, list[float]] = {}
+    for op, call in operations.items():
+        for i in range(count):
+            started = time.perf_counter()
+            call(i)
+            seconds.setdefault(op, []).append(time.perf_counter() - started)
+    store.delete_run(run)
+    return seconds
+
+
+def operations_table(latencies: dict[str, dict[str, float]]) -> str:
+    rows = ["| operation | one node | 3-shard cluster |", "| --- | ---: | ---: |"]
+    for op, one in latencies["one-node"].items():
+        rows.append(f"| {op} | {one * 1e6:.0f} us | {latencies['cluster'][op] * 1e6:.0f} us |")
+    return "\n".join(rows)
+
+
 def table(cells: list[Cell]) -> str:
     """The markdown table of docs/benchmarks.md."""
     rows = [
@@ -159,9 +228,10 @@ def table(cells: list[Cell]) -> str:
         one, spread = pair["one-node"], pair["cluster"]
         shards = ", ".join(f"{b / 1e6:.0f}" for b in sorted(spread.received_per_run().values()))
         written = statistics.median(spread.bytes_written) / 1e6
+        ratios = [c / o for c, o in zip(spread.times_s, one.times_s, strict=True)]
         rows.append(
             f"| {workload} | {one.median_s:.2f} s | {spread.median_s:.2f} s "
-            f"| {spread.median_s / one.median_s:.2f}x | {written:.0f} MB | {shards} "
+            f"| {statistics.median(ratios):.2f}x | {written:.0f} MB | {shards} "
             f"| {spread.largest_share():.0%} |"
         )
     return "\n".join(rows)
@@ -173,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--json", help="write every repeat here")
+    parser.add_argument("--ops", type=int, help="time single store operations instead")
     args = parser.parse_args(argv)
+    if args.ops:
+        print(operations_table(operation_latencies(args.ops)))
+        return 0
     cells = measure(args.size, args.repeat, args.workloads.split(","))
     print(table(cells))
     if args.json:

@@ -31,11 +31,14 @@ marker went, so `delete_run` finds and deletes them; one that finds it gone dele
 values and removes its own names from the registry (SREM: never the whole set, which
 `delete_run` may be reading at that moment).
 
-Pipelining per shard. redis-py's ClusterPipeline sends every node's commands before it
-reads a reply, but from one thread: sending an 8 MB value to one shard blocks before the
-next shard gets a byte. Here each shard's pipeline runs in a thread of its own (a pool of
-kong.store.cluster_io_threads), so reads and writes to different shards move at once; an
-operation that touches one shard runs in the caller's thread, with no hand-off.
+Pipelining per shard. An operation that touches several shards sends each its commands
+(one pipeline per shard, on a connection of its own) before it reads any reply
+(`_exchange`), so the shards work at once; this is what redis-py's ClusterPipeline does
+too, without its per-command routing in Python. One thread sends one shard's bytes before
+the next shard's, though: when a write carries large values (kong.store.cluster_thread_bytes)
+to two or more shards, each of those goes from a thread of its own (a pool of
+kong.store.cluster_io_threads), so their bytes leave at once. Below that a hand-off to a
+thread costs more than the round-trip it would overlap.
 
 Topology. redis-py's `RedisCluster`, built from the URL of any node, keeps the map of
 slots to primaries. Commands go through this store's own connection pool per primary, with
