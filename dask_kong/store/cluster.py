@@ -196,14 +196,9 @@ class RedisClusterStore(RedisStore):
                 taken.append((pool, connection))
                 connection.send_packed_command(connection.pack_commands(commands))
             for (_, connection), (_, commands) in zip(taken, batches, strict=True):
-                got: list[Any] = []
-                for _ in commands:
-                    try:
-                        got.append(connection.read_response())
-                    except ResponseError as exc:
-                        got.append(exc)
-                        first_error = first_error or exc
+                got, error = _read_replies(connection, len(commands))
                 replies.append(got)
+                first_error = first_error or error
         except BaseException:
             for _, connection in taken:  # replies may be left unread on any of them
                 connection.disconnect()
@@ -576,6 +571,20 @@ def cluster_client(url: str) -> RedisCluster | None:
     finally:
         probe.close()
     return open_cluster(url) if clustered else None
+
+
+def _read_replies(connection: Any, count: int) -> tuple[list[Any], ResponseError | None]:
+    """Read `count` replies from `connection`, every one even after an error reply (kept
+    in its place), so the connection goes back clean; and the first error."""
+    got: list[Any] = []
+    first_error: ResponseError | None = None
+    for _ in range(count):
+        try:
+            got.append(connection.read_response())
+        except ResponseError as exc:
+            got.append(exc)
+            first_error = first_error or exc
+    return got, first_error
 
 
 def split_large(positions: list[int], sizes: Sequence[int]) -> list[list[int]]:
