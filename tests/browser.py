@@ -275,7 +275,10 @@ def bokeh(b: Browser, expression: str) -> Any:
 
 
 def wait_bokeh(b: Browser, expression: str, timeout_s: float = 10.0) -> Any:
-    return b.wait_for(BOKEH_JS + expression, timeout_s)
+    try:
+        return b.wait_for(BOKEH_JS + expression, timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"{expression!r} not true within {timeout_s} s") from None
 
 
 def wait_for_graph(b: Browser, tasks: int, timeout_s: float = 15.0) -> None:

@@ -123,7 +123,8 @@ def test_columns_lay_out_every_task_and_draw_each_phase_of_each_task() -> None:
     dag = record.graph
     root = dag.parents.index(())
     assert all(nodes["x"][root] < x for i, x in enumerate(nodes["x"]) if i != root)
-    stream = cols.stream_columns(record)
+    stream, drawn = cols.stream_columns(record)
+    assert sorted(drawn) == [0, 1, 2, 3]
     assert stream["key"].count(dag.keys[root]) >= 1 and "execute" in stream["phase"]
     assert all(left <= right for left, right in zip(stream["left"], stream["right"], strict=True))
     progress = cols.progress_columns(record)

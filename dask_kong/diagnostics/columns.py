@@ -14,12 +14,13 @@ from __future__ import annotations
 import html
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from bokeh.palettes import Category20_20
 from dask.utils import format_bytes
 
+from .. import config
 from ..metrics.records import TaskMetrics
 from ..planning.report import weighted_error
 from .runs import RunGraph, RunRecord, TaskFailure, TaskState
@@ -145,7 +146,7 @@ def node_columns(record: RunRecord, mode: str = "worker") -> Columns:
             "color_state": colors["state"],
             "color_invocation": colors["invocation"],
             "line_width": 3.0 if task in critical else 1.0,
-            "detail": task_detail(graph, task, states[task], m, failures.get(task)),
+            "detail": cached_detail(record, task, states[task], m, failures.get(task)),
         }
         for name, value in row.items():
             columns[name].append(value)
@@ -180,6 +181,23 @@ def edge_columns(graph: RunGraph) -> Columns:
             starts.append(parent)
             ends.append(child)
     return {"start": starts, "end": ends}
+
+
+def cached_detail(
+    record: RunRecord,
+    task: int,
+    state: TaskState,
+    m: TaskMetrics | None,
+    failure: TaskFailure | None,
+) -> str:
+    """`task_detail`, made again only when the task's state, metrics or failure changed:
+    a live page asks for every task's details on every update, most of them unchanged."""
+    cache: dict[int, tuple[tuple[Any, ...], str]] = record.cache.setdefault("details", {})
+    stamp = (state, id(m), id(failure))
+    known = cache.get(task)
+    if known is None or known[0] != stamp:
+        known = cache[task] = (stamp, task_detail(record.graph, task, state, m, failure))
+    return known[1]
 
 
 def task_detail(
@@ -253,15 +271,20 @@ def planned_rows(graph: RunGraph, task: int) -> list[tuple[str, str]]:
     return rows
 
 
-def stream_columns(record: RunRecord) -> Columns:
+def stream_columns(record: RunRecord, skip: Collection[int] = ()) -> tuple[Columns, list[int]]:
     """The task stream: one bar per phase of every task, on the row of its worker
     (container). A task's phases are drawn one after the other from its start: start-up
     (before the start, for an invocation's first task), read, recompute, execute, write,
-    invoke; time a task spent otherwise (fan-in marks, waits) is the gap to its end."""
+    invoke; time a task spent otherwise (fan-in marks, waits) is the gap to its end.
+
+    Tasks in `skip` are left out (a live page sends only new tasks' bars); returns the
+    columns and the tasks they hold."""
     graph = record.graph
     metrics, _, _ = record.snapshot()
     columns: Columns = {name: [] for name in STREAM_COLUMNS}
-    for task, m in sorted(metrics.items(), key=lambda item: item[1].start):
+    drawn = [t for t in metrics if t not in skip]
+    for task in drawn:
+        m = metrics[task]
         start = relative(graph, m.start)
         phases = [
             ("start-up (cold)" if m.cold_start else "start-up (warm)", -m.startup_s),
@@ -287,7 +310,7 @@ def stream_columns(record: RunRecord) -> Columns:
                 ("seconds", abs(seconds)),
             ):
                 columns[name].append(value)
-    return columns
+    return columns, drawn
 
 
 STREAM_COLUMNS = ("worker", "left", "right", "phase", "color", "key", "seconds")
@@ -300,16 +323,20 @@ def progress_columns(record: RunRecord) -> Columns:
     counts: dict[str, Counter[str]] = {}
     for task, state in enumerate(record.states()):
         counts.setdefault(graph.names[task], Counter())[state] += 1
-    names = sorted(counts, key=lambda n: min(i for i, x in enumerate(graph.names) if x == n))
+    first: dict[str, int] = {}
+    for task, name in enumerate(graph.names):
+        first.setdefault(name, task)
+    names = sorted(counts, key=first.__getitem__)
     columns: Columns = {"name": names, "total": [sum(counts[n].values()) for n in names]}
     for state in TaskState:
         columns[str(state)] = [counts[n][state] for n in names]
     return columns
 
 
-def bytes_columns(record: RunRecord) -> Columns:
+def bytes_columns(record: RunRecord, max_points: int | None = None) -> Columns:
     """Bytes written to and read from the store so far, over time: a point per task
-    (written at its end, read at its start)."""
+    (written at its end, read at its start), at most `max_points` of them
+    (`kong.dashboard.max_points`; the last always kept)."""
     graph = record.graph
     metrics, _, _ = record.snapshot()
     points = sorted(
@@ -318,12 +345,15 @@ def bytes_columns(record: RunRecord) -> Columns:
     )
     written = read = 0
     columns: Columns = {"time": [0.0], "written": [0], "read": [0]}
-    for time, w, r in points:
+    limit = int(config.get("dashboard.max_points", max_points))
+    every = max(1, math.ceil(len(points) / limit))
+    for i, (time, w, r) in enumerate(points):
         written += w
         read += r
-        columns["time"].append(time)
-        columns["written"].append(written)
-        columns["read"].append(read)
+        if i % every == 0 or i == len(points) - 1:
+            columns["time"].append(time)
+            columns["written"].append(written)
+            columns["read"].append(read)
     return columns
 
 
@@ -483,6 +513,19 @@ def plan_errors(record: RunRecord) -> dict[str, float | None]:
     return errors
 
 
+def absolute_misses(record: RunRecord) -> dict[str, str]:
+    """Per measure, sum |predicted - observed| over the tasks, as " (0.012 s)": a large
+    percentage of a few milliseconds (writes of tiny outputs) is nothing to worry about."""
+    columns = plan_columns(record)
+    misses = {}
+    for measure in PLAN_MEASURES:
+        pairs = zip(columns[f"{measure}_predicted"], columns[f"{measure}_observed"], strict=True)
+        total = sum(abs(p - o) for p, o in pairs if not (math.isnan(p) or math.isnan(o)))
+        shown = format_bytes(int(total)) if measure == "output" else f"{total:.3f} s"
+        misses[measure] = f" ({shown})"
+    return misses
+
+
 def plan_html(record: RunRecord) -> str:
     """The plan's headline: makespan predicted and observed, errors in percent, the
     critical path."""
@@ -494,10 +537,12 @@ def plan_html(record: RunRecord) -> str:
             "from the metrics history once a computation has run before.</p>"
         )
     errors = plan_errors(record)
+    misses = absolute_misses(record)
     _, _, outcome = record.snapshot()
     observed = f"{outcome.makespan_s:.3f} s" if outcome else "(running)"
     shown = ", ".join(
-        f"{name} {'-' if error is None else f'{error:.0%}'}" for name, error in errors.items()
+        f"{name} {'-' if error is None else f'{error:.0%}'}{misses.get(name, '')}"
+        for name, error in errors.items()
     )
     path = " &rarr; ".join(html.escape(graph.keys[t]) for t in graph.critical_path[:12])
     if len(graph.critical_path) > 12:
@@ -505,7 +550,8 @@ def plan_html(record: RunRecord) -> str:
     return (
         f'<p class="kong-plan">makespan predicted {graph.predicted_makespan_s or 0:.3f} s, '
         f"observed {observed}.<br><b>prediction error</b> (sum of |predicted - observed| "
-        f"over sum of observed): {shown}<br><b>critical path</b>: {path}</p>"
+        f"over sum of observed; in brackets the sum of |predicted - observed|): {shown}"
+        f"<br><b>critical path</b>: {path}</p>"
     )
 
 

@@ -40,6 +40,8 @@ class RunFollower:
         self.poll_s = float(config.get("dashboard.poll_s"))
         self.idle_s = float(config.get("dashboard.follow_idle_s"))
         self.heartbeat_ttl_s = float(config.get("heartbeat.ttl_s"))
+        #: CPU seconds the thread used, once it has ended (what following a run costs).
+        self.cpu_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"kong-dashboard-follow-{record.run_id[:8]}", daemon=True
@@ -63,6 +65,12 @@ class RunFollower:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        try:
+            self._follow()
+        finally:
+            self.cpu_s = time.thread_time()
+
+    def _follow(self) -> None:
         cursor = "0"
         errors = 0
         last_open = time.monotonic()

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +80,9 @@ class Dashboard:
         self.planners = planners
         self.host = str(config.get("dashboard.host", host))
         self.refresh_ms = int(config.get("dashboard.refresh_ms"))
+        self.max_busy_fraction = float(config.get("dashboard.max_busy_fraction"))
+        if not 0 < self.max_busy_fraction <= 1:
+            raise ValueError("kong.dashboard.max_busy_fraction must be in (0, 1]")
         self._requested_port = int(config.get("dashboard.port", port))
         self.port = 0
         self.followers: dict[str, RunFollower] = {}
@@ -104,6 +109,17 @@ class Dashboard:
             RunBook(keep=int(config.get("dashboard.keep_runs"))),
             planners=lambda record: planners_of(history, record.graph.shape_hash),
         )
+
+    def server_cpu_s(self) -> float:
+        """CPU seconds the server's thread has used so far (pages: building, updating,
+        sending), read from /proc (Linux; 0.0 elsewhere): for measuring what it costs."""
+        tid = self._thread.native_id
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     @property
     def link(self) -> str:
@@ -215,6 +231,7 @@ class RunPage:
         self.book = dashboard.book
         self.doc = doc
         self.picked_by_user = False
+        self.last_update, self.cpu_at_last_update = time.monotonic(), time.thread_time()
         self.book_version = -1
         self.views: RunViews | None = None
         self.picker = Select(title="run", options=[], width=560, name="kong-run-picker")
@@ -228,14 +245,30 @@ class RunPage:
 
     def refresh(self) -> None:
         """List new runs (following the newest unless the user picked one), then bring
-        the shown run's views up to date."""
+        the shown run's views up to date, unless the server's thread has used more than
+        kong.dashboard.max_busy_fraction of a core since the last update (its CPU time,
+        so sending the updates counts too): however large the run, the pages never keep
+        the client's process busier than that. Changes go to the page in one message
+        (the document is held while they are made), not one message per property."""
+        self.doc.hold("combine")
+        try:
+            self._refresh()
+        finally:
+            self.doc.unhold()
+
+    def _refresh(self) -> None:
         if self.book.version != self.book_version:
             self.book_version = self.book.version
             runs = self.book.all()
             newest = runs[0].run_id if runs else ""
             if newest and (not self.picked_by_user or not self.picker.value):
                 self.show(newest)
-        if self.views is not None and self.views.update():
+        now, cpu = time.monotonic(), time.thread_time()
+        budget = self.dashboard.max_busy_fraction * (now - self.last_update)
+        if self.views is None or cpu - self.cpu_at_last_update > budget:
+            return
+        self.last_update, self.cpu_at_last_update = now, cpu
+        if self.views.update():
             self.load_planners(self.views)
             self.relabel()
 

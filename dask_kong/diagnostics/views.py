@@ -161,6 +161,8 @@ class RunViews:
             f"({self.max_graph_tasks}): not drawn.</p>"
         )
         self.nodes.selected.indices = []
+        self.streamed: set[int] = set()
+        self.stream.data = {name: [] for name in cols.STREAM_COLUMNS}
         if self.draws_graph:
             xs, ys = cols.cached_layout(record)
             positions = enumerate(zip(xs, ys, strict=True))
@@ -185,9 +187,12 @@ class RunViews:
             row(self._bytes_moved(), self._startups()),
         )
         plan_tab = column(self.plan_header, self._plan_views())
-        return Tabs(
+        self.tabs = Tabs(
             tabs=[TabPanel(child=run_tab, title="run"), TabPanel(child=plan_tab, title="plan")]
         )
+        if self.live:  # a Python callback: only a server runs it (the report has none)
+            self.tabs.on_change("active", lambda attr, old, new: self._update_plan())
+        return self.tabs
 
     def _graph_views(self) -> LayoutDOM:
         fig = figure(
@@ -452,7 +457,7 @@ class RunViews:
             mode = cols.COLOR_MODES[self.radio.active or 0]
             patch_columns(self.nodes, cols.node_columns(record, mode))
             self._update_replay()
-        replace(self.stream, cols.stream_columns(record))
+        self._update_stream()
         workers = cols.containers_in_order(record.snapshot()[0])
         self.stream_workers.factors = list(reversed(workers))  # first at the top
         progress = cols.progress_columns(record)
@@ -460,10 +465,24 @@ class RunViews:
         self.progress_names.factors = list(reversed(progress["name"]))
         replace(self.bytes, cols.bytes_columns(record))
         replace(self.startups, cols.startup_columns(record))
-        replace(self.plan, cols.plan_columns(record))
-        self.plan_header.text = cols.plan_html(record)
-        self.planner_names.factors = list(self.planners.data["planner"])
+        if not self.live or self.tabs.active == 1 or record.finished:
+            self._update_plan()
         return True
+
+    def _update_stream(self) -> None:
+        """Append the bars of tasks that finished since the last update (a task's bars
+        never change once it has finished)."""
+        new, tasks = cols.stream_columns(self.record, skip=self.streamed)
+        if tasks:
+            self.stream.stream(dict(new.items()))
+            self.streamed.update(tasks)
+
+    def _update_plan(self) -> None:
+        """Plan against reality; a live page brings it up to date only while it shows
+        it (and once the run finished), as it is the most expensive tab to compute."""
+        replace(self.plan, cols.plan_columns(self.record))
+        self.plan_header.text = cols.plan_html(self.record)
+        self.planner_names.factors = list(self.planners.data["planner"])
 
     def _update_replay(self) -> None:
         """The replay runs over the finished run's timeline; during a run it waits (its
