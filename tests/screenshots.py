@@ -33,12 +33,14 @@ BLOCK = 250_000
 
 def nap(i: int) -> np.ndarray:
     time.sleep(TASK_S)
-    return np.full(BLOCK, float(i))
+    block: np.ndarray = np.full(BLOCK, float(i))
+    return block
 
 
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     time.sleep(TASK_S / 4)
-    return a + b
+    total: np.ndarray = a + b
+    return total
 
 
 def tree() -> Any:

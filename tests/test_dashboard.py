@@ -12,8 +12,9 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import dask
 import pytest
@@ -24,6 +25,7 @@ from dask_kong.diagnostics import observers
 from dask_kong.diagnostics.follow import RunFollower
 from dask_kong.diagnostics.publish import RUNS_KEY, serve_store
 from dask_kong.diagnostics.runs import RunBook, RunGraph, RunRecord, TaskState
+from dask_kong.diagnostics.server import Dashboard
 from dask_kong.metrics.records import RunSummary, TaskMetrics
 from dask_kong.store.base import Event, EventKind
 from dask_kong.store.memory import MemoryStore
@@ -46,7 +48,7 @@ def gated(i: int) -> int:
     return i
 
 
-def diamond() -> dask.delayed:
+def diamond() -> Any:
     """a -> (b, c) -> d: four tasks, one fan-in."""
     a = dask.delayed(inc)(1)
     return dask.delayed(sum)([dask.delayed(inc)(a), dask.delayed(inc)(a)])
@@ -70,9 +72,9 @@ def record_of(summary: RunSummary, finished: bool = True) -> RunRecord:
     return record
 
 
-def wait_until(condition: object, timeout_s: float = WAIT_S) -> None:
+def wait_until(condition: Callable[[], object], timeout_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, f"not within {timeout_s} s"
         time.sleep(0.02)
 
@@ -194,6 +196,7 @@ def test_dashboard_of_a_redis_session_sees_tasks_finish_before_the_run_does(
     GATE.clear()
     with Kong(backend="threads", store=redis_server.url, workers=2, dashboard=True) as kong:
         dashboard = kong.run_observers[0]
+        assert isinstance(dashboard, Dashboard)
         # A requested output's completion is sent at once (progress of other tasks is
         # batched by the worker): `inc` is reported while `gated` still waits.
         wanted = (dask.delayed(inc)(0), dask.delayed(gated)(1))
@@ -203,6 +206,7 @@ def test_dashboard_of_a_redis_session_sees_tasks_finish_before_the_run_does(
         try:
             wait_until(lambda: dashboard.book.latest() is not None)
             record = dashboard.book.latest()
+            assert record is not None
             wait_until(lambda: len(record.metrics) >= 1)  # from the Redis stream, mid-run
             assert not record.finished
         finally:
@@ -240,7 +244,8 @@ def test_standalone_dashboard_follows_runs_a_session_announces(
             assert page.status == 200 and b"Bokeh" in page.read()
     finally:
         dashboard.close()
-    assert len(redis_store._client.xrange(RUNS_KEY)) == 2  # started, finished
+    announced = redis_store._client.xrange(RUNS_KEY)
+    assert announced is not None and len(announced) == 2  # started, finished
 
 
 def test_dashboard_command_prints_its_link_serves_and_stops_on_sigterm(

@@ -486,9 +486,10 @@ def plan_columns(record: RunRecord) -> Columns:
             observed = observed_value(graph, measure, m)
             if measure == "start" and observed is not None:
                 observed -= origin
-            both = predicted is not None and observed is not None
-            columns[f"{measure}_predicted"].append(float(predicted) if both else NAN)  # type: ignore[arg-type]
-            columns[f"{measure}_observed"].append(float(observed) if both else NAN)  # type: ignore[arg-type]
+            if predicted is None or observed is None:
+                predicted = observed = NAN  # a pair or nothing: NaN is not drawn
+            columns[f"{measure}_predicted"].append(float(predicted))
+            columns[f"{measure}_observed"].append(float(observed))
     return columns
 
 
