@@ -132,8 +132,7 @@ class AnnouncementReader:
         run_id = fields.get("run_id", "")
         if fields.get("kind") == "started":
             record = book.add(RunRecord(run_id, RunGraph.from_json(fields["graph"])))
-            if not record.finished:
-                self.dashboard.follow(self.store, record)
+            self.dashboard.watch(self.store, record)
         elif fields.get("kind") == "finished":
             known = book.get(run_id)
             if known is not None and not known.finished:

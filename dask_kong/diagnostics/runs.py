@@ -231,7 +231,9 @@ class RunRecord:
                     failure = TaskFailure(event.worker, event.message, event.traceback)
                     self.failures.setdefault(event.task, failure)
                 elif event.kind is EventKind.WORKER_FAILED:
-                    self.lost_workers.append(f"{event.worker}: {event.message}")
+                    lost = f"{event.worker}: {event.message}"
+                    if lost not in self.lost_workers:  # a follower may read events twice
+                        self.lost_workers.append(lost)
                 self.running.pop(event.task, None)
             self.version += 1
 

@@ -10,9 +10,10 @@ it with `diagnostics.views.RunViews`, brought up to date every `kong.dashboard.r
 from the run's record. Where records come from:
 
 * in a session (`Dashboard.for_session`): the session tells the dashboard when a run
-  starts; a `RunFollower` thread follows the run's event stream and heartbeats; the
-  session hands over the finished summary, which holds every task's metrics (the run's
-  keys are gone by then);
+  starts; while a page is open, a `RunFollower` thread follows the run's event stream
+  and heartbeats (with no page open, nothing is read: a dashboard nobody looks at costs
+  the run nothing); the session hands over the finished summary, which holds every
+  task's metrics (the run's keys are gone by then);
 * standalone (`python -m dask_kong dashboard --store URL`, `diagnostics.publish`): runs
   announced in the store by sessions with `kong.dashboard.publish` on.
 
@@ -86,6 +87,11 @@ class Dashboard:
         self._requested_port = int(config.get("dashboard.port", port))
         self.port = 0
         self.followers: dict[str, RunFollower] = {}
+        #: Where each live run's events are (for followers started when a page opens).
+        self.stores: dict[str, Any] = {}
+        #: Pages open now: runs are followed only while there is one.
+        self.pages = 0
+        self._lock = threading.Lock()
         #: What feeds a standalone dashboard runs (`publish.AnnouncementReader`), and
         #: what it releases when closed (its store and history).
         self.feeder: Any = None
@@ -163,7 +169,8 @@ class Dashboard:
         releases what the dashboard owns (a standalone one's reader, store, history)."""
         if self.feeder is not None:
             self.feeder.close()  # first: it starts followers
-        followers = list(self.followers.values())
+        with self._lock:
+            followers = list(self.followers.values())
         for follower in followers:
             follower.stop()
         for follower in followers:
@@ -185,8 +192,8 @@ class Dashboard:
     # -- RunObserver (a session's runs) ----------------------------------------------
 
     def run_started(self, start: RunStart) -> None:
-        """Keep a record of the run and follow it. The graph is built on first view,
-        by the server's thread, so the run starts without waiting for it."""
+        """Keep a record of the run, and follow it while a page is open. The graph is
+        built on first view, by the server's thread, so the run starts without waiting."""
         session = start.session
         record = RunRecord(
             start.run_id,
@@ -199,22 +206,59 @@ class Dashboard:
                 start.started,
             ),
         )
-        self.follow(session.store, self.book.add(record))
+        self.watch(session.store, self.book.add(record))
 
     def run_finished(self, session: Kong, summary: RunSummary) -> None:
         record = self.book.get(summary.run_id)
         if record is not None:
             record.finish_from_summary(summary)
-        follower = self.followers.get(summary.run_id)
+        with self._lock:
+            self.stores.pop(summary.run_id, None)
+            follower = self.followers.get(summary.run_id)
         if follower is not None:
             follower.stop()  # it ends within one poll; `close` waits for it
 
-    def follow(self, store: Any, record: RunRecord) -> None:
-        """Start a follower for `record`; forget the ones whose runs ended."""
+    def watch(self, store: Any, record: RunRecord) -> None:
+        """Show `record`, a run going on in `store`: followed at once if a page is open,
+        else when one opens. Nobody looking, nobody reads the run's events: the finished
+        summary brings every task's metrics anyway."""
+        with self._lock:
+            if record.finished:
+                return
+            self.stores[record.run_id] = store
+            if self.pages:
+                self._follow(store, record)
+
+    def _follow(self, store: Any, record: RunRecord) -> None:
+        """Start a follower for `record` unless one runs; forget ended ones (lock held)."""
         for run_id, follower in list(self.followers.items()):
-            if not follower.alive:
+            if not follower.alive and run_id != record.run_id:
                 del self.followers[run_id]
-        self.followers[record.run_id] = RunFollower(store, record).start()
+        current = self.followers.get(record.run_id)
+        if current is None or not current.alive:
+            self.followers[record.run_id] = RunFollower(store, record).start()
+
+    def page_opened(self) -> None:
+        """A page opened: follow every live run (from the start of its event stream)."""
+        with self._lock:
+            self.pages += 1
+            for run_id, store in list(self.stores.items()):
+                record = self.book.get(run_id)
+                if record is None or record.finished:
+                    del self.stores[run_id]
+                else:
+                    self._follow(store, record)
+
+    def page_closed(self) -> None:
+        """A page closed: with none left, the followers stop (a page that opens later
+        starts them again, from the start of each run's stream)."""
+        with self._lock:
+            self.pages = max(0, self.pages - 1)
+            if self.pages:
+                return
+            followers = list(self.followers.values())
+        for follower in followers:
+            follower.stop()
 
     # -- pages ----------------------------------------------------------------------
 
@@ -240,6 +284,8 @@ class RunPage:
         self.body = column(self.empty, sizing_mode="stretch_width")
         doc.title = "dask-kong dashboard"
         doc.add_root(column(row(self.picker), self.body, sizing_mode="stretch_width"))
+        dashboard.page_opened()
+        doc.on_session_destroyed(lambda context: dashboard.page_closed())
         self.refresh()
         doc.add_periodic_callback(self.refresh, dashboard.refresh_ms)
 
