@@ -204,6 +204,7 @@ class RunRecord:
         self.running: dict[int, str] = {}
         self.lost_workers: list[str] = []
         self.outcome: Outcome | None = None
+        self._states: tuple[int, list[TaskState]] = (-1, [])
         #: Whatever the views cache per record (a graph layout): built once per run.
         self.cache: dict[str, Any] = {}
 
@@ -269,9 +270,13 @@ class RunRecord:
         self.finish(summary_fields(summary), summary.task_metrics)
 
     def states(self) -> list[TaskState]:
-        """Every task's state now."""
+        """Every task's state now (computed once per version: every view asks)."""
         graph = self.graph
         with self._lock:
+            version, cached = self._states
+            if version == self.version:
+                return cached
+            version = self.version
             done, failed, running = set(self.metrics), set(self.failures), set(self.running)
         states = []
         for task, parents in enumerate(graph.parents):
@@ -285,6 +290,8 @@ class RunRecord:
                 states.append(TaskState.READY)
             else:
                 states.append(TaskState.WAITING)
+        with self._lock:
+            self._states = (version, states)
         return states
 
     def snapshot(self) -> tuple[dict[int, TaskMetrics], dict[int, TaskFailure], Outcome | None]:

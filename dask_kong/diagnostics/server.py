@@ -275,7 +275,7 @@ class RunPage:
         self.book = dashboard.book
         self.doc = doc
         self.picked_by_user = False
-        self.last_update, self.cpu_at_last_update = time.monotonic(), time.thread_time()
+        self.next_update = 0.0
         self.book_version = -1
         self.views: RunViews | None = None
         self.picker = Select(title="run", options=[], width=560, name="kong-run-picker")
@@ -291,32 +291,40 @@ class RunPage:
 
     def refresh(self) -> None:
         """List new runs (following the newest unless the user picked one), then bring
-        the shown run's views up to date, unless the server's thread has used more than
-        kong.dashboard.max_busy_fraction of a core since the last update (its CPU time,
-        so sending the updates counts too): however large the run, the pages never keep
-        the client's process busier than that. Changes go to the page in one message
-        (the document is held while they are made), not one message per property."""
+        the shown run's views up to date. Changes go to the page in one message (the
+        document is held while they are made), not one message per property.
+
+        An update that took t seconds of the server thread's CPU, sending included, is
+        followed by none for t / kong.dashboard.max_busy_fraction: however large the run
+        or busy the machine, updating pages never keeps the client's process busier than
+        that. (Building a newly shown run's views, once per run, is not counted.)"""
+        if time.monotonic() < self.next_update and self.book.version == self.book_version:
+            return
+        cpu = time.thread_time()
         self.doc.hold("combine")
         try:
-            self._refresh()
+            updated = self._refresh()
         finally:
-            self.doc.unhold()
+            self.doc.unhold()  # sends what changed
+        if updated:
+            spent = time.thread_time() - cpu
+            self.next_update = time.monotonic() + spent / self.dashboard.max_busy_fraction
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> bool:
+        """Whether the shown run's views were updated (not when another run was shown)."""
         if self.book.version != self.book_version:
             self.book_version = self.book.version
             runs = self.book.all()
             newest = runs[0].run_id if runs else ""
             if newest and (not self.picked_by_user or not self.picker.value):
                 self.show(newest)
-        now, cpu = time.monotonic(), time.thread_time()
-        budget = self.dashboard.max_busy_fraction * (now - self.last_update)
-        if self.views is None or cpu - self.cpu_at_last_update > budget:
-            return
-        self.last_update, self.cpu_at_last_update = now, cpu
+                return False
+        if self.views is None or time.monotonic() < self.next_update:
+            return False
         if self.views.update():
             self.load_planners(self.views)
             self.relabel()
+        return True
 
     def on_pick(self, attr: str, old: str, new: str) -> None:
         if self.views is None or new != self.views.record.run_id:
