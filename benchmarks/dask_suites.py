@@ -5,17 +5,22 @@
 
 For each suite (one test module of the installed dask package, see SUITES) pytest runs
 twice, each in its own subprocess: once plain, on dask's own schedulers, and once with the
-`benchmarks.kong_everywhere` plugin, which makes one kong session on `--backend` serve
-every scheduler name and the default. Both runs write junit XML; the two are compared
-test id by test id. A suite's score is how many of the tests that pass under dask also
-pass under kong; every test that passes under dask and not under kong is listed with the
-first line of its failure message. Tests that fail or skip under dask do not count.
+`benchmarks.kong_everywhere` plugin making one kong session on `--backend` serve every
+scheduler name and the default. Both runs write junit XML; the two are compared test id
+by test id. A suite's score is how many of the tests that pass under dask also pass under
+kong; every test that passes under dask and not under kong is listed with the first line
+of its failure message. Tests that fail or skip under dask do not count. The plain run
+does not depend on the backend: `--dask-results DIR` reuses one from an earlier
+`--junit-dir` instead of running it again.
 
 Each test has a pytest-timeout (`--timeout`, signal method, so a hung test fails and the
 run goes on) and each pytest run an overall budget (`--run-budget`), after which it is
-interrupted like a Ctrl-C, so that the kong session still closes. pytest reads a small
-config of our own (markers dask uses, `-m "not network"`), never this repository's
-pyproject.toml, whose warnings-as-errors is for dask-kong's tests, not dask's.
+interrupted like a Ctrl-C, so that the kong session still closes. A pytest process that
+dies (a segfault) is started again on the tests it had not reached, and the test it died
+in is reported as "crashed" (see `run_mode`). pytest reads a small config of our own
+(markers dask uses, `-m "not network"`), never this repository's setup.cfg, whose
+warnings-as-errors is for dask-kong's tests, not dask's. dask's test_linalg.py needs
+scipy (not a dependency of dask-kong): without it that suite reports every test skipped.
 
 The exit status is 1 when some test passes under dask and not under kong.
 """
@@ -23,6 +28,7 @@ The exit status is 1 when some test passes under dask and not under kong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -71,6 +77,8 @@ xfail_strict = true
 DEFAULT_MARKERS = "not network"
 REASON_CHARS = 300  # a reason is one line of a table, not a traceback
 NO_TESTS_COLLECTED = 5  # pytest's exit status when nothing matched
+PYTEST_EXIT_CODES = range(6)  # pytest's own statuses; anything else: the process died
+MAX_CRASHES = 20  # a module that kills pytest this often is reported, not retried on
 
 
 @dataclass
@@ -95,6 +103,10 @@ class RunInfo:
     leaked_pids: list[int] = field(default_factory=list)
     #: `source_fingerprint()` when the run started: which dask_kong code it measured.
     dask_kong_source: str = ""
+    #: The junit XML of an earlier run used instead of running (see --dask-results).
+    reused_from: str = ""
+    #: Tests in which the pytest process died (it was started again after each).
+    crashed_in: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -130,6 +142,35 @@ def write_ini(directory: Path) -> Path:
     return path
 
 
+@dataclass
+class RunFiles:
+    """Where one run (all its attempts) keeps its files."""
+
+    stem: Path  # work_dir / "<suite>-dask" or work_dir / "<suite>-<backend>-kong"
+
+    def junit(self, attempt: int) -> Path:
+        return self.stem.with_name(
+            f"{self.stem.name}.{attempt}.xml" if attempt else f"{self.stem.name}.xml"
+        )
+
+    @property
+    def log(self) -> Path:
+        return self.stem.with_name(self.stem.name + ".log")
+
+    @property
+    def progress(self) -> Path:
+        return self.stem.with_name(self.stem.name + ".progress.jsonl")
+
+    @property
+    def pids(self) -> Path:
+        return self.stem.with_name(self.stem.name + ".pids.json")
+
+    def clear(self) -> None:
+        """Remove what an earlier run with the same name left (it would be resumed)."""
+        for path in self.stem.parent.glob(self.stem.name + ".*"):
+            path.unlink()
+
+
 def pytest_command(
     modules: list[Path],
     junit: Path,
@@ -138,13 +179,14 @@ def pytest_command(
     backend: str | None,
     keyword: str | None,
     timeout_s: float,
-    pids_file: Path | None = None,
+    files: RunFiles,
 ) -> list[str]:
     """The pytest command line for one run; `backend=None` is the plain dask run.
 
     rootdir is site-packages, so test ids read `dask/bag/tests/test_bag.py::test_x`, and
     conftest files are looked up from there down, so dask's own `dask/conftest.py` (its
-    `shuffle_method` fixture) is loaded in both runs."""
+    `shuffle_method` fixture) is loaded in both runs. Both runs load our plugin for its
+    progress log; only the kong run asks it for a kong session."""
     site_packages = dask_package_dir().parent
     command = [
         sys.executable,
@@ -163,13 +205,14 @@ def pytest_command(
         "--timeout-method=signal",
         "-m",
         DEFAULT_MARKERS,
+        "-p",
+        PLUGIN,
+        f"--progress-log={files.progress}",
     ]
     if keyword:
         command += ["-k", keyword]
     if backend is not None:
-        command += ["-p", PLUGIN, f"--kong-backend={backend}"]
-        if pids_file is not None:
-            command.append(f"--kong-pids-file={pids_file}")
+        command += [f"--kong-backend={backend}", f"--kong-pids-file={files.pids}"]
     return command
 
 
@@ -187,7 +230,7 @@ def run_pytest(
     """Run pytest, output to `log`; after `budget_s` interrupt it as Ctrl-C would (pytest
     then still writes its junit XML and the plugin closes the kong session), and kill it
     only if that does not end it. Returns (returncode, interrupted)."""
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:  # appended: a resumed run adds to the same log
         process = subprocess.Popen(
             command,
             cwd=cwd,
@@ -320,52 +363,146 @@ class RunSettings:
     #: slice); the full comparison runs them one after the other, so neither slows the
     #: other's timing-sensitive tests.
     concurrent: bool = False
+    #: An earlier run's --junit-dir whose plain-dask results stand in for a new dask run
+    #: (the baseline does not depend on the kong backend; it takes as long as kong's).
+    dask_results: Path | None = None
 
 
 def run_mode(
     suite: str, modules: list[str], mode: str, settings: RunSettings
 ) -> tuple[RunInfo, dict[str, Outcome]]:
-    """Run `suite` (its `modules`) once, plain (`mode="dask"`) or on kong, and read its
-    junit XML."""
-    stem = f"{suite}-{settings.backend}-{mode}"
-    junit = settings.work_dir / f"{stem}.xml"
-    log = settings.work_dir / f"{stem}.log"
-    pids_file = settings.work_dir / f"{stem}.pids.json" if mode == "kong" else None
-    for stale in (junit, pids_file):
-        if stale is not None:
-            stale.unlink(missing_ok=True)
-    command = pytest_command(
-        [dask_package_dir() / module for module in modules],
-        junit,
-        settings.ini,
-        backend=settings.backend if mode == "kong" else None,
-        keyword=settings.keyword,
-        timeout_s=settings.timeout_s,
-        pids_file=pids_file,
-    )
-    source = source_fingerprint()
+    """Run `suite` (its `modules`) plain (`mode="dask"`) or on kong, and read its junit
+    XML. A pytest process that dies in a test (a segfault loses its junit XML) is started
+    again on the tests it had not started; the test it died in counts as "crashed", and
+    the tests it finished before count as its progress log recorded them."""
+    name = f"{suite}-dask" if mode == "dask" else f"{suite}-{settings.backend}-kong"
+    files = RunFiles(settings.work_dir / name)
+    files.clear()
+    info = RunInfo(mode, [], None, 0.0, str(files.log), dask_kong_source=source_fingerprint())
+    outcomes: dict[str, Outcome] = {}  # from junit XML, where an attempt wrote it
+    crashed: dict[str, Outcome] = {}
     started = time.perf_counter()
-    code, interrupted = run_pytest(command, settings.work_dir, log, settings.budget_s)
+    for attempt in range(MAX_CRASHES + 1):
+        command = pytest_command(
+            [dask_package_dir() / module for module in modules],
+            files.junit(attempt),
+            settings.ini,
+            backend=settings.backend if mode == "kong" else None,
+            keyword=settings.keyword,
+            timeout_s=settings.timeout_s,
+            files=files,
+        )
+        info.command = info.command or command
+        budget_s = max(settings.budget_s - (time.perf_counter() - started), 1.0)
+        info.returncode, info.interrupted = run_pytest(
+            command, settings.work_dir, files.log, budget_s
+        )
+        outcomes.update(parse_junit(files.junit(attempt)))
+        info.leaked_pids += end_leftovers(files.pids)
+        if info.interrupted or info.returncode in PYTEST_EXIT_CODES:
+            break
+        victim = running_test(files.progress)
+        if victim is None:  # died outside any test: nothing to resume past
+            break
+        crashed[victim] = Outcome("crashed", f"pytest died ({exit_reason(info.returncode)})")
+        info.crashed_in.append(victim)
+        progress(f"{suite}: {mode} run died in {victim}; resuming after it")
+    outcomes = progress_outcomes(files.progress) | outcomes | crashed
+    info.seconds = round(time.perf_counter() - started, 1)
+    info.counts = count_statuses(outcomes)
+    return info, outcomes
+
+
+def progress_outcomes(progress_log: Path) -> dict[str, Outcome]:
+    """Test id -> outcome, as the progress log recorded each test's end."""
+    if not progress_log.exists():
+        return {}
+    events = [json.loads(line) for line in progress_log.read_text().splitlines() if line]
+    return {
+        e["end"]: Outcome(e.get("status", "passed"), e.get("message", ""))
+        for e in events
+        if "end" in e
+    }
+
+
+def running_test(progress_log: Path) -> str | None:
+    """The test the progress log says started and never ended: where pytest died."""
+    if not progress_log.exists():
+        return None
+    open_tests: dict[str, None] = {}
+    for line in progress_log.read_text().splitlines():
+        event = json.loads(line)
+        if "start" in event:
+            open_tests[event["start"]] = None
+        else:
+            open_tests.pop(event.get("end"), None)
+    return next(reversed(open_tests), None)
+
+
+def exit_reason(returncode: int | None) -> str:
+    """`-11` -> "SIGSEGV"; anything else as the exit status it is."""
+    if returncode is not None and returncode < 0:
+        with contextlib.suppress(ValueError):
+            return signal.Signals(-returncode).name
+    return f"exit status {returncode}"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie awaiting its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return state != "Z"
+
+
+def end_leftovers(pids_file: Path) -> list[int]:
+    """PIDs the kong session left alive. After a normal close: those the plugin found
+    alive (reported, a kong bug). After a crash the session never closed: its processes
+    (the private redis-server) are ended here, by PID, and reported too."""
+    if not pids_file.exists():
+        return []
+    report = json.loads(pids_file.read_text())
+    pids_file.unlink()
+    if report.get("alive_after_close") is not None:
+        return list(report["alive_after_close"])
+    left = [pid for pid in report.get("pids", []) if pid_alive(pid)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    return left
+
+
+def reused_dask_run(suite: str, directory: Path) -> tuple[RunInfo, dict[str, Outcome]] | None:
+    """The plain-dask results of `suite` from an earlier run's files, if there are any."""
+    found = [directory / f"{suite}-dask.xml", *sorted(directory.glob(f"{suite}-*-dask.xml"))]
+    junit = next((path for path in found if path.exists()), None)
+    if junit is None:
+        return None
     outcomes = parse_junit(junit)
     info = RunInfo(
-        mode=mode,
-        command=command,
-        returncode=code,
-        seconds=round(time.perf_counter() - started, 1),
-        log=str(log),
+        mode="dask",
+        command=[],
+        returncode=None,
+        seconds=junit_seconds(junit),
+        log="",
         counts=count_statuses(outcomes),
-        interrupted=interrupted,
-        leaked_pids=leaked_pids(pids_file),
-        dask_kong_source=source,
+        reused_from=str(junit),
     )
     return info, outcomes
 
 
-def leaked_pids(pids_file: Path | None) -> list[int]:
-    """PIDs the kong session started that were still alive after it closed."""
-    if pids_file is None or not pids_file.exists():
-        return []
-    return list(json.loads(pids_file.read_text()).get("alive_after_close", []))
+def junit_seconds(junit: Path) -> float:
+    """How long the tests of a junit XML file took, by its own account."""
+    root = ET.parse(junit).getroot()
+    return round(sum(float(suite.get("time", 0)) for suite in root.iter("testsuite")), 1)
 
 
 def run_suite(suite: str, settings: RunSettings, modules: list[str] | None = None) -> SuiteResult:
@@ -380,6 +517,11 @@ def run_suite(suite: str, settings: RunSettings, modules: list[str] | None = Non
     outcomes: dict[str, dict[str, Outcome]] = {}
 
     def run(mode: str) -> tuple[RunInfo, dict[str, Outcome]]:
+        if mode == "dask" and settings.dask_results is not None:
+            reused = reused_dask_run(suite, settings.dask_results)
+            if reused is not None:
+                progress(f"{suite}: dask results from {reused[0].reused_from}")
+                return reused
         progress(f"{suite}: running under {mode_label(mode, settings.backend)}")
         info, found = run_mode(suite, modules, mode, settings)
         progress(f"{suite}: {mode} {info.counts} in {info.seconds:.0f} s")
@@ -404,6 +546,8 @@ def run_problems(runs: list[RunInfo]) -> str:
             notes.append(f"{run.mode} run: no test selected")
         elif not run.counts:
             notes.append(f"{run.mode} run wrote no results (exit {run.returncode}): see {run.log}")
+        if run.crashed_in:
+            notes.append(f"{run.mode} run: pytest died in {len(run.crashed_in)} test(s), resumed")
         if run.leaked_pids:
             notes.append(f"{run.mode} run left processes alive: {run.leaked_pids}")
     return "; ".join(notes)
@@ -523,6 +667,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--junit-dir", default=None, help="keep junit XML and logs here (default: a temp dir)"
     )
+    parser.add_argument(
+        "--dask-results",
+        default=None,
+        help="an earlier run's --junit-dir: reuse its plain-dask results (same dask and -k) "
+        "instead of running dask again",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="per-test timeout, s")
     parser.add_argument("--run-budget", type=float, default=4 * 3600.0, help="per pytest run, s")
     args = parser.parse_args(argv)
@@ -540,11 +690,20 @@ def make_settings(
     timeout_s: float = 120.0,
     budget_s: float = 4 * 3600.0,
     concurrent: bool = False,
+    dask_results: Path | None = None,
 ) -> RunSettings:
     """Settings for runs that keep their files in `work_dir` (our pytest.ini goes there)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    ini = write_ini(work_dir)
-    return RunSettings(backend, keyword, timeout_s, budget_s, work_dir, ini, concurrent)
+    return RunSettings(
+        backend=backend,
+        keyword=keyword,
+        timeout_s=timeout_s,
+        budget_s=budget_s,
+        work_dir=work_dir,
+        ini=write_ini(work_dir),
+        concurrent=concurrent,
+        dask_results=dask_results,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -559,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             keyword=args.keyword,
             timeout_s=args.timeout,
             budget_s=args.run_budget,
+            dask_results=Path(args.dask_results).resolve() if args.dask_results else None,
         )
         for suite in args.suites.split(","):
             results.append(run_suite(suite, settings))
