@@ -118,9 +118,9 @@ def test_run_graph_survives_json_for_a_dashboard_in_another_process() -> None:
 
 def test_columns_lay_out_every_task_and_draw_each_phase_of_each_task() -> None:
     record = record_of(run_once())
-    nodes = cols.node_columns(record, mode="state")
+    nodes = cols.node_columns(record)
     assert len(nodes["x"]) == 4 and set(nodes["state"]) == {"done"}
-    assert set(nodes["color"]) == {cols.STATE_COLORS[TaskState.DONE]}
+    assert set(nodes["color_state"]) == {cols.STATE_COLORS[TaskState.DONE]}
     # the root is left of its children, the fan-in right of them (networkx's layers)
     dag = record.graph
     root = dag.parents.index(())
@@ -221,6 +221,24 @@ def test_dashboard_of_a_redis_session_follows_a_run_once_a_page_opens(
         followers = list(dashboard.followers.values())
     assert all(not f.alive for f in followers)  # closing the session stopped them
     assert not [t for t in threading.enumerate() if t.name.startswith("kong-dashboard")]
+
+
+def fail(x: int) -> int:
+    raise ValueError(f"no {x}")
+
+
+def test_a_failed_run_is_kept_with_its_error(redis_server: RedisServer) -> None:
+    with Kong(backend="threads", store=redis_server.url, workers=2, dashboard=True) as kong:
+        dashboard = kong.run_observers[0]
+        assert isinstance(dashboard, Dashboard)
+        dashboard.page_opened()
+        with pytest.raises(ValueError, match="no 1"):
+            dask.compute(dask.delayed(fail)(1))
+        record = dashboard.book.latest()
+        assert record is not None and record.outcome is not None
+        counts = cols.summary_counts(record)
+        assert counts["status"] == "failed" and "ValueError: no 1" in counts["error"]
+        dashboard.page_closed()
 
 
 # -- standalone ---------------------------------------------------------------------------

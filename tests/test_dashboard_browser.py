@@ -125,8 +125,11 @@ def test_replay_recolours_the_graph_at_a_chosen_time(browser: Browser, tmp_path:
     # One worker ran the three sleeps one after the other: halfway, some are done, the
     # sum waits, and none of what was still to come shows as done.
     bokeh(browser, "(s => { s.value = s.end / 2; })(kongModels(m => m.type == 'Slider')[0])")
-    colors = bokeh(browser, "kongNodes().data.color")
+    colors = bokeh(browser, "kongNodes().data.color_replay")
     done, waiting = "#74c476", "#d9d9d9"
     assert colors.count(done) in (1, 2) and colors[-1] in (waiting, "#9ecae1")
     bokeh(browser, "(s => { s.value = s.end; })(kongModels(m => m.type == 'Slider')[0])")
-    assert bokeh(browser, "kongNodes().data.color") == [done] * 4
+    assert bokeh(browser, "kongNodes().data.color_replay") == [done] * 4
+    graph = "kongGraphView().model.renderers.find(r => r.node_renderer)"
+    shown = f"{graph}.node_renderer.glyph.fill_color.field"
+    assert bokeh(browser, shown) == "color_state"  # the replay at its end: the mode again

@@ -110,9 +110,10 @@ def containers_in_order(metrics: Mapping[int, TaskMetrics]) -> list[str]:
     return sorted(first, key=lambda c: first[c])
 
 
-def node_columns(record: RunRecord, mode: str = "worker") -> Columns:
-    """Per task: position, state, colours (by worker, by state, by invocation; `color` in
-    `mode`), times, and the HTML of its details (shown when the task is clicked)."""
+def node_columns(record: RunRecord) -> Columns:
+    """Per task: position, state, colours (by worker, by state, by invocation; and
+    `color_replay`, which the replay fills), times, and the HTML of its details (shown
+    when the task is clicked)."""
     graph = record.graph
     xs, ys = cached_layout(record)
     states = record.states()
@@ -141,7 +142,7 @@ def node_columns(record: RunRecord, mode: str = "worker") -> Columns:
             "invocation": m.worker if m else "",
             "start": relative(graph, m.start) if m else NAN,
             "end": relative(graph, m.end) if m else NAN,
-            "color": colors.get(mode, colors["worker"]),
+            "color_replay": colors["worker"],
             "color_worker": colors["worker"],
             "color_state": colors["state"],
             "color_invocation": colors["invocation"],
@@ -164,7 +165,7 @@ NODE_COLUMNS = (
     "invocation",
     "start",
     "end",
-    "color",
+    "color_replay",
     "color_worker",
     "color_state",
     "color_invocation",
@@ -570,7 +571,8 @@ def planner_columns(stats: Mapping[str, Any]) -> Columns:
         columns["runs"].append(runs)
         columns["makespan"].append(median)
         columns["error"].append(NAN if error is None else error)
-        columns["label"].append(f"{runs} runs" + ("" if error is None else f", error {error:.0%}"))
+        shown = f"{runs} run" + ("" if runs == 1 else "s")
+        columns["label"].append(shown + ("" if error is None else f", error {error:.0%}"))
     return columns
 
 

@@ -32,6 +32,7 @@ from bokeh.models import (
     HoverTool,
     MultiLine,
     NumeralTickFormatter,
+    Range1d,
     Scatter,
     StaticLayoutProvider,
     TabPanel,
@@ -64,12 +65,10 @@ SHORT = 240
 
 DETAIL_HINT = "<p><i>Click a task in the graph to see its details.</i></p>"
 
-# Copies the colour column of the chosen mode into `color`.
+# Colours nodes by the chosen mode: the glyphs read that mode's colour column.
 COLOR_MODE_JS = """
-const mode = radio.labels[radio.active];
-const data = nodes.data;
-data.color = Array.from(data['color_' + mode]);
-nodes.change.emit();
+const column = 'color_' + radio.labels[radio.active];
+for (const glyph of glyphs) glyph.fill_color = {field: column};
 """
 
 # Shows the clicked task's details (and keeps them current as the data changes).
@@ -79,7 +78,8 @@ div.text = picked.length ? nodes.data.detail[picked[0]] : hint;
 """
 
 # Replay: every node's state at the slider's time, from its start and end (a task is
-# ready once every parent ended), coloured as the chosen mode colours it.
+# ready once every parent ended), coloured as the chosen mode colours it, into the
+# color_replay column the glyphs read until the slider is back at the end.
 REPLAY_JS = """
 const t = slider.value;
 const data = nodes.data;
@@ -99,8 +99,10 @@ for (let i = 0; i < n; i++) {
   if (mode === 'state') colors[i] = state_colors[state];
   else colors[i] = (state === 'waiting' || state === 'ready') ? unrun : data['color_' + mode][i];
 }
-data.color = colors;
+data.color_replay = colors;
 nodes.change.emit();
+const column = t >= slider.end ? 'color_' + mode : 'color_replay';
+for (const glyph of glyphs) glyph.fill_color = {field: column};
 span.location = t;
 """
 
@@ -145,6 +147,13 @@ class RunViews:
         self.planners = ColumnDataSource(cols.planner_columns({}))
         self.plan_header = Div(text="", sizing_mode="stretch_width")
         self.too_big = Div(text="", visible=False)
+        # Ranges of the figures that grow during a run are set here, not left to the
+        # browser: a browser that ranges them itself sends every new extent back to
+        # the server, a message per range and update.
+        self.time_range = Range1d(start=0, end=1)
+        self.task_count_range = Range1d(start=0, end=1)
+        self.bytes_range = Range1d(start=0, end=1)
+        self.startup_range = Range1d(start=0, end=1)
         self.layout = self._build()
         self.show(record, planners)
 
@@ -162,12 +171,13 @@ class RunViews:
         )
         self.nodes.selected.indices = []
         self.streamed: set[int] = set()
+        self.ranged_finished = False
         self.stream.data = {name: [] for name in cols.STREAM_COLUMNS}
         if self.draws_graph:
             xs, ys = cols.cached_layout(record)
             positions = enumerate(zip(xs, ys, strict=True))
             self.layout_provider.graph_layout = {i: [x, y] for i, (x, y) in positions}
-            self.nodes.data = cols.node_columns(record, cols.COLOR_MODES[self.radio.active or 0])
+            self.nodes.data = cols.node_columns(record)
             self.edges.data = cols.edge_columns(graph)
         else:
             self.layout_provider.graph_layout = {}
@@ -209,15 +219,17 @@ class RunViews:
         graph.node_renderer.data_source = self.nodes
         graph.edge_renderer.data_source = self.edges
         graph.node_renderer.glyph = Scatter(
-            size=11, fill_color="color", line_color="#252525", line_width="line_width"
+            size=11, fill_color="color_worker", line_color="#252525", line_width="line_width"
         )
         graph.node_renderer.selection_glyph = Scatter(
-            size=16, fill_color="color", line_color="#000000", line_width=3
+            size=16, fill_color="color_worker", line_color="#000000", line_width=3
         )
         graph.node_renderer.nonselection_glyph = Scatter(
-            size=11, fill_color="color", line_color="#252525", line_width="line_width"
+            size=11, fill_color="color_worker", line_color="#252525", line_width="line_width"
         )
         graph.edge_renderer.glyph = MultiLine(line_color="#969696", line_alpha=0.5, line_width=1)
+        node = graph.node_renderer
+        self.glyphs = [node.glyph, node.selection_glyph, node.nonselection_glyph]
         self.layout_provider = StaticLayoutProvider(graph_layout={})
         graph.layout_provider = self.layout_provider
         fig.renderers.append(graph)
@@ -231,7 +243,7 @@ class RunViews:
         self.graph_figure = fig
         radio = RadioButtonGroup(labels=list(cols.COLOR_MODES), active=0)
         radio.js_on_change(
-            "active", CustomJS(args={"radio": radio, "nodes": self.nodes}, code=COLOR_MODE_JS)
+            "active", CustomJS(args={"radio": radio, "glyphs": self.glyphs}, code=COLOR_MODE_JS)
         )
         self.radio = radio
         detail = Div(text=DETAIL_HINT, width=360, css_classes=["kong-task-detail"])
@@ -257,6 +269,7 @@ class RunViews:
                     "nodes": self.nodes,
                     "edges": self.edges,
                     "radio": radio,
+                    "glyphs": self.glyphs,
                     "span": self.span,
                     "state_colors": {str(s): c for s, c in cols.STATE_COLORS.items()},
                     "unrun": cols.UNRUN_COLOR,
@@ -280,6 +293,7 @@ class RunViews:
             title="task stream per worker",
             width=HALF,
             height=TALL,
+            x_range=self.time_range,
             y_range=self.stream_workers,
             x_axis_label="seconds from submission",
             tools="xpan,xwheel_zoom,box_zoom,reset,save",
@@ -305,6 +319,7 @@ class RunViews:
         states = [str(s) for s in TaskState]
         fig = figure(
             title="progress per function",
+            x_range=self.task_count_range,
             width=HALF,
             height=TALL,
             y_range=self.progress_names,
@@ -327,6 +342,8 @@ class RunViews:
     def _bytes_moved(self) -> LayoutDOM:
         fig = figure(
             title="bytes moved through the store",
+            x_range=self.time_range,
+            y_range=self.bytes_range,
             width=HALF,
             height=SHORT,
             x_axis_label="seconds from submission",
@@ -358,6 +375,8 @@ class RunViews:
     def _startups(self) -> LayoutDOM:
         fig = figure(
             title="invocations: start-up, cold and warm",
+            x_range=self.time_range,
+            y_range=self.startup_range,
             width=HALF,
             height=SHORT,
             x_axis_label="seconds from submission",
@@ -454,8 +473,7 @@ class RunViews:
         record = self.record
         self.header.text = cols.summary_html(cols.summary_counts(record))
         if self.draws_graph:
-            mode = cols.COLOR_MODES[self.radio.active or 0]
-            patch_columns(self.nodes, cols.node_columns(record, mode))
+            patch_columns(self.nodes, cols.node_columns(record))
             self._update_replay()
         self._update_stream()
         workers = cols.containers_in_order(record.snapshot()[0])
@@ -465,9 +483,25 @@ class RunViews:
         self.progress_names.factors = list(reversed(progress["name"]))
         replace(self.bytes, cols.bytes_columns(record))
         replace(self.startups, cols.startup_columns(record))
+        if not self.ranged_finished:
+            self._update_ranges()
         if not self.live or self.tabs.active == 1 or record.finished:
             self._update_plan()
         return True
+
+    def _update_ranges(self) -> None:
+        """Fit the growing figures to their data. Once the run has finished they are
+        fitted a last time and then left to the user's zoom."""
+        padding = 1.05
+        ends = [*self.stream.data["right"], *self.bytes.data["time"], 0.0]
+        self.time_range.update(start=0, end=max(max(ends) * padding, 0.01))
+        totals = [*self.progress.data["total"], 1]
+        self.task_count_range.update(start=0, end=max(totals) * padding)
+        moved = [*self.bytes.data["written"], *self.bytes.data["read"], 1]
+        self.bytes_range.update(start=0, end=max(moved) * padding)
+        startups = [*self.startups.data["startup"], 0.001]
+        self.startup_range.update(start=0, end=max(startups) * padding)
+        self.ranged_finished = self.record.finished
 
     def _update_stream(self) -> None:
         """Append the bars of tasks that finished since the last update (a task's bars
