@@ -302,54 +302,47 @@ def test_a_disk_shuffle_is_refused_by_name_only_where_workers_share_no_disk() ->
         check_shippable(dag, shares_machine=False)
 
 
+@pytest.fixture
+def lambda_kong(lambda_gateway: Gateway, redis_server: RedisServer) -> Iterator[Kong]:
+    """A session on the lambda backend: aiobotocore against the local gateway."""
+    kong = Kong(
+        backend="lambda",
+        store=redis_server.url,
+        endpoint_url=lambda_gateway.url,
+        function=lambda_gateway.default_function,
+    )
+    try:
+        yield kong
+    finally:
+        kong.close()
+
+
 def test_lambda_runs_a_defaulted_dataframe_shuffle_as_tasks(
-    lambda_gateway: Gateway,
-    redis_server: RedisServer,
-    frames: tuple[dd.DataFrame, dd.DataFrame],
+    lambda_kong: Kong, frames: tuple[dd.DataFrame, dd.DataFrame]
 ) -> None:
     left, right = frames
     merged = left.merge(right, on="k")  # dask lowers it to its disk shuffle by default
     want = merged.compute(scheduler="sync")
     b = db.from_sequence(range(10), npartitions=2)
-    kong = Kong(
-        backend="lambda",
-        store=redis_server.url,
-        endpoint_url=lambda_gateway.url,
-        function=lambda_gateway.default_function,
-    )
-    try:
-        got = dask.compute(merged, scheduler=kong.get)[0]
-        pd.testing.assert_frame_equal(sorted_frame(got), sorted_frame(want))
-        with pytest.raises(KongError, match="disk shuffle"):
-            dask.compute(b.groupby(lambda v: v % 2, shuffle="disk"), scheduler=kong.get)
-        with kong:  # inside the block, bags and dataframes build the task shuffle
-            got_groups = b.groupby(lambda v: v % 2).compute()
-        assert as_multiset(got_groups) == [(0, [0, 2, 4, 6, 8]), (1, [1, 3, 5, 7, 9])]
-    finally:
-        kong.close()
+    got = dask.compute(merged, scheduler=lambda_kong.get)[0]
+    pd.testing.assert_frame_equal(sorted_frame(got), sorted_frame(want))
+    with pytest.raises(KongError, match="disk shuffle"):
+        dask.compute(b.groupby(lambda v: v % 2, shuffle="disk"), scheduler=lambda_kong.get)
+    with lambda_kong:  # inside the block, bags and dataframes build the task shuffle
+        got_groups = b.groupby(lambda v: v % 2).compute()
+    assert as_multiset(got_groups) == [(0, [0, 2, 4, 6, 8]), (1, [1, 3, 5, 7, 9])]
 
 
 def test_an_explicit_disk_shuffle_on_lambda_warns(
-    lambda_gateway: Gateway,
-    redis_server: RedisServer,
-    frames: tuple[dd.DataFrame, dd.DataFrame],
+    lambda_kong: Kong, frames: tuple[dd.DataFrame, dd.DataFrame]
 ) -> None:
     left, _ = frames
-    kong = Kong(
-        backend="lambda",
-        store=redis_server.url,
-        endpoint_url=lambda_gateway.url,
-        function=lambda_gateway.default_function,
-    )
-    try:
-        with (
-            dask.config.set({"dataframe.shuffle.method": "disk"}),
-            pytest.warns(UserWarning, match="task-based shuffle"),
-        ):
-            got = left.shuffle("k").compute(scheduler=kong.get)
-        assert len(got) == 400
-    finally:
-        kong.close()
+    with (
+        dask.config.set({"dataframe.shuffle.method": "disk"}),
+        pytest.warns(UserWarning, match="task-based shuffle"),
+    ):
+        got = left.shuffle("k").compute(scheduler=lambda_kong.get)
+    assert len(got) == 400
 
 
 def test_kong_is_a_scheduler_name() -> None:
