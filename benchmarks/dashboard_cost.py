@@ -8,7 +8,8 @@ once, in turn (off, on, page; the order rotates per repeat), so drifts of a shar
 noisy machine spread over the modes instead of biasing one. Per run: the makespan, the
 client process's CPU time (all its threads; the threads backend's workers too) and the
 CPU time of the session's dashboard threads (the run's follower and the bokeh server,
-read from /proc): the last is the dashboard's cost itself, which the other two
+read from /proc), and with a page open the CPU time of the browser's processes: the
+dashboard threads' time is the dashboard's cost itself, which the other two
 show only through the noise of a shared machine. Results are checked as in the
 benchmark runner. Prints every sample, the medians, and what the hooks in `Kong.get`
 cost per run while the dashboard is off.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -35,7 +37,7 @@ MODES = ("off", "on", "page")
 
 
 @contextmanager
-def open_page(kong: Kong, tasks: int) -> Iterator[None]:
+def open_page(kong: Kong) -> Iterator[Any]:
     """A headless Chromium showing the session's dashboard (tests/browser.py)."""
     from tests.browser import Browser, wait_bokeh
 
@@ -43,9 +45,26 @@ def open_page(kong: Kong, tasks: int) -> Iterator[None]:
     try:
         browser.goto(str(kong.dashboard_link))
         wait_bokeh(browser, "window.Bokeh && Bokeh.documents.length > 0", 60)
-        yield
+        yield browser
     finally:
         browser.close()
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of a process group (the browser's
+    renderer, GPU and browser processes), from /proc."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def dashboard_cpu_s(kong: Kong, run_id: str | None) -> float:
@@ -64,7 +83,10 @@ def dashboard_cpu_s(kong: Kong, run_id: str | None) -> float:
     return total
 
 
-def timed(kong: Kong, collections: tuple[Any, ...]) -> tuple[dict[str, float], Any]:
+def timed(
+    kong: Kong, collections: tuple[Any, ...], browser_pgid: int | None = None
+) -> tuple[dict[str, float], Any]:
+    browser = group_cpu_s(browser_pgid) if browser_pgid else 0.0
     wall, cpu, server = time.perf_counter(), time.process_time(), dashboard_cpu_s(kong, None)
     results = dask.compute(*collections, scheduler=kong.get)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -72,6 +94,7 @@ def timed(kong: Kong, collections: tuple[Any, ...]) -> tuple[dict[str, float], A
         "wall_s": wall,
         "cpu_s": cpu,
         "dashboard_cpu_s": dashboard_cpu_s(kong, kong.last_run_id) - server,
+        "browser_cpu_s": group_cpu_s(browser_pgid) - browser if browser_pgid else 0.0,
     }
     return times, results
 
@@ -102,16 +125,17 @@ def measure(backend: str, names: list[str], size: str, repeat: int) -> list[dict
             for kong in sessions.values():  # warm every session on this workload
                 timed(kong, case.collections)
             tasks = last_run().tasks  # type: ignore[union-attr]
-            stack.enter_context(open_page(sessions["page"], tasks))
-            for r in range(repeat):
-                for mode in MODES[r % 3 :] + MODES[: r % 3]:
-                    times, results = timed(sessions[mode], case.collections)
-                    problem = case.check(results)
-                    if problem:
-                        raise AssertionError(f"{name} ({mode}): {problem}")
-                    sample = {"backend": backend, "workload": name, "mode": mode}
-                    samples.append({**sample, "tasks": tasks, **times})
-                    print(json.dumps(samples[-1]), flush=True)
+            with open_page(sessions["page"]) as browser:  # one page, this workload only
+                for r in range(repeat):
+                    for mode in MODES[r % 3 :] + MODES[: r % 3]:
+                        pgid = browser.process.pid if mode == "page" else None
+                        times, results = timed(sessions[mode], case.collections, pgid)
+                        problem = case.check(results)
+                        if problem:
+                            raise AssertionError(f"{name} ({mode}): {problem}")
+                        sample = {"backend": backend, "workload": name, "mode": mode}
+                        samples.append({**sample, "tasks": tasks, **times})
+                        print(json.dumps(samples[-1]), flush=True)
     return samples
 
 
@@ -122,8 +146,8 @@ def cell(sample: dict[str, Any]) -> tuple[str, str, str]:
 def table(samples: list[dict[str, Any]]) -> str:
     rows = [
         "| backend | workload | tasks | dashboard | makespan median (min) | client CPU median "
-        "| dashboard threads' CPU per run |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "| dashboard threads' CPU per run | browser's CPU per run |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for backend, workload in sorted({(s["backend"], s["workload"]) for s in samples}):
         base: dict[str, float] = {}
@@ -133,12 +157,14 @@ def table(samples: list[dict[str, Any]]) -> str:
             fastest = min(s["wall_s"] for s in chosen)
             cpu = statistics.median(s["cpu_s"] for s in chosen)
             dash = statistics.median(s["dashboard_cpu_s"] for s in chosen)
+            browser = statistics.median(s["browser_cpu_s"] for s in chosen)
             base.setdefault("wall", wall)
             base.setdefault("cpu", cpu)
             rows.append(
                 f"| {backend} | {workload} | {chosen[0]['tasks']:,} | {mode} | "
                 f"{wall * 1000:.0f} ms ({wall / base['wall']:.2f}x; min {fastest * 1000:.0f}) | "
-                f"{cpu * 1000:.0f} ms ({cpu / base['cpu']:.2f}x) | {dash * 1000:.0f} ms |"
+                f"{cpu * 1000:.0f} ms ({cpu / base['cpu']:.2f}x) | {dash * 1000:.0f} ms | "
+                f"{browser * 1000:.0f} ms |"
             )
     return "\n".join(rows)
 

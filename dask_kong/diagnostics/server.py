@@ -138,31 +138,38 @@ class Dashboard:
     # -- the server thread ----------------------------------------------------------
 
     def _serve(self) -> None:
+        """The server thread: its own event loop, the server on it, until `close`."""
         asyncio.set_event_loop(asyncio.new_event_loop())
+        loop = self._loop = IOLoop.current()
         try:
-            self._loop = IOLoop.current()
-            sockets, self.port = bind_sockets(self.host, self._requested_port)
-            origins = [f"{self.host}:{self.port}", f"localhost:{self.port}"]
-            app = BokehTornado(
-                {PATH: Application(FunctionHandler(self.make_page))},
-                extra_websocket_origins=origins,
-                unused_session_lifetime_milliseconds=_UNUSED_SESSION_MS,
-                check_unused_sessions_milliseconds=_UNUSED_SESSION_MS,
-                redirect_root=True,
-            )
-            http = HTTPServer(app)
-            http.add_sockets(sockets)
-            self._server = BaseServer(self._loop, app, http)
-            self._server.start()
-        except BaseException as exc:
+            self._server = self._start_server(loop)
+        except BaseException as exc:  # raised again by __init__, in the caller's thread
             self._error = exc
-            self._ready.set()
+            loop.close(all_fds=True)
             return
-        self._ready.set()
-        try:
-            self._loop.start()
         finally:
-            self._loop.close(all_fds=True)
+            self._ready.set()
+        try:
+            loop.start()
+        finally:
+            loop.close(all_fds=True)
+
+    def _start_server(self, loop: IOLoop) -> BaseServer:
+        """Bind first, then allow websockets from the bound port (port 0: a free one)."""
+        sockets, self.port = bind_sockets(self.host, self._requested_port)
+        origins = [f"{self.host}:{self.port}", f"localhost:{self.port}"]
+        app = BokehTornado(
+            {PATH: Application(FunctionHandler(self.make_page))},
+            extra_websocket_origins=origins,
+            unused_session_lifetime_milliseconds=_UNUSED_SESSION_MS,
+            check_unused_sessions_milliseconds=_UNUSED_SESSION_MS,
+            redirect_root=True,
+        )
+        http = HTTPServer(app)
+        http.add_sockets(sockets)
+        server = BaseServer(loop, app, http)
+        server.start()
+        return server
 
     def close(self) -> None:
         """Stop following runs and serving pages; waits (bounded) for the threads, then
