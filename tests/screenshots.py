@@ -1,6 +1,6 @@
 """The screenshots of the user guide: the live dashboard during a run, and a report.
 
-    python -m tests.screenshots [--out docs/img]
+    python -m tests.screenshots [--out docs]
 
 Runs a tree reduction of sleeping tasks on the processes backend (worker processes behind
 the local gateway, a private redis-server), once per planner run needed for `uniform` to
@@ -94,7 +94,7 @@ def shoot_report(b: Browser, report: str, out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/img")
+    parser.add_argument("--out", default="docs")
     out = parser.parse_args().out
     os.makedirs(out, exist_ok=True)
     report = os.path.abspath(os.path.join(out, "report-example.html"))
