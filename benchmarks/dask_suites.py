@@ -107,6 +107,8 @@ class RunInfo:
     reused_from: str = ""
     #: Tests in which the pytest process died (it was started again after each).
     crashed_in: list[str] = field(default_factory=list)
+    #: PIDs of a dead pytest's kong session that we ended (see `end_leftovers`).
+    ended_after_crash: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -398,7 +400,9 @@ def run_mode(
             command, settings.work_dir, files.log, budget_s
         )
         outcomes.update(parse_junit(files.junit(attempt)))
-        info.leaked_pids += end_leftovers(files.pids)
+        leaked, ended = end_leftovers(files.pids)
+        info.leaked_pids += leaked
+        info.ended_after_crash += ended
         if info.interrupted or info.returncode in PYTEST_EXIT_CODES:
             break
         victim = running_test(files.progress)
@@ -463,21 +467,21 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def end_leftovers(pids_file: Path) -> list[int]:
-    """PIDs the kong session left alive. After a normal close: those the plugin found
-    alive (reported, a kong bug). After a crash the session never closed: its processes
-    (the private redis-server) are ended here, by PID, and reported too."""
+def end_leftovers(pids_file: Path) -> tuple[list[int], list[int]]:
+    """(leaked, ended): PIDs the kong session left alive after its close (a kong bug),
+    and PIDs of a session that never closed because pytest died, which are ended here
+    by PID (its private redis-server; workers end when their gateway's pipe closes)."""
     if not pids_file.exists():
-        return []
+        return [], []
     report = json.loads(pids_file.read_text())
     pids_file.unlink()
     if report.get("alive_after_close") is not None:
-        return list(report["alive_after_close"])
+        return list(report["alive_after_close"]), []
     left = [pid for pid in report.get("pids", []) if pid_alive(pid)]
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    return left
+    return [], left
 
 
 def reused_dask_run(suite: str, directory: Path) -> tuple[RunInfo, dict[str, Outcome]] | None:

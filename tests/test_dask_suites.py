@@ -16,9 +16,10 @@ import pytest
 from benchmarks.dask_suites import SuiteResult, make_settings, run_suite
 
 #: Test ids relative to the installed dask package (without a parameter: all of them).
-#: Chosen to take well under a second each, under dask and under kong alike.
+#: Chosen to take well under a second each, under dask and under kong alike (so not
+#: test_foldby: bags default to dask's multiprocessing scheduler, whose pool start-up
+#: makes it take 3 to 9 s under dask alone).
 THREADS_SLICE = [
-    "bag/tests/test_bag.py::test_foldby",
     "bag/tests/test_bag.py::test_fold_bag",
     "bag/tests/test_bag.py::test_groupby_tasks_2[1000-20-100]",
     "bag/tests/test_bag.py::test_groupby_tasks_3",
@@ -46,11 +47,9 @@ THREADS_SLICE = [
     "dataframe/tests/test_groupby.py::test_series_aggregations_multilevel[tasks-count-1-<lambda>0]",
 ]
 PROCESSES_SLICE = [
-    "bag/tests/test_bag.py::test_fold_bag",
     "bag/tests/test_bag.py::test_groupby_tasks_2[1000-20-100]",
     "bag/tests/test_bag.py::test_bag_groupby_none[synchronous-tasks]",
     "array/tests/test_reductions.py::test_tree_reduce_depth",
-    "array/tests/test_reductions.py::test_topk_argtopk1[4-sort-topk]",
     "array/tests/test_reductions.py::test_quantile[True-0.75-3]",
     "dataframe/tests/test_groupby.py::test_full_groupby",
     "dataframe/tests/test_groupby.py::test_shuffle_aggregate_defaults",
@@ -82,7 +81,7 @@ def test_a_slice_of_dask_tests_that_pass_under_dask_pass_on_kong_threads(
     tmp_path: Path,
 ) -> None:
     result = run_slice("threads", THREADS_SLICE, tmp_path)
-    assert_kong_passes_what_dask_passes(result, at_least=28)
+    assert_kong_passes_what_dask_passes(result, at_least=27)
 
 
 @pytest.mark.timeout(150)
@@ -90,4 +89,4 @@ def test_a_slice_of_dask_tests_that_pass_under_dask_pass_on_kong_processes(
     tmp_path: Path,
 ) -> None:
     result = run_slice("processes", PROCESSES_SLICE, tmp_path)
-    assert_kong_passes_what_dask_passes(result, at_least=10)
+    assert_kong_passes_what_dask_passes(result, at_least=8)
