@@ -40,10 +40,14 @@ from typing import Any
 
 import dask
 import dask.base
+import dask.multiprocessing
 import pytest
 
 from benchmarks.dask_suites import pid_alive
 from dask_kong import Kong
+
+#: The `--kong-backend` that routes every name to dask's multiprocessing scheduler.
+DASK_PROCESSES = "dask-processes"
 
 #: Every name `dask.base.get_scheduler` resolves through `named_schedulers`.
 SCHEDULER_NAMES = (
@@ -70,10 +74,17 @@ class KongEverywhere:
         self.config_ctx: AbstractContextManager[Any] | None = None
 
     def start(self) -> None:
-        """Open the session and route every scheduler name and the default to it."""
-        self.session = Kong(backend=self.backend)
-        self.write_pids(session_pids(self.session), alive_after_close=None)
-        self.get = self.session.get
+        """Open the session and route every scheduler name and the default to it; with
+        the backend `dask-processes`, route them to dask's own multiprocessing scheduler
+        instead (no session): `dask_suites` re-runs kong's failures so, to tell a test that
+        needs the test's own process (it counts calls, or reads a lock's state) from a kong
+        failure."""
+        if self.backend == DASK_PROCESSES:
+            self.get = dask.multiprocessing.get
+        else:
+            self.session = Kong(backend=self.backend)
+            self.write_pids(session_pids(self.session), alive_after_close=None)
+            self.get = self.session.get
         self.saved = {n: dask.base.named_schedulers.get(n) for n in SCHEDULER_NAMES}
         self.config_ctx = dask.config.set(scheduler=self.get)
         self.config_ctx.__enter__()
@@ -194,7 +205,9 @@ def failure_message(report: pytest.TestReport) -> str:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kong", "run every dask scheduler name on one kong session")
-    group.addoption("--kong-backend", default=None, choices=("threads", "processes"))
+    group.addoption(
+        "--kong-backend", default=None, choices=("threads", "processes", DASK_PROCESSES)
+    )
     group.addoption("--kong-pids-file", default=None, help="write the session's PIDs here")
     group.addoption("--progress-log", default=None, help="test starts/ends; resume from it")
 

@@ -139,7 +139,7 @@ def test_disk_shuffle_is_refused_only_where_workers_share_no_disk(
 ) -> None:
     from dask_kong.dag import to_dag
     from dask_kong.errors import KongError
-    from dask_kong.runtime.remote import check_shippable
+    from dask_kong.runtime.shippable import check_shippable
 
     left, right = frames
     with dask.config.set({"dataframe.shuffle.method": "disk"}):

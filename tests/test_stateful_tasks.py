@@ -28,7 +28,7 @@ from dask_kong.errors import KongError
 from dask_kong.invocation.model import Invocation
 from dask_kong.planning import PLANNERS, Predictor
 from dask_kong.runtime.context import RunContext
-from dask_kong.runtime.remote import check_shippable
+from dask_kong.runtime.shippable import check_shippable
 from dask_kong.store.server import RedisServer
 from dask_kong.values import is_plain_data
 

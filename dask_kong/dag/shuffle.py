@@ -8,7 +8,7 @@ disk that every task appends to. Worker processes on one machine share that disk
 scheduler sees the graph, dask has already lowered it, so where workers share no disk the
 lowered expression is rewritten: every `DiskShuffle` becomes a `TaskShuffle` of the same
 operands, as distributed would have chosen. Bags build their shuffle as a graph, which
-cannot be rewritten: they are refused by name (`runtime.remote.check_shippable`).
+cannot be rewritten: they are refused by name (`runtime.shippable.check_shippable`).
 """
 
 from __future__ import annotations
