@@ -18,6 +18,12 @@ ratios cluster / one node (each repeat runs both back to back, so a ratio compar
 under the same load), the bytes each shard received per run, and the largest shard's
 share of them (1/3 is an even spread over three shards). The JSON keeps every repeat.
 
+    python -m benchmarks.cluster_spread --delete 300000 --repeat 20
+
+times deleting a run (200 outputs and fan-in marks: --outputs) on a cluster whose shards
+hold that many keys of nobody's run, by its slot (`delete_run`) and by a SCAN of the run's
+shard as `delete_run` did before, alternating.
+
     python -m benchmarks.cluster_spread --ops 1500
 
 measures single store operations instead, on the same two stores (no Kong session): the
@@ -39,9 +45,12 @@ from dataclasses import asdict, dataclass, field
 
 import dask
 import redis
+from redis.cluster import RedisCluster
 
 from dask_kong import Kong, last_run
+from dask_kong.constants import LIVE_KEY, run_prefix
 from dask_kong.store.base import Event, EventKind, FanIn, Store
+from dask_kong.store.cluster import RedisClusterStore
 from dask_kong.store.redis import connect
 from dask_kong.store.server import LocalRedisCluster, RedisServer
 
@@ -237,6 +246,52 @@ def table(cells: list[Cell]) -> str:
     return "\n".join(rows)
 
 
+# Keys each filler write sends (the cluster client splits them by slot).
+_FILL_BATCH = 10_000
+
+
+def deletion_times(foreign: int, repeat: int, outputs: int) -> dict[str, list[float]]:
+    """Seconds to delete a run of `outputs` outputs, each with a fan-in mark, on a
+    three-shard cluster whose shards hold `foreign` keys of no run (see the module
+    docstring), `repeat` times each way, the two ways alternating: "by its slot" is
+    `delete_run`; "by a SCAN of its shard" is how `delete_run` found the run's own keys
+    before (the registry's values deleted alike, then SCAN MATCH on the run's shard)."""
+    samples: dict[str, list[float]] = {"by its slot": [], "by a SCAN of its shard": []}
+    with contextlib.ExitStack() as stack:
+        cluster = LocalRedisCluster(SHARDS)
+        stack.callback(cluster.stop)
+        store = connect(cluster.url)
+        stack.callback(store.close)
+        assert isinstance(store, RedisClusterStore)
+        filler = stack.enter_context(contextlib.closing(RedisCluster.from_url(cluster.url)))
+        for start in range(0, foreign, _FILL_BATCH):
+            stop = min(foreign, start + _FILL_BATCH)
+            filler.mset_nonatomic({f"filler:{i}": b"x" * 100 for i in range(start, stop)})
+        for i in range(repeat):
+            for way in list(samples) if i % 2 == 0 else list(samples)[::-1]:
+                run = f"delete-{i}-{len(samples[way])}-{way[3]}"
+                store.open_run(run)
+                fan_ins = [FanIn(outputs + t, t, 2) for t in range(outputs)]
+                store.commit(run, {f"out:{t}": t for t in range(outputs)}, fan_ins)
+                started = time.perf_counter()
+                (store.delete_run if way == "by its slot" else _delete_by_scan(store))(run)
+                samples[way].append(time.perf_counter() - started)
+                if store.run_keys(run):
+                    raise AssertionError(f"{way}: keys of run {run} left")
+    return samples
+
+
+def _delete_by_scan(store: RedisClusterStore) -> Callable[[str], int]:
+    """The deletion `delete_run` did before it listed the run's slot: SCAN MATCH."""
+
+    def delete(run: str) -> int:
+        live = store._run_client(run).unlink(run_prefix(run) + LIVE_KEY)
+        values = store._delete_values(run)
+        return int(live) + values + store._delete_prefixed(run, lambda: store._run_client(run))
+
+    return delete
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="core", choices=workloads.SIZES)
@@ -244,7 +299,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--json", help="write every repeat here")
     parser.add_argument("--ops", type=int, help="time single store operations instead")
+    parser.add_argument(
+        "--delete",
+        type=int,
+        metavar="FOREIGN_KEYS",
+        help="time deleting a run on shards holding this many other keys instead",
+    )
+    parser.add_argument("--outputs", type=int, default=200, help="outputs of a --delete run")
     args = parser.parse_args(argv)
+    if args.delete is not None:
+        times = deletion_times(args.delete, args.repeat, args.outputs)
+        for way, seconds in times.items():
+            print(f"{way}: median {statistics.median(seconds) * 1e3:.2f} ms of {len(seconds)}")
+        return 0
     if args.ops:
         print(operations_table(operation_latencies(args.ops)))
         return 0

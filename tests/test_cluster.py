@@ -28,7 +28,7 @@ from dask_kong import Kong
 from dask_kong.constants import LIVE_KEY, run_prefix, spread_prefix
 from dask_kong.store.base import Event, EventKind, FanIn, MissingKeyError
 from dask_kong.store.cluster import RedisClusterStore
-from dask_kong.store.redis import connect, open_store
+from dask_kong.store.redis import SCAN_PAGE, connect, open_store
 from dask_kong.store.server import LocalRedisCluster
 from dask_kong.waits import poll_until
 
@@ -266,6 +266,32 @@ def test_commits_racing_the_runs_deletion_leave_nothing_on_any_shard(
     assert cluster_store.run_keys(run_id) == []
     leftovers = keys_per_shard(raw_cluster, f"*{run_id}*")
     assert not any(leftovers.values()), leftovers
+
+
+def test_deleting_a_run_lists_its_slot_and_scans_no_shard(
+    cluster_store: RedisClusterStore, raw_cluster: RedisCluster, run_id: str
+) -> None:
+    """More coordination keys than one listing holds, behind more foreign keys on the
+    same slot than one listing holds: every key of the run goes, the foreign ones stay,
+    and no shard was scanned (the cost follows the run, not the shards' size)."""
+    fan_ins = [FanIn(child, 0, 2) for child in range(SCAN_PAGE + 100)]
+    foreign = [f"other:{{{run_id}}}:{i}" for i in range(SCAN_PAGE + 5)]  # the run's slot
+    slot_shard = node_client(raw_cluster, node_of(raw_cluster, run_prefix(run_id)))
+    for start in range(0, len(foreign), 500):
+        slot_shard.mset({key: 1 for key in foreign[start : start + 500]})
+    cluster_store.commit(run_id, {f"out:{t}": t for t in range(30)}, fan_ins, [done(1)])
+    clients = [node_client(raw_cluster, node) for node in raw_cluster.get_primaries()]
+    for client in clients:
+        client.config_resetstat()
+    try:
+        # the live marker, the values, the fan-in sets, the events and the registry
+        assert cluster_store.delete_run(run_id) == 1 + 30 + len(fan_ins) + 2
+        scans = [client.info("commandstats").get("cmdstat_scan", {}) for client in clients]
+        assert not any(scans), scans
+        assert cluster_store.run_keys(run_id) == []
+        assert slot_shard.exists(*foreign) == len(foreign)
+    finally:
+        slot_shard.unlink(*foreign)
 
 
 def test_a_slot_that_moves_to_another_shard_is_followed(

@@ -24,7 +24,9 @@ round-trip; any other two. Parts of a large value are written (and acknowledged)
 the manifest that names them, so a reader never finds a manifest without its parts.
 
 Cleanup. `delete_run` removes the live marker, deletes every value the registry names
-(shard by shard), then the run's own keys, registry included (SCAN on the run's shard).
+(the shards at once), then the run's own keys, registry included, as the run's slot lists
+them (CLUSTER GETKEYSINSLOT): no shard is scanned, so deleting a run costs what the run
+holds, however full the shards are.
 A commit registers its values before it checks `EXISTS live`, and checks only once its
 values are acknowledged. One that finds the run live wrote and registered them before the
 marker went, so `delete_run` finds and deletes them; one that finds it gone deletes its
@@ -458,7 +460,9 @@ class RedisClusterStore(RedisStore):
             self._call(f"close run {run_id}", lambda: self._run_client(run_id).unlink(live))
         )
         deleted += self._delete_values(run_id)
-        return deleted + self._delete_prefixed(run_id, lambda: self._run_client(run_id))
+        return deleted + self._call(
+            f"delete keys of run {run_id}", functools.partial(self._delete_run_slot, run_id)
+        )
 
     def _delete_values(self, run_id: str) -> int:
         """Delete every value the run's registry names, on whichever shard it lives."""
@@ -480,6 +484,29 @@ class RedisClusterStore(RedisStore):
                     functools.partial(self._unlink_everywhere, names),
                 )
             if cursor == 0:
+                return deleted
+
+    def _delete_run_slot(self, run_id: str) -> int:
+        """Delete the run's own keys (its coordination, registry included), as listed by
+        the run's slot itself (CLUSTER GETKEYSINSLOT), never by a SCAN of its whole shard:
+        the cost follows the run's keys, plus those of another run whose tag hashes to
+        the same slot (one slot in 16384). Foreign keys are skipped by asking for that
+        many more each time; a reply shorter than asked for was the slot's last. The
+        EXISTS beside each listing is there for its MOVED: a CLUSTER command is never
+        redirected, and a stale map of slots would list an empty slot on the old owner."""
+        prefix = run_prefix(run_id)
+        slot = int(self._cluster.keyslot(prefix))
+        deleted = foreign = 0
+        while True:
+            shard = self._shard_of(prefix)
+            wanted = foreign + SCAN_PAGE
+            listing = [("EXISTS", prefix + LIVE_KEY), ("CLUSTER", "GETKEYSINSLOT", slot, wanted)]
+            keys = [text(key) for key in self._exchange([(shard, listing)])[0][1]]
+            ours = [key for key in keys if key.startswith(prefix)]
+            foreign = len(keys) - len(ours)
+            if ours:  # one slot: one UNLINK may name them all
+                deleted += int(self._exchange([(shard, [("UNLINK", *ours)])])[0][0])
+            if len(keys) < wanted:
                 return deleted
 
     def _unlink_everywhere(self, names: list[str]) -> int:
