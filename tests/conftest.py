@@ -35,4 +35,10 @@ def redis_store(redis_server: RedisServer) -> Iterator[RedisStore]:
 from .cluster_fixtures import cluster_store, redis_cluster  # noqa: E402, F401
 
 # The `kong` fixture (one session per mode: embedded, threads+Redis, processes+Redis).
-from .kong_fixtures import kong, kong_sessions, lambda_gateway  # noqa: E402, F401
+from .kong_fixtures import (  # noqa: E402, F401
+    cluster_kong_sessions,
+    cluster_lambda_gateway,
+    kong,
+    kong_sessions,
+    lambda_gateway,
+)

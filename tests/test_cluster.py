@@ -65,11 +65,10 @@ def run_id(cluster_store: RedisClusterStore) -> str:
     return run
 
 
-@pytest.fixture(scope="module")
-def cluster_kong(redis_cluster: LocalRedisCluster) -> Iterator[Kong]:
-    """A threads session whose store is the cluster, opened by one node's URL."""
-    with Kong(backend="threads", store=redis_cluster.url, workers=2) as session:
-        yield session
+@pytest.fixture
+def cluster_kong(cluster_kong_sessions: Callable[[str], Kong]) -> Kong:
+    """The shared threads session whose store is the cluster, opened by one node's URL."""
+    return cluster_kong_sessions("threads-cluster")
 
 
 def node_of(raw: RedisCluster, name: str) -> ClusterNode:
@@ -411,15 +410,15 @@ def test_history_on_a_cluster_keeps_to_one_slot(cluster_kong: Kong) -> None:
 
 
 def test_gemm_with_embedded_chunks_on_worker_processes_over_a_cluster(
-    redis_cluster: LocalRedisCluster, raw_cluster: RedisCluster
+    cluster_kong_sessions: Callable[[str], Kong], raw_cluster: RedisCluster
 ) -> None:
     """Worker processes find the cluster from the URL alone; the uploaded chunks of
     `from_array` and the outputs spread over the shards and all go at the end."""
     a = np.arange(400 * 400, dtype=float).reshape(400, 400) / 1e5
     x = da.from_array(a, chunks=100)
-    with Kong(backend="processes", store=redis_cluster.url, workers=2) as session:
-        got = (x @ x.T).compute(scheduler=session.get)
-        run = session.last_run_id or ""
-        assert session.store.run_keys(run) == []
+    session = cluster_kong_sessions("processes-cluster")
+    got = (x @ x.T).compute(scheduler=session.get)
+    run = session.last_run_id or ""
+    assert session.store.run_keys(run) == []
     np.testing.assert_allclose(got, a @ a.T)
     assert not any(keys_per_shard(raw_cluster, f"*{run}*").values())

@@ -13,6 +13,8 @@ import pytest
 
 from dask_kong import Kong
 
+from .kong_fixtures import ON_A_CLUSTER_TOO
+
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
@@ -31,20 +33,24 @@ def assert_same_as_sync(kong: Kong, *collections: object) -> None:
             pd.testing.assert_frame_equal(pd.DataFrame(g), pd.DataFrame(e))
         else:
             np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-10)
+    assert kong.store.run_keys(kong.last_run_id or "") == []  # on every shard of a cluster
 
 
+@ON_A_CLUSTER_TOO
 def test_gemm_matches_sync(kong: Kong) -> None:
     x = rng_array((300, 200), (100, 50), seed=1)
     y = rng_array((200, 150), (50, 75), seed=2)
     assert_same_as_sync(kong, x @ y)
 
 
+@ON_A_CLUSTER_TOO
 def test_tall_skinny_svd_matches_sync(kong: Kong) -> None:
     x = rng_array((2000, 20), (200, 20))
     u, s, v = da.linalg.svd(x)
     assert_same_as_sync(kong, u, s, v)
 
 
+@ON_A_CLUSTER_TOO
 def test_svd_compressed_matches_sync(kong: Kong) -> None:
     x = rng_array((400, 400), (100, 100))
     u, s, v = da.linalg.svd_compressed(x, k=5, seed=42)
@@ -77,6 +83,7 @@ def test_several_collections_in_one_compute(kong: Kong) -> None:
     assert_same_as_sync(kong, x.sum(), x.T @ x, x[::2].std())
 
 
+@ON_A_CLUSTER_TOO
 def test_persist_gives_same_values(kong: Kong) -> None:
     x = rng_array((200, 200), 50)
     (y,) = dask.persist(x + 1, scheduler=kong.get)
@@ -123,6 +130,7 @@ def test_dataframe_groupby_matches_sync(
     pd.testing.assert_frame_equal(got.sort_index(), result.compute(scheduler="sync").sort_index())
 
 
+@ON_A_CLUSTER_TOO
 def test_dataframe_merge_matches_sync(
     kong: Kong, frames: tuple[dd.DataFrame, dd.DataFrame]
 ) -> None:
@@ -132,6 +140,7 @@ def test_dataframe_merge_matches_sync(
     got = merged.compute(scheduler=kong.get).sort_values(["k", "v"]).reset_index(drop=True)
     want = merged.compute(scheduler="sync").sort_values(["k", "v"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want)
+    assert kong.store.run_keys(kong.last_run_id or "") == []
 
 
 def test_disk_shuffle_is_refused_only_where_workers_share_no_disk(
@@ -155,10 +164,12 @@ def test_kong_context_keeps_dasks_shuffle_where_workers_share_a_disk() -> None:
         assert dask.config.get("dataframe.shuffle.method", None) is None
 
 
+@ON_A_CLUSTER_TOO
 def test_from_array_constants_compute_correctly(kong: Kong) -> None:
     data = np.arange(200 * 200, dtype=float).reshape(200, 200)
     x = da.from_array(data, chunks=50)
     np.testing.assert_allclose((x @ x.T).compute(scheduler=kong.get), data @ data.T)
+    assert kong.store.run_keys(kong.last_run_id or "") == []
 
 
 def test_compute_twice_gives_same_result(kong: Kong) -> None:

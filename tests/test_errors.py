@@ -15,6 +15,8 @@ from dask_kong.errors import StuckRunError
 from dask_kong.invocation.model import Invocation
 from dask_kong.runtime.context import RunContext
 
+from .kong_fixtures import ON_A_CLUSTER_TOO, on_a_cluster_too
+
 
 class TaskBoomError(Exception):
     pass
@@ -28,6 +30,7 @@ def inc(v: int) -> int:
     return v + 1
 
 
+@on_a_cluster_too("threads-cluster")
 def test_task_exception_keeps_type_message_and_remote_traceback(kong: Kong) -> None:
     dsk = {"a": 1, "b": (inc, "a"), "c": (boom, "b"), "d": (inc, "c")}
     with pytest.raises(TaskBoomError, match="bad value 2") as info:
@@ -38,6 +41,7 @@ def test_task_exception_keeps_type_message_and_remote_traceback(kong: Kong) -> N
     assert "boom" in frames or "in boom" in notes  # the worker-side frame is shown
 
 
+@ON_A_CLUSTER_TOO
 def test_failed_run_deletes_its_keys(kong: Kong) -> None:
     dsk = {"a": (inc, 1), "b": (inc, "a"), "c": (boom, "a"), "d": (inc, "b")}
     with pytest.raises(TaskBoomError):
@@ -46,6 +50,7 @@ def test_failed_run_deletes_its_keys(kong: Kong) -> None:
     assert kong.store.run_keys(kong.last_run_id) == []
 
 
+@on_a_cluster_too("threads-cluster")
 def test_successful_run_deletes_its_keys(kong: Kong) -> None:
     from dask_kong import last_run
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from dask_kong import Kong, last_run
-from dask_kong.store.server import RedisServer
+from dask_kong.store.server import LocalRedisCluster, RedisServer
 from dask_kong.waits import poll_until
 
 from .interrupt_helpers import (
@@ -34,12 +34,23 @@ from .interrupt_helpers import (
 WITHIN_S = 1.0
 
 
-@pytest.fixture(params=["threads", "processes"])
+SESSIONS = ("threads", "processes")
+#: For the tests that check cleanup: "processes-cluster" too, worker processes on the
+#: session's Redis Cluster (issue #17), whose keys are spread over its shards.
+ON_A_CLUSTER_TOO = pytest.mark.parametrize(
+    "session", [*SESSIONS, "processes-cluster"], indirect=True
+)
+
+
+@pytest.fixture(params=SESSIONS)
 def session(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Kong]:
     """A session of its own (interrupts kill workers: the shared ones must not see it),
     two workers, warmed by one compute so that what is timed is the interrupt."""
     if request.param == "threads":
         kong = Kong(backend="threads", store="memory", workers=2)
+    elif request.param == "processes-cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        kong = Kong(backend="processes", store=cluster.url, workers=2)
     else:
         kong = Kong(backend="processes", store=redis_server.url, workers=2)
     try:
@@ -77,6 +88,7 @@ def test_the_next_compute_after_ctrl_c_starts_at_once(session: Kong, tmp_path: P
     assert next_s - startup_s < WITHIN_S, f"next compute {next_s:.2f} s, start-up {startup_s:.2f} s"
 
 
+@ON_A_CLUSTER_TOO
 def test_an_interrupted_run_deletes_its_keys(session: Kong, tmp_path: Path) -> None:
     interrupt_long_run(session, tmp_path)
     run_id = session.last_run_id or ""

@@ -20,9 +20,9 @@ from dask_kong.backends.processes import backend as backend_module
 from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.errors import SerializationError, WorkerLostError
 from dask_kong.planning.history import Metric
-from dask_kong.store.server import RedisServer
+from dask_kong.store.server import LocalRedisCluster, RedisServer
 
-from .kong_fixtures import pid_alive
+from .kong_fixtures import pid_alive, session_of
 
 if TYPE_CHECKING:
     from dask_kong.dag import DAG
@@ -34,6 +34,12 @@ def processes(kong_sessions: Callable[[str], Kong]) -> Kong:
     return kong_sessions("processes")
 
 
+@pytest.fixture(params=["processes", "processes-cluster"])
+def processes_too_on_a_cluster(request: pytest.FixtureRequest) -> Kong:
+    """The shared worker-process session, and its twin on the Redis Cluster."""
+    return session_of(request, request.param)
+
+
 def die(value: int) -> int:
     os._exit(3)
 
@@ -42,7 +48,8 @@ def inc(value: int) -> int:
     return value + 1
 
 
-def test_dead_worker_fails_the_run_naming_the_task(processes: Kong) -> None:
+def test_dead_worker_fails_the_run_naming_the_task(processes_too_on_a_cluster: Kong) -> None:
+    processes = processes_too_on_a_cluster
     dsk = {"a": (inc, 1), "b": (die, "a"), "c": (inc, "b")}
     started = time.monotonic()
     with pytest.raises(WorkerLostError, match="'b'"):
@@ -129,9 +136,22 @@ def test_finalize_runs_in_the_client(processes: Kong) -> None:
 def test_lambda_backend_end_to_end_through_aiobotocore(
     lambda_gateway: Gateway, redis_server: RedisServer
 ) -> None:
+    run_on_lambda(lambda_gateway, redis_server.url)
+
+
+def test_lambda_backend_end_to_end_on_a_redis_cluster(
+    cluster_lambda_gateway: Gateway, redis_cluster: LocalRedisCluster
+) -> None:
+    """Lambda workers find the cluster from one node's URL, as on ElastiCache."""
+    run_on_lambda(cluster_lambda_gateway, redis_cluster.url)
+
+
+def run_on_lambda(lambda_gateway: Gateway, store_url: str) -> None:
+    """A tree sum and a GEMM on the lambda backend (aiobotocore at the gateway), its
+    store at `store_url`: right results, invocations over HTTP, no key left."""
     with Kong(
         backend="lambda",
-        store=redis_server.url,
+        store=store_url,
         endpoint_url=lambda_gateway.url,
         function=lambda_gateway.default_function,
     ) as kong:

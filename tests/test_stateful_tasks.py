@@ -32,6 +32,7 @@ from dask_kong.runtime.shippable import check_shippable
 from dask_kong.store.server import RedisServer
 from dask_kong.values import is_plain_data
 
+from .kong_fixtures import CLUSTER_MODES, session_of
 from .test_fan_in_and_runtime import plan_every_optimization
 
 PLANNER_NAMES = ("naive", "wukong", "everything")
@@ -240,6 +241,31 @@ def test_a_handle_is_made_once_and_shared_by_every_task(
     assert not any(m.recipe for m in summary.task_metrics.values())
 
 
+# One representative case of each test above on a Redis Cluster (issue #17), whose
+# values spread over its shards while the claims of stateful tasks stay on the run's slot.
+
+
+@pytest.mark.parametrize("kong", CLUSTER_MODES, indirect=True)
+def test_bag_groupby_matches_sync_on_a_cluster(kong: Kong) -> None:
+    test_bag_groupby_matches_sync(kong, "everything", "tasks")
+
+
+@pytest.mark.parametrize("kong", ["processes-cluster"], indirect=True)
+def test_dataframe_shuffles_match_sync_on_a_cluster(
+    kong: Kong, frames: tuple[dd.DataFrame, dd.DataFrame]
+) -> None:
+    test_dataframe_shuffles_match_sync(kong, frames, "wukong", "disk")
+    assert kong.store.run_keys(kong.last_run_id or "") == []
+
+
+@pytest.mark.parametrize("kong", CLUSTER_MODES, indirect=True)
+def test_a_handle_is_made_once_and_shared_by_every_task_on_a_cluster(
+    kong: Kong, marks: str
+) -> None:
+    test_a_handle_is_made_once_and_shared_by_every_task(kong, marks, "everything")
+    assert kong.store.run_keys(kong.last_run_id or "") == []
+
+
 def test_history_keeps_stateful_tasks_from_being_run_again(kong_sessions: Any) -> None:
     """A planner that reads the history never task-dups or duplicates a function that
     was seen making or reading a handle."""
@@ -274,11 +300,11 @@ class DeliverTwice:
         return getattr(self.inner, name)
 
 
-@pytest.mark.parametrize("mode", ["embedded", "threads-redis"])
+@pytest.mark.parametrize("mode", ["embedded", "threads-redis", "threads-cluster"])
 def test_a_stateful_task_delivered_twice_acts_once(
-    kong_sessions: Any, marks: str, mode: str
+    request: pytest.FixtureRequest, marks: str, mode: str
 ) -> None:
-    session = kong_sessions(mode)
+    session = session_of(request, mode)
     dsk, wanted = dir_store_graph(marks)
     inner = session.backend
     session.backend = DeliverTwice(inner)

@@ -17,6 +17,7 @@ from dask_kong.dag import DAG, to_dag
 from dask_kong.planning import PlanningContext, get_planner
 from dask_kong.planning.subtrees import exclusive_subtrees, subtree_max_tasks
 
+from .kong_fixtures import on_a_cluster_too, session_of
 from .test_fan_in_and_runtime import RANDOM_SEEDS, combine, kong_for, random_graph
 
 
@@ -120,6 +121,7 @@ def test_only_bounded_backends_batch_and_naive_never_does() -> None:
         assert get_planner("wukong")(dag, bounded).subtrees == {}
 
 
+@on_a_cluster_too("processes-cluster")
 def test_a_5000_leaf_tree_runs_in_few_invocations_and_leaves_no_keys(kong: Kong) -> None:
     dsk, root = pairwise_tree(5000)
     assert kong.get(dsk, root) == sum(range(5000))
@@ -160,6 +162,7 @@ def fail_at(value: int) -> int:
     return value
 
 
+@on_a_cluster_too("threads-cluster")
 def test_a_failing_member_raises_its_own_error(kong: Kong) -> None:
     dsk, root = pairwise_tree(64)
     dsk["leaf-3"] = (fail_at, 3)
@@ -269,13 +272,13 @@ def test_an_uncovered_duplicable_root_does_not_cost_the_subtrees_inside() -> Non
     assert named == {"s2": {"leaf", "s1"}}
 
 
-@pytest.mark.parametrize("mode", ["threads-redis", "processes"])
+@pytest.mark.parametrize("mode", ["threads-redis", "processes", "processes-cluster"])
 def test_roots_that_published_recipes_are_run_again_in_later_runs(
-    mode: str, kong_sessions: Callable[[str], Kong]
+    mode: str, request: pytest.FixtureRequest
 ) -> None:
     """The first run learns that the draws publish recipes; the next one batches each
     output block with its draws and writes no product to the store."""
-    session = kong_sessions(mode)
+    session = session_of(request, mode)
     dsk, outputs = block_matmul(4)
     expected = dask.get(dsk, outputs)
     recipes_everywhere = {
