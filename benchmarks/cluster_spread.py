@@ -28,8 +28,11 @@ shard as `delete_run` did before, alternating.
 
 measures single store operations instead, on the same two stores (no Kong session): the
 median latency of a commit of one small output with a fan-in mark and an event, of a
-commit of a mark and an event alone, of a `get_many` of three outputs, of `is_cancelled`,
-each run `--ops` times per store, the stores alternating in five rounds.
+commit of a mark and an event alone, of a commit of three outputs, of a `get_many` of one
+output, of three (on a cluster mostly on two or three shards, asked at once) and of the
+same three read by three calls one after another (what reading shard after shard
+would cost), of `is_cancelled`, each run `--ops` times per store, the stores alternating
+in five rounds.
 """
 
 from __future__ import annotations
@@ -201,8 +204,15 @@ def time_operations(store: Store, count: int, round_: int) -> dict[str, list[flo
         "commit of a mark and an event": lambda i: store.commit(
             run, {}, [FanIn(count + i, i + 1, 2)], done(i)
         ),
+        "get_many of one output": lambda i: store.get_many(run, [f"out:{i}"]),
         "get_many of three outputs": lambda i: store.get_many(
             run, [f"out:{(i + k) % count}" for k in range(3)]
+        ),
+        "three get_many of one output, one after another": lambda i: [
+            store.get_many(run, [f"out:{(i + k) % count}"]) for k in range(3)
+        ],
+        "commit of three outputs": lambda i: store.commit(
+            run, {f"three:{i}:{k}": k for k in range(3)}
         ),
         "is_cancelled": lambda i: store.is_cancelled(run),
     }

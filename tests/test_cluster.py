@@ -194,6 +194,39 @@ def test_a_paused_shard_does_not_hold_up_reads_from_the_others(
     assert got == tasks
 
 
+def test_a_paused_shard_does_not_hold_up_writes_to_the_others(
+    cluster_store: RedisClusterStore, raw_cluster: RedisCluster, run_id: str
+) -> None:
+    """The shards of one commit's values are written at once: while the first value's
+    shard holds back writes, the others already hold theirs (and, since the values come
+    first, the fan-in mark waits for all of them)."""
+    shards = sorted(raw_cluster.get_primaries(), key=lambda node: node.name)
+    tasks = [task_on(raw_cluster, run_id, named(s.name)) for s in shards]
+    others = [
+        (node_client(raw_cluster, s), f"{spread_prefix(run_id)}out:{t}")
+        for s, t in zip(shards[1:], tasks[1:], strict=True)
+    ]
+    result: list[Any] = []
+    node_client(raw_cluster, shards[0]).execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+    started = time.monotonic()
+    writer = threading.Thread(
+        target=lambda: result.append(
+            cluster_store.commit(run_id, {f"out:{t}": t for t in tasks}, [FanIn(9, 0, 1)])
+        )
+    )
+    writer.start()
+    written = poll_until(
+        lambda: all(client.exists(name) for client, name in others), PAUSE_MS / 1000 * 0.8
+    )
+    elapsed = time.monotonic() - started
+    still_writing = writer.is_alive()
+    writer.join(timeout=5)
+    assert written, f"other shards not written within {elapsed:.2f} s of the pause"
+    assert still_writing  # the paused shard's value, and so the mark, were still to come
+    assert result and result[0].ready == [9]
+    assert cluster_store.get_many(run_id, [f"out:{t}" for t in tasks])[0] == tasks
+
+
 def gets_served(client: redis.Redis) -> int:
     stats = client.info("commandstats").get("cmdstat_get", {})
     return int(stats.get("calls", 0))
