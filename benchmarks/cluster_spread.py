@@ -7,7 +7,9 @@ against one node, in one run (issue #17).
 Starts a private redis-server and a private three-shard Redis Cluster (`LocalRedisCluster`),
 opens a `Kong(backend="processes")` session on each by URL, as a user would, and computes
 each workload (GEMM, TSQR-SVD, svd_compressed) on both, alternating which goes first from
-one repeat to the next, so that a loaded machine's drift hits both alike. One untimed run
+one repeat to the next, so that a loaded machine's drift hits both alike. Each workload
+runs on its inputs drawn in the graph and on the same sizes of NumPy arrays handed to
+dask with `da.from_array` (the user's data, which kong uploads): `--inputs`. One untimed run
 on each comes first (worker processes start, and the metrics history holds a run for
 both, so both plan alike). Every result is checked before its time counts.
 
@@ -16,7 +18,9 @@ received (the values written to it, and commands) and sent (what was read from i
 reports the median makespan on one node and on the cluster, the median of the repeats'
 ratios cluster / one node (each repeat runs both back to back, so a ratio compares runs
 under the same load), the bytes each shard received per run, and the largest shard's
-share of them (1/3 is an even spread over three shards). The JSON keeps every repeat.
+share of them (1/3 is an even spread over three shards), the range of the repeats' ratios
+and of the machine's load average (1 minute) as the runs ended. The JSON keeps every
+repeat.
 
     python -m benchmarks.cluster_spread --delete 300000 --repeat 20
 
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -77,6 +82,8 @@ class Cell:
     received: list[dict[str, int]] = field(default_factory=list)
     sent: list[dict[str, int]] = field(default_factory=list)
     bytes_written: list[int] = field(default_factory=list)
+    #: The machine's load average (1 minute) as each timed run ended.
+    loads: list[float] = field(default_factory=list)
 
     @property
     def median_s(self) -> float:
@@ -124,6 +131,7 @@ def timed_run(session: Kong, case: Case, urls: list[str], cell: Cell) -> None:
     cell.received.append({s: after[s][0] - before[s][0] for s in after})
     cell.sent.append({s: after[s][1] - before[s][1] for s in after})
     cell.bytes_written.append(summary.bytes_written if summary else 0)
+    cell.loads.append(os.getloadavg()[0])
 
 
 @contextlib.contextmanager
@@ -145,12 +153,26 @@ def stores() -> Iterator[dict[str, tuple[Kong, list[str]]]]:
         yield sessions
 
 
-def measure(size: str, repeat: int, names: list[str]) -> list[Cell]:
+#: --inputs: the workloads' own inputs drawn in the graph, or NumPy arrays handed to dask
+#: with da.from_array (the user's data, uploaded by kong).
+INPUTS = ("generated", "from-array")
+
+
+def build_case(spec: workloads.WorkloadSpec, inputs: str) -> tuple[str, Case]:
+    """The workload's name in the table and its case, on `inputs` (INPUTS)."""
+    if inputs == "generated":
+        return spec.name, spec.module.build(spec.params)
+    if not hasattr(spec.module, "build_from_array"):
+        raise ValueError(f"workload {spec.name!r} has no from-array version")
+    return f"{spec.name} from_array", spec.module.build_from_array(spec.params)
+
+
+def measure(size: str, repeat: int, names: list[str], inputs: list[str]) -> list[Cell]:
     cells: list[Cell] = []
     with stores() as sessions:
-        for spec in workloads.resolve(names, size):
-            case = spec.module.build(spec.params)
-            by_store = {store: Cell(spec.name, store) for store in STORES}
+        for spec, kind in ((s, k) for s in workloads.resolve(names, size) for k in inputs):
+            name, case = build_case(spec, kind)
+            by_store = {store: Cell(name, store) for store in STORES}
             for store in STORES:  # untimed: worker processes and history warm up
                 session, _ = sessions[store]
                 dask.compute(*case.collections, scheduler=session.get)
@@ -160,7 +182,8 @@ def measure(size: str, repeat: int, names: list[str]) -> list[Cell]:
                     session, urls = sessions[store]
                     timed_run(session, case, urls, by_store[store])
                     print(
-                        f"{spec.name} {store} repeat {i + 1}: {by_store[store].times_s[-1]:.2f} s",
+                        f"{name} {store} repeat {i + 1}: {by_store[store].times_s[-1]:.2f} s"
+                        f" (load {by_store[store].loads[-1]:.1f})",
                         file=sys.stderr,
                     )
             cells += by_store.values()
@@ -237,8 +260,9 @@ def table(cells: list[Cell]) -> str:
     """The markdown table of docs/benchmarks.md."""
     rows = [
         "| workload | one node | 3-shard cluster | cluster / one node | written per run "
-        "| MB received by each shard per run | largest shard's share |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| MB received by each shard per run | largest shard's share | repeats' ratios "
+        "| load average |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- |",
     ]
     by_workload: dict[str, dict[str, Cell]] = {}
     for cell in cells:
@@ -251,7 +275,8 @@ def table(cells: list[Cell]) -> str:
         rows.append(
             f"| {workload} | {one.median_s:.2f} s | {spread.median_s:.2f} s "
             f"| {statistics.median(ratios):.2f}x | {written:.0f} MB | {shards} "
-            f"| {spread.largest_share():.0%} |"
+            f"| {spread.largest_share():.0%} | {min(ratios):.2f}x-{max(ratios):.2f}x "
+            f"| {min(one.loads + spread.loads):.1f}-{max(one.loads + spread.loads):.1f} |"
         )
     return "\n".join(rows)
 
@@ -307,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="core", choices=workloads.SIZES)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument(
+        "--inputs", default=",".join(INPUTS), help=f"comma-separated, of {', '.join(INPUTS)}"
+    )
     parser.add_argument("--json", help="write every repeat here")
     parser.add_argument("--ops", type=int, help="time single store operations instead")
     parser.add_argument(
@@ -325,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ops:
         print(operations_table(operation_latencies(args.ops)))
         return 0
-    cells = measure(args.size, args.repeat, args.workloads.split(","))
+    inputs = args.inputs.split(",")
+    unknown = sorted(set(inputs) - set(INPUTS))
+    if unknown:
+        parser.error(f"unknown --inputs {unknown}; known: {', '.join(INPUTS)}")
+    cells = measure(args.size, args.repeat, args.workloads.split(","), inputs)
     print(table(cells))
     if args.json:
         document = {

@@ -1,6 +1,8 @@
 """What every workload module returns, and the correctness checks they share.
 
-A workload module has `NAME`, `SIZES` (size name -> parameters) and `build(params) -> Case`.
+A workload module has `NAME`, `SIZES` (size name -> parameters) and `build(params) -> Case`;
+some also `build_from_array(params) -> Case`, the same computation on NumPy arrays handed
+to dask with `da.from_array` (the user's own data) instead of inputs drawn in the graph.
 `build` makes the dask collections once and materializes whatever the check needs (the
 inputs, a NumPy reference) with dask's threaded scheduler, outside any timing. The runner
 then computes `Case.collections` under each scheduler, and `Case.check` decides whether the

@@ -26,8 +26,34 @@ def build(params: dict[str, Any]) -> Case:
     rng = da.random.default_rng(SEED)
     a = rng.random((n, rank), chunks=(chunk, rank))
     b = rng.random((rank, n), chunks=(rank, chunk))
-    u, s, v = da.linalg.svd_compressed(a @ b, rank, seed=SEED)
     a_np, b_np = dask.compute(a, b, scheduler="threads")
+    description = (
+        f"da.linalg.svd_compressed(A @ B, k={rank}) of a {n}x{n} rank-{rank} matrix "
+        f"in {chunk}x{chunk} chunks (A, B drawn in the graph); numpy: the same "
+        "randomized algorithm (one pass, 10 oversamples) on the materialized A, B"
+    )
+    return compressed_case(a, b, a_np, b_np, rank, description)
+
+
+def build_from_array(params: dict[str, Any]) -> Case:
+    """The same SVD of the user's data: A and B drawn in NumPy first and handed to dask
+    with `da.from_array`, so the graph carries them (kong uploads them)."""
+    n, chunk, rank = params["n"], params["chunk"], params["rank"]
+    rng = np.random.default_rng(SEED)
+    a_np, b_np = rng.random((n, rank)), rng.random((rank, n))
+    a = da.from_array(a_np, chunks=(chunk, rank))
+    b = da.from_array(b_np, chunks=(rank, chunk))
+    description = (
+        f"da.linalg.svd_compressed(A @ B, k={rank}) of a {n}x{n} rank-{rank} matrix "
+        f"in {chunk}x{chunk} chunks, A and B NumPy arrays via da.from_array"
+    )
+    return compressed_case(a, b, a_np, b_np, rank, description)
+
+
+def compressed_case(
+    a: da.Array, b: da.Array, a_np: np.ndarray, b_np: np.ndarray, rank: int, description: str
+) -> Case:
+    u, s, v = da.linalg.svd_compressed(a @ b, rank, seed=SEED)
     x_np = a_np @ b_np
 
     def check(results: Any) -> str | None:
@@ -38,11 +64,7 @@ def build(params: dict[str, Any]) -> Case:
         collections=(u, s, v),
         check=check,
         numpy_fn=lambda: randomized_svd(a_np @ b_np, rank),
-        description=(
-            f"da.linalg.svd_compressed(A @ B, k={rank}) of a {n}x{n} rank-{rank} matrix "
-            f"in {chunk}x{chunk} chunks (A, B drawn in the graph); numpy: the same "
-            "randomized algorithm (one pass, 10 oversamples) on the materialized A, B"
-        ),
+        description=description,
     )
 
 
