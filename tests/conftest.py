@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from dask_kong.store.redis import RedisStore
 from dask_kong.store.server import RedisServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_redis_server_left() -> Iterator[None]:
+    """After every other fixture of the test session is torn down (an autouse session
+    fixture is set up first, so it ends last): no redis-server this process started may
+    still run. One that does is ended by its PID, and the suite fails naming it."""
+    yield
+    left = child_redis_servers()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"redis-server processes left after the suite: {left} (now killed)"
+
+
+def child_redis_servers() -> list[int]:
+    """PIDs of the live (not zombie) redis-server children of this process, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if comm == "redis-server" and int(ppid) == os.getpid() and state != "Z":
+            found.append(int(entry))
+    return found
 
 
 @pytest.fixture(scope="session")
