@@ -6,7 +6,9 @@ tiny computation here, so that the runner reports start-up apart from makespans.
 scheduler then offers `settle()` (before each timed compute), `compute(case)`,
 `run_details()` (kong's `last_run()` summary, None for the others) and `close()`.
 
-Names: sync, threads, processes, distributed, numpy, kong-threads, kong-processes, and
+Names: sync, threads, processes, distributed, numpy, kong-threads, kong-processes,
+kong-threads-redis, and kong-processes-unsigned / kong-threads-redis-unsigned (signing
+off, to measure what signing costs), and
 kong-<backend>:<planner> for a kong planner by name (e.g. kong-processes:naive), and an
 optional @N suffix capping kong's concurrent workers (e.g. kong-threads@64).
 """
@@ -30,8 +32,13 @@ DASK_SCHEDULERS = (*DASK_LOCAL, "distributed")
 KONG_SESSIONS = {
     "kong-threads": {"backend": "threads", "store": "memory"},
     "kong-processes": {"backend": "processes", "store": "redis"},
+    # Signing off (kong.security.sign: false), beside the default, to measure its cost.
+    "kong-processes-unsigned": {"backend": "processes", "store": "redis", "sign": False},
+    "kong-threads-redis": {"backend": "threads", "store": "redis"},
+    "kong-threads-redis-unsigned": {"backend": "threads", "store": "redis", "sign": False},
 }
-DEFAULT_SCHEDULERS = (*KONG_SESSIONS, *DASK_SCHEDULERS, "numpy")
+DEFAULT_SCHEDULERS = ("kong-threads", "kong-processes", *DASK_SCHEDULERS, "numpy")
+KNOWN_SCHEDULERS = (*KONG_SESSIONS, *DASK_SCHEDULERS, "numpy")
 # The serverless issue's baseline: two single-threaded worker processes.
 DISTRIBUTED_CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True}
 # Bound on waiting for distributed to release the previous compute's keys (see settle).
@@ -73,8 +80,8 @@ def check_name(name: str) -> None:
     base = name.split(":", 1)[0]
     if workers is not None and base not in KONG_SESSIONS:
         raise ValueError(f"@N (worker limit) only applies to kong schedulers, not {base!r}")
-    if base not in DEFAULT_SCHEDULERS or (":" in name and base not in KONG_SESSIONS):
-        known = ", ".join(DEFAULT_SCHEDULERS)
+    if base not in KNOWN_SCHEDULERS or (":" in name and base not in KONG_SESSIONS):
+        known = ", ".join(KNOWN_SCHEDULERS)
         raise ValueError(f"unknown scheduler {name!r}; known: {known}, kong-<backend>:<planner>")
 
 
@@ -187,18 +194,31 @@ class KongScheduler(Scheduler):
     """A dask-kong session, created before timing; `run_details` is `last_run()`."""
 
     def __init__(
-        self, name: str, backend: str, store: str, planner: str | None, workers: int | None
+        self,
+        name: str,
+        backend: str,
+        store: str,
+        planner: str | None,
+        workers: int | None,
+        sign: bool = True,
     ) -> None:
         from dask_kong import Kong, last_run
 
         super().__init__(name)
         self._last_run = last_run
-        # planner=None: the session's default (dask config `kong.planner`).
-        self.session = Kong(backend=backend, store=store, planner=planner, workers=workers)
+        # Held until close: the client reads kong.security.sign at every pickle, and the
+        # session hands the setting to the workers it starts.
+        self._signing = dask.config.set({"kong.security.sign": sign})
+        try:
+            # planner=None: the session's default (dask config `kong.planner`).
+            self.session = Kong(backend=backend, store=store, planner=planner, workers=workers)
+        except BaseException:
+            self._signing.__exit__(None, None, None)
+            raise
         try:
             warm_up(self.session.get)
         except BaseException:
-            self.session.close()
+            self.close()
             raise
         self._details: dict[str, Any] | None = None
 
@@ -214,7 +234,10 @@ class KongScheduler(Scheduler):
         return self._details
 
     def close(self) -> None:
-        self.session.close()
+        try:
+            self.session.close()
+        finally:
+            self._signing.__exit__(None, None, None)
 
 
 class NumpyScheduler(Scheduler):

@@ -7,7 +7,8 @@ function that runs it, so a new subcommand is one more function in `SUBCOMMANDS`
                                 [--keep-warm S] [--concurrency N]
 
 starts the local Lambda-compatible gateway, prints its URL on the first line of stdout
-and serves until SIGINT or SIGTERM.
+and serves until SIGINT or SIGTERM. Callers must sign with the key pair in
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or kong.gateway.*), which it requires.
 
     python -m dask_kong dashboard --store redis://host:6379/0 [--host H] [--port P]
 
@@ -31,12 +32,21 @@ Command = Callable[[argparse.Namespace], int]
 
 def run_gateway(args: argparse.Namespace) -> int:
     """Serve the gateway until SIGINT/SIGTERM; the workers end with it."""
+    from .backends.processes.auth import AccessKey
     from .backends.processes.gateway import Gateway
     from .backends.processes.settings import GatewaySettings
 
     handler = config.get("gateway.handler", args.handler)
     if not handler:
         print("dask-kong gateway: --handler module:function is required", file=sys.stderr)
+        return 2
+    if AccessKey.from_config() is None:
+        print(
+            "dask-kong gateway: no credentials: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or kong.gateway.access_key_id/secret_access_key) to "
+            "the key pair callers sign their Invoke requests with",
+            file=sys.stderr,
+        )
         return 2
     stop = threading.Event()
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import threading
 import time
+import traceback
 from typing import Any
 
 from . import config, serialize
@@ -33,7 +35,9 @@ from .runtime.worker import new_worker_id, run_branch
 # and an init phase (a pre-warm, or a spare started after a cancelled run's worker was
 # killed) is spent before the invocation waits on it. AWS advises the same.
 from .store import redis as _redis_store  # noqa: F401
-from .store.base import Store
+from .store.base import Event, EventKind, Store
+
+logger = logging.getLogger("dask_kong.handler")
 
 # Run specs cached per process; a container rarely serves more than a few runs at once.
 _SPEC_CACHE_SIZE = 8
@@ -79,7 +83,11 @@ class WorkerProcess:
         blob = decoded.spec_inline
         if blob is None:
             (blob,), _ = self.store().get_many(run_id, [DAG_KEY])
-        spec: RunSpec = serialize.loads(blob) if isinstance(blob, bytes) else blob
+        spec: RunSpec = (
+            serialize.loads(blob, what=f"the spec of run {run_id}")
+            if isinstance(blob, bytes)
+            else blob
+        )
         self._specs[run_id] = spec
         while len(self._specs) > _SPEC_CACHE_SIZE:
             old_run, _ = self._specs.popitem(last=False)
@@ -129,9 +137,13 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _process.invocations += 1
     if event.get("kong-warm"):
         return {"warm": True, "pid": os.getpid()}
-    decoded = decode_invocation(event)
-    _process.release_ended_runs(decoded.invocation.run_id)
-    ctx = build_context(decoded)
+    try:
+        decoded = decode_invocation(event)
+        _process.release_ended_runs(decoded.invocation.run_id)
+        ctx = build_context(decoded)
+    except Exception as exc:
+        report_refused(event, exc)
+        raise
     worker_id = new_worker_id(ctx.run_id)
     # the local gateway says how long the invocation queued for a slot; AWS does not
     queued_s = float(getattr(context, "queued_s", 0.0))
@@ -143,6 +155,28 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "cold": cold,
         "seconds": time.perf_counter() - started,
     }
+
+
+def report_refused(event: dict[str, Any], exc: Exception) -> None:
+    """Tell the client that this invocation could not start (a payload or run spec
+    refused by its signature, a spec missing from the store), as a failure of its first
+    task: otherwise an Event invocation fails unseen and the run only stalls."""
+    run_id, start = event.get("run"), event.get("start")
+    if not isinstance(run_id, str) or not isinstance(start, int):
+        return  # not a dask-kong invocation: the platform logs the error
+    try:
+        error = serialize.dumps(exc, what="exception")
+        failure = Event(
+            EventKind.TASK_FAILED,
+            start,
+            worker=f"pid {os.getpid()}",
+            error=error,
+            message=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)),
+        )
+        _process.store().commit(run_id, {}, (), [failure])
+    except Exception as report_exc:  # no key, no store: only the logs and the stall check
+        logger.error("could not report the refused invocation of run %s: %s", run_id, report_exc)
 
 
 def build_context(decoded: DecodedInvocation) -> RunContext:

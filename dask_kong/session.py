@@ -15,7 +15,7 @@ from typing import Any
 
 import dask.config
 
-from . import config
+from . import config, security
 from .dag import DAG
 from .dag.translate import translate
 from .diagnostics import observers
@@ -63,6 +63,8 @@ class Kong:
             raise ValueError(
                 f"unknown backend {self.backend_name!r}: use one of {', '.join(BACKENDS)}"
             )
+        if security.signing_enabled():
+            security.ensure_key()  # before any pickle is written (kong.security.key)
         self.store: Store = open_store(self.store_spec, self.backend_name)
         try:
             self.backend: Backend = open_backend(

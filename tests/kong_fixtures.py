@@ -13,14 +13,18 @@ sized by the concurrency, and tests count the invocations it makes.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator
 
+import dask.config
 import pytest
 
 from dask_kong import Kong
+from dask_kong.backends.processes.auth import AccessKey
 from dask_kong.backends.processes.backend import HANDLER
 from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.backends.processes.settings import GatewaySettings
+from dask_kong.security import KEY_ENV
 from dask_kong.store.server import LocalRedisCluster, RedisServer
 
 MODES = ("embedded", "threads-redis", "processes")
@@ -107,27 +111,38 @@ def kong(request: pytest.FixtureRequest) -> Kong:
 
 
 @pytest.fixture
-def lambda_gateway(redis_server: RedisServer) -> Iterator[Gateway]:
+def lambda_gateway(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
     """A local gateway that serves kong's handler as a Lambda function, for the lambda
     backend (aiobotocore at its endpoint_url); its workers use the session's Redis."""
-    yield from serve_lambda(redis_server.url)
+    yield from serve_lambda(redis_server.url, monkeypatch)
 
 
 @pytest.fixture
-def cluster_lambda_gateway(redis_cluster: LocalRedisCluster) -> Iterator[Gateway]:
+def cluster_lambda_gateway(
+    redis_cluster: LocalRedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Gateway]:
     """`lambda_gateway` whose workers use the session's Redis Cluster."""
-    yield from serve_lambda(redis_cluster.url)
+    yield from serve_lambda(redis_cluster.url, monkeypatch)
 
 
-def serve_lambda(store_url: str) -> Iterator[Gateway]:
+def serve_lambda(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
     """Yields a started gateway serving kong's handler, its workers' store at
-    `store_url`; then stops it and checks that no worker process is left."""
-    env = {"DASK_KONG__STORE__URL": store_url}
-    gateway = Gateway(GatewaySettings.from_config(HANDLER, env=env, keep_warm_s=10.0)).start()
-    pids: list[int] = []
-    try:
-        yield gateway
-    finally:
-        pids = gateway.worker_pids()
-        gateway.stop()
-        assert not [p for p in pids if pid_alive(p)]
+    `store_url`; then stops it and checks that no worker process is left. Its workers
+    share the signing key, configured as a Lambda deployment configures it
+    (kong.security.key for the client, the same value in the function's environment),
+    and the client signs its Invoke calls with the gateway's key pair, from the
+    environment as aiobotocore reads it."""
+    access_key = AccessKey.generate()
+    for name, value in access_key.environment().items():
+        monkeypatch.setenv(name, value)
+    key = secrets.token_hex(32)
+    env = {"DASK_KONG__STORE__URL": store_url, KEY_ENV: key}
+    with dask.config.set({"kong.security.key": key}):
+        gateway = Gateway(GatewaySettings.from_config(HANDLER, env=env, keep_warm_s=10.0)).start()
+        pids: list[int] = []
+        try:
+            yield gateway
+        finally:
+            pids = gateway.worker_pids()
+            gateway.stop()
+            assert not [p for p in pids if pid_alive(p)]

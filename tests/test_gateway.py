@@ -30,6 +30,7 @@ import pytest
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
+from dask_kong.backends.processes.auth import AccessKey, signed_headers
 from dask_kong.backends.processes.gateway import (
     FunctionError,
     FunctionNotFoundError,
@@ -96,16 +97,22 @@ def running_gateway(handler: str = HANDLER, **kwargs: Any) -> Iterator[Gateway]:
 
 
 @asynccontextmanager
-async def lambda_client(url: str) -> AsyncIterator[Any]:
+async def lambda_client(gateway: Gateway) -> AsyncIterator[Any]:
+    """aiobotocore's Lambda client, signing with the gateway's key pair."""
     session = get_session()
     async with session.create_client(
         "lambda",
-        endpoint_url=url,
+        endpoint_url=gateway.url,
         region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
+        aws_access_key_id=gateway.credentials.access_key_id,
+        aws_secret_access_key=gateway.credentials.secret.reveal(),
     ) as client:
         yield client
+
+
+def signed(gateway: Gateway, url: str, body: bytes, **headers: str) -> dict[str, str]:
+    """Headers that sign a raw HTTP POST of `body` to `url` with the gateway's key."""
+    return signed_headers(gateway.credentials, url, body, headers)
 
 
 def invoke_url(gateway: Gateway, function: str) -> str:
@@ -130,7 +137,9 @@ def test_sync_echo_over_http_returns_result_and_lambda_headers(gateway: Gateway)
     async def call() -> tuple[int, dict[str, str], Any]:
         async with aiohttp.ClientSession() as http:
             url = invoke_url(gateway, "kong") + "?Qualifier=$LATEST"
-            async with http.post(url, data=event("echo", value=42)) as response:
+            body = event("echo", value=42)
+            headers = signed(gateway, url, body)
+            async with http.post(url, data=body, headers=headers) as response:
                 return response.status, dict(response.headers), await response.json()
 
     status, headers, body = asyncio.run(call())
@@ -151,7 +160,7 @@ def test_aiobotocore_request_response_and_event(gateway: Gateway, tmp_path: Path
     marker = tmp_path / "event-ran"
 
     async def call() -> tuple[dict[str, Any], Any, dict[str, Any], bytes]:
-        async with lambda_client(gateway.url) as client:
+        async with lambda_client(gateway) as client:
             sync = await client.invoke(
                 FunctionName="kong-large",
                 InvocationType="RequestResponse",
@@ -175,7 +184,7 @@ def test_aiobotocore_request_response_and_event(gateway: Gateway, tmp_path: Path
 
 def test_handler_exception_is_unhandled_function_error(gateway: Gateway) -> None:
     async def call() -> tuple[dict[str, Any], dict[str, Any]]:
-        async with lambda_client(gateway.url) as client:
+        async with lambda_client(gateway) as client:
             response = await client.invoke(
                 FunctionName="kong", Payload=event("fail", message="bad")
             )
@@ -193,7 +202,7 @@ def test_handler_exception_is_unhandled_function_error(gateway: Gateway) -> None
 
 def test_unknown_function_is_resource_not_found(gateway: Gateway) -> None:
     async def call() -> None:
-        async with lambda_client(gateway.url) as client:
+        async with lambda_client(gateway) as client:
             await client.invoke(FunctionName="no-such-function", Payload=b"{}")
 
     with pytest.raises(ClientError) as info:
@@ -206,12 +215,11 @@ def test_unknown_function_is_resource_not_found(gateway: Gateway) -> None:
 
 def test_dry_run_and_payloads_over_lambda_limits(gateway: Gateway) -> None:
     async def post(invocation_type: str, size: int) -> tuple[int, str | None]:
-        headers = {"X-Amz-Invocation-Type": invocation_type}
+        url, body = invoke_url(gateway, "kong"), b" " * size
+        headers = signed(gateway, url, body, **{"X-Amz-Invocation-Type": invocation_type})
         async with (
             aiohttp.ClientSession() as http,
-            http.post(
-                invoke_url(gateway, "kong"), data=io.BytesIO(b" " * size), headers=headers
-            ) as r,
+            http.post(url, data=io.BytesIO(body), headers=headers) as r,
         ):
             await r.read()
             return r.status, r.headers.get("x-amzn-ErrorType")
@@ -247,9 +255,9 @@ def test_concurrency_limit_queues_invocations_instead_of_failing() -> None:
             async with aiohttp.ClientSession() as http:
 
                 async def one() -> tuple[int, Any]:
-                    async with http.post(
-                        invoke_url(gateway, "kong"), data=event("sleep", seconds=nap)
-                    ) as r:
+                    url, body = invoke_url(gateway, "kong"), event("sleep", seconds=nap)
+                    headers = signed(gateway, url, body)
+                    async with http.post(url, data=body, headers=headers) as r:
                         return r.status, await r.json()
 
                 return await asyncio.gather(*(one() for _ in range(6)))
@@ -447,8 +455,14 @@ def test_stop_ends_every_worker_including_busy_ones() -> None:
 def test_cli_gateway_serves_and_exits_on_sigterm() -> None:
     command = [sys.executable, "-m", "dask_kong", "gateway", "--port", "0"]
     command += ["--handler", HANDLER, "--keep-warm", "30", "--concurrency", "1"]
+    key = AccessKey.generate()
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **key.environment()},
     )
     try:
         assert process.stdout is not None
@@ -456,9 +470,9 @@ def test_cli_gateway_serves_and_exits_on_sigterm() -> None:
         assert ready, "the CLI printed no URL within 30 s"
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
-        request = urllib.request.Request(
-            f"{url}/2015-03-31/functions/kong/invocations", data=event("echo"), method="POST"
-        )
+        invoke = f"{url}/2015-03-31/functions/kong/invocations"
+        headers = signed_headers(key, invoke, event("echo"))
+        request = urllib.request.Request(invoke, data=event("echo"), headers=headers)
         with urllib.request.urlopen(request, timeout=30) as response:
             worker_pid = json.loads(response.read())["pid"]
         process.send_signal(signal.SIGTERM)

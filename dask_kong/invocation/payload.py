@@ -131,7 +131,11 @@ def decode_invocation(event: dict[str, Any]) -> DecodedInvocation:
     """Inverse of `encode_invocation`; a payload of another version is refused."""
     if event.get("kong") != PAYLOAD_VERSION:
         raise ValueError(f"not a dask-kong v{PAYLOAD_VERSION} invocation: {sorted(event)}")
-    inputs = serialize.loads(base64.b64decode(event["inputs"])) if "inputs" in event else {}
+    inputs = (
+        serialize.loads(base64.b64decode(event["inputs"]), what="the invocation's inputs")
+        if "inputs" in event
+        else {}
+    )
     invocation = Invocation(
         event["run"],
         int(event["start"]),

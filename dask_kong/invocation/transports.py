@@ -93,7 +93,6 @@ class LambdaTransport:
                 read_timeout=self.timeout_s,
                 max_pool_connections=int(config.get("lambda.max_connections")),
             ),
-            **_local_credentials(self.endpoint_url),
         )
         self._client = await self._client_cm.__aenter__()
 
@@ -129,12 +128,3 @@ def _region_from_env(endpoint_url: str | None) -> str:
     if endpoint_url:
         return "local"  # any name works against a custom endpoint; AWS needs a real one
     raise KongError("no AWS region: set kong.lambda.region or AWS_REGION")
-
-
-def _local_credentials(endpoint_url: str | None) -> dict[str, str]:
-    """Against a local endpoint without AWS credentials, sign with placeholders (the
-    local gateway does not check signatures); against AWS use the normal chain."""
-    has_env = "AWS_ACCESS_KEY_ID" in os.environ or "AWS_PROFILE" in os.environ
-    if endpoint_url and not has_env:
-        return {"aws_access_key_id": "kong-local", "aws_secret_access_key": "kong-local"}
-    return {}

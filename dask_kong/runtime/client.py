@@ -273,7 +273,7 @@ def raise_task_failure(dag: DAG, event: Event) -> None:
     error = event.error
     if isinstance(error, bytes):
         try:
-            error = serialize.loads(error)
+            error = serialize.loads(error, what=f"the exception of task {key!r}")
         except Exception:
             error = None
     if not isinstance(error, BaseException):

@@ -371,7 +371,11 @@ class RedisStore:
             if data.startswith(_PARTS_MAGIC):
                 data = self._read_parts(run_id, key, data)
             found.append(data)
-        return [serialize.loads(data) for data in found], sum(len(data) for data in found)
+        values = [
+            serialize.loads(data, what=f"{key!r} of run {run_id}")
+            for key, data in zip(keys, found, strict=True)
+        ]
+        return values, sum(len(data) for data in found)
 
     def _read_parts(self, run_id: str, key: str, manifest: bytes) -> bytes:
         """Reassemble a value that `split_large_values` stored in parts."""
@@ -721,7 +725,7 @@ def text(value: bytes | str) -> str:
 
 
 def _decode_event(fields: Mapping[bytes, bytes]) -> Event:
-    event: Event = serialize.loads(fields[_EVENT_FIELD.encode()])
+    event: Event = serialize.loads(fields[_EVENT_FIELD.encode()], what="an event of the run")
     return event
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ... import config
+from ... import config, security
 from ...errors import KongError
 from ...invocation.invoker import RemoteInvoker
 from ...invocation.model import Invocation, InvokerSpec
@@ -38,6 +38,12 @@ class LambdaBackend:
     ) -> None:
         if store.in_process:
             raise KongError("backend='lambda' needs a Redis store reachable by the functions")
+        if security.signing_enabled() and security.configured_key() is None:
+            raise KongError(
+                "backend='lambda' needs kong.security.key (or DASK_KONG__SECURITY__KEY) set "
+                "here and to the same value in the function's environment: workers refuse "
+                "payloads not signed with it (docs/security.md)"
+            )
         transport = LambdaTransport(endpoint_url, region)
         self.spec = InvokerSpec(
             kind="lambda",

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ... import security
 from ...errors import KongError
 from ...invocation.invoker import RemoteInvoker
 from ...invocation.model import Invocation, InvokerSpec
@@ -26,6 +27,7 @@ from ...planning import ResourceSpec
 from ...runtime.context import RunContext
 from ...runtime.remote import prepare_remote_run
 from ...store.base import Event, EventKind, Store
+from .auth import AccessKey
 from .gateway import Gateway
 from .settings import GatewaySettings
 
@@ -60,7 +62,12 @@ class ProcessBackend:
             raise KongError("backend='processes' needs a Redis store (store='redis' or a URL)")
         self.store = store
         settings = GatewaySettings.from_config(
-            HANDLER, concurrency=workers, env={"DASK_KONG__STORE__URL": url}, **gateway_options
+            HANDLER,
+            concurrency=workers,
+            env={"DASK_KONG__STORE__URL": url, **security.worker_environment()},
+            # its own key pair, not the user's AWS keys: only this session invokes it
+            credentials=AccessKey.generate(),
+            **gateway_options,
         )
         self.gateway = Gateway(settings, on_worker_lost=self._on_worker_lost).start()
         # Tasks name their resource config; the invoker maps it to <prefix>-<config>.

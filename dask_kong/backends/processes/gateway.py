@@ -18,6 +18,11 @@ straight onto the gateway's loop. Lambda's wire behaviour reproduced here:
 - Unknown function -> 404 `ResourceNotFoundException`; payload above 6 MB (sync) or
   1 MB (async) -> 413 `RequestTooLargeException`; both with `x-amzn-ErrorType`.
 - Every response carries `x-amzn-RequestId`; synchronous ones `X-Kong-Cold-Start: 1/0`.
+- Every request must be signed (AWS SigV4) with the gateway's access key pair
+  (`auth.py`), else 403 with Lambda's error type; refusals are logged with the caller's
+  address and key id, never a secret. A gateway configured with no pair generates one
+  (`Gateway.credentials`, also in its workers' environment, as Lambda gives a function
+  its role's keys) and refuses to bind a non-loopback address.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import dataclasses
 import enum
+import ipaddress
 import json
 import logging
 import threading
@@ -37,6 +44,7 @@ from aiohttp import web
 
 from ... import config
 from ...errors import KongError
+from .auth import AccessKey, check_signature
 from .pending import InvocationOutcome, PendingInvocation, new_request_id
 from .pool import InvocationMatcher, WorkerLostCallback, WorkerPool
 from .resources import FunctionTable, ResourceConfig, function_arn
@@ -123,7 +131,9 @@ class Gateway:
     def __init__(
         self, settings: GatewaySettings, *, on_worker_lost: WorkerLostCallback | None = None
     ) -> None:
-        self.settings = settings
+        #: the key pair every Invoke request must be signed with
+        self.credentials = _credentials_for(settings)
+        self.settings = _with_worker_credentials(settings, self.credentials)
         self.function_table = FunctionTable(
             self.settings.function_prefix,
             self.settings.resource_configs,
@@ -276,17 +286,35 @@ class Gateway:
         """POST /2015-03-31/functions/{name}/invocations (the Qualifier is ignored)."""
         request_id = new_request_id()
         name = request.match_info["name"]
-        resolved = self.function_table.resolve(name)
-        if resolved is None:
-            message = f"Function not found: {function_arn(name)}"
-            return _api_error(404, "ResourceNotFoundException", message, request_id)
-        function, resource_config = resolved
         raw_type = request.headers.get(HEADER_INVOCATION_TYPE, InvocationType.REQUEST_RESPONSE)
         try:
             invocation_type = InvocationType(raw_type)
         except ValueError:
             message = f"Invalid invocation type {raw_type!r}"
             return _api_error(400, "InvalidParameterValueException", message, request_id)
+        payload = await self._read_payload(request, invocation_type, request_id)
+        if isinstance(payload, web.Response):
+            return payload
+        refused = self._refuse_unsigned(request, payload, request_id)
+        if refused is not None:
+            return refused
+        resolved = self.function_table.resolve(name)
+        if resolved is None:
+            message = f"Function not found: {function_arn(name)}"
+            return _api_error(404, "ResourceNotFoundException", message, request_id)
+        function, resource_config = resolved
+        if invocation_type is InvocationType.DRY_RUN:
+            return web.Response(status=204, headers={HEADER_REQUEST_ID: request_id})
+        if invocation_type is InvocationType.EVENT:
+            self._submit([PendingInvocation(request_id, function, resource_config, payload, None)])
+            return web.Response(status=202, headers={HEADER_REQUEST_ID: request_id})
+        outcome = await self._run_sync(request_id, function, resource_config, payload)
+        return self._sync_response(outcome)
+
+    async def _read_payload(
+        self, request: web.Request, invocation_type: InvocationType, request_id: str
+    ) -> bytes | web.Response:
+        """The request's body, or a 413 when it exceeds the invocation type's limit."""
         limit = self._payload_limit(sync=invocation_type is not InvocationType.EVENT)
         too_large = _api_error(
             413,
@@ -302,15 +330,33 @@ class Gateway:
             payload = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return too_large
-        if len(payload) > limit:
-            return too_large
-        if invocation_type is InvocationType.DRY_RUN:
-            return web.Response(status=204, headers={HEADER_REQUEST_ID: request_id})
-        if invocation_type is InvocationType.EVENT:
-            self._submit([PendingInvocation(request_id, function, resource_config, payload, None)])
-            return web.Response(status=202, headers={HEADER_REQUEST_ID: request_id})
-        outcome = await self._run_sync(request_id, function, resource_config, payload)
-        return self._sync_response(outcome)
+        return too_large if len(payload) > limit else payload
+
+    def _refuse_unsigned(
+        self, request: web.Request, payload: bytes, request_id: str
+    ) -> web.Response | None:
+        """A 403 for a request not signed with the gateway's key pair (logged: who, which
+        key id, why; never the signature or a secret); None for a signed one."""
+        url = f"{request.scheme}://{request.host}{request.raw_path}"
+        refusal = check_signature(
+            self.credentials,
+            request.method,
+            url,
+            request.headers,
+            payload,
+            self.settings.signature_max_age_s,
+        )
+        if refusal is None:
+            return None
+        logger.warning(
+            "refused invocation %s of %s from %s: %s (%s)",
+            request_id,
+            request.match_info["name"],
+            request.remote,
+            refusal.error_type,
+            refusal.message,
+        )
+        return _api_error(403, refusal.error_type, refusal.message, request_id)
 
     async def _run_sync(
         self, request_id: str, function: str, resource_config: ResourceConfig, payload: bytes
@@ -478,6 +524,36 @@ class Gateway:
     def retire_idle_workers(self) -> int:
         """End every idle worker now, so that the next invocations start cold."""
         return self._call_in_loop(lambda pool: pool.retire_idle())
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def _credentials_for(settings: GatewaySettings) -> AccessKey:
+    """The configured key pair; a generated one on loopback; refusal elsewhere."""
+    if settings.credentials is not None:
+        return settings.credentials
+    if not is_loopback(settings.host):
+        raise GatewayError(
+            f"refusing to serve {settings.host} without credentials: anyone who reaches it "
+            "could run code. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+            "kong.gateway.access_key_id/secret_access_key) to the pair callers sign with"
+        )
+    return AccessKey.generate()
+
+
+def _with_worker_credentials(settings: GatewaySettings, key: AccessKey) -> GatewaySettings:
+    """`settings` whose workers also get the key pair, to invoke the gateway over HTTP as
+    a Lambda function invokes with its role's keys (an explicit `env` still wins)."""
+    env = {**key.environment(), **settings.pool.env}
+    return dataclasses.replace(settings, pool=dataclasses.replace(settings.pool, env=env))
 
 
 def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:

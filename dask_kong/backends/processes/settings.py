@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict, Unpack
 
 from ... import config
+from .auth import AccessKey
 from .resources import ResourceConfig, default_resource_configs
 
 
@@ -39,6 +40,9 @@ class GatewayOverrides(TypedDict, total=False):
     max_async_payload_bytes: int | None
     #: not a setting: extra environment variables of every worker (they win)
     env: Mapping[str, str] | None
+    #: kong.gateway.access_key_id/secret_access_key as one pair
+    credentials: AccessKey | None
+    signature_max_age_s: float | None
 
 
 #: Overrides whose config key is not their own name.
@@ -68,8 +72,9 @@ class PoolSettings:
     priority_window_s: float
     #: how long running invocations get to finish at close
     close_drain_s: float
-    #: extra environment of every worker, over this process's
-    env: Mapping[str, str] = field(default_factory=dict)
+    #: extra environment of every worker, over this process's (it may hold the signing
+    #: key and the gateway's secret access key, hence no repr)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,11 @@ class GatewaySettings:
     resource_configs: tuple[ResourceConfig, ...]
     #: what the worker pool needs
     pool: PoolSettings
+    #: the key pair Invoke requests must be signed with (`auth.py`); None: configure
+    #: none, the gateway then generates one (loopback only)
+    credentials: AccessKey | None = None
+    #: how far a request's X-Amz-Date may be from now
+    signature_max_age_s: float = 900.0
 
     @classmethod
     def from_config(cls, handler: str, **overrides: Unpack[GatewayOverrides]) -> GatewaySettings:
@@ -107,6 +117,8 @@ class GatewaySettings:
             default_config=default,
             resource_configs=configs,
             pool=_pool_settings(handler, overrides),
+            credentials=overrides.get("credentials") or AccessKey.from_config(),
+            signature_max_age_s=float(_setting("signature_max_age_s", overrides)),
         )
 
 

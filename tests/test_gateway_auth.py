@@ -1,0 +1,175 @@
+"""Only callers with the key invoke the gateway: AWS SigV4 checked (issue #18).
+
+Real aiobotocore clients and raw HTTP against a real gateway: unsigned, wrongly signed,
+signed by another key, a body swapped under a valid signature, and a replay after the
+allowed age are all refused with Lambda's 403 error shape, and logged without secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from dask_kong.backends.processes.auth import AccessKey, signed_headers
+from dask_kong.backends.processes.gateway import Gateway, GatewayError
+from dask_kong.backends.processes.resources import ResourceConfig
+from dask_kong.backends.processes.settings import GatewaySettings
+from dask_kong.security import Secret
+
+HANDLER = "tests.gateway_handlers:handle"
+ECHO = json.dumps({"op": "echo"}).encode()
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[Gateway]:
+    settings = GatewaySettings.from_config(
+        HANDLER,
+        resource_configs=[ResourceConfig("small", memory_mb=256, cpus=1)],
+        concurrency=1,
+        credentials=AccessKey.generate(),
+        signature_max_age_s=1.0,
+    )
+    with Gateway(settings) as started:
+        yield started
+
+
+def invoke_url(gateway: Gateway) -> str:
+    return f"{gateway.url}/2015-03-31/functions/kong/invocations"
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    """Status, headers and JSON body of a raw HTTP POST (errors included)."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read())
+
+
+def invoke_with(gateway: Gateway, key: AccessKey) -> Any:
+    """Invoke echo through aiobotocore signing with `key`."""
+
+    async def call() -> Any:
+        async with get_session().create_client(
+            "lambda",
+            endpoint_url=gateway.url,
+            region_name="eu-west-1",
+            aws_access_key_id=key.access_key_id,
+            aws_secret_access_key=key.secret.reveal(),
+        ) as client:
+            response = await client.invoke(FunctionName="kong", Payload=ECHO)
+            return json.loads(await response["Payload"].read())
+
+    return asyncio.run(call())
+
+
+def assert_refused(status: int, headers: dict[str, str], body: Any, error_type: str) -> None:
+    assert status == 403
+    assert headers["x-amzn-ErrorType"] == error_type
+    assert body["Type"] == "User" and body["message"] == body["Message"]
+
+
+def test_aiobotocore_signing_with_the_gateway_key_is_served(gateway: Gateway) -> None:
+    assert invoke_with(gateway, gateway.credentials)["event"] == {"op": "echo"}
+
+
+def test_another_key_id_is_refused_as_unrecognized(gateway: Gateway) -> None:
+    with pytest.raises(ClientError) as info:
+        invoke_with(gateway, AccessKey.generate())
+    assert info.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_the_right_key_id_with_a_wrong_secret_is_refused(gateway: Gateway) -> None:
+    forged = AccessKey(gateway.credentials.access_key_id, Secret("not-the-secret-at-all"))
+    with pytest.raises(ClientError) as info:
+        invoke_with(gateway, forged)
+    assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
+
+
+def test_an_unsigned_request_is_refused_with_lambdas_error_shape(gateway: Gateway) -> None:
+    status, headers, body = post(invoke_url(gateway), ECHO, {})
+    assert_refused(status, headers, body, "MissingAuthenticationTokenException")
+
+
+def test_a_body_swapped_under_a_valid_signature_is_refused(gateway: Gateway) -> None:
+    url = invoke_url(gateway)
+    headers = signed_headers(gateway.credentials, url, ECHO)
+    evil = json.dumps({"op": "echo", "value": "swapped"}).encode()
+    assert_refused(*post(url, evil, headers), "InvalidSignatureException")
+    status, _, body = post(url, ECHO, headers)  # the signed body itself is served
+    assert status == 200 and body["event"] == {"op": "echo"}
+
+
+def test_a_replay_after_the_allowed_age_is_refused(gateway: Gateway) -> None:
+    url = invoke_url(gateway)
+    headers = signed_headers(gateway.credentials, url, ECHO)
+    time.sleep(2.1)  # the fixture allows 1 s; X-Amz-Date has one-second resolution
+    status, response_headers, body = post(url, ECHO, headers)
+    assert_refused(status, response_headers, body, "InvalidSignatureException")
+    assert "Signature expired" in body["Message"]
+
+
+def test_refusals_are_logged_without_secrets(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = invoke_url(gateway)
+    forged = AccessKey(gateway.credentials.access_key_id, Secret("wrong-secret-0123456789"))
+    headers = signed_headers(forged, url, ECHO)
+    with caplog.at_level(logging.WARNING, logger="dask_kong.gateway"):
+        status, _, _ = post(url, ECHO, headers)
+    assert status == 403
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "refused invocation" in logged and "InvalidSignatureException" in logged
+    signature = headers["Authorization"].rpartition("Signature=")[2]
+    for secret in (gateway.credentials.secret.reveal(), "wrong-secret-0123456789", signature):
+        assert secret not in logged
+
+
+def test_no_credentials_on_a_public_address_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    settings = GatewaySettings.from_config(HANDLER, host="0.0.0.0")
+    assert settings.credentials is None
+    with pytest.raises(GatewayError, match=r"refusing to serve 0\.0\.0\.0 without credentials"):
+        Gateway(settings)
+    loopback = Gateway(GatewaySettings.from_config(HANDLER))  # generates its own pair
+    assert loopback.credentials.access_key_id.startswith("AKIA")
+    assert loopback.settings.pool.env["AWS_ACCESS_KEY_ID"] == loopback.credentials.access_key_id
+    assert loopback.credentials.secret.reveal() not in repr(loopback.settings)
+
+
+def test_the_cli_refuses_to_serve_without_credentials() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "dask_kong", "gateway", "--handler", HANDLER],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "AWS_ACCESS_KEY_ID" in done.stderr
+
+
+def test_a_sessions_own_gateway_refuses_unsigned_requests(kong_sessions: Any) -> None:
+    session = kong_sessions("processes")
+    gateway = session.backend.gateway
+    assert gateway.credentials.access_key_id.startswith("AKIAKONG")
+    url = f"{gateway.url}/2015-03-31/functions/kong/invocations"
+    assert_refused(*post(url, ECHO, {}), "MissingAuthenticationTokenException")

@@ -1,0 +1,195 @@
+"""Only holders of the key run code: signed pickles (issue #18).
+
+Every pickle dask-kong writes carries an HMAC under the key the client and its workers
+share; these tests tamper with payloads and stored objects on a real gateway and a real
+redis-server and check that the worker refuses them and that the refusal reaches whoever
+reads the run's events.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import secrets
+from collections.abc import Iterator
+
+import dask.config
+import pytest
+import redis
+
+from dask_kong import Kong, security, serialize
+from dask_kong.backends.processes.backend import HANDLER
+from dask_kong.backends.processes.gateway import FunctionError, Gateway
+from dask_kong.backends.processes.settings import GatewaySettings
+from dask_kong.constants import DAG_KEY
+from dask_kong.errors import KongError
+from dask_kong.invocation.model import Invocation, InvokerSpec
+from dask_kong.invocation.payload import Shipment, encode_invocation
+from dask_kong.security import Secret, SignatureError
+from dask_kong.store.base import EventKind
+from dask_kong.store.redis import RedisStore
+from dask_kong.store.server import RedisServer
+
+from .kong_fixtures import pid_alive
+
+
+def flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+def tamper_stored(client: redis.Redis, name: str) -> None:
+    """Flip one bit of the value stored under `name`, as someone with store access could."""
+    data = client.get(name)
+    assert isinstance(data, bytes)
+    client.set(name, flip_last_byte(data))
+
+
+def test_a_signed_pickle_round_trips_and_a_flipped_bit_is_refused() -> None:
+    security.ensure_key()
+    blob = serialize.dumps({"x": [1, 2, 3]})
+    assert blob.startswith(security.MAGIC)
+    assert serialize.loads(blob) == {"x": [1, 2, 3]}
+    with pytest.raises(SignatureError, match="refusing the thing: its signature does not"):
+        serialize.loads(flip_last_byte(blob), what="the thing")
+
+
+def test_an_unsigned_pickle_is_refused_naming_what_it_was() -> None:
+    with pytest.raises(SignatureError, match="refusing unsigned task output"):
+        serialize.loads(pickle.dumps(42), what="task output")
+
+
+def test_a_pickle_signed_under_another_key_is_refused() -> None:
+    security.ensure_key()
+    with dask.config.set({"kong.security.key": secrets.token_hex(32)}):
+        foreign = serialize.dumps("from someone else")
+    with pytest.raises(SignatureError, match="does not match"):
+        serialize.loads(foreign)
+
+
+def test_signing_off_writes_and_accepts_plain_pickles() -> None:
+    with dask.config.set({"kong.security.sign": False}):
+        blob = serialize.dumps(7)
+        assert not blob.startswith(security.MAGIC)
+        assert serialize.loads(blob) == 7
+        assert serialize.loads(pickle.dumps(8)) == 8
+
+
+def test_a_short_key_is_refused_with_a_hint() -> None:
+    with (
+        dask.config.set({"kong.security.key": "tooshort"}),
+        pytest.raises(KongError, match=r"too short.*token_hex"),
+    ):
+        serialize.dumps(1)
+
+
+def test_secrets_do_not_show_in_reprs() -> None:
+    secret = Secret("s3cr3t-value-that-must-not-leak")
+    assert "s3cr3t" not in repr(secret) and "s3cr3t" not in f"{secret}"
+    assert secret == Secret("s3cr3t-value-that-must-not-leak")
+
+
+def test_a_tampered_stored_value_is_refused_by_the_store(redis_store: RedisStore) -> None:
+    security.ensure_key()
+    run_id = "tamper-store"
+    redis_store.open_run(run_id)
+    redis_store.commit(run_id, {"x": b"payload-bytes" * 100})
+    name = redis_store._value_prefix(run_id) + "x"
+    client = redis.Redis.from_url(redis_store.url)
+    try:
+        tamper_stored(client, name)
+        with pytest.raises(SignatureError, match="'x' of run tamper-store"):
+            redis_store.get_many(run_id, ["x"])
+        client.set(name, pickle.dumps("written by someone without the key"))
+        with pytest.raises(SignatureError, match="refusing unsigned 'x'"):
+            redis_store.get_many(run_id, ["x"])
+    finally:
+        redis_store.delete_run(run_id)
+        client.close()
+
+
+@pytest.fixture
+def gateway(redis_server: RedisServer) -> Iterator[Gateway]:
+    """A gateway whose workers share this process's key and the session's Redis."""
+    env = {"DASK_KONG__STORE__URL": redis_server.url, **security.worker_environment()}
+    gateway = Gateway(GatewaySettings.from_config(HANDLER, env=env, concurrency=1)).start()
+    try:
+        yield gateway
+    finally:
+        pids = gateway.worker_pids()
+        gateway.stop()
+        assert not [p for p in pids if pid_alive(p)]
+
+
+def refusal_reported(store: RedisStore, run_id: str) -> BaseException:
+    """The exception the worker reported for the run's first task (as the client reads it)."""
+    _, events = store.events(run_id, "0", 5.0)
+    (failed,) = [e for e in events if e.kind is EventKind.TASK_FAILED]
+    assert isinstance(failed.error, bytes)
+    error = serialize.loads(failed.error)
+    assert isinstance(error, BaseException)
+    return error
+
+
+def test_a_worker_refuses_a_tampered_payload_and_reports_it(
+    gateway: Gateway, redis_store: RedisStore
+) -> None:
+    run_id = "tamper-payload"
+    redis_store.open_run(run_id)
+    shipment = Shipment(spec_inline=None, invoker=InvokerSpec("gateway", "kong"))
+    payload = json.loads(encode_invocation(Invocation(run_id, 0, {1: "input"}), shipment))
+    payload["inputs"] = base64.b64encode(
+        flip_last_byte(base64.b64decode(payload["inputs"]))
+    ).decode()
+    try:
+        with pytest.raises(FunctionError, match=r"SignatureError.*invocation's inputs"):
+            gateway.invoke("kong", json.dumps(payload).encode())
+        error = refusal_reported(redis_store, run_id)
+        assert isinstance(error, SignatureError)
+        assert "does not match" in str(error)
+    finally:
+        redis_store.delete_run(run_id)
+
+
+def test_a_worker_refuses_a_tampered_stored_run_spec_and_reports_it(
+    gateway: Gateway, redis_store: RedisStore
+) -> None:
+    run_id = "tamper-spec"
+    redis_store.open_run(run_id)
+    redis_store.commit(run_id, {DAG_KEY: serialize.dumps("a run spec")})
+    name = redis_store._value_prefix(run_id) + DAG_KEY
+    client = redis.Redis.from_url(redis_store.url)
+    shipment = Shipment(spec_inline=None, invoker=InvokerSpec("gateway", "kong"))
+    try:
+        tamper_stored(client, name)
+        with pytest.raises(FunctionError, match="SignatureError"):
+            gateway.invoke("kong", encode_invocation(Invocation(run_id, 0), shipment))
+        error = refusal_reported(redis_store, run_id)
+        assert isinstance(error, SignatureError)
+        assert f"'dag' of run {run_id}" in str(error)
+    finally:
+        redis_store.delete_run(run_id)
+        client.close()
+
+
+def test_workers_with_another_key_fail_the_run_with_a_signature_error(
+    lambda_gateway: Gateway, redis_server: RedisServer
+) -> None:
+    """The client's key differs from the function's: the worker refuses the payload, and
+    the client refuses the worker's report, and says so (no stall)."""
+    with (
+        dask.config.set({"kong.security.key": secrets.token_hex(32)}),
+        Kong(
+            backend="lambda",
+            store=redis_server.url,
+            endpoint_url=lambda_gateway.url,
+            function=lambda_gateway.default_function,
+        ) as session,
+        pytest.raises(SignatureError, match="does not match"),
+    ):
+        session.get({"a": (sum, [1, 2])}, "a")
+
+
+def test_the_lambda_backend_needs_a_configured_key(redis_server: RedisServer) -> None:
+    with pytest.raises(KongError, match=r"kong\.security\.key"):
+        Kong(backend="lambda", store=redis_server.url, endpoint_url="http://127.0.0.1:9")
