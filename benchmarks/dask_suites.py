@@ -590,10 +590,14 @@ def cross_check(result: SuiteResult, suite: str, settings: RunSettings) -> None:
         if tid not in result.fail_on_dask_processes
         and any(mark in result.kong_failures[tid] for mark in REFUSALS)
     ]
-    comparable = (
-        result.passed_dask - len(result.fail_on_dask_processes) - len(result.refused_by_design)
-    )
-    if comparable:
+    rescore(result)
+
+
+def rescore(result: SuiteResult) -> None:
+    """The score apart from process-bound tests and refusals by design (processes only)."""
+    apart = len(result.fail_on_dask_processes) + len(result.refused_by_design)
+    comparable = result.passed_dask - apart
+    if result.backend == "processes" and comparable:
         result.percent_apart_from_processes = round(100.0 * result.passed_both / comparable, 2)
 
 
@@ -756,6 +760,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="per-test timeout, s")
     parser.add_argument("--run-budget", type=float, default=4 * 3600.0, help="per pytest run, s")
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        help="run nothing: print the table of earlier --json reports",
+    )
     args = parser.parse_args(argv)
     unknown = [s for s in args.suites.split(",") if s not in SUITES]
     if unknown:
@@ -787,9 +797,32 @@ def make_settings(
     )
 
 
+def results_from_json(paths: list[str]) -> list[SuiteResult]:
+    """The suites of earlier JSON reports (several: one per backend or batch of suites),
+    with the refusals by design classified again (`REFUSALS` may be newer than a run)."""
+    results = []
+    for path in paths:
+        for entry in json.loads(Path(path).read_text())["suites"]:
+            entry["runs"] = [RunInfo(**run) for run in entry["runs"]]
+            result = SuiteResult(**entry)
+            result.refused_by_design = [
+                tid
+                for tid, reason in result.kong_failures.items()
+                if tid not in result.fail_on_dask_processes
+                and any(mark in reason for mark in REFUSALS)
+            ]
+            rescore(result)
+            results.append(result)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.from_json:
+        earlier = results_from_json(args.from_json)
+        print(render_table(earlier))
+        return 1 if any(r.kong_failures for r in earlier) else 0
     git_at_start = git_revision()
     results: list[SuiteResult] = []
     with tempfile.TemporaryDirectory(prefix="dask-suites-") as tmp:
