@@ -192,6 +192,7 @@ def build_context(decoded: DecodedInvocation) -> RunContext:
         heartbeater=_process.heartbeater(),
         settings=spec.settings,
         output_tasks=spec.output_tasks,
+        data_refs=spec.data_refs,
         shipment=Shipment(spec_inline=decoded.spec_b64, invoker=decoded.invoker),
         cancel_probe=_process.cancel_probe(run_id, spec.settings.cancel_check_s),
         handles=_process.handles(run_id),

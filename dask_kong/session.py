@@ -25,6 +25,7 @@ from .planning.history import History, MemoryHistory, RedisHistory, record_run
 from .runtime.backend import Backend
 from .runtime.client import RunServices, execute_run, new_run_id
 from .runtime.heartbeat import Heartbeater
+from .runtime.session_keys import SessionKeys
 from .store.base import Store
 
 _last_run: RunSummary | None = None
@@ -74,6 +75,9 @@ class Kong:
             self.store.close()  # never leak a private redis-server started just above
             raise
         self.heartbeater = Heartbeater(self.store)
+        #: Values kept in the store beyond a run: uploaded data, persisted results (not
+        #: in the embedded mode, whose workers read the caller's objects in place).
+        self.session_keys = None if self.store.in_process else SessionKeys(self.store)
         #: Metrics of earlier runs, for predictive planners: in the session's store.
         self.history: History = open_history(self.store)
         self._config_ctx: Any = None
@@ -100,7 +104,10 @@ class Kong:
         self.last_run_id = new_run_id()
         observers.run_started(self, self.last_run_id, dag, plan)
         try:
-            services = RunServices(self.store, self.backend, self.heartbeater, self.store_spec)
+            uploads_to = self.session_keys if self.backend_name != "threads" else None
+            services = RunServices(
+                self.store, self.backend, self.heartbeater, self.store_spec, uploads_to
+            )
             values, summary = execute_run(
                 dag,
                 plan,
@@ -193,6 +200,8 @@ class Kong:
         self._closed = True
         observers.close_for(self)
         self.backend.close()
+        if self.session_keys is not None:
+            self.session_keys.close()
         self.heartbeater.close()
         self.history.close()
         self.store.close()

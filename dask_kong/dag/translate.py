@@ -11,7 +11,10 @@ dict of `dask._task_spec` nodes or legacy tuples. Steps, each its own function:
 2. `cull`: keep only what the requested keys need, raising on a missing dependency.
 3. `resolve_sources`: every key resolves to a task, a data entry, or (through aliases) one
    of those; an alias cycle is reported as a cycle.
-4. `lift_constants`: large arrays embedded in tasks become data entries.
+4. `lift_constants`: large arrays embedded in tasks become data entries, also the data
+   that dask's linear fusion folded into a task's subgraph (`da.from_array` chunks
+   fused with their first operation): each is then stored once and read only by the
+   worker whose task needs it, instead of riding inside the DAG every worker fetches.
 5. `topological_order` numbers tasks; a cycle raises `ValueError` naming a key on it.
 
 Tasks are numbered in one canonical order, the same in every interpreter: keys sorted by
@@ -30,8 +33,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
+from dask._task_spec import (
+    Alias,
+    DataNode,
+    GraphNode,
+    Task,
+    TaskRef,
+    _execute_subgraph,
+    convert_legacy_graph,
+)
 from dask.core import flatten
+from dask.sizeof import sizeof
 
 from .. import config
 from .finalize import client_finals, keys_to_run, run_finals
@@ -188,6 +200,8 @@ def lift_constants(node: GraphNode, data: dict[Key, Any], constant_bytes: int) -
     data entries, so a remote mode stores each once and ships it only to its reader."""
     if type(node) is not Task:
         return node
+    if node.func is _execute_subgraph:
+        return lift_fused_data(node, data, constant_bytes)
     lifted: dict[int | str, Key] = {}
     for slot, value in enumerate(node.args):
         if _is_large_constant(value, constant_bytes):
@@ -200,6 +214,36 @@ def lift_constants(node: GraphNode, data: dict[Key, Any], constant_bytes: int) -
     args = [TaskRef(lifted[i]) if i in lifted else a for i, a in enumerate(node.args)]  # type: ignore[arg-type]
     kwargs = {k: TaskRef(lifted[k]) if k in lifted else v for k, v in node.kwargs.items()}  # type: ignore[arg-type]
     return Task(node.key, node.func, *args, _data_producer=node.data_producer, **kwargs)
+
+
+def lift_fused_data(node: Task, data: dict[Key, Any], constant_bytes: int) -> GraphNode:
+    """A fused task (dask's `Task.fuse`: `_execute_subgraph(inner, outkey, inkeys, *deps)`)
+    with its large `DataNode`s taken out of the subgraph: each becomes a data entry under
+    its own key and reaches the subgraph as one more external input, as `Task.fuse` passes
+    the others. dask fuses every `da.from_array` chunk into its first operation, so without
+    this a NumPy array's bytes would travel inside the DAG to every worker process."""
+    inner, outkey, inkeys, *deps = node.args
+    lifted = [
+        key
+        for key, inner_node in inner.items()
+        if isinstance(inner_node, DataNode) and sizeof(inner_node.value) >= constant_bytes
+    ]
+    if not lifted:
+        return node
+    for key in lifted:
+        data[key] = inner[key].value
+    kept = {key: inner_node for key, inner_node in inner.items() if key not in lifted}
+    refs = [TaskRef(key) for key in lifted]
+    return Task(
+        node.key,
+        _execute_subgraph,
+        kept,
+        outkey,
+        (*inkeys, *lifted),
+        *deps,
+        *refs,
+        _data_producer=node.data_producer,
+    )
 
 
 def _lift(node: Task, slot: int | str, value: Any, data: dict[Key, Any]) -> Key:

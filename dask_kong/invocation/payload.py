@@ -8,7 +8,8 @@ inline inputs) are pickles in base64. A run is prepared once by the client
   inline when small, else it is stored once under the run's `dag` key and every worker
   process fetches it once and caches it by run id;
 * large data entries (DataNodes, constants lifted out of `da.from_array` tasks) are
-  stored once, each under its own key, and fetched only by the worker whose task reads it.
+  stored once per session under their content token (`DataRefs`, `runtime.upload`), and
+  fetched only by the worker whose task reads it.
 
 Pickle memoization keeps a function shared by many tasks once in the spec.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -69,13 +71,25 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class DataRefs:
+    """Where a run's uploaded data entries are: the session's scope (a pseudo-run id,
+    `runtime.session_keys`) and, per data entry name of the DAG, its key there (named by
+    the value's content token, so later runs over the same data find it)."""
+
+    scope: str
+    keys: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class RunSpec:
-    """Everything a remote worker needs about a run besides its inputs."""
+    """Everything a remote worker needs about a run besides its inputs. `data_refs`
+    says which data entries are not in the DAG but in the session's scope."""
 
     dag: DAG
     plan: Plan
     settings: RunSettings
     output_tasks: frozenset[int]
+    data_refs: DataRefs | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,10 @@ class Shipment:
 
     spec_inline: str | None  # base64 pickle of the RunSpec, or None when stored
     invoker: InvokerSpec
+    # What preparing the run wrote to the store: the stored spec's bytes, and the bytes
+    # of data entries stored in the run itself (only where no session scope takes them)
+    spec_bytes: int = 0
+    data_bytes: int = 0
 
 
 def dumps_spec(spec: RunSpec) -> bytes:

@@ -66,7 +66,11 @@ class RunSummary:
     #: Invocations made, the client's included.
     invocations: int
     makespan_s: float
+    #: Bytes the workers wrote to the store (task outputs, serialized size; in the
+    #: embedded mode `dask.sizeof` estimates). The client's uploads are apart below.
     bytes_written: int
+    #: Bytes read from the store: by the workers (task outputs and the uploaded data
+    #: their tasks read) and by the client (the requested values, client_bytes_read).
     bytes_read: int
     planner: str
     backend: str
@@ -83,6 +87,19 @@ class RunSummary:
     client_bytes_read: int = 0
     #: Requested outputs the client read while the run was still going (runtime.prefetch).
     outputs_prefetched: int = 0
+    #: Bytes the client wrote to the store for the run: the user's data embedded in the
+    #: graph (`data_bytes_uploaded`) and the run's spec when too large to travel inline.
+    #: Not part of bytes_written, which counts what the workers wrote.
+    client_bytes_uploaded: int = 0
+    #: Of client_bytes_uploaded, the embedded data (`da.from_array` chunks,
+    #: `dd.from_pandas` partitions) the session's store did not hold yet (runtime.upload).
+    data_bytes_uploaded: int = 0
+    #: Embedded data the session's store already held from an earlier run (same content
+    #: token), so not uploaded again (sizes as `dask.sizeof` estimates them).
+    data_bytes_reused: int = 0
+    #: Seconds the client spent tokenizing and uploading embedded data; the run's first
+    #: branches start before the upload ends, so this overlaps the makespan.
+    upload_s: float = 0.0
     plan: Any = field(default=None, repr=False)
     #: The DAG the run executed (for reports: `planning.report.compare_plan(dag, plan, ...)`).
     dag: Any = field(default=None, repr=False)

@@ -38,6 +38,8 @@ from .backend import Backend
 from .context import RunContext
 from .heartbeat import Heartbeater
 from .prefetch import OutputPrefetch
+from .session_keys import SessionKeys
+from .upload import Upload, plan_upload, upload_and_invoke
 
 logger = logging.getLogger("dask_kong.client")
 
@@ -76,6 +78,10 @@ class RunServices:
     backend: Backend
     heartbeater: Heartbeater
     store_name: str
+    #: The session's keys in the store: where a run's data is uploaded for workers in
+    #: other processes (None when the workers are threads of this process: they read
+    #: the DAG's data in place).
+    session_keys: SessionKeys | None = None
 
 
 def execute_run(
@@ -106,8 +112,9 @@ def execute_run(
         hooks = CallbackHooks(cbs, dsk, dag, progress)
         prewarms = schedule_prewarms(ctx, backend)
         prefetch = OutputPrefetch(ctx)
+        upload: Upload | None = None
         try:
-            submit_roots(ctx, backend)
+            upload = submit_roots(ctx, backend, services.session_keys)
             submit_s = time.perf_counter() - started
             follow_events(ctx, progress, hooks, prefetch)
             prefetch.stop(float(config.get("run.drain_timeout_s")))
@@ -122,16 +129,27 @@ def execute_run(
             for timer in prewarms:
                 timer.cancel()
             hooks.finish(errored=not succeeded)
-            if interrupted:
-                abandon_run(ctx, backend)
-            else:
-                cleanup_run(ctx, succeeded)
+            end_run(ctx, backend, succeeded, interrupted, upload)
     makespan = time.perf_counter() - started
     summary = summarize(ctx, progress, makespan, submit_s, backend.name, services.store_name)
+    count_uploads(summary, ctx, upload)
     summary.client_bytes_read = client_read
     summary.outputs_prefetched = len(prefetched)
     summary.bytes_read += client_read
     return values, summary
+
+
+def end_run(
+    ctx: RunContext, backend: Backend, succeeded: bool, interrupted: bool, upload: Upload | None
+) -> None:
+    """Clean up after the run however it ended, then release its hold on the session's
+    uploaded data (which its cleanup never deletes)."""
+    if interrupted:
+        abandon_run(ctx, backend)
+    else:
+        cleanup_run(ctx, succeeded)
+    if upload is not None:
+        upload.release()
 
 
 def schedule_prewarms(ctx: RunContext, backend: Backend) -> list[threading.Timer]:
@@ -159,14 +177,43 @@ def prewarm_quietly(backend: Backend, resource: str) -> None:
         logger.warning("pre-warm of %s failed: %s", resource, exc)
 
 
-def submit_roots(ctx: RunContext, backend: Backend) -> None:
+def submit_roots(
+    ctx: RunContext, backend: Backend, session_keys: SessionKeys | None = None
+) -> Upload | None:
     """Open the run and make it reachable, then invoke one worker per root task (one per
-    subtree where the plan batches roots into subtrees)."""
+    subtree where the plan batches roots into subtrees). With `session_keys`, the run's
+    large data entries go to the session's scope, each start invoked once the data it
+    reads first is there (`runtime.upload`); returns that upload, to release its pins
+    when the run ends."""
     ctx.store.open_run(ctx.run_id)
-    backend.prepare_run(ctx)
     starts = ctx.dag.longest_chains_first(ctx.plan.start_tasks(ctx.dag.roots))
-    if starts:
-        backend.invoke(ctx, [Invocation(ctx.run_id, r) for r in starts])
+    upload = None
+    if session_keys is not None:
+        inline_bytes = ctx.settings.inline_input_bytes
+        upload = plan_upload(ctx.dag, ctx.plan, starts, session_keys, inline_bytes)
+        ctx.data_refs = None if upload is None else upload.refs
+    backend.prepare_run(ctx)
+
+    def invoke(tasks: list[int]) -> None:
+        backend.invoke(ctx, [Invocation(ctx.run_id, r) for r in tasks])
+
+    if upload is not None:
+        upload_and_invoke(upload, starts, invoke)
+    elif starts:
+        invoke(starts)
+    return upload
+
+
+def count_uploads(summary: RunSummary, ctx: RunContext, upload: Upload | None) -> None:
+    """What the client uploaded for the run, apart from what its workers moved."""
+    shipment = ctx.shipment
+    spec_bytes = 0 if shipment is None else shipment.spec_bytes
+    summary.data_bytes_uploaded = 0 if shipment is None else shipment.data_bytes
+    if upload is not None:
+        summary.data_bytes_uploaded += upload.bytes
+        summary.data_bytes_reused = upload.reused_bytes
+        summary.upload_s = upload.seconds
+    summary.client_bytes_uploaded = summary.data_bytes_uploaded + spec_bytes
 
 
 def follow_events(

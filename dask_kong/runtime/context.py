@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from ..dag import DAG
 from ..invocation.model import Invocation
-from ..invocation.payload import RunSettings, Shipment
+from ..invocation.payload import DataRefs, RunSettings, Shipment
 from ..planning.plan import Plan
 from ..store.base import Store
 from .heartbeat import Heartbeater
@@ -70,6 +70,9 @@ class RunContext:
     # How invocations refer to this run when workers live in other processes (set by the
     # backend's prepare_run: runtime.remote); None in the embedded mode.
     shipment: Shipment | None = None
+    # Data entries kept in the session's scope, not in the DAG (runtime.upload); None
+    # when every data entry is in the DAG (the embedded mode).
+    data_refs: DataRefs | None = None
     active: int = 0
     cancel_probe: CancelProbe | None = None
     # Handles to state this process's tasks made for the run, by task (dask_kong.values):

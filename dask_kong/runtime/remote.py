@@ -21,22 +21,36 @@ from .shippable import check_shippable
 
 
 def prepare_remote_run(ctx: RunContext, invoker: InvokerSpec) -> Shipment:
-    """Store the run's large data and (when large) its spec once; return the shipment."""
+    """Store the run's large data and (when large) its spec once; return the shipment.
+    Data entries the client uploads into the session's scope (`ctx.data_refs`,
+    `runtime.upload`) stay out of both; other large ones are stored in the run."""
     dag = ctx.dag
     check_shippable(dag, shares_machine=invoker.shares_machine)
     threshold = ctx.settings.inline_input_bytes
-    large = {name: v for name, v in dag.data.items() if sizeof(v) > threshold}
+    uploaded = ctx.data_refs.keys if ctx.data_refs is not None else {}
+    large = {
+        name: v for name, v in dag.data.items() if name not in uploaded and sizeof(v) > threshold
+    }
+    inline_data = {k: v for k, v in dag.data.items() if k not in large and k not in uploaded}
     spec = RunSpec(
-        dag=replace(dag, data={k: v for k, v in dag.data.items() if k not in large}),
+        dag=replace(dag, data=inline_data),
         plan=ctx.plan,
         settings=ctx.settings,
         output_tasks=ctx.output_tasks,
+        data_refs=ctx.data_refs,
     )
     blob = dumps_spec(spec)
-    writes: dict[str, Any] = {data_key(name): v for name, v in large.items()}
     inline = len(blob) <= int(config.get("payload.inline_dag_bytes"))
-    if not inline:
-        writes[DAG_KEY] = blob
-    if writes:
-        ctx.store.commit(ctx.run_id, writes)
-    return Shipment(spec_inline=b64(blob) if inline else None, invoker=invoker)
+    data_bytes = store_in_run(ctx, {data_key(name): v for name, v in large.items()})
+    spec_bytes = 0 if inline else store_in_run(ctx, {DAG_KEY: blob})
+    return Shipment(
+        spec_inline=b64(blob) if inline else None,
+        invoker=invoker,
+        spec_bytes=spec_bytes,
+        data_bytes=data_bytes,
+    )
+
+
+def store_in_run(ctx: RunContext, writes: dict[str, Any]) -> int:
+    """Write `writes` into the run; the bytes the store wrote."""
+    return ctx.store.commit(ctx.run_id, writes).bytes_written if writes else 0

@@ -227,11 +227,21 @@ def gather_inputs(branch: Branch, task: int) -> dict[Any, Any]:
         if holds(branch, source):
             values[inp.key] = held_value(branch, source)
         else:
-            store_key = output_key(source) if isinstance(source, int) else data_key(source)
-            remote.append(RemoteInput(inp.key, store_key, source))
+            remote.append(remote_input(branch.ctx, inp.key, source))
     if remote:
         fetch_remote(branch, task, remote, values)
     return values
+
+
+def remote_input(ctx: RunContext, key: Any, source: int | str) -> RemoteInput:
+    """Where in the store an input lives: a task's output or a data entry in the run,
+    or a data entry the client uploaded into the session's scope (`ctx.data_refs`)."""
+    if isinstance(source, int):
+        return RemoteInput(key, output_key(source), source, ctx.run_id)
+    refs = ctx.data_refs
+    if refs is not None and source in refs.keys:
+        return RemoteInput(key, refs.keys[source], source, refs.scope)
+    return RemoteInput(key, data_key(source), source, ctx.run_id)
 
 
 def holds(branch: Branch, source: int | str) -> bool:
@@ -260,20 +270,38 @@ class RemoteInput:
     key: Any
     store_key: str
     source: int | str
+    scope: str  # the run id, or the session's scope for uploaded data
 
 
 def fetch_remote(
     branch: Branch, task: int, remote: list[RemoteInput], values: dict[Any, Any]
 ) -> None:
-    """Read inputs this worker does not hold from the store, and keep them."""
+    """Read inputs this worker does not hold from the store (one round-trip per scope:
+    the run's, and the session's for uploaded data), and keep them."""
+    by_scope: dict[str, list[RemoteInput]] = {}
+    for r in remote:
+        by_scope.setdefault(r.scope, []).append(r)
+    for scope, group in by_scope.items():
+        keep_fetched(branch, group, read_inputs(branch, task, scope, group), values)
+
+
+def read_inputs(branch: Branch, task: int, scope: str, remote: list[RemoteInput]) -> list[Any]:
+    """The values of `remote`, all in `scope`, read in one call and counted."""
     try:
         with branch.recorder.timing(Phase.READ):
             keys = [r.store_key for r in remote]
-            fetched, nbytes = branch.ctx.store.get_many(branch.ctx.run_id, keys)
+            fetched, nbytes = branch.ctx.store.get_many(scope, keys)
     except MissingKeyError as exc:
         key = branch.ctx.dag.keys[task]
         raise MissingOutputError(f"input of task {key!r} is missing: {exc}") from exc
     branch.recorder.read(nbytes)
+    return fetched
+
+
+def keep_fetched(
+    branch: Branch, remote: list[RemoteInput], fetched: list[Any], values: dict[Any, Any]
+) -> None:
+    """Keep what was read in the branch's memory and give the task its values."""
     for r, value in zip(remote, fetched, strict=True):
         if isinstance(r.source, int):
             branch.local[r.source] = value

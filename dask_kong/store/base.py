@@ -120,6 +120,13 @@ class Store(Protocol):
         invocation may still read them."""
         ...
 
+    def drop(self, run_id: str, keys: Sequence[str]) -> None:
+        """Delete the values of `keys` now, in every store (a value stored in parts with
+        its parts). For values kept beyond one run (`runtime.session_keys`: a session's
+        uploaded data and persisted results), whose owner knows no run reads them any more;
+        a run's own values go with `delete_run`."""
+        ...
+
     def exists(self, run_id: str, key: str) -> bool:
         """Whether `key` was written (a late worker checks this, never a notification)."""
         ...

@@ -84,6 +84,7 @@ from .base import CommitResult, FanIn
 from .redis import (
     CONNECTION_ERRORS,
     LARGE_READ_BYTES,
+    MANIFEST_HEAD_BYTES,
     SCAN_PAGE,
     RedisStore,
     RetryPolicy,
@@ -450,6 +451,25 @@ class RedisClusterStore(RedisStore):
             for i, size in zip(positions, got, strict=True):
                 sizes[i] = int(size)
         return sizes
+
+    def _heads(self, names: Sequence[str]) -> list[bytes]:
+        """The first bytes of each value: one batch per shard, all at once."""
+        groups = self._by_shard(names)
+        batches = [
+            (node, [("GETRANGE", names[i], 0, MANIFEST_HEAD_BYTES) for i in positions])
+            for node, positions in groups
+        ]
+        heads = [b""] * len(names)
+        for (_, positions), got in zip(groups, self._exchange(batches), strict=True):
+            for i, head in zip(positions, got, strict=True):
+                heads[i] = head
+        return heads
+
+    def _unlink_values(self, run_id: str, keys: Sequence[str]) -> None:
+        """Delete the values on their shards, then their names from the run's registry."""
+        prefix = spread_prefix(run_id)
+        self._unlink_everywhere([prefix + key for key in keys])
+        self._run_client(run_id).srem(run_prefix(run_id) + VALUE_REGISTRY_KEY, *keys)
 
     # -- cleanup ---------------------------------------------------------------------
 

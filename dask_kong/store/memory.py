@@ -111,6 +111,14 @@ class MemoryStore:
                 for key in keys:
                     run.values.pop(key, None)
 
+    def drop(self, run_id: str, keys: Sequence[str]) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:
+                for key in keys:
+                    run.values.pop(key, None)
+                    run.sizes.pop(key, None)
+
     def exists(self, run_id: str, key: str) -> bool:
         with self._lock:
             run = self._runs.get(run_id)

@@ -3,7 +3,8 @@
 (`store/cluster.py` builds `RedisClusterStore` on it for a Redis Cluster: `connect` picks
 it when the URL's node says it is part of a cluster. The hooks it overrides are the
 methods named `_run_client`, `_value_prefix`, `_value_client`, `_read_raw`,
-`_strlen_all`, `_commit_once`, `_undo_commit`, `delete_run` and `run_keys`.)
+`_strlen_all`, `_heads`, `_unlink_values`, `_commit_once`, `_undo_commit`, `delete_run`
+and `run_keys`.)
 
 Every key of run R is ``constants.run_prefix(R)`` + a run-relative key (one hash tag per
 run, so Redis Cluster keeps a run on one slot) and carries a TTL (kong.store.key_ttl_s),
@@ -415,6 +416,34 @@ class RedisStore:
     def forget(self, run_id: str, keys: Sequence[str]) -> None:
         """Keep everything until the run ends: see `Store.forget`."""
 
+    def drop(self, run_id: str, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        prefix = self._value_prefix(run_id)
+        names = [prefix + key for key in keys]
+        heads = self._call(f"look at values of {run_id}", functools.partial(self._heads, names))
+        parts = [
+            prefix + part
+            for key, head in zip(keys, heads, strict=True)
+            for part in manifest_parts(key, head or b"") or ()
+        ]
+        doomed = [*keys, *(part[len(prefix) :] for part in parts)]
+        self._call(
+            f"drop values of {run_id}", functools.partial(self._unlink_values, run_id, doomed)
+        )
+
+    def _heads(self, names: Sequence[str]) -> list[bytes]:
+        """The first bytes of each value (enough to tell a parts manifest), one round-trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.getrange(name, 0, MANIFEST_HEAD_BYTES)
+        return list(pipe.execute())
+
+    def _unlink_values(self, run_id: str, keys: Sequence[str]) -> None:
+        """Delete the run's values `keys` (run-relative)."""
+        prefix = self._value_prefix(run_id)
+        self._client.unlink(*(prefix + key for key in keys))
+
     def exists(self, run_id: str, key: str) -> bool:
         full_key = self._value_prefix(run_id) + key
         count = self._call(
@@ -612,6 +641,8 @@ class RedisStore:
 # under its own key as this magic followed by the number of parts. Pickles start with
 # b"\x80", so a stored value is never mistaken for a manifest.
 _PARTS_MAGIC = b"KONG-PARTS:"
+# A manifest (magic, a 16-character tag, a count) fits in this many bytes.
+MANIFEST_HEAD_BYTES = 63
 
 
 def part_key(key: str, tag: str, index: int) -> str:

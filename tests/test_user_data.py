@@ -1,0 +1,277 @@
+"""The user's own data: arrays and frames embedded in the graph (`da.from_array`,
+`dd.from_pandas`) are lifted out of dask's fused tasks, uploaded once per session by
+content token, counted apart from the workers' traffic, and leave no key behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dask
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from dask_kong import Kong, last_run
+from dask_kong.constants import data_key
+from dask_kong.dag import DAG
+from dask_kong.dag.translate import translate
+from dask_kong.serialize import dumps
+from dask_kong.store.base import Store
+from dask_kong.store.memory import MemoryStore
+from dask_kong.store.redis import RedisStore
+from dask_kong.store.server import RedisServer
+from dask_kong.waits import poll_until
+
+from .test_stateful_tasks import DeliverTwice
+
+# Chunks above kong.payload.inline_input_bytes (64 KiB), so they go through the store.
+CHUNK = 2**14  # float64: 128 KiB
+CHUNKS = 16
+REMOTE_MODES = ("threads-redis", "processes")  # stores that serialize: duplicates matter
+
+
+def user_array() -> np.ndarray:
+    return np.arange(CHUNK * CHUNKS, dtype=np.float64)
+
+
+def dag_of(collection: Any) -> DAG:
+    """The DAG a scheduler is handed for `collection` (after dask's own optimization,
+    which fuses each from_array chunk into its first operation)."""
+    captured: dict[str, Any] = {}
+
+    def capture(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        captured["dag"] = translate(dsk, keys).dag
+        return dask.get(dsk, keys)
+
+    dask.compute(collection, scheduler=capture)
+    dag: DAG = captured["dag"]
+    return dag
+
+
+def test_from_array_chunks_fused_into_tasks_become_data_entries_not_dag_bytes() -> None:
+    x = da.from_array(user_array(), chunks=CHUNK)
+    dag = dag_of(x.sum(split_every=2))
+    assert len(dag.data) == CHUNKS
+    assert all(isinstance(v, np.ndarray) and v.nbytes == CHUNK * 8 for v in dag.data.values())
+    # the tasks no longer carry the chunks: the DAG without its data pickles small
+    assert len(dumps(dag.nodes)) < CHUNK * 8
+
+
+def test_from_pandas_partitions_become_data_entries() -> None:
+    frame = pd.DataFrame({"a": np.arange(40_000) % 7, "b": np.arange(40_000.0)})
+    d = dd.from_pandas(frame, npartitions=4)
+    dag = dag_of(d.groupby("a").b.sum())
+    assert [type(v) for v in dag.data.values()] == [pd.DataFrame] * 4
+
+
+def test_user_data_is_counted_apart_and_uploaded_once_per_session(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
+    session = kong_sessions("processes")
+    values = user_array()
+    x = da.from_array(values, chunks=CHUNK)
+    nbytes = values.nbytes
+
+    assert x.sum(split_every=2).compute(scheduler=session.get) == values.sum()
+    first = last_run()
+    assert first is not None
+    assert nbytes <= first.data_bytes_uploaded < 1.1 * nbytes
+    assert first.client_bytes_uploaded >= first.data_bytes_uploaded
+    assert first.bytes_written < nbytes / 10  # the workers wrote partial sums only
+    assert first.bytes_read >= nbytes  # each chunk read once by the task that needs it
+    assert session.store.run_keys(first.run_id) == []
+
+    # the same array again, through another collection: nothing uploaded
+    assert x.mean().compute(scheduler=session.get) == values.mean()
+    second = last_run()
+    assert second is not None
+    assert second.data_bytes_uploaded == 0
+    assert second.data_bytes_reused >= nbytes
+    assert session.store.run_keys(second.run_id) == []
+
+    # a changed array (dask copies the chunks when the collection is made): only the
+    # chunk that changed has a new token and is uploaded; the result sees the change
+    values[0] = 1e6
+    changed = da.from_array(values, chunks=CHUNK)
+    assert changed.sum().compute(scheduler=session.get) == values.sum()
+    third = last_run()
+    assert third is not None
+    assert CHUNK * 8 <= third.data_bytes_uploaded < 2 * CHUNK * 8
+
+
+@pytest.mark.parametrize("mode", ["embedded", "threads-redis"])
+def test_workers_in_the_clients_process_read_the_data_in_place(
+    kong_sessions: Callable[[str], Kong], mode: str
+) -> None:
+    session = kong_sessions(mode)
+    values = user_array()
+    assert da.from_array(values, chunks=CHUNK).sum().compute(scheduler=session.get) == values.sum()
+    summary = last_run()
+    assert summary is not None
+    assert summary.client_bytes_uploaded == summary.data_bytes_uploaded == 0
+    assert summary.bytes_read < values.nbytes / 10
+
+
+@pytest.mark.parametrize("mode", REMOTE_MODES)
+def test_user_data_delivered_twice_gives_one_result_and_leaves_no_run_key(
+    kong_sessions: Callable[[str], Kong], mode: str
+) -> None:
+    session = kong_sessions(mode)
+    values = np.random.default_rng(14).random((4 * 128, 256))  # 4 row blocks of 256 KiB
+    x = da.from_array(values, chunks=(128, 256))
+    inner = session.backend
+    session.backend = DeliverTwice(inner)
+    try:
+        got = session.get(*graph_and_keys(x.T @ x), planner="naive")
+    finally:
+        session.backend = inner
+    (((block,),),) = got  # x.T @ x is one 256 x 256 block
+    np.testing.assert_allclose(block, values.T @ values)
+    run = session.last_run_id or ""
+    assert poll_until(lambda: session.store.run_keys(run) == [], 5.0)
+
+
+def graph_and_keys(collection: Any) -> tuple[Any, Any]:
+    """What dask.compute hands a scheduler: the optimized graph and the keys."""
+    (optimized,) = dask.optimize(collection)
+    return optimized.__dask_graph__(), [optimized.__dask_keys__()]
+
+
+@pytest.fixture
+def own_session(redis_server: RedisServer) -> Iterator[Kong]:
+    """A session of its own on the shared redis-server, which outlives its close."""
+    kong = Kong(backend="processes", store=redis_server.url, workers=2)
+    try:
+        yield kong
+    finally:
+        kong.close()
+
+
+def test_closing_the_session_deletes_its_uploaded_data(
+    own_session: Kong, redis_server: RedisServer
+) -> None:
+    values = user_array()
+    x = da.from_array(values, chunks=CHUNK)
+    assert x.sum().compute(scheduler=own_session.get) == values.sum()
+    assert own_session.session_keys is not None
+    scope = own_session.session_keys.scope
+    assert len(own_session.store.run_keys(scope)) == CHUNKS + 1  # the chunks, the marker
+    own_session.close()
+    observer = RedisStore(redis_server.url)
+    try:
+        assert observer.run_keys(scope) == []
+    finally:
+        observer.close()
+
+
+def test_uploaded_data_beyond_the_budget_is_evicted_least_recently_used_first(
+    own_session: Kong,
+) -> None:
+    keys = own_session.session_keys
+    assert keys is not None
+    keys.budget_bytes = 3 * CHUNK * 8  # room for three chunks
+    arrays = [np.full(CHUNK, float(i)) for i in range(5)]
+    for i, values in enumerate(arrays):
+        x = da.from_array(values, chunks=CHUNK)
+        assert x.sum().compute(scheduler=own_session.get) == values.sum()
+        if i == 1:  # the first array is used again: the second is now the oldest
+            assert (
+                da.from_array(arrays[0], chunks=CHUNK).sum().compute(scheduler=own_session.get)
+                == arrays[0].sum()
+            )
+    assert keys.cached_bytes <= keys.budget_bytes
+    held = [keys.holds(data_key(dask.base.tokenize(values))) for values in arrays]
+    assert held == [False, False, True, True, True]
+    # the store holds exactly what the session says it holds
+    stored = set(own_session.store.run_keys(keys.scope)) - {"live"}
+    assert len(stored) == 3
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def any_scope_store(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Store]:
+    store: Store
+    if request.param == "memory":
+        store = MemoryStore()
+    elif request.param == "redis":
+        store = RedisStore(redis_server.url)
+    else:
+        store = request.getfixturevalue("cluster_store")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_a_kept_key_is_dropped_with_its_last_pin_and_a_pinned_one_never_evicted(
+    any_scope_store: Store,
+) -> None:
+    from dask_kong.runtime.session_keys import SessionKeys
+
+    keys = SessionKeys(any_scope_store, budget_bytes=0)
+    keys.open()
+    try:
+        keys.add({"kept": np.ones(1000)}, cached=False)  # pinned once by add
+        keys.pin(["kept"])
+        keys.add({"cached": np.ones(1000)})  # pinned by add: over budget but held
+        assert keys.pin_present(["kept", "cached", "never"]) == ["never"]
+        keys.unpin(["cached", "cached"])  # both holds released: evicted (budget 0)
+        assert not keys.holds("cached")
+        keys.unpin(["kept", "kept"])
+        assert keys.holds("kept")  # one pin left
+        assert any_scope_store.sizes(keys.scope, ["kept", "cached"])[1] == 0
+        keys.unpin(["kept"])
+        assert not keys.holds("kept")
+        assert any_scope_store.sizes(keys.scope, ["kept"]) == [0]
+    finally:
+        keys.close()
+    assert any_scope_store.run_keys(keys.scope) == []
+
+
+def test_drop_removes_the_parts_of_a_value_stored_in_parts(redis_store: RedisStore) -> None:
+    redis_store.max_value_bytes = 100_000  # a 800 KB value goes in parts
+    scope = "drop-parts"
+    redis_store.open_run(scope)
+    try:
+        redis_store.commit(scope, {"big": np.ones(100_000), "small": 1})
+        assert len(redis_store.run_keys(scope)) > 3
+        redis_store.drop(scope, ["big"])
+        assert sorted(redis_store.run_keys(scope)) == ["live", "small"]
+    finally:
+        redis_store.delete_run(scope)
+
+
+def test_each_start_is_invoked_once_its_own_data_is_in_the_store() -> None:
+    from dask_kong.planning import PlanningContext, get_planner
+    from dask_kong.runtime.session_keys import SessionKeys
+    from dask_kong.runtime.upload import plan_upload, upload_and_invoke
+
+    x = da.from_array(user_array(), chunks=CHUNK)
+    dag = dag_of(x.sum(split_every=2))
+    plan = get_planner("naive")(dag, PlanningContext())
+    starts = list(dag.roots)
+    store = MemoryStore()
+    keys = SessionKeys(store)
+    invoked: list[list[int]] = []
+    with dask.config.set({"kong.data.upload_batch_bytes": 3 * CHUNK * 8}):
+        upload = plan_upload(dag, plan, starts, keys, inline_bytes=65536)
+    assert upload is not None
+    assert len(upload.batches) == 6  # 16 chunks, three a batch
+    refs = upload.refs
+
+    def invoke(tasks: list[int]) -> None:
+        for task in tasks:  # every input of an invoked start is already stored
+            names = [i.data for i in dag.inputs[task] if i.data is not None]
+            stored = store.sizes(keys.scope, [refs.keys[n] for n in names])
+            assert all(stored), task
+        invoked.append(tasks)
+
+    upload_and_invoke(upload, starts, invoke)
+    assert sorted(t for batch in invoked for t in batch) == sorted(starts)
+    assert len(invoked) == 6  # starts went out between the batches, not all at the end
+    assert upload.bytes > 0 and len(upload.pinned) == CHUNKS
+    upload.release()
+    keys.close()
+    assert store.run_keys(keys.scope) == []
