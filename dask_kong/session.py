@@ -14,6 +14,8 @@ from types import TracebackType
 from typing import Any
 
 import dask.config
+from dask.base import collections_to_expr
+from dask.core import flatten
 
 from . import config, security
 from .dag import DAG
@@ -92,11 +94,40 @@ class Kong:
 
     def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         """Dask scheduler entry point: compute `keys` of `dsk`, nested like `keys`."""
+        return self._run(dsk, keys, keep_outputs=False, **kwargs)
+
+    def persist(self, collections: Any, optimize_graph: bool = True, **kwargs: Any) -> Any:
+        """Compute `collections` (one, or a list or tuple of them) and return the same
+        collections with their results kept in the store: computing them again makes the
+        workers read the results there, nothing passes through this process. Results are
+        freed when the returned collections are garbage collected (at the session's next
+        run) or the session closes. `dask.persist(x)` inside the session comes here.
+
+        With the in-process memory store the results are kept in this process, as
+        dask's own schedulers do: that is where the workers are."""
+        single = not isinstance(collections, list | tuple)
+        wanted = [collections] if single else list(collections)
+        expr = collections_to_expr(wanted, optimize_graph).optimize()
+        keys_of = [list(flatten(k)) for k in expr.__dask_keys__()]
+        every_key = [k for keys in keys_of for k in keys]
+        values = self._run(expr, every_key, keep_outputs=self.session_keys is not None, **kwargs)
+        found = dict(zip(every_key, values, strict=True))
+        kept = []
+        for collection, keys in zip(wanted, keys_of, strict=True):
+            rebuild, state = collection.__dask_postpersist__()
+            kept.append(rebuild({k: found[k] for k in keys}, *state))
+        return kept[0] if single else kept
+
+    def _run(self, dsk: Any, keys: Any, *, keep_outputs: bool, **kwargs: Any) -> Any:
+        """One run: computed values nested like `keys`, or with `keep_outputs` the
+        task outputs kept in the session's scope as `StoredValue`s (`persist`)."""
         if self._closed:
             raise RuntimeError("this Kong session is closed")
         started = time.perf_counter()
         config.validate()  # settings may have changed since the session opened
         translation = translate(dsk, keys, shares_disk=self.workers_share_machine)
+        # finalize tasks run in this process on the values: nothing to keep in the store
+        keep_outputs = keep_outputs and not translation.finals
         dag = translation.dag
         planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
         plan = planner(dag, self.planning_context())
@@ -104,9 +135,13 @@ class Kong:
         self.last_run_id = new_run_id()
         observers.run_started(self, self.last_run_id, dag, plan)
         try:
-            uploads_to = self.session_keys if self.backend_name != "threads" else None
             services = RunServices(
-                self.store, self.backend, self.heartbeater, self.store_spec, uploads_to
+                self.store,
+                self.backend,
+                self.heartbeater,
+                self.store_spec,
+                self.session_keys,
+                uploads_data=self.backend_name != "threads",
             )
             values, summary = execute_run(
                 dag,
@@ -115,6 +150,7 @@ class Kong:
                 run_id=self.last_run_id,
                 callbacks=kwargs.pop("callbacks", None),
                 dsk=dsk,
+                keep_outputs=keep_outputs,
             )
         except BaseException as exc:
             self._record(self.failed_summary(dag, plan, started, exc))
@@ -122,6 +158,8 @@ class Kong:
         summary.translate_s = translate_s
         record_run(self.history, dag, plan, summary)
         self._record(summary)
+        if self.session_keys is not None:  # the previous summary held its DAG's values
+            self.session_keys.release_collected()
         return nest(keys, translation.results(values))
 
     def _record(self, summary: RunSummary) -> None:
@@ -147,7 +185,7 @@ class Kong:
             store=self.store_spec,
             succeeded=False,
             shape_hash=dag.shape_hash,
-            error=f"{type(exc).__name__}: {exc}",
+            error=f"{type(exc).__name__}: {describe(exc)}",
             plan=plan,
             dag=dag,
         )
@@ -205,6 +243,15 @@ class Kong:
         self.heartbeater.close()
         self.history.close()
         self.store.close()
+
+
+def describe(exc: BaseException) -> str:
+    """The exception's message; a task's exception rebuilt from its pickle may lack what
+    its `__str__` reads (numpy's AxisError): then its arguments."""
+    try:
+        return str(exc)
+    except Exception:
+        return repr(exc.args)
 
 
 def nest(keys: Any, values: dict[Any, Any]) -> Any:

@@ -27,3 +27,17 @@ def test_store_throughput_moves_a_block_through_a_private_redis() -> None:
     result = measure(0.5, 2)
     assert result["bytes"] == 0.5 * 2**20
     assert result["write_s"] > 0 and result["read_s"] > 0
+
+
+def test_every_data_workload_runs_on_the_users_own_data_too() -> None:
+    from benchmarks.workloads import resolve
+
+    names = [spec.name for spec in resolve(None, "quick")]
+    for name in ("gemm", "tsqr-svd", "svd-compressed", "tree-reduction", "dataframe-groupby"):
+        assert name in names and f"{name}-data" in names
+    (spec,) = resolve(["tree-reduction-data"], "quick")
+    case = spec.module.build(spec.params)
+    (collection,) = case.collections
+    graph = dict(collection.__dask_graph__())
+    assert any(getattr(node, "nbytes", 0) > 0 for node in graph.values())  # NumPy in the graph
+    assert case.check([collection.compute(scheduler="sync")]) is None

@@ -4,6 +4,7 @@ content token, counted apart from the workers' traffic, and leave no key behind.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +18,9 @@ import pytest
 from dask_kong import Kong, last_run
 from dask_kong.constants import data_key
 from dask_kong.dag import DAG
+from dask_kong.dag.model import StoredValue
 from dask_kong.dag.translate import translate
+from dask_kong.errors import KongError
 from dask_kong.serialize import dumps
 from dask_kong.store.base import Store
 from dask_kong.store.memory import MemoryStore
@@ -275,3 +278,89 @@ def test_each_start_is_invoked_once_its_own_data_is_in_the_store() -> None:
     upload.release()
     keys.close()
     assert store.run_keys(keys.scope) == []
+
+
+# -- persist: results kept in the store ----------------------------------------------
+
+
+def stored_values(collection: Any) -> list[StoredValue]:
+    graph = dict(collection.__dask_graph__())
+    return [v for v in graph.values() if isinstance(v, StoredValue)]
+
+
+def kept_keys(session: Kong) -> list[str]:
+    assert session.session_keys is not None
+    """The persisted values the session's scope holds (not its cached uploads)."""
+    return [k for k in session.store.run_keys(session.session_keys.scope) if k.startswith("kept:")]
+
+
+@pytest.mark.parametrize("mode", REMOTE_MODES)
+def test_persist_keeps_results_in_the_store_and_later_runs_read_them_there(
+    kong_sessions: Callable[[str], Kong], mode: str
+) -> None:
+    session = kong_sessions(mode)
+    values = user_array()
+    y = da.from_array(values, chunks=CHUNK) + 1
+    (kept,) = dask.persist(y, scheduler=session.get)  # dask.persist finds Kong.persist
+    persisted = last_run()
+    assert persisted is not None and persisted.client_bytes_read == 0
+    assert len(stored_values(kept)) == CHUNKS
+    assert session.store.run_keys(persisted.run_id) == []
+
+    assert kept.sum().compute(scheduler=session.get) == (values + 1).sum()
+    later = last_run()
+    assert later is not None
+    assert later.client_bytes_read < 1000  # one float, not the chunks
+    assert later.bytes_read >= values.nbytes  # the workers read the kept chunks
+    assert later.client_bytes_uploaded < 100_000  # nothing of the data moved through here
+    np.testing.assert_array_equal(
+        session.persist(kept * 2).compute(scheduler=session.get), (values + 1) * 2
+    )
+
+    del kept, persisted, later  # a run's summary refers to its DAG, and so to them
+    gc.collect()
+    assert y.sum().compute(scheduler=session.get) == (values + 1).sum()  # releases them
+    assert kept_keys(session) == []
+
+
+def test_persist_in_the_embedded_mode_keeps_the_values_in_this_process(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
+    session = kong_sessions("embedded")
+    values = user_array()
+    kept = session.persist(da.from_array(values, chunks=CHUNK) + 1)
+    assert not stored_values(kept)
+    assert kept.sum().compute(scheduler=session.get) == (values + 1).sum()
+
+
+def test_persisted_results_delivered_twice_are_kept_once(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
+    session = kong_sessions("processes")
+    values = np.random.default_rng(15).random((4 * 128, 256))
+    inner = session.backend
+    session.backend = DeliverTwice(inner)
+    try:
+        kept = session.persist(da.from_array(values, chunks=(128, 256)) * 3, planner="naive")
+        np.testing.assert_allclose(
+            kept.sum(axis=0).compute(scheduler=session.get), values.sum(axis=0) * 3
+        )
+    finally:
+        session.backend = inner
+    run = session.last_run_id or ""
+    assert poll_until(lambda: session.store.run_keys(run) == [], 5.0)
+    assert len(kept_keys(session)) == 4
+    del kept
+    gc.collect()
+    da.ones(2).sum().compute(scheduler=session.get)
+    assert kept_keys(session) == []
+
+
+def test_a_persisted_collection_outliving_its_session_fails_naming_the_value(
+    own_session: Kong, kong_sessions: Callable[[str], Kong]
+) -> None:
+    kept = own_session.persist(da.from_array(user_array(), chunks=CHUNK) + 1)
+    own_session.close()
+    other = kong_sessions("processes")
+    with pytest.raises(KongError, match=r"persisted value 'kept:.*no longer in the store"):
+        kept.sum().compute(scheduler=other.get)

@@ -3,6 +3,11 @@
 A module may define `variants(params)` (one workload per parameter value, e.g.
 tree-sleep-0, tree-sleep-100) and `variant(name, params)` (parse a variant name that the
 size does not list, e.g. tree-sleep-50); otherwise it is one workload named `NAME`.
+
+A module with `USER_DATA = True` also runs on the user's own data: `NAME-data` builds the
+same computation on inputs made with NumPy (pandas) in the client and handed to dask with
+`da.from_array` (`dd.from_pandas`), so the data rides in the graph, as most users bring
+it (`build` gets `input="data"` in its parameters). Naming a module runs both.
 """
 
 from __future__ import annotations
@@ -11,16 +16,27 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import gemm, svd_compressed, tree_reduction, tree_sleep, trivial, tsqr_svd
+from . import (
+    dataframe_groupby,
+    gemm,
+    svd_compressed,
+    tree_reduction,
+    tree_sleep,
+    trivial,
+    tsqr_svd,
+)
 
 MODULES: tuple[ModuleType, ...] = (
     gemm,
     tsqr_svd,
     svd_compressed,
     tree_reduction,
+    dataframe_groupby,
     trivial,
     tree_sleep,
 )
+# Suffix of a workload's variant on the user's own data (`USER_DATA` modules).
+DATA_SUFFIX = "-data"
 SIZES = ("quick", "core", "full")
 
 
@@ -40,7 +56,15 @@ def workloads_of(module: ModuleType, size: str) -> list[WorkloadSpec]:
     params = module.SIZES[size]
     if hasattr(module, "variants"):
         return [WorkloadSpec(n, module, p) for n, p in module.variants(params).items()]
-    return [WorkloadSpec(module.NAME, module, params)]
+    specs = [WorkloadSpec(module.NAME, module, params)]
+    if getattr(module, "USER_DATA", False):
+        specs.append(user_data_spec(module, params))
+    return specs
+
+
+def user_data_spec(module: ModuleType, params: dict[str, Any]) -> WorkloadSpec:
+    """The module's workload on the user's own data (`NAME-data`)."""
+    return WorkloadSpec(module.NAME + DATA_SUFFIX, module, {**params, "input": "data"})
 
 
 def resolve(names: list[str] | None, size: str) -> list[WorkloadSpec]:
@@ -61,12 +85,18 @@ def _resolve_one(name: str, size: str) -> list[WorkloadSpec]:
             if not specs:
                 raise ValueError(f"workload {name!r} has no size {size!r}: it has {_sizes(module)}")
             return specs
+        if name == module.NAME + DATA_SUFFIX and getattr(module, "USER_DATA", False):
+            if size not in module.SIZES:
+                raise ValueError(f"workload {name!r} has no size {size!r}: it has {_sizes(module)}")
+            return [user_data_spec(module, module.SIZES[size])]
         if hasattr(module, "variant") and size in module.SIZES:
             params = module.variant(name, module.SIZES[size])
             if params is not None:
                 return [WorkloadSpec(name, module, params)]
     known = ", ".join(module.NAME for module in MODULES)
-    raise ValueError(f"unknown workload {name!r}; known: {known} (and tree-sleep-<ms>)")
+    raise ValueError(
+        f"unknown workload {name!r}; known: {known} (and tree-sleep-<ms>, <name>{DATA_SUFFIX})"
+    )
 
 
 def _sizes(module: ModuleType) -> str:

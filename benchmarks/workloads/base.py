@@ -2,7 +2,8 @@
 
 A workload module has `NAME`, `SIZES` (size name -> parameters) and `build(params) -> Case`;
 some also `build_from_array(params) -> Case`, the same computation on NumPy arrays handed
-to dask with `da.from_array` (the user's own data) instead of inputs drawn in the graph.
+to dask with `da.from_array` (the user's own data) instead of inputs drawn in the graph;
+`build` goes there when `user_data(params)` (the suite's `NAME-data` workloads).
 `build` makes the dask collections once and materializes whatever the check needs (the
 inputs, a NumPy reference) with dask's threaded scheduler, outside any timing. The runner
 then computes `Case.collections` under each scheduler, and `Case.check` decides whether the
@@ -22,6 +23,13 @@ import numpy as np
 SEED = 2019
 
 Check = Callable[[Sequence[Any]], str | None]
+
+
+def user_data(params: dict[str, Any]) -> bool:
+    """Whether the workload runs on the user's own data (`NAME-data`: inputs made in the
+    client with NumPy and handed to dask with `da.from_array`), not on inputs the graph
+    draws itself."""
+    return params.get("input") == "data"
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .base import SEED, Case, compare_arrays
+from .base import SEED, Case, compare_arrays, user_data
 
 NAME = "gemm"
+USER_DATA = True  # also `gemm-data`: build_from_array
 SIZES = {
     "quick": {"n": 1024, "chunk": 256},
     "core": {"n": 4096, "chunk": 1024},
@@ -20,6 +21,8 @@ SIZES = {
 
 
 def build(params: dict[str, Any]) -> Case:
+    if user_data(params):
+        return build_from_array(params)
     n, chunk = params["n"], params["chunk"]
     rng = da.random.default_rng(SEED)
     x = rng.random((n, n), chunks=chunk)

@@ -9,9 +9,10 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .base import SEED, Case, check_svd
+from .base import SEED, Case, check_svd, user_data
 
 NAME = "svd-compressed"
+USER_DATA = True  # also `svd-compressed-data`: build_from_array
 SIZES = {
     "quick": {"n": 1024, "chunk": 256, "rank": 10},
     "core": {"n": 4096, "chunk": 1024, "rank": 20},
@@ -22,6 +23,8 @@ OVERSAMPLES = 10
 
 
 def build(params: dict[str, Any]) -> Case:
+    if user_data(params):
+        return build_from_array(params)
     n, chunk, rank = params["n"], params["chunk"], params["rank"]
     rng = da.random.default_rng(SEED)
     a = rng.random((n, rank), chunks=(chunk, rank))

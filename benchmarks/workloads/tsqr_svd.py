@@ -8,9 +8,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .base import SEED, Case, check_svd
+from .base import SEED, Case, check_svd, user_data
 
 NAME = "tsqr-svd"
+USER_DATA = True  # also `tsqr-svd-data`: build_from_array
 SIZES = {
     "quick": {"rows": 50_000, "cols": 50, "chunk_rows": 2_500},
     "core": {"rows": 200_000, "cols": 100, "chunk_rows": 10_000},
@@ -19,6 +20,8 @@ SIZES = {
 
 
 def build(params: dict[str, Any]) -> Case:
+    if user_data(params):
+        return build_from_array(params)
     rows, cols, chunk_rows = params["rows"], params["cols"], params["chunk_rows"]
     x = da.random.default_rng(SEED).random((rows, cols), chunks=(chunk_rows, cols))
     x_np = x.compute(scheduler="threads")

@@ -20,6 +20,32 @@ from dask.utils import key_split
 Key = Hashable
 
 
+class StoredValue:
+    """A value persisted in a session's store (`Kong.persist`): what a persisted
+    collection's graph holds instead of the value. Translation lifts it out of every task
+    into a data entry, and the workers read the value where it is; the client never
+    fetches it (`runtime.upload`, `runtime.session_keys`).
+
+    The object the session made holds one pin on its key: when it is garbage collected
+    (with the last collection that refers to it) the key is released. A copy made by
+    pickling holds no pin."""
+
+    __slots__ = ("__weakref__", "key", "scope")
+
+    def __init__(self, scope: str, key: str) -> None:
+        self.scope = scope
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StoredValue, (self.scope, self.key))
+
+    def __dask_tokenize__(self) -> tuple[str, str, str]:
+        return ("kong-stored-value", self.scope, self.key)
+
+    def __repr__(self) -> str:
+        return f"StoredValue({self.key!r})"
+
+
 @dataclass(frozen=True)
 class TaskInput:
     """One input of a task: the Dask key the task's node reads it under, and its source:

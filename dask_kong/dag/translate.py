@@ -47,7 +47,7 @@ from dask.sizeof import sizeof
 
 from .. import config
 from .finalize import client_finals, keys_to_run, run_finals
-from .model import DAG, Key, Output, TaskInput
+from .model import DAG, Key, Output, StoredValue, TaskInput
 from .shuffle import without_disk_shuffle
 
 
@@ -218,15 +218,16 @@ def lift_constants(node: GraphNode, data: dict[Key, Any], constant_bytes: int) -
 
 def lift_fused_data(node: Task, data: dict[Key, Any], constant_bytes: int) -> GraphNode:
     """A fused task (dask's `Task.fuse`: `_execute_subgraph(inner, outkey, inkeys, *deps)`)
-    with its large `DataNode`s taken out of the subgraph: each becomes a data entry under
-    its own key and reaches the subgraph as one more external input, as `Task.fuse` passes
-    the others. dask fuses every `da.from_array` chunk into its first operation, so without
-    this a NumPy array's bytes would travel inside the DAG to every worker process."""
+    with its large `DataNode`s (and persisted `StoredValue`s) taken out of the subgraph:
+    each becomes a data entry under its own key and reaches the subgraph as one more
+    external input, as `Task.fuse` passes the others. dask fuses every `da.from_array`
+    chunk into its first operation, so without this a NumPy array's bytes would travel
+    inside the DAG to every worker process."""
     inner, outkey, inkeys, *deps = node.args
     lifted = [
         key
         for key, inner_node in inner.items()
-        if isinstance(inner_node, DataNode) and sizeof(inner_node.value) >= constant_bytes
+        if isinstance(inner_node, DataNode) and _is_data(inner_node.value, constant_bytes)
     ]
     if not lifted:
         return node
@@ -252,9 +253,17 @@ def _lift(node: Task, slot: int | str, value: Any, data: dict[Key, Any]) -> Key:
     return const_key
 
 
+def _is_data(value: Any, constant_bytes: int) -> bool:
+    """Whether a value folded into a fused task is lifted out as a data entry: a large
+    one, or a persisted value (only the workers can read it, from the store)."""
+    return isinstance(value, StoredValue) or sizeof(value) >= constant_bytes
+
+
 def _is_large_constant(value: Any, constant_bytes: int) -> bool:
     if type(value) in _NEVER_LARGE:
         return False
+    if isinstance(value, StoredValue):
+        return True
     nbytes = getattr(value, "nbytes", None)
     if isinstance(value, (bytes, bytearray)):
         nbytes = len(value)

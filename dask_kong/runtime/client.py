@@ -27,6 +27,7 @@ from dask.callbacks import local_callbacks, unpack_callbacks
 from .. import config, serialize
 from ..constants import output_key
 from ..dag import DAG
+from ..dag.model import StoredValue
 from ..errors import RemoteTaskError, StuckRunError, WorkerLostError
 from ..invocation.model import Invocation
 from ..invocation.payload import RunSettings
@@ -78,10 +79,12 @@ class RunServices:
     backend: Backend
     heartbeater: Heartbeater
     store_name: str
-    #: The session's keys in the store: where a run's data is uploaded for workers in
-    #: other processes (None when the workers are threads of this process: they read
-    #: the DAG's data in place).
+    #: The session's keys in the store: its uploaded data and persisted values (None
+    #: for an in-process store, where nothing needs to outlive a run in the store).
     session_keys: SessionKeys | None = None
+    #: Whether the workers are in other processes: a run's large data entries are then
+    #: uploaded to the session's scope (`runtime.upload`); threads read them in place.
+    uploads_data: bool = False
 
 
 def execute_run(
@@ -92,8 +95,11 @@ def execute_run(
     run_id: str,
     callbacks: Any = None,
     dsk: Any = None,
+    keep_outputs: bool = False,
 ) -> tuple[dict[Any, Any], RunSummary]:
-    """Run `dag` to completion; returns the requested values by key and the summary."""
+    """Run `dag` to completion; returns the requested values by key and the summary.
+    With `keep_outputs` (persist) the requested task outputs stay in the store, moved
+    into the session's scope, and the values returned are their `StoredValue`s."""
     backend = services.backend
     ctx = RunContext(
         run_id=run_id,
@@ -111,15 +117,15 @@ def execute_run(
     with local_callbacks(callbacks) as cbs:
         hooks = CallbackHooks(cbs, dsk, dag, progress)
         prewarms = schedule_prewarms(ctx, backend)
-        prefetch = OutputPrefetch(ctx)
+        keeper = services.session_keys if keep_outputs else None
+        prefetch = OutputPrefetch(ctx, enabled=keeper is None)
         upload: Upload | None = None
         try:
-            upload = submit_roots(ctx, backend, services.session_keys)
+            upload = submit_roots(ctx, backend, services.session_keys, services.uploads_data)
             submit_s = time.perf_counter() - started
             follow_events(ctx, progress, hooks, prefetch)
             prefetch.stop(float(config.get("run.drain_timeout_s")))
-            prefetched, prefetched_bytes = prefetch.taken()
-            values, client_read = collect_outputs(ctx, prefetched, prefetched_bytes)
+            values, client_read = results_of(ctx, prefetch, keeper)
             succeeded = True
         except BaseException as exc:
             interrupted = not isinstance(exc, Exception)
@@ -134,7 +140,7 @@ def execute_run(
     summary = summarize(ctx, progress, makespan, submit_s, backend.name, services.store_name)
     count_uploads(summary, ctx, upload)
     summary.client_bytes_read = client_read
-    summary.outputs_prefetched = len(prefetched)
+    summary.outputs_prefetched = len(prefetch.values)
     summary.bytes_read += client_read
     return values, summary
 
@@ -178,19 +184,25 @@ def prewarm_quietly(backend: Backend, resource: str) -> None:
 
 
 def submit_roots(
-    ctx: RunContext, backend: Backend, session_keys: SessionKeys | None = None
+    ctx: RunContext,
+    backend: Backend,
+    session_keys: SessionKeys | None = None,
+    uploads_data: bool = False,
 ) -> Upload | None:
     """Open the run and make it reachable, then invoke one worker per root task (one per
-    subtree where the plan batches roots into subtrees). With `session_keys`, the run's
-    large data entries go to the session's scope, each start invoked once the data it
-    reads first is there (`runtime.upload`); returns that upload, to release its pins
-    when the run ends."""
+    subtree where the plan batches roots into subtrees). With `session_keys`, persisted
+    values the run reads are found in the session's scope, and with `uploads_data` the
+    run's large data entries are uploaded there, each start invoked once the data it
+    reads first is in (`runtime.upload`); returns that upload, to release its pins when
+    the run ends."""
     ctx.store.open_run(ctx.run_id)
     starts = ctx.dag.longest_chains_first(ctx.plan.start_tasks(ctx.dag.roots))
     upload = None
     if session_keys is not None:
         inline_bytes = ctx.settings.inline_input_bytes
-        upload = plan_upload(ctx.dag, ctx.plan, starts, session_keys, inline_bytes)
+        upload = plan_upload(
+            ctx.dag, ctx.plan, starts, session_keys, inline_bytes, upload_large=uploads_data
+        )
         ctx.data_refs = None if upload is None else upload.refs
     backend.prepare_run(ctx)
 
@@ -376,21 +388,60 @@ def unfinished_of_branch(ctx: RunContext, progress: RunProgress, start: int) -> 
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+def results_of(
+    ctx: RunContext, prefetch: OutputPrefetch, keeper: SessionKeys | None
+) -> tuple[dict[Any, Any], int]:
+    """The requested values and the bytes the client read for them: read from the store
+    (or prefetched), or, for a persist (`keeper`), kept in the session's scope."""
+    if keeper is not None:
+        return keep_outputs_in(ctx, keeper), 0
+    prefetched, prefetched_bytes = prefetch.taken()
+    return collect_outputs(ctx, prefetched, prefetched_bytes)
+
+
+def keep_outputs_in(ctx: RunContext, keeper: SessionKeys) -> dict[Any, Any]:
+    """Move the requested task outputs into the session's scope before the run's cleanup
+    deletes its keys; a `StoredValue` for each (requested data entries as they are)."""
+    dag = ctx.dag
+    tasks = sorted(dag.output_tasks)
+    kept = dict(zip(tasks, keeper.keep(ctx.run_id, [output_key(t) for t in tasks]), strict=True))
+    return {
+        o.key: kept[o.task] if o.task is not None else dag.data[o.data]  # type: ignore[index]
+        for o in dag.outputs
+    }
+
+
 def collect_outputs(
     ctx: RunContext, prefetched: dict[int, Any], prefetched_bytes: int
 ) -> tuple[dict[Any, Any], int]:
     """Every requested value (task outputs: `prefetched` ones, the rest read from the store
-    now; data from the DAG), and how many bytes the client read from the store."""
+    now; data from the DAG, persisted ones read from the session's scope), and how many
+    bytes the client read from the store."""
     dag = ctx.dag
     unread = sorted(dag.output_tasks - prefetched.keys())
     fetched, nbytes = ctx.store.get_many(ctx.run_id, [output_key(t) for t in unread])
     by_task = {**prefetched, **dict(zip(unread, fetched, strict=True))}
-    nbytes += prefetched_bytes
+    data, data_bytes = requested_data(ctx)
     values = {
-        o.key: by_task[o.task] if o.task is not None else dag.data[o.data]  # type: ignore[index]
+        o.key: by_task[o.task] if o.task is not None else data[o.data]  # type: ignore[index]
         for o in dag.outputs
     }
-    return values, nbytes
+    return values, nbytes + prefetched_bytes + data_bytes
+
+
+def requested_data(ctx: RunContext) -> tuple[dict[str, Any], int]:
+    """The requested data entries by name: as the DAG holds them, except values persisted
+    in the session's scope (`StoredValue`), read from there; and the bytes read."""
+    dag = ctx.dag
+    names = [o.data for o in dag.outputs if o.data is not None]
+    data = {name: dag.data[name] for name in names}
+    stored = {n: v for n, v in data.items() if isinstance(v, StoredValue)}
+    if not stored:
+        return data, 0
+    scope = next(iter(stored.values())).scope  # one session's: upload.check_stored
+    fetched, nbytes = ctx.store.get_many(scope, [v.key for v in stored.values()])
+    data.update(zip(stored, fetched, strict=True))
+    return data, nbytes
 
 
 def cleanup_run(ctx: RunContext, succeeded: bool) -> None:

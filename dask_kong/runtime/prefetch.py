@@ -33,7 +33,7 @@ _WAKE = -1
 class OutputPrefetch:
     """A background reader of one run's requested outputs (see the module docstring)."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, *, enabled: bool = True) -> None:
         self.ctx = ctx
         self.values: dict[int, Any] = {}
         self.bytes_read = 0
@@ -41,7 +41,7 @@ class OutputPrefetch:
         self._reported: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if not ctx.store.in_process and ctx.output_tasks:
+        if enabled and not ctx.store.in_process and ctx.output_tasks:
             self._thread = threading.Thread(
                 target=self._read_loop, name=f"kong-prefetch-{ctx.run_id[:8]}", daemon=True
             )

@@ -22,6 +22,8 @@ cached     True for a cache entry (embedded data: evicted least recently used fi
 =========  ==========================================================================
 
 How to use it (the client's upload and persist, and any later holder of store data):
+`keep(run_id, keys)` moves a run's values into the scope and returns a `StoredValue`
+per key, whose garbage collection releases it (`release_collected` then unpins it);
 `pin_present(keys)` pins the keys the store holds and returns those it must be given,
 `add(values, cached=...)` writes and records them (pinned too), `pin(keys)` adds a hold
 and `unpin(keys)` releases one (the last may evict or drop), `close()` deletes the scope.
@@ -31,9 +33,11 @@ All methods are thread-safe.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +45,7 @@ from typing import Any
 from dask.sizeof import sizeof
 
 from .. import config
+from ..dag.model import StoredValue
 from ..store.base import Store
 
 logger = logging.getLogger("dask_kong.client")
@@ -67,6 +72,11 @@ class SessionKeys:
         self._entries: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+        # Keys whose `StoredValue` was garbage collected, unpinned at the next call: a
+        # finalizer may run inside any allocation, even one under `_lock`, so it only
+        # appends here (atomic) and takes no lock.
+        self._released: collections.deque[str] = collections.deque()
+        self._kept = itertools.count()
 
     def open(self) -> None:
         """Mark the scope live (again: the marker carries the store's key TTL, so a long
@@ -78,6 +88,7 @@ class SessionKeys:
         return the others: never written by this session, or gone (expired, a restarted
         store; checked in one round-trip). Pinned first, so no eviction slips between
         the check and the use."""
+        self.release_collected()
         with self._lock:
             known = [k for k in keys if k in self._entries]
             for key in known:
@@ -105,6 +116,34 @@ class SessionKeys:
                 entry.pins += 1
                 self._entries.move_to_end(key)
         return written
+
+    def keep(self, run_id: str, run_keys: Sequence[str]) -> list[StoredValue]:
+        """Move values of run `run_id` into the scope (`Store.move`), each kept while the
+        `StoredValue` returned for it lives (or until the session closes)."""
+        self.release_collected()
+        self.open()
+        new_keys = [f"kept:{next(self._kept)}:{key}" for key in run_keys]
+        sizes = self.store.sizes(run_id, run_keys)
+        self.store.move(run_id, run_keys, self.scope, new_keys)
+        with self._lock:
+            for key, nbytes in zip(new_keys, sizes, strict=True):
+                self._entries[key] = Entry(nbytes=nbytes, pins=1, cached=False)
+        return [self._reference(key) for key in new_keys]
+
+    def _reference(self, key: str) -> StoredValue:
+        """A `StoredValue` for `key` whose collection by the garbage collector releases
+        the pin `keep` took for it."""
+        ref = StoredValue(self.scope, key)
+        weakref.finalize(ref, self._released.append, key)
+        return ref
+
+    def release_collected(self) -> None:
+        """Unpin the keys of `StoredValue`s garbage collected since the last call."""
+        released = []
+        while self._released:
+            released.append(self._released.popleft())
+        if released:
+            self.unpin(released)
 
     def pin(self, keys: Iterable[str]) -> None:
         """Hold `keys` (known ones) in the store until as many `unpin`s."""
@@ -171,6 +210,7 @@ class SessionKeys:
         self._closed = True
         with self._lock:
             self._entries.clear()
+        self._released.clear()
         try:
             self.store.delete_run(self.scope)
         except Exception as exc:

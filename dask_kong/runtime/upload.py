@@ -14,6 +14,9 @@ tasks are invoked: the first branches compute while later data is still on its w
 read by tasks that are not started by the client (a dependent reached through the run)
 goes first, since nothing says when a worker reaches them.
 
+Values persisted in the session's scope (`StoredValue` in a persisted collection's graph)
+take the same way, without upload: the workers read them there, whatever the backend.
+
 Every session key the run reads is pinned until the run ends (`release`), so no other
 run's eviction removes data this one still needs.
 """
@@ -31,6 +34,8 @@ from dask.sizeof import sizeof
 from .. import config
 from ..constants import data_key
 from ..dag import DAG
+from ..dag.model import StoredValue
+from ..errors import KongError
 from ..invocation.payload import DataRefs
 from ..planning import Plan
 from .session_keys import SessionKeys
@@ -70,26 +75,57 @@ class Upload:
 
 
 def plan_upload(
-    dag: DAG, plan: Plan, starts: Sequence[int], session: SessionKeys, inline_bytes: int
+    dag: DAG,
+    plan: Plan,
+    starts: Sequence[int],
+    session: SessionKeys,
+    inline_bytes: int,
+    *,
+    upload_large: bool = True,
 ) -> Upload | None:
-    """The upload of `dag`'s data entries above `inline_bytes` (None when it has none):
-    tokenized, the ones already in the session's scope pinned, the rest in batches."""
+    """The upload of `dag`'s data entries above `inline_bytes` (when `upload_large`: the
+    workers are in other processes), and the references to values persisted in the
+    session's scope (`StoredValue`, always); None when there is neither. Tokenized, the
+    ones already in the scope pinned, the rest in batches."""
     started = time.perf_counter()
-    large = {name: v for name, v in dag.data.items() if sizeof(v) > inline_bytes}
-    if not large:
+    session.release_collected()  # persisted values collected since the last run
+    stored = {n: v for n, v in dag.data.items() if isinstance(v, StoredValue)}
+    large = {
+        n: v
+        for n, v in dag.data.items()
+        if upload_large and n not in stored and sizeof(v) > inline_bytes
+    }
+    if not large and not stored:
         return None
     keys = {name: data_key(tokenize(value)) for name, value in large.items()}
+    keys.update({name: value.key for name, value in stored.items()})
     needs = {s: need & keys.keys() for s, need in needs_of_starts(dag, plan, starts).items()}
     upload = Upload(session, DataRefs(session.scope, keys), needs)
     needed = list(dict.fromkeys(keys.values()))
     missing = set(session.pin_present(needed))
     upload.pinned = [k for k in needed if k not in missing]
+    check_stored(upload, stored, missing)
     values = {keys[name]: value for name, value in large.items()}
-    upload.reused_bytes = sum(sizeof(values[k]) for k in upload.pinned)
+    upload.reused_bytes = sum(sizeof(values[k]) for k in upload.pinned if k in values)
     order = upload_order(dag, starts, upload.needs, keys)
     upload.batches = batched([k for k in order if k in missing], values)
     upload.seconds = time.perf_counter() - started
     return upload
+
+
+def check_stored(upload: Upload, stored: dict[str, StoredValue], missing: set[str]) -> None:
+    """Raise, naming it, when a persisted value the run reads is not in the session's
+    store (released, expired, or persisted by another session); pins already taken are
+    released first."""
+    scope = upload.session.scope
+    for value in stored.values():
+        if value.scope != scope or value.key in missing:
+            upload.release()
+            where = "this" if value.scope == scope else "another (closed?)"
+            raise KongError(
+                f"persisted value {value.key!r} of {where} session is no longer in the "
+                "store: persist the collection again in this session"
+            )
 
 
 def needs_of_starts(dag: DAG, plan: Plan, starts: Sequence[int]) -> dict[int, set[str]]:

@@ -249,7 +249,9 @@ def holds(branch: Branch, source: int | str) -> bool:
     local memory), or the data node named `source` (in the DAG or the payload)."""
     if isinstance(source, int):
         return source in branch.ctx.handles or source in branch.local
-    return source in branch.ctx.dag.data or source in branch.data
+    refs = branch.ctx.data_refs
+    in_dag = source in branch.ctx.dag.data and (refs is None or source not in refs.keys)
+    return in_dag or source in branch.data
 
 
 def held_value(branch: Branch, source: int | str) -> Any:
@@ -258,8 +260,7 @@ def held_value(branch: Branch, source: int | str) -> Any:
         if source in branch.ctx.handles:  # the one object of this process
             return branch.ctx.handles[source]
         return local_value(branch, source)
-    dag_data = branch.ctx.dag.data
-    return dag_data[source] if source in dag_data else branch.data[source]
+    return branch.data[source] if source in branch.data else branch.ctx.dag.data[source]
 
 
 @dataclass(frozen=True)

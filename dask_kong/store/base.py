@@ -127,6 +127,12 @@ class Store(Protocol):
         a run's own values go with `delete_run`."""
         ...
 
+    def move(self, run_id: str, keys: Sequence[str], scope: str, new_keys: Sequence[str]) -> None:
+        """Move the values of `keys` out of run `run_id` into `scope` under `new_keys`
+        (persist: a run's outputs kept beyond the run, without passing through the
+        client where the store can rename). `MissingKeyError` names an absent key."""
+        ...
+
     def exists(self, run_id: str, key: str) -> bool:
         """Whether `key` was written (a late worker checks this, never a notification)."""
         ...

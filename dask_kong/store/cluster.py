@@ -452,6 +452,13 @@ class RedisClusterStore(RedisStore):
                 sizes[i] = int(size)
         return sizes
 
+    def move(self, run_id: str, keys: Sequence[str], scope: str, new_keys: Sequence[str]) -> None:
+        """Values spread over slots cannot be renamed across them (CROSSSLOT): they are
+        read and written again, through this process (`RedisStore.move` renames)."""
+        values, _ = self.get_many(run_id, keys)
+        self.commit(scope, dict(zip(new_keys, values, strict=True)))
+        self._unlink_values(run_id, keys)
+
     def _heads(self, names: Sequence[str]) -> list[bytes]:
         """The first bytes of each value: one batch per shard, all at once."""
         groups = self._by_shard(names)

@@ -119,6 +119,18 @@ class MemoryStore:
                     run.values.pop(key, None)
                     run.sizes.pop(key, None)
 
+    def move(self, run_id: str, keys: Sequence[str], scope: str, new_keys: Sequence[str]) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            values = run.values if run is not None else {}
+            missing = [k for k in keys if k not in values]
+            if missing or run is None:
+                raise MissingKeyError(f"{missing[0]!r} of run {run_id} is not in the store")
+            target = self._run(scope)
+            for key, new_key in zip(keys, new_keys, strict=True):
+                target.values[new_key] = run.values.pop(key)
+                target.sizes[new_key] = run.sizes.pop(key)
+
     def exists(self, run_id: str, key: str) -> bool:
         with self._lock:
             run = self._runs.get(run_id)

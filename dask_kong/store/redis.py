@@ -432,6 +432,37 @@ class RedisStore:
             f"drop values of {run_id}", functools.partial(self._unlink_values, run_id, doomed)
         )
 
+    def move(self, run_id: str, keys: Sequence[str], scope: str, new_keys: Sequence[str]) -> None:
+        """RENAME on the server, nothing through the client; a value stored in parts has
+        its parts renamed along (their names derive from the value's key)."""
+        if not keys:
+            return
+        prefix, target = self._value_prefix(run_id), self._value_prefix(scope)
+        names = [prefix + key for key in keys]
+        heads = self._call(f"look at values of {run_id}", functools.partial(self._heads, names))
+        renames: list[tuple[str, str]] = []
+        for key, new_key, head in zip(keys, new_keys, heads, strict=True):
+            if not head:
+                raise MissingKeyError(f"{key!r} of run {run_id} is not in the store")
+            old_parts = manifest_parts(key, head) or []
+            new_parts = manifest_parts(new_key, head) or []
+            renames += zip(
+                [prefix + p for p in old_parts], [target + p for p in new_parts], strict=True
+            )
+            renames.append((prefix + key, target + new_key))
+        self._call(f"move values of {run_id}", functools.partial(self._rename_all, renames))
+
+    def _rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
+        """RENAME each (source, target) in one round-trip; a retry after a lost reply
+        finds sources already moved, which only a missing target would make an error."""
+        pipe = self._client.pipeline(transaction=False)
+        for source, target in renames:
+            pipe.rename(source, target)
+        replies = pipe.execute(raise_on_error=False)
+        for (source, target), reply in zip(renames, replies, strict=True):
+            if isinstance(reply, Exception) and not self._client.exists(target):
+                raise MissingKeyError(f"could not move {source!r}: {reply}")
+
     def _heads(self, names: Sequence[str]) -> list[bytes]:
         """The first bytes of each value (enough to tell a parts manifest), one round-trip."""
         pipe = self._client.pipeline(transaction=False)
