@@ -24,6 +24,7 @@ from . import config as _config  # noqa: F401  (registers kong.yaml defaults wit
 
 if TYPE_CHECKING:
     from .diagnostics.report import performance_report
+    from .futures import Client, Future, as_completed, wait
     from .metrics.records import RunSummary
     from .session import Kong, kong_get, last_run
 
@@ -34,6 +35,10 @@ _LAZY = {
     "last_run": "session",
     "RunSummary": "metrics.records",
     "performance_report": "diagnostics.report",
+    "Client": "futures",
+    "Future": "futures",
+    "as_completed": "futures",
+    "wait": "futures",
 }
 
 
@@ -53,5 +58,15 @@ def _kong_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
 # dask looks scheduler names up in this table: scheduler="kong" then means kong_get.
 _dask_base.named_schedulers["kong"] = _kong_get
 
-__all__ = ["Kong", "RunSummary", "kong_get", "last_run", "performance_report"]
+__all__ = [
+    "Client",
+    "Future",
+    "Kong",
+    "RunSummary",
+    "as_completed",
+    "kong_get",
+    "last_run",
+    "performance_report",
+    "wait",
+]
 __version__ = "0.1.0"

@@ -132,8 +132,9 @@ class Kong:
         planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
         plan = planner(dag, self.planning_context())
         translate_s = time.perf_counter() - started
-        self.last_run_id = new_run_id()
-        observers.run_started(self, self.last_run_id, dag, plan)
+        # Runs may go on concurrently (a Client's futures): each keeps its own id.
+        run_id = self.last_run_id = new_run_id()
+        observers.run_started(self, run_id, dag, plan)
         try:
             services = RunServices(
                 self.store,
@@ -147,13 +148,13 @@ class Kong:
                 dag,
                 plan,
                 services,
-                run_id=self.last_run_id,
+                run_id=run_id,
                 callbacks=kwargs.pop("callbacks", None),
                 dsk=dsk,
                 keep_outputs=keep_outputs,
             )
         except BaseException as exc:
-            self._record(self.failed_summary(dag, plan, started, exc))
+            self._record(self.failed_summary(dag, plan, started, exc, run_id))
             raise
         summary.translate_s = translate_s
         record_run(self.history, dag, plan, summary)
@@ -169,11 +170,11 @@ class Kong:
         observers.run_finished(self, summary)
 
     def failed_summary(
-        self, dag: DAG, plan: Plan, started: float, exc: BaseException
+        self, dag: DAG, plan: Plan, started: float, exc: BaseException, run_id: str
     ) -> RunSummary:
         """What `last_run()` says of a run that raised: its size, time and error."""
         return RunSummary(
-            run_id=self.last_run_id or "",
+            run_id=run_id,
             tasks=len(dag),
             workers=0,
             invocations=0,

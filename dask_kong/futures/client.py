@@ -1,0 +1,400 @@
+"""`Client`: distributed's futures API over a Kong session.
+
+    from dask_kong import Client          # instead of: from dask.distributed import Client
+    client = Client()
+    future = client.submit(inc, 1)
+    total = client.submit(sum, client.map(inc, range(100)))
+    total.result()
+
+How it runs: `submit` and `map` only record the call and return a Future. A dispatcher
+thread takes every call recorded since it last looked (after `kong.client.batch_window_s`,
+so a loop of `submit`s lands in one batch) and hands the batch to a pool of
+`kong.client.concurrent_runs` threads; each runs its batch as one graph on the session
+(`batch.build_graph`), so thousands of small calls cost one run, and independent batches
+and `compute`s run at the same time. A batch whose calls take Futures of an earlier batch
+waits for those first (earlier batches started before it: the pool is first in, first
+out, so this never deadlocks).
+
+Values: a finished key's value is held by the client until the last Future of the key is
+released (garbage collected, `Future.release`, `Client.cancel`) or the client closes;
+passed to a later call, it travels with that call's run like any data in a graph. The
+runs themselves delete their store keys as every run does, so nothing is left in the
+store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+import dask
+import dask.config
+from dask.base import is_dask_collection, tokenize
+from dask.utils import funcname
+
+from .. import config
+from ..session import Kong
+from .batch import Submission, TaskFailure, build_graph, find_futures, walk_futures
+from .future import Future, FutureState
+from .unsupported import warn_unsupported
+
+logger = logging.getLogger("dask_kong.futures")
+
+# Longest single wait of the dispatcher for new calls, so it notices close() promptly.
+_DISPATCH_POLL_S = 0.25
+# Keywords of distributed's submit/map that kong honours or ignores harmlessly; any other
+# one goes through `warn_unsupported`.
+_SUBMIT_OPTIONS = ("key", "pure")
+
+
+class Client:
+    """distributed's `Client`, on a Kong session (`Kong(...)` arguments, or `session=`).
+
+    While open, the client is dask's default scheduler, as distributed's is:
+    `x.compute()` runs on its session."""
+
+    def __init__(
+        self,
+        address: Any = None,
+        *,
+        session: Kong | None = None,
+        set_as_default: bool = True,
+        **kong_options: Any,
+    ) -> None:
+        if address is not None:
+            raise ValueError(
+                f"dask_kong.Client takes no scheduler address ({address!r}): there is no "
+                "scheduler to connect to; pass Kong options (backend=, store=, ...) instead"
+            )
+        self._owns_session = session is None
+        self.session = session if session is not None else Kong(**kong_options)
+        self.status = "running"
+        #: Per key, where it is (`FutureState`); a key leaves when its last Future goes.
+        self._states: dict[Any, FutureState] = {}
+        #: Per key, how many Futures of it are alive.
+        self._refs: Counter[Any] = Counter()
+        #: Calls recorded and not yet handed to a run, and the Futures they take.
+        self._pending: list[Submission] = []
+        self._pending_inputs: list[Future] = []
+        # Reentrant: a Future made under the lock retains its key through it.
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._runs = ThreadPoolExecutor(
+            int(config.get("client.concurrent_runs")), thread_name_prefix="kong-client-run"
+        )
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="kong-client-dispatch", daemon=True
+        )
+        self._dispatcher.start()
+        #: Tokens of the functions submitted so far (`_func_token`).
+        self._func_tokens: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._config_ctx: Any = None
+        if set_as_default:
+            self._config_ctx = dask.config.set(scheduler=self.get)
+            self._config_ctx.__enter__()
+
+    # -- submitting ------------------------------------------------------------------
+
+    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """`func(*args, **kwargs)` on a worker. `key=` names it; `pure=False` makes
+        every call a new key (by default equal calls share one, as in distributed)."""
+        options, kwargs = split_options(kwargs, "submit")
+        key = options.get("key") or self._key_of(func, args, kwargs, options)
+        return self._record([Submission(key, func, args, kwargs)])[0]
+
+    def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> Any:
+        """`submit(func, *items)` for each tuple of items of `iterables` (zipped), as
+        one batch; `key=` may be a list of keys or a prefix."""
+        options, kwargs = split_options(kwargs, "map")
+        rows = list(zip(*iterables, strict=False))
+        keys = options.get("key")
+        if not isinstance(keys, (list, tuple)):
+            prefix = keys or funcname(func)
+            keys = [self._key_of(func, row, kwargs, options, prefix) for row in rows]
+        return self._record(
+            [Submission(k, func, row, kwargs) for k, row in zip(keys, rows, strict=True)]
+        )
+
+    def compute(self, collections: Any, sync: bool = False, **kwargs: Any) -> Any:
+        """A Future of each collection's result (a list for a list), computed in a run
+        of its own; `sync=True` returns the results instead."""
+        single = is_dask_collection(collections)
+        colls = [collections] if single else list(collections)
+        futures = [self._compute_one(c, kwargs) for c in colls]
+        if sync:
+            return self.gather(futures[0] if single else futures)
+        return futures[0] if single else futures
+
+    def persist(self, collections: Any, **kwargs: Any) -> Any:
+        """The collections with their chunks computed, held by the client (as dask's
+        own `persist`). Blocks until done."""
+        single = is_dask_collection(collections)
+        colls = [collections] if single else list(collections)
+        persisted = dask.persist(*colls, scheduler=self.session.get, **kwargs)
+        return persisted[0] if single else list(persisted)
+
+    def scatter(self, data: Any, hash: bool = True, **kwargs: Any) -> Any:
+        """Futures of values the client already has: a list or dict of Futures for a
+        list or dict, else one Future."""
+        warn_unsupported(kwargs.keys(), "scatter")
+        if isinstance(data, dict):
+            return {k: self._scatter_one(v, hash) for k, v in data.items()}
+        if isinstance(data, (list, tuple, set)):
+            return type(data)(self._scatter_one(v, hash) for v in data)
+        return self._scatter_one(data, hash)
+
+    def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """Dask scheduler entry point, on the client's session."""
+        self._check_open()
+        return self.session.get(dsk, keys, **kwargs)
+
+    # -- results ----------------------------------------------------------------------
+
+    def gather(self, futures: Any, errors: str = "raise") -> Any:
+        """The values of `futures` (a Future, or lists, tuples, dicts of them), in the
+        same shape. `errors="skip"` leaves failed ones out of lists."""
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if errors == "skip" and isinstance(futures, list):
+            return [f.result() for f in futures if f.exception() is None]
+        return walk_futures(futures, lambda f: f.result())
+
+    def cancel(self, futures: Any, force: bool = False) -> int:
+        """Cancel the keys of `futures` (a Future or an iterable): calls not started do
+        not run, values arriving later are dropped. How many keys were cancelled."""
+        items = [futures] if isinstance(futures, Future) else list(futures)
+        return sum(f._state.cancel() for f in items)
+
+    def who_has(self) -> dict[Any, tuple[str, ...]]:
+        """The keys this client holds values of ("client": values live here)."""
+        with self._lock:
+            return {k: ("client",) for k, s in self._states.items() if s.status == "finished"}
+
+    # -- reference counting -------------------------------------------------------------
+
+    def retain_key(self, key: Any) -> None:
+        with self._lock:
+            self._refs[key] += 1
+
+    def release_key(self, key: Any) -> None:
+        """One Future fewer of `key`; the last one frees the value."""
+        with self._lock:
+            self._refs[key] -= 1
+            if self._refs[key] <= 0:
+                del self._refs[key]
+                self._states.pop(key, None)
+
+    def held_keys(self) -> list[Any]:
+        """Keys a Future still refers to (tests prove release)."""
+        with self._lock:
+            return list(self._states)
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Cancel what has not run, wait for runs in flight (each ends: finished, failed
+        or stalled), free every value, close the session if the client opened it."""
+        with self._lock:
+            if self.status == "closed":
+                return
+            self.status = "closed"
+            pending, self._pending = self._pending, []
+            self._pending_inputs = []
+            self._wake.notify_all()
+        for s in pending:
+            s.state.cancel()
+        self._dispatcher.join()
+        self._runs.shutdown(wait=True)
+        with self._lock:
+            states = list(self._states.values())
+            self._states.clear()
+        for state in states:
+            state.cancel()
+        if self._config_ctx is not None:
+            self._config_ctx.__exit__(None, None, None)
+            self._config_ctx = None
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<dask_kong.Client: {self.session.backend_name}, {self.status}>"
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.status == "closed":
+            raise RuntimeError("this Client is closed")
+
+    def _key_of(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        prefix: str | None = None,
+    ) -> str:
+        name = prefix or funcname(func)
+        if options.get("pure", True):
+            return f"{name}-{tokenize(self._func_token(func), args, kwargs)}"
+        return f"{name}-{uuid.uuid4().hex}"
+
+    def _func_token(self, func: Callable[..., Any]) -> str:
+        """`func`'s token, computed once per function: a function defined in __main__
+        tokenizes by pickling it (~1 ms), once per call would dominate a large map."""
+        try:
+            return self._func_tokens[func]
+        except (KeyError, TypeError):
+            token = tokenize(func)
+        with contextlib.suppress(TypeError):  # not weak-referenceable: tokenized each call
+            self._func_tokens[func] = token
+        return token
+
+    def _record(self, submissions: list[Submission]) -> list[Future]:
+        """Futures of `submissions`; new keys are queued for the dispatcher, keys already
+        held (an equal pure call) share their state."""
+        self._check_open()
+        futures = []
+        with self._lock:
+            for s in submissions:
+                state = self._states.get(s.key)
+                if state is None:
+                    state = s.state = self._states[s.key] = FutureState()
+                    self._pending_inputs.extend(find_futures(s))
+                    self._pending.append(s)
+                futures.append(Future(s.key, self, state))
+            self._wake.notify_all()
+        return futures
+
+    def _dispatch(self) -> None:
+        """Hand the calls recorded so far to a run, until the client closes."""
+        window_s = float(config.get("client.batch_window_s"))
+        while True:
+            with self._lock:
+                while not self._pending and self.status != "closed":
+                    self._wake.wait(_DISPATCH_POLL_S)
+                if self.status == "closed":
+                    return
+            time.sleep(window_s)  # a loop of submit calls: let it land in one batch
+            with self._lock:
+                batch, self._pending = self._pending, []
+                inputs, self._pending_inputs = self._pending_inputs, []
+            self._runs.submit(self._run_batch, batch, inputs)
+            del batch, inputs  # the run holds them now; their Futures must be free to go
+
+    def _run_batch(self, batch: list[Submission], inputs: list[Future]) -> None:
+        """Run one batch as one graph and settle its keys. `inputs` (the Futures its
+        calls take) keep those values alive until the run has them."""
+        known = {f.key: f._state for f in inputs}
+        known.update({s.key: s.state for s in batch})
+        runnable = settle_unrunnable(batch, known)
+        if not runnable:
+            return
+        own = {s.key for s in batch}
+        for state in {f._state for f in inputs if f.key not in own}:
+            state.event.wait()  # an earlier batch's key: its run is under way
+        runnable = settle_unrunnable(runnable, known)
+        done_values = {k: s.value for k, s in known.items() if s.status == "finished"}
+        graph = build_graph(runnable, done_values)
+        keys = [s.key for s in runnable]
+        try:
+            values = self.session.get(graph, keys)
+        except Exception as exc:
+            for s in runnable:
+                known[s.key].fail(exc)
+            return
+        for s, value in zip(runnable, values, strict=True):
+            settle(known[s.key], value)
+
+    def _compute_one(self, collection: Any, kwargs: dict[str, Any]) -> Future:
+        self._check_open()
+        key = f"finalize-{tokenize(collection)}"
+        with self._lock:
+            state = self._states.get(key)
+            new = state is None
+            if state is None:
+                state = self._states[key] = FutureState()
+            future = Future(key, self, state)
+        if new:
+            self._runs.submit(self._run_collection, collection, state, kwargs)
+        return future
+
+    def _run_collection(self, collection: Any, state: FutureState, kwargs: dict[str, Any]) -> None:
+        if state.status != "pending":
+            return  # cancelled before its turn
+        try:
+            (value,) = dask.compute(collection, scheduler=self.session.get, **kwargs)
+        except Exception as exc:
+            state.fail(exc)
+            return
+        state.finish(value)
+
+    def _scatter_one(self, value: Any, hash: bool) -> Future:
+        self._check_open()
+        token = tokenize(value) if hash else uuid.uuid4().hex
+        key = f"{type(value).__name__}-{token}"
+        with self._lock:
+            state = self._states.setdefault(key, FutureState())
+            future = Future(key, self, state)
+        state.finish(value)
+        return future
+
+
+def split_options(kwargs: dict[str, Any], call: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(options of `submit`/`map` itself, the function's own keyword arguments):
+    distributed's scheduling keywords kong does not honour warn once, by name."""
+    from .unsupported import SCHEDULING_KEYWORDS
+
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in _SUBMIT_OPTIONS}
+    ignored = [k for k in list(kwargs) if k in SCHEDULING_KEYWORDS]
+    given = [k for k in ignored if kwargs.pop(k) is not None]
+    warn_unsupported(given, call)
+    return options, kwargs
+
+
+def settle_unrunnable(batch: list[Submission], known: dict[Any, FutureState]) -> list[Submission]:
+    """The calls of `batch` that can run: a cancelled call is dropped, a call whose
+    input failed or was cancelled fails with that input's exception without running
+    (batch order is submission order, so inputs come first)."""
+    runnable = []
+    for s in batch:
+        state = known[s.key]
+        if state.status != "pending":
+            continue
+        failed = [known[k] for k in s.needs if known[k].status in ("error", "cancelled")]
+        if failed:
+            assert failed[0].exception is not None
+            state.fail(failed[0].exception, failed[0].traceback)
+            continue
+        runnable.append(s)
+    return runnable
+
+
+def settle(state: FutureState, value: Any) -> None:
+    """Finish a key with its value, or fail it with the task's own exception."""
+    if isinstance(value, TaskFailure):
+        note = f"Remote traceback:\n{value.traceback}"
+        if note not in getattr(value.error, "__notes__", ()):
+            value.error.add_note(note)
+        state.fail(value.error, value.traceback)
+    else:
+        state.finish(value)

@@ -1,0 +1,259 @@
+"""dask_kong.Client: distributed's futures API, on the embedded and processes modes (and
+the lambda backend through the local gateway for submit/gather), with and without
+duplicate deliveries; no value held and no store key left once the Futures are gone."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from dask_kong import Client, Future, Kong, as_completed, wait
+from dask_kong.backends.processes.gateway import Gateway
+from dask_kong.futures import FIRST_COMPLETED, FutureCancelledError
+from dask_kong.futures.unsupported import UnsupportedOptionWarning, forget_warnings
+from dask_kong.invocation.model import Invocation
+from dask_kong.runtime.context import RunContext
+from dask_kong.store.server import RedisServer
+
+MODES = ("embedded", "processes")
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def total(values: Sequence[int], extra: dict[str, int]) -> int:
+    return sum(values) + sum(extra.values())
+
+
+def fails(x: int) -> int:
+    raise ValueError(f"bad input {x}")
+
+
+@pytest.fixture(params=MODES)
+def client(
+    request: pytest.FixtureRequest, kong_sessions: Callable[[str], Kong]
+) -> Iterator[Client]:
+    """A client on each mode's shared session (its workers are warm)."""
+    session = kong_sessions(request.param)
+    with Client(session=session, set_as_default=False) as c:
+        yield c
+    assert not session._closed  # a client closes only a session it opened
+
+
+def assert_nothing_left(client: Client) -> None:
+    gc.collect()
+    assert client.held_keys() == []
+    session = client.session
+    assert session.store.run_keys(session.last_run_id or "") == []
+
+
+def test_submit_map_gather_with_futures_as_arguments(client: Client) -> None:
+    first = client.submit(inc, 1)
+    assert isinstance(first, Future)
+    assert first.result(timeout=60) == 2 and first.done() and first.status == "finished"
+    mapped = client.map(inc, range(20))
+    summed = client.submit(total, mapped, extra={"a": first, "b": client.submit(add, 1, 2)})
+    assert summed.result(timeout=60) == sum(range(1, 21)) + 2 + 3
+    assert client.gather(mapped) == list(range(1, 21))
+    assert client.gather({"x": [first], "y": (first,)}) == {"x": [2], "y": (2,)}
+    del first, mapped, summed
+    assert_nothing_left(client)
+
+
+def test_a_tree_of_submits_matches_the_sum(client: Client) -> None:
+    level = client.map(inc, range(64))
+    while len(level) > 1:
+        level = [client.submit(add, a, b) for a, b in zip(level[::2], level[1::2], strict=True)]
+    assert level[0].result(timeout=60) == sum(range(1, 65))
+    del level
+    assert_nothing_left(client)
+
+
+def test_a_failing_call_fails_itself_and_its_dependents_only(client: Client) -> None:
+    bad = client.submit(fails, 7)
+    dependent = client.submit(inc, bad)
+    fine = client.submit(inc, 41)
+    assert fine.result(timeout=60) == 42
+    with pytest.raises(ValueError, match="bad input 7") as info:
+        bad.result(timeout=60)
+    assert any("Remote traceback" in note for note in getattr(info.value, "__notes__", ()))
+    assert "fails" in bad.traceback()
+    assert isinstance(dependent.exception(timeout=60), ValueError)
+    assert dependent.status == "error"
+    # an input that failed in an earlier batch fails a later call without running it
+    later = client.submit(inc, bad)
+    assert isinstance(later.exception(timeout=60), ValueError)
+    del bad, dependent, fine, later, info
+    assert_nothing_left(client)
+
+
+def test_as_completed_and_wait(client: Client) -> None:
+    futures = client.map(inc, range(10))
+    seen = sorted(f.result() for f in as_completed(futures))
+    assert seen == list(range(1, 11))
+    pairs = as_completed(client.map(inc, range(3)), with_results=True)
+    extra = client.submit(inc, 100)
+    pairs.add(extra)
+    assert sorted(v for _, v in pairs) == [1, 2, 3, 101]
+    done, not_done = wait(futures, timeout=60)
+    assert done == set(futures) and not not_done
+    assert wait(futures, return_when=FIRST_COMPLETED).done
+    errors = as_completed([client.submit(fails, 1)], with_results=True, raise_errors=False)
+    assert [type(e) for _, e in errors] == [ValueError]
+    del futures, pairs, extra, done, not_done, errors
+    assert_nothing_left(client)
+
+
+def test_cancel_and_done_callbacks(client: Client) -> None:
+    calls: list[Any] = []
+    future = client.submit(inc, 5)
+    future.add_done_callback(lambda f: calls.append(f.result()))
+    assert future.result(timeout=60) == 6
+    future.add_done_callback(lambda f: calls.append("late"))
+    assert calls == [6, "late"]
+    cancelled = client.submit(inc, 1000)
+    assert cancelled.cancel() and cancelled.cancelled()
+    with pytest.raises(FutureCancelledError):
+        cancelled.result(timeout=1)
+    assert isinstance(client.submit(inc, cancelled).exception(timeout=60), FutureCancelledError)
+    del future, cancelled
+    assert_nothing_left(client)
+
+
+def test_compute_persist_and_scatter(client: Client) -> None:
+    array = da.from_array(np.arange(100.0), chunks=10)
+    future = client.compute(array.sum())
+    futures = client.compute([array.mean(), array.max()])
+    assert future.result(timeout=60) == 4950.0
+    assert client.gather(futures) == [49.5, 99.0]
+    assert client.compute(array.sum(), sync=True) == 4950.0
+    persisted = client.persist(array + 1)
+    assert float((persisted * 2).sum().compute(scheduler=client.get)) == 2 * 5050.0
+    scattered = client.scatter([1, 2, 3])
+    named = client.scatter({"a": 10})
+    assert client.gather(client.map(add, scattered, [named["a"]] * 3)) == [11, 12, 13]
+    assert client.scatter(5).result() == 5
+    del future, futures, scattered, named
+    assert_nothing_left(client)
+
+
+def test_release_keeps_a_value_until_its_last_future_goes(client: Client) -> None:
+    one = client.submit(inc, 1)
+    two = client.submit(inc, 1)  # pure: the same key, the same computation
+    assert one.key == two.key and one.result(timeout=60) == 2
+    one.release()
+    assert client.held_keys() == [two.key] and two.result() == 2
+    del one, two
+    assert_nothing_left(client)
+    impure = client.map(inc, [1, 1], pure=False)
+    assert impure[0].key != impure[1].key
+
+
+@pytest.mark.parametrize("mode", ["embedded", "threads-redis"])
+def test_runs_of_one_client_go_on_at_once(kong_sessions: Callable[[str], Kong], mode: str) -> None:
+    """Two computations in flight together: one waits for an event only the other sets,
+    which would time out if the client ran them one after the other."""
+    started = threading.Event()
+
+    def waiter() -> bool:
+        return started.wait(30)
+
+    def setter() -> bool:
+        started.set()
+        return True
+
+    with Client(session=kong_sessions(mode), set_as_default=False) as client:
+        first = client.compute(dask.delayed(waiter)())
+        time.sleep(0.05)
+        second = client.compute(dask.delayed(setter)())
+        assert first.result(timeout=60) is True and second.result(timeout=60) is True
+
+
+class DeliverTwice:
+    """Every invocation delivered twice, as at-least-once platforms may."""
+
+    def __init__(self, backend: Any) -> None:
+        self.inner = backend
+
+    def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
+        self.inner.invoke(ctx, [*invocations, *invocations])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("mode", ["embedded", "processes"])
+def test_futures_under_duplicate_deliveries(
+    kong_sessions: Callable[[str], Kong], mode: str
+) -> None:
+    session = kong_sessions(mode)
+    inner = session.backend
+    session.backend = DeliverTwice(inner)
+    try:
+        with Client(session=session, set_as_default=False) as client:
+            level = client.map(inc, range(16))
+            while len(level) > 1:
+                level = [
+                    client.submit(add, a, b) for a, b in zip(level[::2], level[1::2], strict=True)
+                ]
+            bad = client.submit(fails, 1)
+            assert level[0].result(timeout=60) == sum(range(1, 17))
+            assert isinstance(bad.exception(timeout=60), ValueError)
+            del level, bad
+            assert_nothing_left(client)
+    finally:
+        session.backend = inner
+
+
+def test_submit_and_gather_on_lambda(lambda_gateway: Gateway, redis_server: RedisServer) -> None:
+    with Client(
+        backend="lambda",
+        store=redis_server.url,
+        endpoint_url=lambda_gateway.url,
+        function=lambda_gateway.default_function,
+        set_as_default=False,
+    ) as client:
+        futures = client.map(inc, range(8))
+        summed = client.submit(sum, futures)
+        assert summed.result(timeout=60) == sum(range(1, 9))
+        assert client.gather(futures) == list(range(1, 9))
+        bad = client.submit(fails, 3)
+        assert isinstance(bad.exception(timeout=60), ValueError)
+        del futures, summed, bad
+        assert_nothing_left(client)
+        session = client.session
+    assert session._closed  # the client opened it, the client closed it
+
+
+def test_client_is_the_default_scheduler_while_open() -> None:
+    with Client(backend="threads", store="memory", workers=2) as client:
+        assert dask.config.get("scheduler") == client.get
+        assert da.ones(10, chunks=5).sum().compute() == 10
+    assert dask.config.get("scheduler", None) != client.get
+    with pytest.raises(RuntimeError, match="closed"):
+        client.submit(inc, 1)
+    with pytest.raises(ValueError, match="no scheduler address"):
+        Client("tcp://127.0.0.1:8786")
+
+
+def test_unhonoured_submit_keywords_warn_once_by_name() -> None:
+    forget_warnings()
+    with Client(backend="threads", store="memory", workers=1, set_as_default=False) as client:
+        with pytest.warns(UnsupportedOptionWarning, match="'workers'"):
+            first = client.submit(inc, 1, workers=["a"])
+        with dask.config.set({"kong.client.batch_window_s": 0.0}):
+            second = client.submit(inc, 2, workers=["a"])  # no second warning
+        assert first.result(timeout=60) == 2 and second.result(timeout=60) == 3
