@@ -13,6 +13,11 @@ AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or kong.gateway.*), which it requires
     python -m dask_kong dashboard --store redis://host:6379/0 [--host H] [--port P]
 
 serves the live dashboard of the runs sessions announce in that store, the same way.
+
+    python -m dask_kong lambda-image [--out DIR]
+
+writes a container image build context for AWS Lambda: Dockerfile, requirements pinned
+to this client's versions, dask-kong's source.
 """
 
 from __future__ import annotations
@@ -132,7 +137,36 @@ def register_dashboard(subcommands: argparse._SubParsersAction[argparse.Argument
     parser.set_defaults(command=run_dashboard)
 
 
-SUBCOMMANDS = [register_gateway, register_dashboard]
+def run_lambda_image(args: argparse.Namespace) -> int:
+    """Write the Lambda image's build context (Dockerfile, pinned requirements, source)."""
+    from pathlib import Path
+
+    from .deploy import write_lambda_image
+
+    image = write_lambda_image(Path(args.out))
+    print(
+        f"wrote {image.dockerfile}, {image.requirements} ({len(image.pins)} pins), {image.source}"
+    )
+    print(f"next: docker build --platform linux/amd64 -t kong-worker {args.out}")
+    return 0
+
+
+def register_lambda_image(
+    subcommands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    parser = subcommands.add_parser(
+        "lambda-image",
+        help="write a Dockerfile for an AWS Lambda function that runs dask-kong",
+        description="Write a container image build context for the Lambda function: a "
+        "Dockerfile on AWS's base image for this Python, requirements pinned to the "
+        "versions installed here, and dask-kong's source from this checkout "
+        "(docs/deploy-lambda.md).",
+    )
+    parser.add_argument("--out", default="kong-lambda-image", help="directory to write")
+    parser.set_defaults(command=run_lambda_image)
+
+
+SUBCOMMANDS = [register_gateway, register_dashboard, register_lambda_image]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import urllib.parse
 from typing import Final
 
 from . import config
@@ -75,6 +76,16 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(hashlib.sha256(self._value.encode()).digest())
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its user-info replaced by `***` (for display)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 def signing_enabled() -> bool:

@@ -69,6 +69,9 @@ class Kong:
         if security.signing_enabled():
             security.ensure_key()  # before any pickle is written (kong.security.key)
         self.store: Store = open_store(self.store_spec, self.backend_name)
+        #: What the store is, for summaries, reports and the dashboard: its URL without
+        #: the password (the store itself holds the full URL).
+        self.store_spec = security.redact_url(self.store_spec)
         try:
             self.backend: Backend = open_backend(
                 self.backend_name, self.store, workers, backend_options

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import pickle
 import secrets
+import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import dask.config
 import pytest
 import redis
 
-from dask_kong import Kong, security, serialize
+from dask_kong import Kong, last_run, security, serialize
 from dask_kong.backends.processes.backend import HANDLER
 from dask_kong.backends.processes.gateway import FunctionError, Gateway
 from dask_kong.backends.processes.settings import GatewaySettings
@@ -87,6 +91,12 @@ def test_secrets_do_not_show_in_reprs() -> None:
     secret = Secret("s3cr3t-value-that-must-not-leak")
     assert "s3cr3t" not in repr(secret) and "s3cr3t" not in f"{secret}"
     assert secret == Secret("s3cr3t-value-that-must-not-leak")
+
+
+def test_store_urls_are_shown_without_their_password() -> None:
+    assert security.redact_url("rediss://kong:pw@h:6379/0?a=1") == "rediss://kong:***@h:6379/0?a=1"
+    assert security.redact_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+    assert security.redact_url("redis://h:6379/0") == "redis://h:6379/0"
 
 
 def test_a_tampered_stored_value_is_refused_by_the_store(redis_store: RedisStore) -> None:
@@ -193,3 +203,79 @@ def test_workers_with_another_key_fail_the_run_with_a_signature_error(
 def test_the_lambda_backend_needs_a_configured_key(redis_server: RedisServer) -> None:
     with pytest.raises(KongError, match=r"kong\.security\.key"):
         Kong(backend="lambda", store=redis_server.url, endpoint_url="http://127.0.0.1:9")
+
+
+def explode(value: int) -> int:
+    raise ValueError(f"task failed on purpose with {value}")
+
+
+def everything_said(error: BaseException) -> str:
+    """An exception as a user sees it: message, repr, notes, traceback, causes."""
+    return "\n".join(
+        [
+            str(error),
+            repr(error),
+            *traceback.format_exception(error),
+            *getattr(error, "__notes__", []),
+        ]
+    )
+
+
+@pytest.mark.timeout(180)
+def test_a_failing_run_shows_no_secret_anywhere(
+    redis_server: RedisServer,
+    lambda_gateway: Gateway,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Runs that fail three ways (a task raises, a gateway refuses a caller, workers
+    refuse a payload), with DEBUG logging, and greps all that was printed, logged,
+    raised and shown by reprs for the signing key, the Redis password and the
+    gateways' secret keys."""
+    caplog.set_level(logging.DEBUG)
+    key = secrets.token_hex(32)
+    said: list[str] = []
+    with dask.config.set({"kong.security.key": key}):
+        with Kong(backend="processes", store=redis_server.url, workers=1) as session:
+            with pytest.raises(ValueError) as failed:
+                session.get({"a": (explode, 1)}, "a")
+            said.append(everything_said(failed.value))
+            gateway = session.backend.gateway  # type: ignore[attr-defined]
+            said += [repr(session), repr(session.store), repr(gateway.settings), repr(last_run())]
+            said.append(repr(gateway.credentials))
+            url = f"{gateway.url}/2015-03-31/functions/kong/invocations"
+            urllib_post_unsigned(url)
+            gateway_secret = gateway.credentials.secret.reveal()
+        with (
+            Kong(
+                backend="lambda",
+                store=redis_server.url,
+                endpoint_url=lambda_gateway.url,
+                function=lambda_gateway.default_function,
+            ) as session,
+            pytest.raises(SignatureError) as refused,
+        ):
+            session.get({"a": (explode, 2)}, "a")  # the functions have another key
+        said.append(everything_said(refused.value))
+    captured = capfd.readouterr()
+    said += [captured.out, captured.err, caplog.text]
+    text = "\n".join(said)
+    assert "task failed on purpose with 1" in text and "refused invocation" in text
+    secrets_configured = {
+        "signing key": key,
+        "functions' signing key": lambda_gateway.settings.pool.env[security.KEY_ENV],
+        "redis password": redis_server.password,
+        "session gateway's secret": gateway_secret,
+        "lambda gateway's secret": lambda_gateway.credentials.secret.reveal(),
+    }
+    for name, secret in secrets_configured.items():
+        assert secret not in text, f"the {name} appears in what the run showed"
+
+
+def urllib_post_unsigned(url: str) -> None:
+    """An unsigned Invoke call, refused (and logged) by the gateway."""
+    request = urllib.request.Request(url, data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403
+    refused.value.close()
