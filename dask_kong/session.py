@@ -18,6 +18,7 @@ from dask.base import collections_to_expr
 from dask.core import flatten
 
 from . import config, security
+from .annotations import annotations_of, warn_unhonoured, with_priorities, with_resources
 from .dag import DAG
 from .dag.translate import translate
 from .diagnostics import observers
@@ -131,9 +132,12 @@ class Kong:
         translation = translate(dsk, keys, shares_disk=self.workers_share_machine)
         # finalize tasks run in this process on the values: nothing to keep in the store
         keep_outputs = keep_outputs and not translation.finals
-        dag = translation.dag
+        notes = annotations_of(dsk)
+        warn_unhonoured(notes, kwargs)
+        dag = with_priorities(translation.dag, notes.get("priority"))
         planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
-        plan = planner(dag, self.planning_context())
+        context = self.planning_context()
+        plan = with_resources(dag, planner(dag, context), notes.get("resources"), context.resources)
         translate_s = time.perf_counter() - started
         # Runs may go on concurrently (a Client's futures): each keeps its own id.
         run_id = self.last_run_id = new_run_id()

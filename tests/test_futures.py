@@ -18,8 +18,8 @@ import pytest
 from dask_kong import Client, Future, Kong, as_completed, wait
 from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.futures import FIRST_COMPLETED, FutureCancelledError
-from dask_kong.futures.unsupported import UnsupportedOptionWarning, forget_warnings
 from dask_kong.invocation.model import Invocation
+from dask_kong.options import UnsupportedOptionWarning, forget_warnings
 from dask_kong.runtime.context import RunContext
 from dask_kong.store.server import RedisServer
 

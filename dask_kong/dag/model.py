@@ -81,6 +81,8 @@ class DAG:
     children: tuple[tuple[int, ...], ...]
     data: Mapping[str, Any]
     outputs: tuple[Output, ...]
+    #: Per task, the user's priority (`dask.annotate(priority=...)`); empty: all 0.
+    priorities: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -130,6 +132,16 @@ class DAG:
             total = sum(1 + counts[c] for c in self.children[task])
             counts[task] = min(total, cap)
         return tuple(counts)
+
+    @functools.cached_property
+    def urgency(self) -> tuple[int, ...]:
+        """Per task, the order a bounded backend starts its queued invocations in,
+        highest first: the user's priority first (as distributed orders by it), then
+        `successors`."""
+        if not self.priorities:
+            return self.successors
+        scale = len(self) + 1  # successors never exceed len(dag)
+        return tuple(p * scale + s for p, s in zip(self.priorities, self.successors, strict=True))
 
     def longest_chains_first(self, tasks: Iterable[int]) -> list[int]:
         """`tasks` by decreasing height (stable): the order to invoke them in. A bounded

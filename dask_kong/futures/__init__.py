@@ -1,8 +1,8 @@
 """distributed's futures API on dask-kong: `Client`, `Future`, `wait`, `as_completed`.
 
 `client.py` holds the client (batches of calls run as one graph each), `future.py` the
-Future and the waits over many, `batch.py` how calls become a graph, `unsupported.py` the
-one mechanism that warns about options kong cannot honour.
+Future and the waits over many, `batch.py` how calls become a graph; options kong cannot honour
+warn through `dask_kong.options`.
 """
 
 from __future__ import annotations

@@ -42,10 +42,10 @@ from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
 from .. import config
+from ..options import SCHEDULING_KEYWORDS, warn_unsupported
 from ..session import Kong
 from .batch import Submission, TaskFailure, build_graph, find_futures, walk_futures
 from .future import Future, FutureState
-from .unsupported import warn_unsupported
 
 logger = logging.getLogger("dask_kong.futures")
 
@@ -135,12 +135,10 @@ class Client:
         return futures[0] if single else futures
 
     def persist(self, collections: Any, **kwargs: Any) -> Any:
-        """The collections with their chunks computed, held by the client (as dask's
-        own `persist`). Blocks until done."""
-        single = is_dask_collection(collections)
-        colls = [collections] if single else list(collections)
-        persisted = dask.persist(*colls, scheduler=self.session.get, **kwargs)
-        return persisted[0] if single else list(persisted)
+        """The collections with their chunks computed and kept in the session's store
+        (`Kong.persist`): later computations read them there. Blocks until done."""
+        self._check_open()
+        return self.session.persist(collections, **kwargs)
 
     def scatter(self, data: Any, hash: bool = True, **kwargs: Any) -> Any:
         """Futures of values the client already has: a list or dict of Futures for a
@@ -362,8 +360,6 @@ class Client:
 def split_options(kwargs: dict[str, Any], call: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(options of `submit`/`map` itself, the function's own keyword arguments):
     distributed's scheduling keywords kong does not honour warn once, by name."""
-    from .unsupported import SCHEDULING_KEYWORDS
-
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in _SUBMIT_OPTIONS}
     ignored = [k for k in list(kwargs) if k in SCHEDULING_KEYWORDS]
     given = [k for k in ignored if kwargs.pop(k) is not None]

@@ -45,12 +45,12 @@ class RemoteInvoker:
 
     def invoke(self, run: InvokedRun, invocations: Sequence[Invocation]) -> None:
         """Send every invocation, grouped by function; the most urgent (most tasks
-        waiting on it, `DAG.successors`) first where a queue orders them."""
+        waiting on it, `DAG.urgency`) first where a queue orders them."""
         shipment = run.shipment
         if shipment is None:
             raise KongError(f"run {run.run_id} was not prepared for remote workers")
         by_function: dict[str, tuple[list[bytes], list[int]]] = {}
-        urgency = run.dag.successors
+        urgency = run.dag.urgency
         for inv in invocations:
             function = function_for(shipment.invoker.function, run.plan.tasks[inv.start].resource)
             payloads, priorities = by_function.setdefault(function, ([], []))

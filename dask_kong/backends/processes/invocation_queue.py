@@ -5,7 +5,7 @@ has waited longer than the priority window starts before any newer one, so no ru
 starves behind another's more urgent work. Lambda has no such queue (it starts every
 Event invocation at once); a local gateway bounded by a machine's cores does, and FIFO
 there made a small task that many fan-ins wait on sit behind work that could wait (see
-`DAG.successors`).
+`DAG.urgency`).
 """
 
 from __future__ import annotations

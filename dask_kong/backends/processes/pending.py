@@ -55,7 +55,7 @@ class PendingInvocation:
     payload: bytes
     #: who gets the outcome; None for Event invocations, whose outcome nobody awaits
     on_complete: OutcomeCallback | None
-    #: higher starts first when invocations wait for a slot (kong: DAG.successors)
+    #: higher starts first when invocations wait for a slot (kong: DAG.urgency)
     priority: int = 0
     #: set when a worker takes it: cold (a new process) or warm
     cold_start: bool | None = None

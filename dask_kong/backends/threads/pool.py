@@ -2,7 +2,7 @@
 
 An invocation is a queue entry. A thread takes it if one is idle ("warm start"); else a
 new thread starts ("cold start") up to the worker limit, beyond which invocations queue;
-waiting invocations start most urgent first (`DAG.successors`), then oldest, as the
+waiting invocations start most urgent first (`DAG.urgency`), then oldest, as the
 local gateway's do.
 An idle thread exits after `kong.threads.keep_warm_s`, like a container after its
 keep-warm window, so an idle session holds no threads.
@@ -85,7 +85,7 @@ class ThreadBackend:
     def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
         if self._closed:
             raise RuntimeError("this Kong session is closed")
-        urgency = ctx.dag.successors
+        urgency = ctx.dag.urgency
         for invocation in invocations:
             ctx.branch_started()
             item = (-urgency[invocation.start], next(self._arrivals), (ctx, invocation))
