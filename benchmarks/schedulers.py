@@ -29,7 +29,7 @@ from .workloads.base import Case
 DASK_LOCAL = ("sync", "threads", "processes")
 DASK_SCHEDULERS = (*DASK_LOCAL, "distributed")
 # kong scheduler name -> Kong(...) arguments.
-KONG_SESSIONS = {
+KONG_SESSIONS: dict[str, dict[str, Any]] = {
     "kong-threads": {"backend": "threads", "store": "memory"},
     "kong-processes": {"backend": "processes", "store": "redis"},
     # Signing off (kong.security.sign: false), beside the default, to measure its cost.
