@@ -122,6 +122,7 @@ class RedisServer:
     (`unix_url`), which saves the TCP stack on one machine. `cluster=True` starts it as a
     Redis Cluster node (slots unassigned: `LocalRedisCluster` assigns them); nodes of one
     cluster share a `password`, since a cluster client uses one for every node.
+    `extra_config` lines are appended to its redis.conf (e.g. a TLS port, for tests).
     """
 
     def __init__(
@@ -132,8 +133,10 @@ class RedisServer:
         startup_timeout_s: float | None = None,
         cluster: bool = False,
         password: str | None = None,
+        extra_config: Sequence[str] = (),
     ) -> None:
         self.binary = binary or find_redis_server()
+        self.extra_config = tuple(extra_config)
         self.password = password or secrets.token_hex(16)
         self.cluster = cluster
         self.dir = tempfile.mkdtemp(prefix="dask-kong-redis-")
@@ -264,6 +267,7 @@ class RedisServer:
                 # A replica added later authenticates to its primary with the shared password.
                 f"masterauth {self.password}",
             ]
+        lines += self.extra_config
         return "\n".join(lines) + "\n"
 
     def _wait_until_ready(self, timeout_s: float) -> None:
