@@ -52,6 +52,10 @@ class RunSettings:
     recompute_input_fraction: float
     recompute_bytes_per_s: float
     inspect_items: int
+    # Report each task's start as an event, sent at once with its finish: a dask
+    # callback with a `pretask` (Profiler, CacheProfiler) watches the run. Off otherwise:
+    # it costs two store round-trips per task.
+    report_starts: bool = False
 
     @classmethod
     def from_config(cls) -> RunSettings:

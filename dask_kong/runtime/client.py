@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dask.callbacks import local_callbacks, unpack_callbacks
@@ -115,7 +115,8 @@ def execute_run(
     started = time.perf_counter()
     succeeded = interrupted = False
     with local_callbacks(callbacks) as cbs:
-        hooks = CallbackHooks(cbs, dsk, dag, progress)
+        hooks = CallbackHooks(cbs, dag, progress)
+        hooks.configure(ctx)
         prewarms = schedule_prewarms(ctx, backend)
         keeper = services.session_keys if keep_outputs else None
         prefetch = OutputPrefetch(ctx, enabled=keeper is None)
@@ -278,7 +279,10 @@ def apply_event(
     event: Event,
 ) -> None:
     """Record one event (duplicates from retried writes are ignored)."""
-    if event.kind is EventKind.TASK_DONE:
+    if event.kind is EventKind.TASK_STARTED:
+        progress.last_progress = time.monotonic()
+        hooks.task_started(event.task)
+    elif event.kind is EventKind.TASK_DONE:
         if event.task in progress.done:
             return
         progress.done.add(event.task)
@@ -538,24 +542,28 @@ def summarize(
 
 
 class CallbackHooks:
-    """Feeds dask's Callback protocol (ProgressBar, ...) from completion events.
+    """Feeds dask's Callback protocol (Profiler, CacheProfiler, ProgressBar, ...) from
+    the run's events: `pretask` when a worker reports a task's start (workers report
+    starts only while a `pretask` callback watches: `RunSettings.report_starts`),
+    `posttask` when it reports the finish, so a Profiler measures each task's real
+    duration (plus the event's trip to the client). Callbacks see the graph as a dict of
+    the DAG's tasks; values stay in the workers (`posttask` gets None)."""
 
-    Tasks run elsewhere, so `pretask` and `posttask` are both called when the client
-    learns a task finished; results are not shipped back (None is passed)."""
-
-    def __init__(self, callbacks: Any, dsk: Any, dag: DAG, progress: RunProgress) -> None:
+    def __init__(self, callbacks: Any, dag: DAG, progress: RunProgress) -> None:
         self.start, self.start_state, self.pretask, self.posttask, self.finish_cbs = (
             unpack_callbacks(callbacks)
         )
-        self.dsk = dsk if dsk is not None else {}
         self.dag = dag
         # Only callbacks read the state: a set per task is not built for nobody (10,000
         # trivial tasks spent about 50 ms here).
         watched = self.start_state or self.pretask or self.posttask or self.finish_cbs
+        self.dsk: dict[Any, Any] = dict(zip(dag.keys, dag.nodes, strict=True)) if watched else {}
+        self.started: set[int] = set()
         self.state: dict[str, Any] = {
             "finished": set(),
             "ready": [],
             "running": set(),
+            "released": set(),  # values stay in the workers: nothing is released here
             "waiting": {k: set() for k in dag.keys} if watched else {},
             "cache": {},
         }
@@ -568,14 +576,29 @@ class CallbackHooks:
     def active(self) -> bool:
         return bool(self.pretask or self.posttask)
 
+    def configure(self, ctx: RunContext) -> None:
+        """Have the run's workers report task starts when a `pretask` callback (a
+        Profiler timing tasks) watches; before the run is submitted."""
+        if self.pretask:
+            ctx.settings = replace(ctx.settings, report_starts=True)
+
+    def task_started(self, task: int) -> None:
+        if task in self.started or not self.active:
+            return  # a duplicate delivery starts a task twice: the first start counts
+        self.started.add(task)
+        key = self.dag.keys[task]
+        self.state["waiting"].pop(key, None)
+        self.state["running"].add(key)
+        for cb in self.pretask:
+            cb(key, self.dsk, self.state)
+
     def task_done(self, task: int, worker: str) -> None:
         if not self.active:
             return
+        self.task_started(task)  # no start seen (a duplicated parent's recomputation)
         key = self.dag.keys[task]
-        self.state["waiting"].pop(key, None)
+        self.state["running"].discard(key)
         self.state["finished"].add(key)
-        for cb in self.pretask:
-            cb(key, self.dsk, self.state)
         for cb2 in self.posttask:
             cb2(key, None, self.dsk, self.state, worker)
 

@@ -192,6 +192,9 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
         worker=branch.worker_id, resource=resource, start=time.time(), container=container_id()
     )
     branch.recorder = Recorder(metrics)
+    if branch.ctx.settings.report_starts:
+        branch.pending.append(Event(EventKind.TASK_STARTED, task, branch.worker_id))
+        flush_events(branch)
     if invocation is not None and invocation.sent_at > 0:
         waited = metrics.start - invocation.sent_at - invocation.queued_s
         metrics.startup_s = max(waited, 1e-6)
@@ -407,8 +410,8 @@ def route_dependents(branch: Branch, task: int, value: Any, recipe: Recipe | Non
         value = recipe
     routing = plan_routing(branch, task, recipe.nbytes if recipe else metrics.output_bytes)
     ready = list(routing.direct)
-    is_output = task in ctx.output_tasks
-    done = Event(EventKind.TASK_DONE, task, branch.worker_id, metrics, wake=is_output)
+    wake = task in ctx.output_tasks or ctx.settings.report_starts  # a Profiler times it
+    done = Event(EventKind.TASK_DONE, task, branch.worker_id, metrics, wake=wake)
     early = event_is_final_before_commit(branch, routing)
     if routing.write:
         fan_ins = [FanIn(c, task, len(ctx.dag.parents[c])) for c in routing.marked]
@@ -423,7 +426,7 @@ def route_dependents(branch: Branch, task: int, value: Any, recipe: Recipe | Non
     if not early:
         metrics.end = time.time()
         branch.pending.append(done)
-        flush_if_due(branch, now=is_output)
+        flush_if_due(branch, now=done.wake)
     return here
 
 
@@ -774,7 +777,12 @@ def keep_only_inputs_of(branch: Branch, tasks: Iterable[int]) -> None:
 def flush_if_due(branch: Branch, now: bool = False) -> None:
     """Send batched progress events when `now` (the client waits for them) or when the
     last flush is older than kong.run.progress_interval_s."""
-    if now or time.monotonic() - branch.last_flush > branch.ctx.settings.progress_interval_s:
+    settings = branch.ctx.settings
+    if (
+        now
+        or settings.report_starts
+        or time.monotonic() - branch.last_flush > settings.progress_interval_s
+    ):
         flush_events(branch)
 
 

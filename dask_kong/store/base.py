@@ -29,6 +29,7 @@ from ..metrics.records import TaskMetrics
 class EventKind(enum.StrEnum):
     """What an event reports."""
 
+    TASK_STARTED = "task-started"  # only while a callback watches task starts (Profiler)
     TASK_DONE = "task-done"
     TASK_FAILED = "task-failed"
     WORKER_FAILED = "worker-failed"
