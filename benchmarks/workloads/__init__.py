@@ -72,10 +72,10 @@ def resolve(names: list[str] | None, size: str) -> list[WorkloadSpec]:
     workload defined at `size`), in the order given. Unknown names raise ValueError."""
     if not names:
         return [spec for module in MODULES for spec in workloads_of(module, size)]
-    chosen: list[WorkloadSpec] = []
-    for name in names:
-        chosen.extend(_resolve_one(name, size))
-    return chosen
+    chosen: dict[str, WorkloadSpec] = {}
+    for name in names:  # "gemm,gemm-data" names gemm-data twice: it runs once
+        chosen.update((spec.name, spec) for spec in _resolve_one(name, size))
+    return list(chosen.values())
 
 
 def _resolve_one(name: str, size: str) -> list[WorkloadSpec]:
