@@ -18,11 +18,13 @@ import time
 
 import numpy as np
 
+from dask_kong import security
 from dask_kong.store.redis import open_store
 
 
 def measure(mb: float, repeat: int) -> dict[str, float]:
     """Median write and read seconds of an `mb` MB block, and the draw time."""
+    security.ensure_key()  # values are signed pickles, as a session's client writes them
     rng = np.random.default_rng(0)
     block = rng.random(int(mb * 2**20 / 8))
     writes, reads, draws = [], [], []
