@@ -3,6 +3,8 @@
 Honoured:
 - `priority`: a bounded backend's queue starts the invocations of higher-priority tasks
   first (`DAG.urgency`), as distributed's scheduler does;
+- `retries`: a task that raises runs again in its worker (issue #13; the session puts
+  them in the run's settings, `task_annotations`);
 - `resources`: the task runs on the smallest resource config of the backend that offers
   what it asks (`memory_mb` or `memory` in bytes, `cpus` or `CPU`), or on the config it
   names (`resources="large"`); a request no config meets is an error naming it.
@@ -13,7 +15,7 @@ warns once by name through `dask_kong.options`: never silently ignored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,9 +27,9 @@ from .planning import Plan
 from .planning.plan import ResourceSpec
 
 #: Annotations acted on here.
-HONOURED = frozenset({"priority", "resources"})
+HONOURED = frozenset({"priority", "resources", "retries"})
 #: Keywords of `dask.compute` the session itself consumes.
-COMPUTE_KEYWORDS = frozenset({"planner", "callbacks"})
+COMPUTE_KEYWORDS = frozenset({"planner", "callbacks", "retries"})
 #: Names a resources annotation may use for memory in MB, memory in bytes, and cores.
 _MEMORY_MB = ("memory_mb", "MEMORY_MB")
 _MEMORY_BYTES = ("memory", "MEMORY")
@@ -54,6 +56,17 @@ def warn_unhonoured(annotations: Mapping[str, Any], keywords: Mapping[str, Any])
 def value_for(by_key: Mapping[Any, Any], key: Any) -> Any:
     """The annotation's value for `key` (its own, else the call-wide one, else None)."""
     return by_key.get(key, by_key.get(None))
+
+
+def task_annotations(dag: DAG, by_key: Mapping[Any, Any] | None) -> Iterator[tuple[int, Any, Any]]:
+    """(task, key, value) for every task of `dag` with a value of the annotation
+    (`retries`: issue #13, read by the session into the run's settings)."""
+    if not by_key:
+        return
+    for task, key in enumerate(dag.keys):
+        value = value_for(by_key, key)
+        if value is not None:
+            yield task, key, value
 
 
 def with_priorities(dag: DAG, by_key: Mapping[Any, Any] | None) -> DAG:

@@ -18,6 +18,12 @@ serves the live dashboard of the runs sessions announce in that store, the same 
 
 writes a container image build context for AWS Lambda: Dockerfile, requirements pinned
 to this client's versions, dask-kong's source.
+
+    python -m dask_kong probe --store redis://host:6379/0 [--function kong]
+                              [--endpoint-url URL] [--region R]
+
+checks a Lambda deployment with one synchronous invocation (exit 0: function found,
+compatible dask-kong, same store; exit 1 naming what is wrong).
 """
 
 from __future__ import annotations
@@ -166,7 +172,50 @@ def register_lambda_image(
     parser.set_defaults(command=run_lambda_image)
 
 
-SUBCOMMANDS = [register_gateway, register_dashboard, register_lambda_image]
+def run_probe(args: argparse.Namespace) -> int:
+    """Check a Lambda deployment with one synchronous invocation (the session's start-up
+    probe): exit 0 and print what the function runs, or exit 1 naming what is wrong."""
+    from .backends.aws_lambda.probe import probe_function
+    from .errors import KongError
+    from .invocation.transports import LambdaTransport
+    from .store.redis import connect
+
+    url = config.get("store.url", args.store)
+    function = str(config.get("lambda.function", args.function))
+    if not url:
+        print("dask-kong probe: --store redis://... is required", file=sys.stderr)
+        return 2
+    try:
+        store = connect(url)
+        transport = LambdaTransport(args.endpoint_url, args.region)
+        try:
+            result = probe_function(store, transport, function)
+        finally:
+            transport.close()
+            store.close()
+    except KongError as exc:
+        print(f"dask-kong probe: {exc}", file=sys.stderr)
+        return 1
+    print(f"{result.function}: dask-kong {result.kong_version}, same store, {result.seconds:.2f} s")
+    return 0
+
+
+def register_probe(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "probe",
+        help="check a Lambda deployment (function, version, store) in one invocation",
+        description="Invoke the function once, synchronously: it must exist, run a "
+        "compatible dask-kong, and reach the same Redis as --store. Exit 0 when it does, "
+        "1 naming what is wrong. Defaults come from kong.lambda and kong.store.",
+    )
+    parser.add_argument("--store", help="redis:// URL the client uses (default: kong.store.url)")
+    parser.add_argument("--function", help="function name (default: kong.lambda.function)")
+    parser.add_argument("--endpoint-url", help="Invoke API endpoint (default: AWS)")
+    parser.add_argument("--region", help="AWS region (default: kong.lambda.region, AWS_REGION)")
+    parser.set_defaults(command=run_probe)
+
+
+SUBCOMMANDS = [register_gateway, register_dashboard, register_lambda_image, register_probe]
 
 
 def build_parser() -> argparse.ArgumentParser:

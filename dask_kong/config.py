@@ -56,6 +56,7 @@ _POSITIVE = frozenset(
         "heartbeat.ttl_s",
         "run.stall_timeout_s",
         "run.deadline_s",
+        "run.max_attempts",
         "store.key_ttl_s",
         "store.max_value_bytes",
         "lambda.max_attempts",

@@ -67,7 +67,17 @@ def stateful_claim(task: int) -> str:
     return f"stateful:{task}"
 
 
+def request_claim(request_id: str) -> str:
+    """Claim name of one platform request (Lambda's aws_request_id): a second delivery
+    of the same request is the platform retrying it after a failure, so the branch
+    resumes (`Invocation.resumed`) the work of the delivery that was lost."""
+    return f"request:{request_id}"
+
+
 DAG_KEY = "dag"
+# The start-up probe's marker: the client writes a token under it in a run of its own,
+# a worker that reaches the same store reads it back (backends/aws_lambda/probe.py).
+PROBE_KEY = "probe"
 EVENTS_KEY = "events"
 HEARTBEATS_KEY = "heartbeats"
 LIVE_KEY = "live"

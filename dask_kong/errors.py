@@ -30,3 +30,13 @@ class MissingOutputError(KongError):
 
 class RemoteTaskError(KongError):
     """Stands in for a task's exception when the exception itself could not be pickled."""
+
+
+class StateLostError(KongError):
+    """A worker that held a stateful task's handle (`dask_kong.values`) was lost: the
+    state lived in that process, and a stateful task never runs twice."""
+
+
+class MisconfiguredError(KongError):
+    """A start-up check failed: the Lambda function is missing, runs another dask-kong,
+    cannot start an invocation, or reaches another store than the client."""

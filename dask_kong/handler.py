@@ -22,10 +22,16 @@ import traceback
 from typing import Any
 
 from . import config, serialize
-from .constants import DAG_KEY
+from .constants import DAG_KEY, PROBE_KEY, request_claim
 from .invocation.invoker import RemoteInvoker
 from .invocation.model import InvokerSpec, Transport
-from .invocation.payload import DecodedInvocation, RunSpec, Shipment, decode_invocation
+from .invocation.payload import (
+    PAYLOAD_VERSION,
+    DecodedInvocation,
+    RunSpec,
+    Shipment,
+    decode_invocation,
+)
 from .invocation.transports import GatewayPipeTransport, LambdaTransport
 from .runtime.context import CancelProbe, RunContext
 from .runtime.heartbeat import Heartbeater
@@ -35,7 +41,7 @@ from .runtime.worker import new_worker_id, run_branch
 # and an init phase (a pre-warm, or a spare started after a cancelled run's worker was
 # killed) is spent before the invocation waits on it. AWS advises the same.
 from .store import redis as _redis_store  # noqa: F401
-from .store.base import Event, EventKind, Store
+from .store.base import Event, EventKind, MissingKeyError, Store
 
 logger = logging.getLogger("dask_kong.handler")
 
@@ -137,6 +143,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _process.invocations += 1
     if event.get("kong-warm"):
         return {"warm": True, "pid": os.getpid()}
+    if "kong-probe" in event:
+        return answer_probe(event)
     try:
         decoded = decode_invocation(event)
         _process.release_ended_runs(decoded.invocation.run_id)
@@ -148,6 +156,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # the local gateway says how long the invocation queued for a slot; AWS does not
     queued_s = float(getattr(context, "queued_s", 0.0))
     invocation = dataclasses.replace(decoded.invocation, queued_s=queued_s, cold=cold)
+    if redelivered(ctx, decoded, context):  # the platform's retry: the next attempt
+        invocation = dataclasses.replace(invocation, resumed=True, attempt=invocation.attempt + 1)
     run_branch(ctx, invocation, worker_id)
     return {
         "worker": worker_id,
@@ -179,6 +189,34 @@ def report_refused(event: dict[str, Any], exc: Exception) -> None:
         logger.error("could not report the refused invocation of run %s: %s", run_id, report_exc)
 
 
+def answer_probe(event: dict[str, Any]) -> dict[str, Any]:
+    """The start-up probe's answer (`backends.aws_lambda.probe`): this worker's
+    dask-kong and payload versions, and what it reads under the marker key the client
+    wrote to its store (None: this worker's store does not hold it: another store), or
+    why it could not read it."""
+    from . import __version__
+
+    answer: dict[str, Any] = {"kong": __version__, "payload": PAYLOAD_VERSION}
+    try:
+        (marker,), _ = _process.store().get_many(str(event["run"]), [PROBE_KEY])
+        answer["marker"] = marker
+    except MissingKeyError:
+        answer["marker"] = None
+    except Exception as exc:  # no store, unreachable, refused: the client names it
+        answer["store_error"] = f"{type(exc).__name__}: {exc}"
+    return answer
+
+
+def redelivered(ctx: RunContext, decoded: DecodedInvocation, context: Any) -> bool:
+    """Whether Lambda delivers this request again (its asynchronous retry after the
+    first delivery failed: the same aws_request_id). Asked of the store on Lambda only:
+    the local gateway of the processes backend never retries (kong re-invokes there)."""
+    request_id = getattr(context, "aws_request_id", None)
+    if decoded.invoker.kind != "lambda" or not request_id:
+        return False
+    return not ctx.store.claim(ctx.run_id, [request_claim(request_id)])[0]
+
+
 def build_context(decoded: DecodedInvocation) -> RunContext:
     """A RunContext for this process from the payload and the process's caches."""
     run_id = decoded.invocation.run_id
@@ -197,4 +235,5 @@ def build_context(decoded: DecodedInvocation) -> RunContext:
         cancel_probe=_process.cancel_probe(run_id, spec.settings.cancel_check_s),
         handles=_process.handles(run_id),
         captures_warnings=True,
+        fault_injection=True,
     )

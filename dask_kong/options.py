@@ -17,7 +17,6 @@ SCHEDULING_KEYWORDS: dict[str, str] = {
     "allow_other_workers": "there are no named workers to restrict tasks to",
     "resources": "pass resources as dask.annotate(resources=...) around the collection",
     "priority": "pass priority as dask.annotate(priority=...) around the collection",
-    "retries": "task retries are not implemented yet (issue #13)",
     "fifo_timeout": "there is no central scheduler queue to apply it to",
     "actor": "actors need a long-lived worker; kong's workers are serverless",
     "actors": "actors need a long-lived worker; kong's workers are serverless",
@@ -28,7 +27,6 @@ SCHEDULING_KEYWORDS: dict[str, str] = {
 
 #: Annotations kong does not honour, and why.
 ANNOTATIONS: dict[str, str] = {
-    "retries": "task retries are not implemented yet (issue #13)",
     "workers": "there are no named workers: every task runs on whichever worker gets it",
     "allow_other_workers": "there are no named workers to restrict tasks to",
 }

@@ -8,8 +8,12 @@ first use and closed at interpreter exit.
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import functools
+import logging
 import threading
 import time
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -18,10 +22,18 @@ from dask.base import collections_to_expr
 from dask.core import flatten
 
 from . import config, security
-from .annotations import annotations_of, warn_unhonoured, with_priorities, with_resources
+from .annotations import (
+    annotations_of,
+    task_annotations,
+    warn_unhonoured,
+    with_priorities,
+    with_resources,
+)
 from .dag import DAG
 from .dag.translate import translate
 from .diagnostics import observers
+from .errors import StoreUnavailableError
+from .invocation.payload import RunSettings
 from .metrics.records import RunSummary
 from .planning import Plan, PlanningContext, get_planner
 from .planning.history import History, MemoryHistory, RedisHistory, record_run
@@ -30,6 +42,8 @@ from .runtime.client import RunServices, execute_run, new_run_id
 from .runtime.heartbeat import Heartbeater
 from .runtime.session_keys import SessionKeys
 from .store.base import Store
+
+logger = logging.getLogger("dask_kong.session")
 
 _last_run: RunSummary | None = None
 
@@ -135,31 +149,25 @@ class Kong:
         notes = annotations_of(dsk)
         warn_unhonoured(notes, kwargs)
         dag = with_priorities(translation.dag, notes.get("priority"))
+        settings = run_settings(dag, notes.get("retries"), kwargs.pop("retries", None))
         planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
         context = self.planning_context()
         plan = with_resources(dag, planner(dag, context), notes.get("resources"), context.resources)
         translate_s = time.perf_counter() - started
+        run = functools.partial(
+            self._execute, dag, plan, kwargs.pop("callbacks", None), dsk, keep_outputs, settings
+        )
         # Runs may go on concurrently (a Client's futures): each keeps its own id.
-        run_id = self.last_run_id = new_run_id()
-        observers.run_started(self, run_id, dag, plan)
+        run_id = new_run_id()
         try:
-            services = RunServices(
-                self.store,
-                self.backend,
-                self.heartbeater,
-                self.store_spec,
-                self.session_keys,
-                uploads_data=self.backend_name != "threads",
-            )
-            values, summary = execute_run(
-                dag,
-                plan,
-                services,
-                run_id=run_id,
-                callbacks=kwargs.pop("callbacks", None),
-                dsk=dsk,
-                keep_outputs=keep_outputs,
-            )
+            try:
+                values, summary = run(run_id)
+            except StoreUnavailableError as exc:
+                if not self._restart_private_store(exc):
+                    raise
+                self._record(self.failed_summary(dag, plan, started, exc, run_id))
+                run_id = new_run_id()
+                values, summary = run(run_id)  # once, on the restarted server
         except BaseException as exc:
             self._record(self.failed_summary(dag, plan, started, exc, run_id))
             raise
@@ -169,6 +177,48 @@ class Kong:
         if self.session_keys is not None:  # the previous summary held its DAG's values
             self.session_keys.release_collected()
         return nest(keys, translation.results(values))
+
+    def _execute(
+        self,
+        dag: DAG,
+        plan: Plan,
+        callbacks: Any,
+        dsk: Any,
+        keep_outputs: bool,
+        settings: RunSettings,
+        run_id: str,
+    ) -> tuple[dict[Any, Any], RunSummary]:
+        """One run of `dag` under `run_id`."""
+        self.last_run_id = run_id
+        observers.run_started(self, run_id, dag, plan)
+        services = RunServices(
+            self.store,
+            self.backend,
+            self.heartbeater,
+            self.store_spec,
+            self.session_keys,
+            uploads_data=self.backend_name != "threads",
+        )
+        return execute_run(
+            dag,
+            plan,
+            services,
+            run_id=run_id,
+            callbacks=callbacks,
+            dsk=dsk,
+            keep_outputs=keep_outputs,
+            settings=settings,
+        )
+
+    def _restart_private_store(self, exc: StoreUnavailableError) -> bool:
+        """A run lost its store: restart the session's private redis-server if it died
+        (whether it did). The run's data went with it, so the run is submitted again,
+        once; an external Redis is never restarted: its error stands."""
+        restart = getattr(self.store, "restart_if_died", None)
+        if restart is None or not restart():
+            return False
+        logger.warning("the private redis-server died (%s): restarted, running again", exc)
+        return True
 
     def _record(self, summary: RunSummary) -> None:
         """Make `summary` what `last_run()` returns."""
@@ -336,6 +386,25 @@ def default_session() -> Kong:
         if session is None or session._closed:
             session = _default_sessions[spec] = Kong()
         return session
+
+
+def run_settings(dag: DAG, annotated: Mapping[Any, Any] | None, retries: Any) -> RunSettings:
+    """The run's settings from config, with task retries from the call (`retries=`,
+    else kong.run.retries) and from `dask.annotate(retries=)`, which wins per task."""
+    settings = RunSettings.from_config()
+    default = settings.retries if retries is None else check_retries(retries, "retries=")
+    by_task = {
+        task: check_retries(n, f"dask.annotate(retries=) of {key!r}")
+        for task, key, n in task_annotations(dag, annotated)
+    }
+    return dataclasses.replace(settings, retries=default, task_retries=by_task)
+
+
+def check_retries(value: Any, where: str) -> int:
+    """`value` as a number of retries; a ValueError naming `where` if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{where} must be a whole number >= 0, not {value!r}")
+    return value
 
 
 def kong_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:

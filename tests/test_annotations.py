@@ -63,10 +63,10 @@ def test_unhonoured_annotations_and_keywords_warn_once_by_name() -> None:
     with Kong(backend="threads", store="memory", workers=1) as kong:
         with pytest.warns(UnsupportedOptionWarning, match="'workers'"):
             x.sum().compute(scheduler=kong.get, optimize_graph=False)
-        with pytest.warns(UnsupportedOptionWarning, match="'retries'"):
-            dask.compute(x, scheduler=kong.get, retries=2)
+        with pytest.warns(UnsupportedOptionWarning, match="'fifo_timeout'"):
+            dask.compute(x, scheduler=kong.get, fifo_timeout="1s")
         gpu = pytest.warns(UnsupportedOptionWarning, match=r"resources\['GPU'\]")
         with gpu, dask.annotate(resources={"GPU": 1}):
             dask.compute(dask.delayed(record)(1), scheduler=kong.get)
         # once each: the same names again are quiet (warnings are errors in this suite)
-        dask.compute(x, scheduler=kong.get, retries=2, optimize_graph=False)
+        dask.compute(x, scheduler=kong.get, fifo_timeout="1s", optimize_graph=False)

@@ -323,8 +323,10 @@ def test_fan_in_retry_with_same_token_still_learns_it_made_child_ready(
     parents = run_prefix(run_id) + "fanin:1"
     keys = [parents, parents + ":ready"]
 
-    def mark(token: str, parent: int) -> list[int]:
-        ready: list[int] = raw_redis.eval(lua.MARK_PARENTS_DONE, 2, *keys, 60, token, parent, 2)
+    def mark(token: str, parent: int, retake: int = 0) -> list[int]:
+        ready: list[int] = raw_redis.eval(
+            lua.MARK_PARENTS_DONE, 2, *keys, 60, token, parent, 2, retake
+        )
         return ready
 
     assert mark("commit-a", 10) == [0]
@@ -332,6 +334,22 @@ def test_fan_in_retry_with_same_token_still_learns_it_made_child_ready(
     assert mark("commit-b", 11) == [1]  # retry of the winning commit
     assert mark("commit-c", 11) == [0]  # duplicate delivery of the winning parent
     assert mark("commit-a", 10) == [0]  # retry of the other parent's commit
+    # a re-invoked branch (its worker lost) of the winning parent takes the child back;
+    # one of the other parent does not
+    assert mark("commit-d", 11, retake=1) == [1]
+    assert mark("commit-e", 10, retake=1) == [0]
+
+
+def test_fan_in_retake_in_every_store(any_store: Store, run_id: str) -> None:
+    """A re-invoked parent whose lost worker completed a fan-in continues with the child;
+    the other parent's re-invocation, or a duplicate that does not retake, does not."""
+    any_store.open_run(run_id)
+    assert any_store.commit(run_id, {}, [FanIn(1, 10, 2)]).ready == []
+    assert any_store.commit(run_id, {}, [FanIn(1, 11, 2)]).ready == [1]
+    assert any_store.commit(run_id, {}, [FanIn(1, 11, 2)]).ready == []
+    assert any_store.commit(run_id, {}, [FanIn(1, 10, 2, retake=True)]).ready == []
+    assert any_store.commit(run_id, {}, [FanIn(1, 11, 2, retake=True)]).ready == [1]
+    any_store.delete_run(run_id)
 
 
 def test_commit_recovers_when_server_forgets_its_scripts(

@@ -50,11 +50,13 @@ def inc(value: int) -> int:
 
 def test_dead_worker_fails_the_run_naming_the_task(processes_too_on_a_cluster: Kong) -> None:
     processes = processes_too_on_a_cluster
+    """A task that kills its worker every time: invoked again until kong.run.max_attempts
+    (3), then the run fails naming the task, its attempts and the cause."""
     dsk = {"a": (inc, 1), "b": (die, "a"), "c": (inc, "b")}
     started = time.monotonic()
-    with pytest.raises(WorkerLostError, match="'b'"):
+    with pytest.raises(WorkerLostError, match=r"'b'.*lost 3 times.*exited with code 3"):
         processes.get(dsk, "c")
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30
     assert processes.store.run_keys(processes.last_run_id or "") == []
     assert processes.get({"a": (inc, 1)}, "a") == 2  # the gateway replaced the worker
 

@@ -18,7 +18,7 @@ from ..errors import KongError
 from ..planning.plan import Plan
 from ..store.base import Store
 from .model import PREWARM_PAYLOAD, PREWARM_PRIORITY, Invocation, Transport, function_for
-from .payload import Shipment, encode_invocation
+from .payload import RunSettings, Shipment, encode_invocation
 
 
 class InvokedRun(Protocol):
@@ -34,6 +34,8 @@ class InvokedRun(Protocol):
     def store(self) -> Store: ...
     @property
     def shipment(self) -> Shipment | None: ...
+    @property
+    def settings(self) -> RunSettings: ...
 
 
 class RemoteInvoker:
@@ -51,11 +53,15 @@ class RemoteInvoker:
             raise KongError(f"run {run.run_id} was not prepared for remote workers")
         by_function: dict[str, tuple[list[bytes], list[int]]] = {}
         urgency = run.dag.urgency
+        faults = run.settings.faults
         for inv in invocations:
             function = function_for(shipment.invoker.function, run.plan.tasks[inv.start].resource)
             payloads, priorities = by_function.setdefault(function, ([], []))
-            payloads.append(self._payload(run, shipment, inv))
-            priorities.append(urgency[inv.start])
+            payload = self._payload(run, shipment, inv)
+            # fault injection (kong.faults.duplicate_fraction): at-least-once delivery
+            copies = 2 if faults.duplicates(run.run_id, inv.start, inv.attempt) else 1
+            payloads += [payload] * copies
+            priorities += [urgency[inv.start]] * copies
         for function, (payloads, priorities) in by_function.items():
             self.transport.send(function, payloads, priorities)
 

@@ -6,6 +6,7 @@ worker starts further workers; a `Transport` delivers payloads to a platform.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,13 @@ class Invocation:
     repeats an attempt. `inputs` maps parent task index -> value inline. For the metrics
     history's start-up samples: `sent_at` is the wall clock when the invocation was made,
     `queued_s` how long it then waited for a free concurrency slot (known to the backend
-    that queues it), `cold` whether it started a new worker."""
+    that queues it), `cold` whether it started a new worker.
+
+    `resumed` (recovery, issue #13): the branch may redo work of a worker that was lost,
+    so it reads outputs already published instead of running their tasks, takes back
+    fan-ins the lost worker completed, and invokes its own dependents resumed too (the
+    lost worker may have completed fan-ins further down the same way). Set on the
+    client's re-invocation of a lost branch and on everything that branch invokes."""
 
     run_id: str
     start: int
@@ -30,6 +37,7 @@ class Invocation:
     queued_s: float = 0.0
     cold: bool = False
     attempt: int = 1
+    resumed: bool = False
 
     @property
     def id(self) -> str:
@@ -38,7 +46,7 @@ class Invocation:
 
     def without_inputs(self) -> Invocation:
         """The same invocation with nothing inline (its inputs went to the store)."""
-        return Invocation(self.run_id, self.start, sent_at=self.sent_at, attempt=self.attempt)
+        return dataclasses.replace(self, inputs={})
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import config, serialize
 from ..dag import DAG
 from ..errors import SerializationError
+from ..faults import FaultSettings
 from ..planning.plan import Plan
 from .model import Invocation, InvokerSpec
 
@@ -56,6 +57,13 @@ class RunSettings:
     # callback with a `pretask` (Profiler, CacheProfiler) watches the run. Off otherwise:
     # it costs two store round-trips per task.
     report_starts: bool = False
+    # Task retries (kong.run.retries, or the call's retries=) and, by task, those
+    # dask.annotate(retries=) gave; pauses between tries (waits.pauses).
+    retries: int = 0
+    task_retries: Mapping[int, int] = field(default_factory=dict)
+    retry_delay_s: float = 0.1
+    retry_max_delay_s: float = 2.0
+    faults: FaultSettings = field(default_factory=FaultSettings)
 
     @classmethod
     def from_config(cls) -> RunSettings:
@@ -71,7 +79,15 @@ class RunSettings:
             recompute_input_fraction=float(config.get("wukong.recompute_input_fraction")),
             recompute_bytes_per_s=float(config.get("wukong.recompute_bytes_per_s")),
             inspect_items=int(config.get("values.inspect_items")),
+            retries=int(config.get("run.retries")),
+            retry_delay_s=float(config.get("run.retry_delay_s")),
+            retry_max_delay_s=float(config.get("run.retry_max_delay_s")),
+            faults=FaultSettings.from_config(),
         )
+
+    def retries_of(self, task: int) -> int:
+        """How many more times `task` runs after raising."""
+        return self.task_retries.get(task, self.retries)
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,8 @@ def encode_invocation(invocation: Invocation, shipment: Shipment) -> bytes:
         "sent": invocation.sent_at,
         "invoker": asdict(shipment.invoker),
     }
+    if invocation.resumed:
+        body["resumed"] = True
     if invocation.inputs:
         body["inputs"] = b64(serialize.dumps(invocation.inputs, what="inline inputs"))
     if shipment.spec_inline is not None:
@@ -164,6 +182,7 @@ def decode_invocation(event: dict[str, Any]) -> DecodedInvocation:
         inputs,
         sent_at=float(event.get("sent", 0.0)),
         attempt=int(event.get("attempt", 1)),
+        resumed=bool(event.get("resumed", False)),
     )
     return DecodedInvocation(invocation, event.get("spec"), InvokerSpec(**event["invoker"]))
 

@@ -112,6 +112,19 @@ class LambdaTransport:
         if refused:
             raise KongError(f"Lambda refused {len(refused)} invocations of {function}: {refused}")
 
+    def invoke_sync(self, function: str, payload: bytes) -> tuple[bytes, str | None]:
+        """One synchronous (RequestResponse) invocation: the handler's result, and the
+        function error ("Unhandled"...) or None. Raises what the API raised (no such
+        function: ResourceNotFoundException)."""
+        return self._call(self._invoke_sync(function, payload))  # type: ignore[no-any-return]
+
+    async def _invoke_sync(self, function: str, payload: bytes) -> tuple[bytes, str | None]:
+        response = await self._client.invoke(
+            FunctionName=function, InvocationType="RequestResponse", Payload=payload
+        )
+        body = await response["Payload"].read()
+        return body, response.get("FunctionError")
+
     def close(self) -> None:
         if self._client_cm is not None:
             self._call(self._client_cm.__aexit__(None, None, None))

@@ -52,6 +52,8 @@ class TaskMetrics:
     stateful: bool = False
     # warnings the task raised in a worker process, distinct ones, for the client
     warnings: tuple[CapturedWarning, ...] = ()
+    # tries after the first that raised (task retries: kong.run.retries, retries=)
+    retries: int = 0
 
 
 @dataclass
@@ -100,6 +102,13 @@ class RunSummary:
     #: Seconds the client spent tokenizing and uploading embedded data; the run's first
     #: branches start before the upload ends, so this overlaps the makespan.
     upload_s: float = 0.0
+    #: Recovery (issue #13): branches invoked again because their worker was lost, and
+    #: completion events of tasks already reported done (a lost worker's tasks run
+    #: again, or a duplicate delivery's).
+    reinvocations: int = 0
+    recomputed_tasks: int = 0
+    #: wall-clock times of those re-invocations (benchmarks pair them with kill times)
+    reinvoked_at: list[float] = field(default_factory=list, repr=False)
     plan: Any = field(default=None, repr=False)
     #: The DAG the run executed (for reports: `planning.report.compare_plan(dag, plan, ...)`).
     dag: Any = field(default=None, repr=False)

@@ -14,6 +14,7 @@ and frees their slots, and its keys are deleted; the client waits for that at mo
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -30,7 +31,7 @@ from ..dag import DAG
 from ..dag.model import StoredValue
 from ..errors import RemoteTaskError, StuckRunError, WorkerLostError
 from ..invocation.model import Invocation
-from ..invocation.payload import RunSettings
+from ..invocation.payload import RunSettings, decode_invocation
 from ..metrics.records import CapturedWarning, RunSummary, TaskMetrics
 from ..planning import Optimization, Plan
 from ..store.base import Event, EventKind, Store
@@ -64,6 +65,11 @@ class RunProgress:
     metrics: dict[int, TaskMetrics] = field(default_factory=dict)
     last_progress: float = field(default_factory=time.monotonic)
     callback_state: dict[str, Any] = field(default_factory=dict)
+    # Recovery: lost invocations seen, as (start task, attempt), so a loss reported twice
+    # is acted on once; branches invoked again; completion events of tasks already done.
+    lost: set[tuple[int, int]] = field(default_factory=set)
+    reinvoked_at: list[float] = field(default_factory=list)
+    recomputed: int = 0
 
 
 def new_run_id() -> str:
@@ -87,7 +93,7 @@ class RunServices:
     uploads_data: bool = False
 
 
-def execute_run(
+def execute_run(  # noqa: PLR0913 - keyword-only options of one run, each defaulted
     dag: DAG,
     plan: Plan,
     services: RunServices,
@@ -96,10 +102,12 @@ def execute_run(
     callbacks: Any = None,
     dsk: Any = None,
     keep_outputs: bool = False,
+    settings: RunSettings | None = None,
 ) -> tuple[dict[Any, Any], RunSummary]:
     """Run `dag` to completion; returns the requested values by key and the summary.
     With `keep_outputs` (persist) the requested task outputs stay in the store, moved
-    into the session's scope, and the values returned are their `StoredValue`s."""
+    into the session's scope, and the values returned are their `StoredValue`s.
+    `settings`: the run's (task retries from the call), else from config."""
     backend = services.backend
     ctx = RunContext(
         run_id=run_id,
@@ -108,7 +116,7 @@ def execute_run(
         store=services.store,
         invoker=backend,
         heartbeater=services.heartbeater,
-        settings=RunSettings.from_config(),
+        settings=settings or RunSettings.from_config(),
         output_tasks=dag.output_tasks,
     )
     progress = RunProgress(dag, set(dag.output_tasks))
@@ -284,6 +292,7 @@ def apply_event(
         hooks.task_started(event.task)
     elif event.kind is EventKind.TASK_DONE:
         if event.task in progress.done:
+            progress.recomputed += 1
             return
         progress.done.add(event.task)
         prefetch.task_done(event.task)
@@ -295,14 +304,48 @@ def apply_event(
             reraise_warnings(event.metrics.warnings)
         hooks.task_done(event.task, event.worker)
     elif event.kind is EventKind.WORKER_FAILED:
+        reinvoke_lost(ctx, progress, event)
+    else:
+        raise_task_failure(ctx.dag, event)
+
+
+def reinvoke_lost(ctx: RunContext, progress: RunProgress, event: Event) -> None:
+    """A worker was lost mid-branch: invoke its branch again with the next attempt (the
+    same start task and inline inputs), or, after kong.run.max_attempts, fail naming the
+    task, the attempts and the last cause. The new attempt reads what the lost one
+    published and recomputes what it held only in memory (`worker.resume_published`)."""
+    if event.payload is None:  # a platform that cannot say what was lost
         raise WorkerLostError(
             f"a worker of run {ctx.run_id} died ({event.message}); it started at task "
             f"{ctx.dag.keys[event.task]!r} and was running it or one of the unfinished "
             f"tasks it may have run or continued with: "
             f"{unfinished_of_branch(ctx, progress, event.task)}"
         )
-    else:
-        raise_task_failure(ctx.dag, event)
+    lost = decode_invocation(json.loads(event.payload)).invocation
+    if lost.run_id != ctx.run_id or (lost.start, lost.attempt) in progress.lost:
+        return  # a loss reported twice (a retried event write) is handled once
+    progress.lost.add((lost.start, lost.attempt))
+    max_attempts = int(config.get("run.max_attempts"))
+    if lost.attempt >= max_attempts:
+        raise WorkerLostError(
+            f"task {ctx.dag.keys[lost.start]!r} of run {ctx.run_id}: its worker was lost "
+            f"{lost.attempt} times (kong.run.max_attempts={max_attempts}); last cause: "
+            f"{event.message}. The branch started there was running it or one of the "
+            f"unfinished tasks it may have run or continued with: "
+            f"{unfinished_of_branch(ctx, progress, lost.start)}"
+        )
+    logger.warning(
+        "run %s: a worker was lost (%s) in the branch at task %r, attempt %d; invoking it again",
+        ctx.run_id,
+        event.message,
+        ctx.dag.keys[lost.start],
+        lost.attempt,
+    )
+    ctx.store.release_claims(ctx.run_id, lost.id)  # e.g. a shared root it was to run
+    again = Invocation(ctx.run_id, lost.start, lost.inputs, attempt=lost.attempt + 1, resumed=True)
+    progress.reinvoked_at.append(time.time())
+    progress.last_progress = time.monotonic()
+    ctx.invoker.invoke(ctx, [again])
 
 
 def reraise_warnings(captured: tuple[CapturedWarning, ...]) -> None:
@@ -538,6 +581,9 @@ def summarize(
         plan=ctx.plan,
         dag=ctx.dag,
         task_metrics=metrics,
+        reinvocations=len(progress.reinvoked_at),
+        reinvoked_at=list(progress.reinvoked_at),
+        recomputed_tasks=progress.recomputed,
     )
 
 

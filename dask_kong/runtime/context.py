@@ -82,6 +82,9 @@ class RunContext:
     # True in a worker process (not the client's): warnings a task raises are recorded
     # and raised again in the client, where the user's filters and pytest.warns are.
     captures_warnings: bool = False
+    # True in a worker process: fault injection (kong.faults) may end it. Never in the
+    # client's process, whose threads the embedded backend's workers are.
+    fault_injection: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:

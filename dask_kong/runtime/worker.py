@@ -53,7 +53,7 @@ from typing import Any
 
 from dask.sizeof import sizeof
 
-from .. import serialize
+from .. import faults, serialize
 from ..constants import (
     data_key,
     delay_io_claim,
@@ -61,13 +61,13 @@ from ..constants import (
     shared_root_claim,
     stateful_claim,
 )
-from ..errors import MissingOutputError
+from ..errors import MissingOutputError, StateLostError
 from ..invocation.model import Invocation
 from ..metrics.records import CapturedWarning, TaskMetrics
 from ..planning import Optimization
 from ..store.base import Event, EventKind, FanIn, MissingKeyError
 from ..values import all_plain, is_plain_data
-from ..waits import poll_until
+from ..waits import pauses, poll_until
 from .context import RunContext
 from .recompute import Recipe, rebuild, recipe_for
 from .recorder import Phase, Recorder
@@ -128,6 +128,12 @@ class Branch:
     carried       what taking a shared root from its claimant cost (`share_root`): it
                   has no event of its own, so the next task's metrics carry it
     recorder      measurements of the task being run (`runtime.recorder`)
+    resumed       the branch may redo work of a lost worker (`Invocation.resumed`): it
+                  reads what was published (`resume_published`), takes back fan-ins
+                  its tasks completed, and passes the flag on to what it invokes
+    holder        the invocation's id (`Invocation.id`): the name its claims are held
+                  in, released by the client if the invocation is lost
+    kill_at       where fault injection ends this process (`dask_kong.faults`), or None
     ============  ===================================================================
     """
 
@@ -144,6 +150,9 @@ class Branch:
     unread: collections.Counter[int] = field(default_factory=collections.Counter)
     carried: TaskMetrics | None = None
     recorder: Recorder = field(default_factory=lambda: Recorder(TaskMetrics(worker="")))
+    resumed: bool = False
+    holder: str = ""
+    kill_at: faults.KillPoint | None = None
 
     @property
     def metrics(self) -> TaskMetrics:
@@ -163,6 +172,12 @@ class Branch:
 def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = None) -> None:
     """Run tasks from `invocation.start` until this branch has nothing left to run here."""
     branch = Branch(ctx, worker_id or new_worker_id(ctx.run_id), dict(invocation.inputs))
+    branch.resumed = invocation.resumed
+    branch.holder = invocation.id
+    if ctx.fault_injection:
+        branch.kill_at = ctx.settings.faults.kill_point(
+            ctx.run_id, invocation.start, invocation.attempt
+        )
     # A batched subtree's members run first, in topological order (see planning.subtrees).
     subtree = [*ctx.plan.subtrees.get(invocation.start, ()), invocation.start]
     branch.unread.update(p for t in subtree for p in ctx.dag.parents[t])
@@ -205,18 +220,59 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
     try:
         if task in branch.ctx.plan.shared_roots:
             return share_root(branch, task)
-        values = gather_inputs(branch, task)
-        value = execute(branch, task, values)
-        recipe = publishable(branch, task, value, values)
-        if task in branch.ctx.plan.subtree_members:
-            return keep_for_subtree(branch, task, value)
-        return route_dependents(branch, task, value, recipe)
+        return run_and_route(branch, task)
     except RunElsewhere:
         return []  # a duplicate delivery of a stateful task: the first one goes on
     except Exception as exc:
         branch.failed = True  # the run fails: nothing after this task is worth running
         report_failure(branch, task, exc)
         return []
+
+
+def run_and_route(branch: Branch, task: int) -> list[int]:
+    """Gather, execute, then keep the output for the subtree or route the dependents; a
+    re-invoked branch first looks for the output the lost worker published."""
+    member = task in branch.ctx.plan.subtree_members
+    if branch.resumed and not member:
+        resumed = resume_published(branch, task)
+        if resumed is not None:
+            return resumed
+    values = gather_inputs(branch, task)
+    value = execute(branch, task, values)
+    fault_point(branch, faults.KillPoint.TASK)
+    recipe = publishable(branch, task, value, values)
+    if member:
+        return keep_for_subtree(branch, task, value)
+    return route_dependents(branch, task, value, recipe)
+
+
+def fault_point(branch: Branch, point: faults.KillPoint) -> None:
+    """Fault injection: end this process here if its invocation was doomed to die here."""
+    if branch.kill_at is point:
+        ctx = branch.ctx
+        faults.kill(ctx.settings.faults, ctx.run_id, branch.worker_id, point)
+
+
+def resume_published(branch: Branch, task: int) -> list[int] | None:
+    """A resumed branch (`Invocation.resumed`) reads what the lost worker published instead
+    of running it again, then routes the dependents as that worker would have (marks
+    and invocations are idempotent, and a fan-in it completed is taken back: see
+    `fan_in`). None when `task` was not published: it runs."""
+    if not outputs_in_store(branch, [task]):
+        return None
+    fetch_outputs(branch, [task])
+    value = local_value(branch, task)
+    branch.written.add(task)  # the store has it: routing writes nothing
+    branch.metrics.output_bytes = sizeof(value)
+    return route_dependents(branch, task, value, branch.recipes.get(task))
+
+
+def fan_in(branch: Branch, child: int, parent: int) -> FanIn:
+    """The mark of `parent` at `child`'s fan-in. A resumed branch marks with `retake`: if
+    the lost worker's mark of this same parent completed the fan-in, this branch
+    continues with the child, which the lost worker would have run (or invoked)."""
+    degree = len(branch.ctx.dag.parents[child])
+    return FanIn(child, parent, degree, retake=branch.resumed)
 
 
 def gather_inputs(branch: Branch, task: int) -> dict[Any, Any]:
@@ -340,10 +396,9 @@ def execute(branch: Branch, task: int, values: dict[Any, Any]) -> Any:
     if not plain_inputs:
         claim_stateful(branch, task)
     with branch.recorder.timing(Phase.EXECUTE):
-        if ctx.captures_warnings:
-            value = run_capturing_warnings(branch, ctx.dag.nodes[task], values)
-        else:
-            value = ctx.dag.nodes[task](values)
+        # a task that reads a handle to state is not retried: its state may have changed
+        retries = ctx.settings.retries_of(task) if plain_inputs else 0
+        value = run_with_retries(branch, task, values, retries)
     if is_plain_data(value, ctx.settings.inspect_items):
         branch.metrics.stateful = not plain_inputs
         return value
@@ -352,6 +407,34 @@ def execute(branch: Branch, task: int, values: dict[Any, Any]) -> Any:
         claim_stateful(branch, task)
     ctx.handles[task] = value  # lives as long as the run in this process
     return value
+
+
+def run_with_retries(branch: Branch, task: int, values: dict[Any, Any], retries: int) -> Any:
+    """Run the task's node; when it raises, run it again up to `retries` more times, after
+    pauses that double (`waits.pauses`, from kong.run.retry_delay_s). The last try's
+    exception is the task's. A run already failing (cancelled) is not retried."""
+    ctx = branch.ctx
+    delays = pauses(ctx.settings.retry_delay_s, ctx.settings.retry_max_delay_s)
+    for tries_left in range(retries, -1, -1):
+        try:
+            if ctx.captures_warnings:
+                return run_capturing_warnings(branch, ctx.dag.nodes[task], values)
+            return ctx.dag.nodes[task](values)
+        except Exception as exc:
+            if tries_left == 0 or ctx.cancelled():
+                raise
+            delay = next(delays)
+            logger.warning(
+                "task %r raised %s: %s; trying again in %.2f s (%d more tries)",
+                ctx.dag.keys[task],
+                type(exc).__name__,
+                exc,
+                delay,
+                tries_left,
+            )
+            branch.metrics.retries += 1
+            time.sleep(delay)
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def run_capturing_warnings(branch: Branch, node: Any, values: dict[Any, Any]) -> Any:
@@ -372,6 +455,12 @@ def claim_stateful(branch: Branch, task: int) -> None:
     """Claim the one run of a stateful task, or raise `RunElsewhere`."""
     ctx = branch.ctx
     if not ctx.store.claim(ctx.run_id, [stateful_claim(task)])[0]:
+        if branch.resumed:  # the claimant was the lost worker: its state is gone
+            raise StateLostError(
+                f"stateful task {ctx.dag.keys[task]!r} was claimed by a worker that was "
+                "lost; the state behind its handle lived in that process, and a stateful "
+                "task never runs twice"
+            )
         logger.debug("task %r is run by another delivery", ctx.dag.keys[task])
         raise RunElsewhere(ctx.dag.keys[task])
 
@@ -414,7 +503,7 @@ def route_dependents(branch: Branch, task: int, value: Any, recipe: Recipe | Non
     done = Event(EventKind.TASK_DONE, task, branch.worker_id, metrics, wake=wake)
     early = event_is_final_before_commit(branch, routing)
     if routing.write:
-        fan_ins = [FanIn(c, task, len(ctx.dag.parents[c])) for c in routing.marked]
+        fan_ins = [fan_in(branch, c, task) for c in routing.marked]
         if early:
             metrics.end = time.time()
             branch.pending.append(done)
@@ -443,6 +532,7 @@ def keep_for_subtree(branch: Branch, task: int, value: Any) -> list[int]:
     branch.metrics.end = time.time()
     branch.pending.append(Event(EventKind.TASK_DONE, task, branch.worker_id, branch.metrics))
     flush_if_due(branch)
+    fault_point(branch, faults.KillPoint.SUBTREE)
     return []
 
 
@@ -455,9 +545,17 @@ def share_root(branch: Branch, task: int) -> list[int]:
     run again where needed, like a known duplicable one, and a costly one is run once
     and read, like any shared output."""
     ctx, metrics = branch.ctx, branch.metrics
-    if ctx.store.claim(ctx.run_id, [shared_root_claim(task)])[0]:
+    claimed = claim_shared_root(branch, task)
+    # A resumed branch does not wait for a claim its lost worker may hold (on Lambda
+    # nobody releases it); elsewhere the claim of a lost worker is released (the client,
+    # `reinvoke_lost`), and a waiter that then claims it runs the root.
+    if not claimed and branch.resumed and not outputs_in_store(branch, [task]):
+        claimed = True
+    value = _CLAIMED if claimed else await_published(branch, task)
+    if value is _CLAIMED:
         values = gather_inputs(branch, task)
         value = execute(branch, task, values)
+        fault_point(branch, faults.KillPoint.SHARED_ROOT)
         recipe = publishable(branch, task, value, values)
         commit_output(branch, task, value if recipe is None else recipe, [])
         return keep_for_subtree(branch, task, value)
@@ -493,17 +591,34 @@ def carry_over(source: TaskMetrics, target: TaskMetrics) -> None:
 
 
 _UNPUBLISHED = object()
+_CLAIMED = object()
+
+
+def claim_shared_root(branch: Branch, task: int) -> bool:
+    """Claim a shared root, in the name of this invocation (released if it is lost)."""
+    ctx = branch.ctx
+    return ctx.store.claim(ctx.run_id, [shared_root_claim(task)], branch.holder)[0]
 
 
 def await_published(branch: Branch, task: int) -> Any:
     """The value of `task` once its claimant published it (recomputed from a recipe),
-    polling with backoff; `_UNPUBLISHED` after `kong.wukong.shared_root_wait_s`, or as
-    soon as the run is cancelled or closed (a claimant whose root raised fails the run)."""
+    polling with backoff; `_CLAIMED` when this worker got the claim (its claimant was
+    lost and its claim released); `_UNPUBLISHED` after `kong.wukong.shared_root_wait_s`,
+    or as soon as the run is cancelled or closed (a claimant whose root raised fails
+    the run)."""
     ctx = branch.ctx
-    published = poll_until(
-        lambda: bool(outputs_in_store(branch, [task])) or ctx.cancelled(),
-        ctx.settings.shared_root_wait_s,
-    )
+    claimed = False
+
+    def settled() -> bool:
+        nonlocal claimed
+        if outputs_in_store(branch, [task]) or ctx.cancelled():
+            return True
+        claimed = claim_shared_root(branch, task)
+        return claimed
+
+    published = poll_until(settled, ctx.settings.shared_root_wait_s)
+    if claimed:
+        return _CLAIMED
     if not published or not outputs_in_store(branch, [task]):
         return _UNPUBLISHED
     fetch_outputs(branch, [task])
@@ -591,7 +706,7 @@ def delay_then_mark(branch: Branch, task: int, value: Any, children: list[int]) 
         progress = ctx.store.fan_in_progress(ctx.run_id, pending)
         last = [c for c, n in zip(pending, progress, strict=True) if n == len(parents[c]) - 1]
         if last:
-            marks = [FanIn(c, task, len(parents[c])) for c in last]
+            marks = [fan_in(branch, c, task) for c in last]
             ready.extend(ctx.store.commit(ctx.run_id, {}, marks).ready)
             pending = [c for c in pending if c not in last]
         if pending:
@@ -601,9 +716,10 @@ def delay_then_mark(branch: Branch, task: int, value: Any, children: list[int]) 
         return not pending
 
     if pending:
+        fault_point(branch, faults.KillPoint.DELAYED_OUTPUT)
         poll_until(settled, ctx.settings.delay_io_wait_s)
     if pending:
-        fan_ins = [FanIn(c, task, len(parents[c])) for c in pending]
+        fan_ins = [fan_in(branch, c, task) for c in pending]
         ready += commit_output(branch, task, value, fan_ins)
     return ready
 
@@ -620,9 +736,9 @@ def mark_last_or_write(branch: Branch, task: int, value: Any, children: list[int
     last = [c for c, n in zip(children, progress, strict=True) if n == len(parents[c]) - 1]
     ready: list[int] = []
     if last:
-        marks = [FanIn(c, task, len(parents[c])) for c in last]
+        marks = [fan_in(branch, c, task) for c in last]
         ready += ctx.store.commit(ctx.run_id, {}, marks).ready
-    rest = [FanIn(c, task, len(parents[c])) for c in children if c not in last]
+    rest = [fan_in(branch, c, task) for c in children if c not in last]
     if rest:
         ready += commit_output(branch, task, value, rest)
     return ready
@@ -719,8 +835,10 @@ def commit_output(branch: Branch, task: int, value: Any, fan_ins: list[FanIn]) -
     ctx = branch.ctx
     events, branch.pending = branch.pending, []
     writes = {} if task in branch.written else {output_key(task): value}
+    fault_point(branch, faults.KillPoint.BEFORE_COMMIT)
     with branch.recorder.timing(Phase.WRITE):
         result = ctx.store.commit(ctx.run_id, writes, fan_ins, events)
+    fault_point(branch, faults.KillPoint.AFTER_COMMIT)
     branch.written.add(task)
     branch.last_flush = time.monotonic()
     branch.recorder.wrote(result.bytes_written)
@@ -747,7 +865,7 @@ def invoke_others(branch: Branch, children: list[int]) -> None:
     ctx = branch.ctx
     with branch.recorder.timing(Phase.INVOKE):
         invocations = [
-            Invocation(ctx.run_id, c, inline_inputs(branch, c))
+            Invocation(ctx.run_id, c, inline_inputs(branch, c), resumed=branch.resumed)
             for c in ctx.dag.longest_chains_first(children)
         ]
         ctx.invoker.invoke(ctx, invocations)

@@ -44,7 +44,8 @@ class Event:
     For failures, `error` is the exception itself for an in-process store, its pickle for a
     remote one (None when it could not be pickled); `message`/`traceback` are its text.
     `wake` marks events a client is blocked on (a requested output, a failure): a store may
-    batch wake-ups for the others.
+    batch wake-ups for the others. A WORKER_FAILED event carries the lost invocation's
+    `payload`, so that the client can invoke its branch again (issue #13).
     """
 
     kind: EventKind
@@ -55,15 +56,21 @@ class Event:
     message: str = ""
     traceback: str = ""
     wake: bool = True
+    payload: bytes | None = None
 
 
 @dataclass(frozen=True)
 class FanIn:
-    """Report that `parent` finished to the fan-in of `child`, which has `in_degree` parents."""
+    """Report that `parent` finished to the fan-in of `child`, which has `in_degree` parents.
+
+    `retake`: the mark comes from a re-invoked branch (its worker was lost). If an
+    earlier mark of this same parent completed the set, this one is "ready" too: the
+    lost worker was to run the child, and now nobody else would."""
 
     child: int
     parent: int
     in_degree: int
+    retake: bool = False
 
 
 @dataclass
@@ -138,9 +145,15 @@ class Store(Protocol):
         """Whether `key` was written (a late worker checks this, never a notification)."""
         ...
 
-    def claim(self, run_id: str, names: Sequence[str]) -> list[bool]:
+    def claim(self, run_id: str, names: Sequence[str], holder: str = "") -> list[bool]:
         """For each name, True only for the first caller ever to claim it in this run
-        (e.g. the one parent of a fan-in allowed to delay its I/O)."""
+        (e.g. the one parent of a fan-in allowed to delay its I/O), or the first after
+        `release_claims` of its holder. `holder` names the claimant (an invocation id)."""
+        ...
+
+    def release_claims(self, run_id: str, holder: str) -> int:
+        """Free the claims `holder` (a lost invocation) holds, so that another worker may
+        take them; how many."""
         ...
 
     def fan_in_progress(self, run_id: str, children: Sequence[int]) -> list[int]:

@@ -14,9 +14,11 @@ from __future__ import annotations
 #
 # For the i-th mark (i = 1..n):
 #   KEYS[2i-1]   the child's fan-in set of finished parent ids (constants.fan_in_key)
-#   KEYS[2i]     the child's ready claim: the token of the commit that made it ready
-#   ARGV[2i+1]   the parent id reported finished
-#   ARGV[2i+2]   the child's in-degree (how many parents it has)
+#   KEYS[2i]     the child's ready claim: "<token>:<parent>" of the commit and parent
+#                that made it ready
+#   ARGV[3i]     the parent id reported finished
+#   ARGV[3i+1]   the child's in-degree (how many parents it has)
+#   ARGV[3i+2]   "1" when the mark retakes (FanIn.retake: a re-invoked branch), else "0"
 # and for all marks:
 #   ARGV[1]      TTL in seconds given to both keys
 #   ARGV[2]      token of the calling commit; the caller reuses it when it retries
@@ -29,6 +31,8 @@ from __future__ import annotations
 # dropped after the server ran it) is retried with the same token; its SADD then adds
 # nothing, but the claim holds its token, so the retry still learns it won. A duplicate
 # delivery of that parent is a different commit with a different token and stays at 0.
+# A retaking mark (a re-invoked branch, after its worker was lost) is ready too when the
+# claim names its parent: the lost worker's mark of that parent completed the set.
 MARK_PARENTS_DONE = """
 local ttl = tonumber(ARGV[1])
 local token = ARGV[2]
@@ -36,16 +40,26 @@ local ready = {}
 for i = 1, #KEYS / 2 do
   local parents = KEYS[2 * i - 1]
   local claim = KEYS[2 * i]
-  local added = redis.call('SADD', parents, ARGV[2 * i + 1])
+  local parent = ARGV[3 * i]
+  local mine = token .. ':' .. parent
+  local added = redis.call('SADD', parents, parent)
   redis.call('EXPIRE', parents, ttl)
   ready[i] = 0
   if added == 1 then
-    if redis.call('SCARD', parents) == tonumber(ARGV[2 * i + 2]) then
-      redis.call('SET', claim, token, 'EX', ttl)
+    if redis.call('SCARD', parents) == tonumber(ARGV[3 * i + 1]) then
+      redis.call('SET', claim, mine, 'EX', ttl)
       ready[i] = 1
     end
-  elseif redis.call('GET', claim) == token then
-    ready[i] = 1
+  else
+    local holder = redis.call('GET', claim)
+    if holder == mine then
+      ready[i] = 1
+    elseif holder and ARGV[3 * i + 2] == '1' then
+      local suffix = ':' .. parent
+      if string.sub(holder, -string.len(suffix)) == suffix then
+        ready[i] = 1
+      end
+    end
   end
 end
 return ready

@@ -26,7 +26,9 @@ class _RunState:
     fan_ins: dict[int, set[int]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     heartbeats: dict[str, tuple[float, int]] = field(default_factory=dict)
-    claims: set[str] = field(default_factory=set)
+    claims: dict[str, str] = field(default_factory=dict)  # name -> holder
+    # fan-in child -> the parent whose mark completed it (FanIn.retake)
+    completed_by: dict[int, int] = field(default_factory=dict)
     cancelled: bool = False
 
     def write_new(self, writes: Mapping[str, Any], sized: Mapping[str, int]) -> int:
@@ -46,9 +48,12 @@ class _RunState:
         for mark in fan_ins:
             parents = self.fan_ins.setdefault(mark.child, set())
             if mark.parent in parents:
+                if mark.retake and self.completed_by.get(mark.child) == mark.parent:
+                    ready.append(mark.child)
                 continue
             parents.add(mark.parent)
             if len(parents) == mark.in_degree:
+                self.completed_by[mark.child] = mark.parent
                 ready.append(mark.child)
         return ready
 
@@ -136,15 +141,26 @@ class MemoryStore:
             run = self._runs.get(run_id)
             return run is not None and key in run.values
 
-    def claim(self, run_id: str, names: Sequence[str]) -> list[bool]:
+    def claim(self, run_id: str, names: Sequence[str], holder: str = "") -> list[bool]:
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:  # a closed run: nothing to claim
                 return [False] * len(names)
             claims = run.claims
             won = [name not in claims for name in names]
-            claims.update(names)
+            for name in names:
+                claims.setdefault(name, holder)
         return won
+
+    def release_claims(self, run_id: str, holder: str) -> int:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return 0
+            held = [name for name, h in run.claims.items() if h == holder]
+            for name in held:
+                del run.claims[name]
+        return len(held)
 
     def fan_in_progress(self, run_id: str, children: Sequence[int]) -> list[int]:
         with self._lock:

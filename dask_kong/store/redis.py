@@ -326,7 +326,7 @@ class RedisStore:
         for mark in fan_ins:
             parents = prefix + fan_in_key(mark.child)
             keys += [parents, parents + _READY_CLAIM_SUFFIX]
-            args += [mark.parent, mark.in_degree]
+            args += [mark.parent, mark.in_degree, int(mark.retake)]
         if cached:
             pipe.evalsha(self._mark_sha, len(keys), *keys, *args)
         else:
@@ -482,7 +482,7 @@ class RedisStore:
         )
         return bool(count)
 
-    def claim(self, run_id: str, names: Sequence[str]) -> list[bool]:
+    def claim(self, run_id: str, names: Sequence[str], holder: str = "") -> list[bool]:
         if not names:
             return []
         prefix = run_prefix(run_id)
@@ -490,7 +490,7 @@ class RedisStore:
         # The token makes a retry after a lost reply still learn that its first attempt
         # won (as lua.MARK_PARENTS_DONE does): a shared root's claimant must know it
         # is the one to run and publish the root, or every subtree waits for nobody.
-        token = secrets.token_hex(8).encode()
+        token = f"{holder}:{secrets.token_hex(8)}".encode()
         keys = [prefix + claim_key(name) for name in names]
 
         def set_nx_all() -> list[bool]:
@@ -509,6 +509,25 @@ class RedisStore:
             return [holder == token for holder in holders]
 
         return self._call(f"claims in run {run_id}", set_nx_all)
+
+    def release_claims(self, run_id: str, holder: str) -> int:
+        # Rare (a lost worker), so a SCAN of the run's claims is affordable; a claim is
+        # never handed from one holder to another, so GET then UNLINK cannot race.
+        pattern = glob_escape(run_prefix(run_id)) + claim_key("*")
+        mine = f"{holder}:".encode()
+
+        def unlink_held() -> int:
+            client = self._run_client(run_id)
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            holders = client.mget(keys) if keys else []
+            held = [
+                k
+                for k, v in zip(keys, holders, strict=True)
+                if isinstance(v, bytes) and v.startswith(mine)
+            ]
+            return int(client.unlink(*held)) if held else 0
+
+        return self._call(f"release claims in run {run_id}", unlink_held)
 
     def fan_in_progress(self, run_id: str, children: Sequence[int]) -> list[int]:
         if not children:
@@ -652,6 +671,17 @@ class RedisStore:
         our password."""
         info = self._call("ask for cluster mode", lambda: self._client.info("cluster"))
         return bool(info.get("cluster_enabled"))
+
+    def restart_if_died(self) -> bool:
+        """Restart the private redis-server this store owns if it died (it starts empty);
+        whether it did. A server someone else runs is never touched."""
+        server = self._owned_server
+        if server is None or not server.died:
+            return False
+        server.restart()
+        self._mark_script_cached = False  # the new server holds no script
+        self._pool.disconnect()  # connections to the dead server are useless
+        return True
 
     def close(self) -> None:
         if self._closed:

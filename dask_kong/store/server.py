@@ -182,6 +182,28 @@ class RedisServer:
         temp dir. Idempotent."""
         self._finalizer()
 
+    @property
+    def died(self) -> bool:
+        """Whether the server exited on its own (killed, out of memory): not stopped."""
+        process = self._state.process
+        return self._finalizer.alive and process is not None and process.poll() is not None
+
+    def restart(self, timeout_s: float | None = None) -> None:
+        """Start a server that died again, on the same port with the same password, so
+        every URL handed out (the workers' too) reaches it again. It starts empty: the
+        server persists nothing."""
+        self._reap()
+        self._state.process = self._spawn()
+        try:
+            self._wait_until_ready(float(config.get("store.startup_timeout_s", timeout_s)))
+        except _PortTakenError:
+            self._reap()
+            raise StoreUnavailableError(
+                f"private redis-server could not restart: its port {self.address} was "
+                "taken by another process"
+            ) from None
+        logger.warning("private redis-server restarted: pid %d on %s", self.pid, self.address)
+
     def __enter__(self) -> RedisServer:
         return self
 

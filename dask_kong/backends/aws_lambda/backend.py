@@ -3,9 +3,10 @@ Lambda Invoke API with aiobotocore (InvocationType="Event").
 
 The function runs `dask_kong.handler.lambda_handler` and reaches the
 same Redis as the client (its URL in the function's environment as
-DASK_KONG__STORE__URL). `endpoint_url` points the client, and the workers, at any
-endpoint that speaks the Invoke API: the local gateway does, which is how this backend is
-tested end to end without AWS.
+DASK_KONG__STORE__URL). At start the backend checks that with one synchronous
+invocation (`probe.probe_function`; kong.lambda.probe). `endpoint_url` points the
+client, and the workers, at any endpoint that speaks the Invoke API: the local gateway
+does, which is how this backend is tested end to end without AWS.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ...planning import ResourceSpec
 from ...runtime.context import RunContext
 from ...runtime.remote import prepare_remote_run
 from ...store.base import Store
+from .probe import probe_function
 
 
 class LambdaBackend:
@@ -52,6 +54,12 @@ class LambdaBackend:
             region=transport.region,
         )
         self.invoker = RemoteInvoker(transport)
+        if config.get("lambda.probe"):
+            try:
+                probe_function(store, transport, self.spec.function)
+            except BaseException:
+                self.invoker.close()
+                raise
 
     def prepare_run(self, ctx: RunContext) -> None:
         ctx.shipment = prepare_remote_run(ctx, self.spec)

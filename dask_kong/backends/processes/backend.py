@@ -4,7 +4,8 @@ the local Lambda-compatible gateway, with all data and coordination through Redi
 The client owns the gateway and invokes through its in-process fast path (no HTTP);
 workers invoke each other through their pipe to the gateway. A worker process that dies
 mid-invocation is reported by the gateway; this backend turns that into a WORKER_FAILED
-event on the run's stream, so the client fails at once with the task named. An
+event on the run's stream, with the lost invocation's payload, so the client invokes
+the branch again at once (or fails naming the task after kong.run.max_attempts). An
 interrupted run is taken back from the gateway (`cancel_run`): its queued invocations
 are dropped and the worker processes running its branches are killed, so the next run
 gets their slots at once.
@@ -61,6 +62,9 @@ class ProcessBackend:
         if store.in_process or not url:
             raise KongError("backend='processes' needs a Redis store (store='redis' or a URL)")
         self.store = store
+        # kong invokes lost branches again itself (kong.run.max_attempts): the gateway's
+        # own Lambda-like retries would count the same loss twice
+        gateway_options.setdefault("async_retries", 0)
         settings = GatewaySettings.from_config(
             HANDLER,
             concurrency=workers,
@@ -119,7 +123,7 @@ class ProcessBackend:
             return  # not a dask-kong invocation (e.g. a pre-warm): nothing to report
         run_id, task = branch
         reason = f"worker process of {function} exited with code {exitcode}"
-        event = Event(EventKind.WORKER_FAILED, task, worker="", message=reason)
+        event = Event(EventKind.WORKER_FAILED, task, worker="", message=reason, payload=payload)
         try:
             self.store.commit(run_id, {}, (), [event])
         except Exception as exc:  # the client's stall detector still catches the run

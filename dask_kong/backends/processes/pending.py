@@ -65,6 +65,9 @@ class PendingInvocation:
     done: bool = False
     #: monotonic time the gateway accepted it
     accepted_at: float = field(default_factory=time.monotonic)
+    #: deliveries of this Event invocation that failed before this one (Lambda's
+    #: asynchronous retries: the same request id and payload, delivered again)
+    retried: int = 0
     #: monotonic time it got a slot; the wait since `accepted_at` is reported to the
     #: handler as `context.queued_s`, so start-up samples leave queueing out
     started_at: float = 0.0

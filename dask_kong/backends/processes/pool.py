@@ -539,6 +539,9 @@ class WorkerPool:
                 f"{describe_exit(code)}"
             )
             self._lose(invocation, lambda_error("Runtime.ExitError", message), code)
+            # its branch is about to be invoked again (kong's recovery, or a retry):
+            # a replacement starting now is well into its cold start by then
+            self._replace(worker.config)
         self._dispatch()
 
     def _lose(self, invocation: PendingInvocation, body: bytes, code: int) -> None:
@@ -568,7 +571,7 @@ class WorkerPool:
             self._busy -= 1
         if outcome.function_error:
             self._counters.function_errors += 1
-            if not invocation.sync and not expected:
+            if not invocation.sync and not expected and not self._retry_later(invocation):
                 logger.error(
                     "Event invocation %s of %s failed: %s",
                     invocation.request_id,
@@ -581,6 +584,40 @@ class WorkerPool:
             except Exception:
                 logger.exception("delivering the outcome of %s failed", invocation.request_id)
         self._dispatch()
+
+    def _retry_later(self, invocation: PendingInvocation) -> bool:
+        """Lambda's retry policy for a failed Event invocation (its handler raised, its
+        worker died or timed out): deliver it again, with the same request id and
+        payload, after async_retry_delay_s, then twice that, up to async_retries times.
+        Whether a retry was scheduled."""
+        settings = self.settings
+        if invocation.retried >= settings.async_retries or self._closing:
+            return False
+        delay = settings.async_retry_delay_s * 2**invocation.retried
+        logger.warning(
+            "Event invocation %s of %s failed: delivering it again in %.1f s (retry %d of %d)",
+            invocation.request_id,
+            invocation.function,
+            delay,
+            invocation.retried + 1,
+            settings.async_retries,
+        )
+        again = PendingInvocation(
+            invocation.request_id,
+            invocation.function,
+            invocation.config,
+            invocation.payload,
+            None,
+            invocation.priority,
+            retried=invocation.retried + 1,
+        )
+        self._spawn_task(self._submit_after(again, delay))
+        return True
+
+    async def _submit_after(self, invocation: PendingInvocation, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if not self._closing:
+            self.submit(invocation)
 
     @staticmethod
     def _error_outcome(invocation: PendingInvocation, body: bytes) -> InvocationOutcome:

@@ -36,6 +36,8 @@ class GatewayOverrides(TypedDict, total=False):
     invocation_timeout_s: float | None
     stop_timeout_s: float | None
     close_drain_s: float | None
+    async_retries: int | None
+    async_retry_delay_s: float | None
     max_sync_payload_bytes: int | None
     max_async_payload_bytes: int | None
     #: not a setting: extra environment variables of every worker (they win)
@@ -72,6 +74,10 @@ class PoolSettings:
     priority_window_s: float
     #: how long running invocations get to finish at close
     close_drain_s: float
+    #: an Event invocation that fails is delivered again this many times (Lambda: 2),
+    #: the first after async_retry_delay_s, each next one after twice the last pause
+    async_retries: int = 0
+    async_retry_delay_s: float = 1.0
     #: extra environment of every worker, over this process's (it may hold the signing
     #: key and the gateway's secret access key, hence no repr)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -165,5 +171,7 @@ def _pool_settings(handler: str, overrides: GatewayOverrides) -> PoolSettings:
         max_async_payload_bytes=int(_setting("max_async_payload_bytes", overrides)),
         priority_window_s=float(_setting("priority_window_s", overrides)),
         close_drain_s=float(_setting("close_drain_s", overrides)),
+        async_retries=int(_setting("async_retries", overrides)),
+        async_retry_delay_s=float(_setting("async_retry_delay_s", overrides)),
         env=dict(overrides.get("env") or {}),
     )

@@ -1,0 +1,347 @@
+"""Recovery (issue #13): runs survive lost workers, failing tasks and duplicates.
+
+Faults are injected with the documented switch (`kong.faults`, dask_kong/faults.py):
+worker processes die at chosen points of their branches (before and after a commit,
+inside a batched subtree, holding a delayed output, holding a shared root's claim) and
+invocations are delivered twice. Random DAGs, every planner: every result equals the
+`sync` scheduler's and no key of the run is left.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+
+from dask_kong import Kong, last_run
+from dask_kong.backends.processes.gateway import Gateway
+from dask_kong.errors import StoreUnavailableError, WorkerLostError
+from dask_kong.faults import KILL_EXIT_CODE, FaultSettings, KillPoint
+from dask_kong.store.server import RedisServer
+from dask_kong.waits import poll_until
+
+PLANNERS = ("naive", "wukong", "uniform", "non_uniform")
+
+
+@pytest.fixture
+def processes(kong_sessions: Callable[[str], Kong]) -> Kong:
+    return kong_sessions("processes")
+
+
+def combine(*parts: np.ndarray) -> np.ndarray:
+    """A pure task: a new array from its inputs (the same bytes in every run)."""
+    out = np.zeros(256)
+    for i, part in enumerate(parts):
+        out += np.roll(part, i + 1) * 0.5
+    return out + 1.0
+
+
+def leaf(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(256)  # 2 KB: above the test thresholds
+
+
+def random_dag(seed: int, size: int = 40) -> tuple[dict[str, Any], list[str]]:
+    """Roots, chains, fan-ins and shared roots, as a dict graph; the sinks are the keys."""
+    rng = random.Random(seed)
+    dsk: dict[str, Any] = {}
+    names: list[str] = []
+    for i in range(size):
+        name = f"t{i}"
+        if i < max(3, size // 5) or rng.random() < 0.1:
+            dsk[name] = (leaf, seed * 1000 + i)
+        else:
+            k = rng.choice((1, 1, 2, 2, 3))
+            parents = rng.sample(names[-12:], min(k, len(names[-12:])))
+            dsk[name] = (combine, *parents)
+        names.append(name)
+    used = {a for v in dsk.values() for a in v[1:] if isinstance(a, str)}
+    return dsk, [n for n in names if n not in used]
+
+
+def shared_root_dag(seed: int, chains: int = 12) -> tuple[dict[str, Any], list[str]]:
+    """A root every chain reads (batched subtrees share it: `Plan.shared_roots`), the
+    chains reduced pairwise to one key."""
+    dsk: dict[str, Any] = {"root": (leaf, seed)}
+    level = []
+    for i in range(chains):
+        dsk[f"a{i}"] = (leaf, seed * 100 + i)
+        dsk[f"b{i}"] = (combine, f"a{i}", "root")
+        dsk[f"c{i}"] = (combine, f"b{i}")
+        level.append(f"c{i}")
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        pairs = [level[i : i + 2] for i in range(0, len(level), 2)]
+        level = [f"s{depth}-{i}" for i in range(len(pairs))]
+        dsk.update({name: (combine, *pair) for name, pair in zip(level, pairs, strict=True)})
+    return dsk, level
+
+
+@pytest.fixture
+def small_thresholds() -> Iterator[None]:
+    """Clustering, delayed I/O and recipes for 2 KB outputs, so the test DAGs use them."""
+    with dask.config.set(
+        {
+            "kong.wukong.cluster_bytes": 4096,
+            "kong.wukong.delay_io_bytes": 1024,
+            "kong.wukong.delay_io_wait_s": 0.2,
+        }
+    ):
+        yield
+
+
+def faults(fraction: float, seed: int, points: list[str] | None = None, dup: float = 0.0) -> Any:
+    return dask.config.set(
+        {
+            "kong.faults.kill_fraction": fraction,
+            "kong.faults.kill_points": points,
+            "kong.faults.seed": seed,
+            "kong.faults.duplicate_fraction": dup,
+        }
+    )
+
+
+def assert_same(got: Any, expected: Any) -> None:
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_fault_settings_draw_reproducibly() -> None:
+    settings = FaultSettings(kill_fraction=0.5, seed=7)
+    draws = [settings.kill_point("run", t, 1) for t in range(200)]
+    assert draws == [settings.kill_point("run", t, 1) for t in range(200)]
+    assert 60 < sum(d is not None for d in draws) < 140
+    assert {d for d in draws if d is not None} == set(KillPoint)
+    assert all(settings.kill_point("run", t, 2) is None for t in range(50))  # kill_attempts
+    with (
+        pytest.raises(ValueError, match="known points"),
+        dask.config.set({"kong.faults.kill_points": ["nowhere"]}),
+    ):
+        FaultSettings.from_config()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("planner", PLANNERS)
+def test_random_dags_survive_kills_and_duplicates(
+    processes: Kong, small_thresholds: None, planner: str
+) -> None:
+    """Kills at every point and duplicate deliveries: results equal sync's, no key left,
+    and the lost branches were invoked again (seed after seed until one was)."""
+    reinvoked = 0
+    for seed in range(1, 5):
+        if reinvoked:
+            break
+        dsk, keys = random_dag(seed)
+        expected = dask.get(dsk, keys)
+        with faults(0.2, seed, dup=0.1):
+            got = processes.get(dsk, keys, planner=planner)
+        assert_same(got, expected)
+        assert processes.store.run_keys(processes.last_run_id or "") == []
+        summary = last_run()
+        assert summary is not None and summary.succeeded
+        reinvoked += summary.reinvocations
+    assert reinvoked > 0
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("point", [p.value for p in KillPoint])
+def test_every_kill_point_is_recovered(
+    processes: Kong, small_thresholds: None, point: str, tmp_path: Path
+) -> None:
+    """Each point alone: branches that get there die (until one did, seed after seed),
+    and their re-invocations finish the run."""
+    log = tmp_path / "kills.jsonl"
+    for seed in range(6):
+        shared = point == KillPoint.SHARED_ROOT
+        dsk, keys = shared_root_dag(seed) if shared else random_dag(seed, size=48)
+        expected = dask.get(dsk, keys)
+        fraction = 0.5 if shared else 0.3  # one claimant per run reaches shared-root
+        with faults(fraction, seed, points=[point]), dask.config.set({"kong.faults.log": str(log)}):
+            got = processes.get(dsk, keys)
+        assert_same(got, expected)
+        assert processes.store.run_keys(processes.last_run_id or "") == []
+        if log.exists():
+            break
+    assert log.exists() and f'"point": "{point}"' in log.read_text()
+
+
+def die(value: Any) -> Any:
+    os._exit(KILL_EXIT_CODE)
+
+
+def test_a_task_that_always_kills_its_worker_fails_after_max_attempts(processes: Kong) -> None:
+    dsk = {"a": (leaf, 1), "b": (die, "a"), "c": (combine, "b")}
+    started = time.monotonic()
+    lost_twice = r"'b'.* lost 2 times.*exited with code 113"
+    with (
+        dask.config.set({"kong.run.max_attempts": 2}),
+        pytest.raises(WorkerLostError, match=lost_twice),
+    ):
+        processes.get(dsk, "c")
+    assert time.monotonic() - started < 15
+    assert processes.store.run_keys(processes.last_run_id or "") == []
+
+
+def test_loss_is_detected_within_two_seconds(processes: Kong, tmp_path: Path) -> None:
+    """From the kill to the branch's re-invocation: the gateway sees the exit at once."""
+    log = tmp_path / "kills.jsonl"
+    dsk: dict[str, Any] = {f"x{i}": (leaf, i) for i in range(4)}
+    dsk["total"] = (combine, *[f"x{i}" for i in range(4)])
+    with faults(1.0, 5, points=["task"]), dask.config.set({"kong.faults.log": str(log)}):
+        processes.get(dsk, "total")
+    summary = last_run()
+    assert summary is not None and summary.reinvocations >= 1
+    assert log.read_text().count("\n") == summary.reinvocations
+    assert summary.makespan_s < 2 + 5  # detection within 2 s, plus cold starts
+
+
+# -- task retries ---------------------------------------------------------------------
+
+
+class Flaky:
+    """A task that raises its first `failures` calls (counted in a file, so worker
+    processes count too), then returns its input plus one."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        self.path = path
+        self.failures = failures
+
+    def __call__(self, value: int) -> int:
+        calls = int(self.path.read_text() or "0") + 1 if self.path.exists() else 1
+        self.path.write_text(str(calls))
+        if calls <= self.failures:
+            raise ValueError(f"flaky call {calls}")
+        return value + 1
+
+    @property
+    def calls(self) -> int:
+        return int(self.path.read_text())
+
+
+@pytest.fixture
+def fast_retries() -> Iterator[None]:
+    with dask.config.set({"kong.run.retry_delay_s": 0.01}):
+        yield
+
+
+def test_compute_retries_runs_a_failing_task_again(
+    kong: Kong, tmp_path: Path, fast_retries: None
+) -> None:
+    flaky = Flaky(tmp_path / "calls", failures=2)
+    (value,) = dask.compute(dask.delayed(flaky)(1), scheduler=kong.get, retries=2)
+    assert value == 2 and flaky.calls == 3
+    summary = last_run()
+    assert summary is not None
+    assert sum(m.retries for m in summary.task_metrics.values()) == 2
+
+
+def test_the_last_try_raises_the_tasks_own_exception(
+    kong: Kong, tmp_path: Path, fast_retries: None
+) -> None:
+    flaky = Flaky(tmp_path / "calls", failures=5)
+    with pytest.raises(ValueError, match="flaky call 2"):
+        dask.compute(dask.delayed(flaky)(1), scheduler=kong.get, retries=1)
+    assert flaky.calls == 2
+
+
+def test_annotated_retries_win_over_the_call(
+    kong: Kong, tmp_path: Path, fast_retries: None
+) -> None:
+    retried, never = Flaky(tmp_path / "a", failures=2), Flaky(tmp_path / "b", failures=1)
+    with dask.annotate(retries=2):
+        x = dask.delayed(retried)(1)
+    assert dask.compute(x, scheduler=kong.get) == (2,)
+    assert retried.calls == 3
+    with dask.annotate(retries=0):
+        y = dask.delayed(never)(1)
+    with pytest.raises(ValueError, match="flaky call 1"):
+        dask.compute(y, scheduler=kong.get, retries=3)
+
+
+def test_config_retries_are_the_default(kong: Kong, tmp_path: Path, fast_retries: None) -> None:
+    flaky = Flaky(tmp_path / "calls", failures=1)
+    with dask.config.set({"kong.run.retries": 1}):
+        assert dask.compute(dask.delayed(flaky)(1), scheduler=kong.get) == (2,)
+
+
+def test_bad_retries_are_named(kong: Kong) -> None:
+    with pytest.raises(ValueError, match="retries= must be a whole number"):
+        dask.compute(dask.delayed(int)(1), scheduler=kong.get, retries=-1)
+
+
+# -- the lambda backend, through the local gateway (Lambda's own retries) --------------
+
+
+@pytest.mark.timeout(180)
+def test_lambda_backend_recovers_through_the_platforms_retries(
+    lambda_gateway: Gateway, redis_server: RedisServer, small_thresholds: None, tmp_path: Path
+) -> None:
+    """On Lambda a lost invocation is delivered again by the platform (the gateway
+    behaves as Lambda: two retries, same request id); the retry resumes the lost
+    branch. Results equal sync's, no key is left."""
+    log = tmp_path / "kills.jsonl"
+    session = Kong(
+        backend="lambda",
+        store=redis_server.url,
+        endpoint_url=lambda_gateway.url,
+        function=lambda_gateway.default_function,
+    )
+    try:
+        for seed in (11, 12):
+            dsk, keys = random_dag(seed, size=30)
+            expected = dask.get(dsk, keys)
+            with faults(0.2, seed, dup=0.1), dask.config.set({"kong.faults.log": str(log)}):
+                got = session.get(dsk, keys)
+            assert_same(got, expected)
+            assert session.store.run_keys(session.last_run_id or "") == []
+    finally:
+        session.close()
+    assert log.exists()
+
+
+# -- a lost store -----------------------------------------------------------------------
+
+
+def test_a_private_redis_that_dies_is_restarted_and_the_run_submitted_again() -> None:
+    """The session's own redis-server is killed between two computes: the next compute
+    restarts it (same address, empty) and runs; later computes work too."""
+    session = Kong(backend="threads", store="redis", workers=2)
+    try:
+        server = session.store._owned_server  # type: ignore[attr-defined]
+        dsk = {"a": (leaf, 1), "b": (combine, "a")}
+        expected = dask.get(dsk, "b")
+        np.testing.assert_array_equal(session.get(dsk, "b"), expected)
+        pid = server.pid
+        os.kill(pid, signal.SIGKILL)
+        poll_until(lambda: server.died, 5)
+        started = time.monotonic()
+        np.testing.assert_array_equal(session.get(dsk, "b"), expected)
+        assert time.monotonic() - started < 20
+        assert server.pid != pid
+        np.testing.assert_array_equal(session.get(dsk, "b"), expected)
+    finally:
+        session.close()
+
+
+def test_an_unreachable_external_redis_fails_in_seconds_naming_it() -> None:
+    server = RedisServer()
+    session = Kong(backend="threads", store=server.url, workers=2)
+    try:
+        address = server.address
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=re.escape(address)):
+            session.get({"a": (leaf, 1)}, "a")
+        assert time.monotonic() - started < 15
+    finally:
+        session.close()
