@@ -9,10 +9,14 @@ invocations are delivered twice. Random DAGs, every planner: every result equals
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,12 +26,18 @@ import dask
 import numpy as np
 import pytest
 
+import dask_kong
 from dask_kong import Kong, last_run
+from dask_kong.backends.aws_lambda.probe import ProbeResult, probe_function
 from dask_kong.backends.processes.gateway import Gateway
-from dask_kong.errors import StoreUnavailableError, WorkerLostError
+from dask_kong.errors import MisconfiguredError, StoreUnavailableError, WorkerLostError
 from dask_kong.faults import KILL_EXIT_CODE, FaultSettings, KillPoint
+from dask_kong.invocation.transports import LambdaTransport
+from dask_kong.store.redis import connect
 from dask_kong.store.server import RedisServer
 from dask_kong.waits import poll_until
+
+from .kong_fixtures import serve_lambda
 
 PLANNERS = ("naive", "wukong", "uniform", "non_uniform")
 
@@ -182,13 +192,14 @@ def die(value: Any) -> Any:
 def test_a_task_that_always_kills_its_worker_fails_after_max_attempts(processes: Kong) -> None:
     dsk = {"a": (leaf, 1), "b": (die, "a"), "c": (combine, "b")}
     started = time.monotonic()
-    lost_twice = r"'b'.* lost 2 times.*exited with code 113"
+    # the branch starts at 'a' and runs on to 'b' in the same worker
+    lost_twice = r"'a'.* lost 2 times.*exited with code 113.*'b'"
     with (
         dask.config.set({"kong.run.max_attempts": 2}),
         pytest.raises(WorkerLostError, match=lost_twice),
     ):
         processes.get(dsk, "c")
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 60  # two replacement cold starts, on a busy machine
     assert processes.store.run_keys(processes.last_run_id or "") == []
 
 
@@ -201,8 +212,10 @@ def test_loss_is_detected_within_two_seconds(processes: Kong, tmp_path: Path) ->
         processes.get(dsk, "total")
     summary = last_run()
     assert summary is not None and summary.reinvocations >= 1
-    assert log.read_text().count("\n") == summary.reinvocations
-    assert summary.makespan_s < 2 + 5  # detection within 2 s, plus cold starts
+    kills = sorted(json.loads(line)["time"] for line in log.read_text().splitlines())
+    assert len(kills) == summary.reinvocations
+    detections = [r - k for k, r in zip(kills, sorted(summary.reinvoked_at), strict=True)]
+    assert all(0 <= d < 2 for d in detections), detections
 
 
 # -- task retries ---------------------------------------------------------------------
@@ -345,3 +358,61 @@ def test_an_unreachable_external_redis_fails_in_seconds_naming_it() -> None:
         assert time.monotonic() - started < 15
     finally:
         session.close()
+
+
+# -- misconfiguration is reported fast: the start-up probe -----------------------------
+
+
+gateway_of = contextlib.contextmanager(serve_lambda)
+
+
+def probe(gateway: Gateway, store_url: str, function: str | None = None) -> ProbeResult:
+    store = connect(store_url)
+    transport = LambdaTransport(gateway.url)
+    try:
+        return probe_function(store, transport, function or gateway.default_function)
+    finally:
+        transport.close()
+        store.close()
+
+
+def test_probe_passes_a_good_deployment(lambda_gateway: Gateway, redis_server: RedisServer) -> None:
+    result = probe(lambda_gateway, redis_server.url)
+    assert result.kong_version == dask_kong.__version__
+
+
+def test_probe_names_a_missing_function(lambda_gateway: Gateway, redis_server: RedisServer) -> None:
+    with pytest.raises(MisconfiguredError, match="'no-such-function' could not be invoked"):
+        probe(lambda_gateway, redis_server.url, "no-such-function")
+
+
+def test_probe_names_a_function_on_another_store(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with RedisServer() as other, gateway_of(other.url, monkeypatch) as gateway:
+        started = time.monotonic()
+        with pytest.raises(MisconfiguredError, match="reaches another store"):
+            probe(gateway, redis_server.url)
+        assert time.monotonic() - started < 30  # a cold start, not a stall timeout
+
+
+def test_probe_names_a_function_without_a_store(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        gateway_of("", monkeypatch) as gateway,
+        pytest.raises(MisconfiguredError, match=r"cannot reach its store.*has no store"),
+    ):
+        probe(gateway, redis_server.url)
+
+
+def test_probe_command(lambda_gateway: Gateway, redis_server: RedisServer) -> None:
+    """`python -m dask_kong probe`: the deploy smoke test, exit 0 or 1 naming the fault."""
+    env = dict(os.environ, DASK_KONG__SECURITY__KEY=str(dask.config.get("kong.security.key")))
+    argv = [sys.executable, "-m", "dask_kong", "probe", "--store", redis_server.url]
+    argv += ["--endpoint-url", lambda_gateway.url, "--function"]
+    good = subprocess.run([*argv, lambda_gateway.default_function], env=env, capture_output=True)
+    assert good.returncode == 0, good.stderr
+    assert b"same store" in good.stdout
+    bad = subprocess.run([*argv, "nope"], env=env, capture_output=True)
+    assert bad.returncode == 1 and b"'nope' could not be invoked" in bad.stderr
