@@ -193,7 +193,7 @@ def test_a_task_that_always_kills_its_worker_fails_after_max_attempts(processes:
     dsk = {"a": (leaf, 1), "b": (die, "a"), "c": (combine, "b")}
     started = time.monotonic()
     # the branch starts at 'a' and runs on to 'b' in the same worker
-    lost_twice = r"'a'.* lost 2 times.*exited with code 113.*'b'"
+    lost_twice = r"'a' lost its worker 2 times.*exited with code 113.*'b'"
     with (
         dask.config.set({"kong.run.max_attempts": 2}),
         pytest.raises(WorkerLostError, match=lost_twice),

@@ -328,10 +328,10 @@ def reinvoke_lost(ctx: RunContext, progress: RunProgress, event: Event) -> None:
     max_attempts = int(config.get("run.max_attempts"))
     if lost.attempt >= max_attempts:
         raise WorkerLostError(
-            f"task {ctx.dag.keys[lost.start]!r} of run {ctx.run_id}: its worker was lost "
-            f"{lost.attempt} times (kong.run.max_attempts={max_attempts}); last cause: "
-            f"{event.message}. The branch started there was running it or one of the "
-            f"unfinished tasks it may have run or continued with: "
+            f"the branch of run {ctx.run_id} that starts at task "
+            f"{ctx.dag.keys[lost.start]!r} lost its worker {lost.attempt} times "
+            f"(kong.run.max_attempts={max_attempts}); last cause: {event.message}. It was "
+            f"running one of these unfinished tasks (it runs them in this order): "
             f"{unfinished_of_branch(ctx, progress, lost.start)}"
         )
     logger.warning(
