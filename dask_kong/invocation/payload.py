@@ -64,6 +64,9 @@ class RunSettings:
     retry_delay_s: float = 0.1
     retry_max_delay_s: float = 2.0
     faults: FaultSettings = field(default_factory=FaultSettings)
+    # At most this many characters of what one task prints or logs in a worker process
+    # are kept for the client (kong.logs.max_task_bytes).
+    max_task_log_bytes: int = 65536
 
     @classmethod
     def from_config(cls) -> RunSettings:
@@ -83,6 +86,7 @@ class RunSettings:
             retry_delay_s=float(config.get("run.retry_delay_s")),
             retry_max_delay_s=float(config.get("run.retry_max_delay_s")),
             faults=FaultSettings.from_config(),
+            max_task_log_bytes=int(config.get("logs.max_task_bytes")),
         )
 
     def retries_of(self, task: int) -> int:

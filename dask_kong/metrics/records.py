@@ -54,6 +54,8 @@ class TaskMetrics:
     warnings: tuple[CapturedWarning, ...] = ()
     # tries after the first that raised (task retries: kong.run.retries, retries=)
     retries: int = 0
+    # what the task printed or logged in a worker process (runtime.task_logs), bounded
+    logs: str = ""
 
 
 @dataclass
@@ -113,6 +115,16 @@ class RunSummary:
     #: The DAG the run executed (for reports: `planning.report.compare_plan(dag, plan, ...)`).
     dag: Any = field(default=None, repr=False)
     task_metrics: dict[int, TaskMetrics] = field(default_factory=dict, repr=False)
+
+    def task_logs(self) -> dict[Any, str]:
+        """What each task printed or logged in a worker process, by key (tasks that
+        wrote nothing are left out; each bounded by kong.logs.max_task_bytes)."""
+        keys = self.dag.keys if self.dag is not None else None
+        return {
+            (keys[task] if keys is not None else task): m.logs
+            for task, m in sorted(self.task_metrics.items())
+            if m.logs
+        }
 
     def as_dict(self) -> dict[str, Any]:
         """The scalar fields, JSON-ready (no per-task detail, no plan, no DAG)."""

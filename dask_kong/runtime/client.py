@@ -44,6 +44,8 @@ from .session_keys import SessionKeys
 from .upload import Upload, plan_upload, upload_and_invoke
 
 logger = logging.getLogger("dask_kong.client")
+#: Parent of the per-worker loggers what tasks print or log is forwarded to.
+WORKER_LOGGER = "dask_kong.worker"
 
 # How many unfinished tasks a stall error names before "... and N more".
 _STUCK_TASKS_SHOWN = 10
@@ -302,6 +304,7 @@ def apply_event(
         if event.metrics is not None:
             progress.metrics[event.task] = event.metrics
             reraise_warnings(event.metrics.warnings)
+            forward_logs(ctx.dag.keys[event.task], event.metrics)
         hooks.task_done(event.task, event.worker)
     elif event.kind is EventKind.WORKER_FAILED:
         reinvoke_lost(ctx, progress, event)
@@ -354,6 +357,32 @@ def reraise_warnings(captured: tuple[CapturedWarning, ...]) -> None:
     whether each shows once, always, or becomes an error."""
     for w in captured:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def forward_logs(key: Any, metrics: TaskMetrics) -> None:
+    """Log in the client what a task printed or logged in a worker process, on the
+    logger of the worker that ran it (dask_kong.worker.<worker>)."""
+    if not metrics.logs:
+        return
+    show_worker_logs_by_default()
+    level = logging.getLevelName(str(config.get("logs.level")))
+    worker_logger = logging.getLogger(f"{WORKER_LOGGER}.{metrics.container or metrics.worker}")
+    worker_logger.log(level, "task %r:\n%s", key, metrics.logs.rstrip("\n"))
+
+
+def show_worker_logs_by_default() -> None:
+    """When logging is not configured at all, give dask_kong.worker a stderr handler at
+    kong.logs.level (once), so what tasks print is seen, as with distributed."""
+    worker_logger = logging.getLogger(WORKER_LOGGER)
+    if worker_logger.handlers or logging.getLogger().handlers:
+        return
+    if not config.get("logs.show_by_default"):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    worker_logger.addHandler(handler)
+    worker_logger.setLevel(logging.getLevelName(str(config.get("logs.level"))))
+    worker_logger.propagate = False
 
 
 def release_read_outputs(ctx: RunContext, progress: RunProgress, task: int) -> None:

@@ -71,6 +71,7 @@ from ..waits import pauses, poll_until
 from .context import RunContext
 from .recompute import Recipe, rebuild, recipe_for
 from .recorder import Phase, Recorder
+from .task_logs import capture_output
 
 logger = logging.getLogger("dask_kong.runtime")
 
@@ -438,11 +439,14 @@ def run_with_retries(branch: Branch, task: int, values: dict[Any, Any], retries:
 
 
 def run_capturing_warnings(branch: Branch, node: Any, values: dict[Any, Any]) -> Any:
-    """Run `node`, recording the distinct warnings it raises for the client.
+    """Run `node`, recording the distinct warnings it raises for the client, and what it
+    prints or logs (`task_logs`).
     Every warning is recorded ("always"): the client's own filters decide what shows."""
-    with warnings.catch_warnings(record=True) as caught:
+    limit = branch.ctx.settings.max_task_log_bytes
+    with warnings.catch_warnings(record=True) as caught, capture_output(limit) as output:
         warnings.simplefilter("always")
         value = node(values)
+    branch.metrics.logs = output.text()
     seen = {
         (w.category, str(w.message), w.filename, w.lineno): None
         for w in caught[:_MAX_WARNINGS_PER_TASK]
