@@ -52,6 +52,8 @@ class ConfigError(ValueError):
 _POSITIVE = frozenset(
     {
         "workers",
+        "client.concurrent_runs",
+        "client.calls_per_task",
         "heartbeat.interval_s",
         "heartbeat.ttl_s",
         "run.stall_timeout_s",

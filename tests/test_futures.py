@@ -100,6 +100,27 @@ def test_a_failing_call_fails_itself_and_its_dependents_only(client: Client) -> 
     assert_nothing_left(client)
 
 
+def fails_if_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def test_calls_packed_into_one_task_fail_one_by_one(client: Client) -> None:
+    """A map's calls run several to a task (kong.client.calls_per_task): one failing
+    call fails its own Future and its dependents', not its neighbours'."""
+    with dask.config.set({"kong.client.calls_per_task": 4}):
+        mapped = client.map(fails_if_odd, range(10))
+        doubled = [client.submit(add, f, f) for f in mapped]
+    assert [f.exception(timeout=60) is None for f in mapped] == [x % 2 == 0 for x in range(10)]
+    assert [d.result() for d in doubled[::2]] == [2 * x for x in range(0, 10, 2)]
+    assert all(isinstance(d.exception(), ValueError) for d in doubled[1::2])
+    assert client.gather(mapped[::2]) == list(range(0, 10, 2))
+    assert client.gather(mapped, errors="skip") == list(range(0, 10, 2))
+    del mapped, doubled
+    assert_nothing_left(client)
+
+
 def test_as_completed_and_wait(client: Client) -> None:
     futures = client.map(inc, range(10))
     seen = sorted(f.result() for f in as_completed(futures))

@@ -13,6 +13,7 @@ without running.
 
 from __future__ import annotations
 
+import operator
 import pickle
 import traceback as tb
 from collections.abc import Callable, Mapping
@@ -101,22 +102,66 @@ def find_futures(submission: Submission) -> Any:
     return found
 
 
-def build_graph(batch: list[Submission], done_values: Mapping[Any, Any]) -> dict[Any, Any]:
-    """One graph computing every submission of `batch`: a Future argument computed in
-    the batch is a dependency, one computed earlier a data node with its value."""
+@dataclass
+class BatchGraph:
+    """A batch as one graph: `graph` computes `keys`; `places[k]` says where the value of
+    submitted key k is among them: (its own key, None), or (a chunk's key, its index)."""
+
+    graph: dict[Any, Any]
+    keys: list[Any]
+    places: dict[Any, tuple[Any, int | None]]
+
+
+def pack_calls(*values: Any) -> list[Any]:
+    """A chunk task's value: the values of its calls, in order."""
+    return list(values)
+
+
+def build_graph(
+    batch: list[Submission], done_values: Mapping[Any, Any], calls_per_task: int
+) -> BatchGraph:
+    """One graph computing every submission of `batch`. A Future argument computed in
+    the batch is a dependency, one computed earlier a data node with its value. Calls
+    that take nothing computed in the batch (a `map`'s) run `calls_per_task` to a task:
+    thousands of tiny calls would otherwise cost thousands of invocations."""
     graph: dict[Any, Any] = {}
     for key in {k for s in batch for k in s.needs} & done_values.keys():
         graph[key] = DataNode(key, done_values[key])
+    in_batch = {s.key for s in batch}
+    packable = [s for s in batch if not s.needs & in_batch]
+    places: dict[Any, tuple[Any, int | None]] = {}
+    for start in range(0, len(packable) if len(packable) > 1 else 0, calls_per_task):
+        chunk = packable[start : start + calls_per_task]
+        chunk_key = f"kong-calls-{chunk[0].key}"
+        graph[chunk_key] = Task(chunk_key, pack_calls, *[call_node(s, places) for s in chunk])
+        places.update({s.key: (chunk_key, i) for i, s in enumerate(chunk)})
     for s in batch:
-        args = walk_futures(s.args, lambda f: TaskRef(f.key))
-        kwargs = walk_futures(s.kwargs, lambda f: TaskRef(f.key))
-        inputs = [TaskRef(k) for k in sorted(s.needs, key=str)]
-        graph[s.key] = Task(
-            s.key,
-            guarded_call,
-            s.func,
-            parse_input(inputs),
-            parse_input(args),
-            parse_input(kwargs),
-        )
-    return graph
+        if s.key not in places:
+            graph[s.key] = call_node(s, places)
+            places[s.key] = (s.key, None)
+    keys = list(dict.fromkeys(place for place, _ in places.values()))
+    return BatchGraph(graph, keys, places)
+
+
+def call_node(s: Submission, places: Mapping[Any, tuple[Any, int | None]]) -> Task:
+    """The task of one call; an input packed into a chunk is read from the chunk."""
+
+    def ref(future: Any) -> Any:
+        where, index = places.get(future.key, (future.key, None))
+        if index is None:
+            return TaskRef(where)
+        return Task(f"{future.key}-in-{s.key}", operator.getitem, TaskRef(where), index)
+
+    args = walk_futures(s.args, ref)
+    kwargs = walk_futures(s.kwargs, ref)
+    inputs = [ref(_KeyOnly(k)) for k in sorted(s.needs, key=str)]
+    return Task(
+        s.key, guarded_call, s.func, parse_input(inputs), parse_input(args), parse_input(kwargs)
+    )
+
+
+@dataclass(frozen=True)
+class _KeyOnly:
+    """A stand-in with only a `key`, for inputs named by key rather than by Future."""
+
+    key: Any

@@ -312,16 +312,16 @@ class Client:
             state.event.wait()  # an earlier batch's key: its run is under way
         runnable = settle_unrunnable(runnable, known)
         done_values = {k: s.value for k, s in known.items() if s.status == "finished"}
-        graph = build_graph(runnable, done_values)
-        keys = [s.key for s in runnable]
+        built = build_graph(runnable, done_values, int(config.get("client.calls_per_task")))
         try:
-            values = self.session.get(graph, keys)
+            values = dict(zip(built.keys, self.session.get(built.graph, built.keys), strict=True))
         except Exception as exc:
             for s in runnable:
                 known[s.key].fail(exc)
             return
-        for s, value in zip(runnable, values, strict=True):
-            settle(known[s.key], value)
+        for s in runnable:
+            where, index = built.places[s.key]
+            settle(known[s.key], values[where] if index is None else values[where][index])
 
     def _compute_one(self, collection: Any, kwargs: dict[str, Any]) -> Future:
         self._check_open()
