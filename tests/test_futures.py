@@ -278,3 +278,25 @@ def test_unhonoured_submit_keywords_warn_once_by_name() -> None:
         with dask.config.set({"kong.client.batch_window_s": 0.0}):
             second = client.submit(inc, 2, workers=["a"])  # no second warning
         assert first.result(timeout=60) == 2 and second.result(timeout=60) == 3
+
+
+_flaky_calls: dict[str, int] = {}
+
+
+def flaky(name: str, failures: int) -> str:
+    """Raises `failures` times per name in this process, then returns the name."""
+    _flaky_calls[name] = _flaky_calls.get(name, 0) + 1
+    if _flaky_calls[name] <= failures:
+        raise OSError(f"{name}: try {_flaky_calls[name]} failed")
+    return name
+
+
+def test_submit_retries_a_failing_call() -> None:
+    with Client(backend="threads", store="memory", workers=1, set_as_default=False) as client:
+        assert client.submit(flaky, "a", 2, retries=2).result(timeout=60) == "a"
+        assert client.map(flaky, ["b", "c"], [1, 1], retries=1) is not None
+        gave_up = client.submit(flaky, "d", 5, retries=1)
+        assert isinstance(gave_up.exception(timeout=60), OSError)
+        assert _flaky_calls["d"] == 2
+        with pytest.raises(ValueError, match="retries must be"):
+            client.submit(flaky, "e", 0, retries=-1)

@@ -38,6 +38,8 @@ class Submission:
     needs: set[Any] = field(default_factory=set)
     #: The key's `FutureState`, settled when the batch ran (set when recorded).
     state: Any = None
+    #: Times the call runs again after raising, in its worker (`retries=`).
+    retries: int = 0
 
 
 class TaskFailure:
@@ -60,17 +62,25 @@ class TaskFailure:
 
 
 def guarded_call(
-    func: Callable[..., Any], inputs: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    func: Callable[..., Any],
+    inputs: list[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retries: int = 0,
 ) -> Any:
     """`func(*args, **kwargs)`, or the `TaskFailure` of the first failed input, or this
-    call's own failure. Only `Exception`s are caught: an interrupt still stops the run."""
+    call's own failure after `retries` more tries. Only `Exception`s are caught: an
+    interrupt still stops the run."""
     for value in inputs:
         if isinstance(value, TaskFailure):
             return value
-    try:
-        return func(*args, **kwargs)
-    except Exception as exc:
-        return TaskFailure(exc, tb.format_exc())
+    for attempt in range(retries + 1):
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            if attempt == retries:
+                return TaskFailure(exc, tb.format_exc())
+    raise AssertionError("unreachable: the last try returns")
 
 
 def walk_futures(value: Any, replace: Callable[[Any], Any]) -> Any:
@@ -156,7 +166,13 @@ def call_node(s: Submission, places: Mapping[Any, tuple[Any, int | None]]) -> Ta
     kwargs = walk_futures(s.kwargs, ref)
     inputs = [ref(_KeyOnly(k)) for k in sorted(s.needs, key=str)]
     return Task(
-        s.key, guarded_call, s.func, parse_input(inputs), parse_input(args), parse_input(kwargs)
+        s.key,
+        guarded_call,
+        s.func,
+        parse_input(inputs),
+        parse_input(args),
+        parse_input(kwargs),
+        s.retries,
     )
 
 

@@ -53,7 +53,7 @@ logger = logging.getLogger("dask_kong.futures")
 _DISPATCH_POLL_S = 0.25
 # Keywords of distributed's submit/map that kong honours or ignores harmlessly; any other
 # one goes through `warn_unsupported`.
-_SUBMIT_OPTIONS = ("key", "pure")
+_SUBMIT_OPTIONS = ("key", "pure", "retries")
 
 
 class Client:
@@ -109,7 +109,7 @@ class Client:
         every call a new key (by default equal calls share one, as in distributed)."""
         options, kwargs = split_options(kwargs, "submit")
         key = options.get("key") or self._key_of(func, args, kwargs, options)
-        return self._record([Submission(key, func, args, kwargs)])[0]
+        return self._record([Submission(key, func, args, kwargs, retries=retries_of(options))])[0]
 
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> Any:
         """`submit(func, *items)` for each tuple of items of `iterables` (zipped), as
@@ -120,8 +120,12 @@ class Client:
         if not isinstance(keys, (list, tuple)):
             prefix = keys or funcname(func)
             keys = [self._key_of(func, row, kwargs, options, prefix) for row in rows]
+        retries = retries_of(options)
         return self._record(
-            [Submission(k, func, row, kwargs) for k, row in zip(keys, rows, strict=True)]
+            [
+                Submission(k, func, row, kwargs, retries=retries)
+                for k, row in zip(keys, rows, strict=True)
+            ]
         )
 
     def compute(self, collections: Any, sync: bool = False, **kwargs: Any) -> Any:
@@ -365,6 +369,15 @@ def split_options(kwargs: dict[str, Any], call: str) -> tuple[dict[str, Any], di
     given = [k for k in ignored if kwargs.pop(k) is not None]
     warn_unsupported(given, call)
     return options, kwargs
+
+
+def retries_of(options: dict[str, Any]) -> int:
+    """How often a call runs again after raising: `retries=`, else kong.run.retries."""
+    retries = options.get("retries")
+    retries = config.get("run.retries") if retries is None else retries
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
+    return retries
 
 
 def settle_unrunnable(batch: list[Submission], known: dict[Any, FutureState]) -> list[Submission]:
