@@ -3,7 +3,7 @@
 and on the user's data (`da.from_array` of NumPy arrays), side by side in one run.
 
     python -m benchmarks.recovery [--size quick] [--repeat 3] [--levels 0 0.01 0.03]
-                                  [--baseline DIR] [--json PATH]
+                                  [--workloads ...] [--baseline DIR] [--json PATH]
 
 Processes backend, private Redis, two workers, the wukong planner. Kills use the
 documented switch (`kong.faults`, every kill point; only first attempts). Per run:
@@ -117,11 +117,15 @@ def one_run(kong: Kong, workload: Workload, level: float, seed: int) -> dict[str
     }
 
 
-def measure(size: str, levels: list[float], repeat: int, datas: list[str]) -> list[dict[str, Any]]:
+def measure(
+    size: str, levels: list[float], repeat: int, datas: list[str], names: list[str] | None = None
+) -> list[dict[str, Any]]:
     rows = []
     with Kong(backend="processes", store="redis", workers=2) as kong:
         for data in datas:
             for workload in workloads(size, data):
+                if names and workload[0] not in names:
+                    continue
                 dask.compute(*workload[1](), scheduler=kong.get)  # warm workers, history
                 for level in levels:
                     runs = [one_run(kong, workload, level, seed) for seed in range(repeat)]
@@ -162,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--levels", nargs="+", type=float, default=[0.0, 0.01, 0.03])
     parser.add_argument("--data", nargs="+", default=["generated", "user"])
+    parser.add_argument("--workloads", nargs="+", help="gemm, tsqr-svd, tree-reduction")
     parser.add_argument("--baseline", help="a directory holding the dask_kong to compare")
     parser.add_argument("--json", help="write every sample here")
     parser.add_argument("--print-json", action="store_true", help=argparse.SUPPRESS)
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     import dask_kong
 
     print(f"dask_kong from {Path(dask_kong.__file__).parent}", file=sys.stderr)
-    rows = measure(args.size, args.levels, args.repeat, args.data)
+    rows = measure(args.size, args.levels, args.repeat, args.data, args.workloads)
     if args.print_json:
         print(json.dumps(rows))
         return 0
