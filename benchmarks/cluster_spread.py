@@ -55,7 +55,7 @@ import dask
 import redis
 from redis.cluster import RedisCluster
 
-from dask_kong import Kong, last_run
+from dask_kong import Kong, last_run, security
 from dask_kong.constants import LIVE_KEY, run_prefix
 from dask_kong.store.base import Event, EventKind, FanIn, Store
 from dask_kong.store.cluster import RedisClusterStore
@@ -328,6 +328,7 @@ def _delete_by_scan(store: RedisClusterStore) -> Callable[[str], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    security.ensure_key()  # the store is also used directly here: sign as a client does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="core", choices=workloads.SIZES)
     parser.add_argument("--repeat", type=int, default=5)

@@ -8,8 +8,17 @@ from collections.abc import Iterator
 
 import pytest
 
+from dask_kong import security
 from dask_kong.store.redis import RedisStore
 from dask_kong.store.server import RedisServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def client_signing_key() -> None:
+    """The test process is a client: it has the signing key a session would generate,
+    also for tests that use a store directly (tests that refuse or change keys set
+    their own with dask.config)."""
+    security.ensure_key()
 
 
 @pytest.fixture(scope="session", autouse=True)
