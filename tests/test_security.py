@@ -17,6 +17,7 @@ import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import dask.config
 import pytest
@@ -27,7 +28,7 @@ from dask_kong.backends.processes.backend import HANDLER
 from dask_kong.backends.processes.gateway import FunctionError, Gateway
 from dask_kong.backends.processes.settings import GatewaySettings
 from dask_kong.constants import DAG_KEY
-from dask_kong.errors import KongError
+from dask_kong.errors import KongError, MisconfiguredError
 from dask_kong.invocation.model import Invocation, InvokerSpec
 from dask_kong.invocation.payload import Shipment, encode_invocation
 from dask_kong.security import Secret, SignatureError
@@ -182,13 +183,31 @@ def test_a_worker_refuses_a_tampered_stored_run_spec_and_reports_it(
         client.close()
 
 
-def test_workers_with_another_key_fail_the_run_with_a_signature_error(
+def test_workers_with_another_key_are_named_when_the_session_opens(
     lambda_gateway: Gateway, redis_server: RedisServer
 ) -> None:
-    """The client's key differs from the function's: the worker refuses the payload, and
-    the client refuses the worker's report, and says so (no stall)."""
+    """The client's key differs from the function's: the start-up probe's marker is
+    refused by the worker, and the session says which setting to fix (no stall)."""
     with (
         dask.config.set({"kong.security.key": secrets.token_hex(32)}),
+        pytest.raises(MisconfiguredError, match=r"signing key.*DASK_KONG__SECURITY__KEY"),
+    ):
+        Kong(
+            backend="lambda",
+            store=redis_server.url,
+            endpoint_url=lambda_gateway.url,
+            function=lambda_gateway.default_function,
+        )
+
+
+def test_workers_with_another_key_fail_a_run_with_a_signature_error(
+    lambda_gateway: Gateway, redis_server: RedisServer
+) -> None:
+    """Without the probe, the worker refuses the payload, the client refuses the
+    worker's report, and says so (no stall)."""
+    settings = {"kong.security.key": secrets.token_hex(32), "kong.lambda.probe": False}
+    with (
+        dask.config.set(settings),
         Kong(
             backend="lambda",
             store=redis_server.url,
@@ -246,16 +265,21 @@ def test_a_failing_run_shows_no_secret_anywhere(
             url = f"{gateway.url}/2015-03-31/functions/kong/invocations"
             urllib_post_unsigned(url)
             gateway_secret = gateway.credentials.secret.reveal()
+        lambda_options: dict[str, Any] = {
+            "backend": "lambda",
+            "store": redis_server.url,
+            "endpoint_url": lambda_gateway.url,
+            "function": lambda_gateway.default_function,
+        }
+        with pytest.raises(MisconfiguredError) as misconfigured:
+            Kong(**lambda_options)  # the functions have another key: the probe says so
+        said.append(everything_said(misconfigured.value))
         with (
-            Kong(
-                backend="lambda",
-                store=redis_server.url,
-                endpoint_url=lambda_gateway.url,
-                function=lambda_gateway.default_function,
-            ) as session,
+            dask.config.set({"kong.lambda.probe": False}),
+            Kong(**lambda_options) as session,
             pytest.raises(SignatureError) as refused,
         ):
-            session.get({"a": (explode, 2)}, "a")  # the functions have another key
+            session.get({"a": (explode, 2)}, "a")
         said.append(everything_said(refused.value))
     captured = capfd.readouterr()
     said += [captured.out, captured.err, caplog.text]

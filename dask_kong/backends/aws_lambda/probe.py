@@ -81,6 +81,12 @@ def check_answer(function: str, answer: dict[str, Any], token: str, store: Store
             f"v{answer.get('payload')}); this client is {__version__} (payload "
             f"v{PAYLOAD_VERSION}): deploy the same version"
         )
+    if "SignatureError" in str(answer.get("store_error", "")):
+        raise MisconfiguredError(
+            f"Lambda function {function!r} does not share the client's signing key: "
+            f"{answer['store_error']} (set DASK_KONG__SECURITY__KEY in the function's "
+            "environment to the client's kong.security.key)"
+        )
     if "store_error" in answer:
         raise MisconfiguredError(
             f"Lambda function {function!r} cannot reach its store: {answer['store_error']} "
