@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dask_kong import security
 from dask_kong.store.cluster import RedisClusterStore
 from dask_kong.store.redis import connect
 from dask_kong.store.server import LocalRedisCluster
@@ -20,7 +21,10 @@ CLUSTER_SHARDS = 3
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[LocalRedisCluster]:
-    """A private three-shard Redis Cluster for the whole session."""
+    """A private three-shard Redis Cluster for the whole session. Tests that use its
+    stores directly write signed pickles, as a session's client does: the process gets
+    its signing key here."""
+    security.ensure_key()
     cluster = LocalRedisCluster(CLUSTER_SHARDS)
     pids = cluster.pids
     try:

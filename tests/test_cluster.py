@@ -253,7 +253,10 @@ def test_large_values_are_split_into_parts_on_several_shards_and_leave_nothing(
 
 
 def test_large_and_small_values_round_trip_across_shards_in_order(
-    cluster_store: RedisClusterStore, raw_cluster: RedisCluster, run_id: str
+    cluster_store: RedisClusterStore,
+    raw_cluster: RedisCluster,
+    redis_cluster: LocalRedisCluster,
+    run_id: str,
 ) -> None:
     """Large values go to their shards from threads of their own, and several on one
     shard are read one per connection; the order of `get_many` holds throughout."""
@@ -264,9 +267,15 @@ def test_large_and_small_values_round_trip_across_shards_in_order(
     shards = {node_of(raw_cluster, spread_prefix(run_id) + key).name for key in values}
     assert len(shards) == CLUSTER_SHARDS  # some shard holds two or more of them
     keys = [f"out:{t}" for t in (7, 0, 5, 2, 3, 4, 1, 6)]
-    got, nbytes = cluster_store.get_many(run_id, keys)
+    got, nbytes = cluster_store.get_many(run_id, keys)  # a connection each
     assert got == [values[k] for k in keys]
     assert nbytes == written
+    with dask.config.set({"kong.store.cluster_read_connections": 2}):
+        sized = connect(redis_cluster.url)  # sizes first, then batches
+    try:
+        assert sized.get_many(run_id, keys) == (got, nbytes)
+    finally:
+        sized.close()
     with pytest.raises(MissingKeyError, match="out:9"):
         cluster_store.get_many(run_id, ["out:1", "out:9", "out:2"])
     one = cluster_store.commit(run_id, {"out:100": big}, [FanIn(200, 100, 1)])  # no threads

@@ -185,6 +185,33 @@ def test_every_kill_point_is_recovered(
     assert log.exists() and f'"point": "{point}"' in log.read_text()
 
 
+# A few of the fault tests above on worker processes over a three-shard Redis Cluster
+# (issue #17): outputs on other shards than the fan-ins they complete, when a worker
+# dies before or after its commit.
+
+
+@pytest.fixture
+def processes_on_a_cluster(cluster_kong_sessions: Callable[[str], Kong]) -> Kong:
+    return cluster_kong_sessions("processes-cluster")
+
+
+@pytest.mark.timeout(180)
+def test_random_dags_survive_kills_and_duplicates_on_a_cluster(
+    processes_on_a_cluster: Kong, small_thresholds: None
+) -> None:
+    test_random_dags_survive_kills_and_duplicates(
+        processes_on_a_cluster, small_thresholds, "wukong"
+    )
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("point", [KillPoint.BEFORE_COMMIT.value, KillPoint.AFTER_COMMIT.value])
+def test_kills_around_a_commit_are_recovered_on_a_cluster(
+    processes_on_a_cluster: Kong, small_thresholds: None, point: str, tmp_path: Path
+) -> None:
+    test_every_kill_point_is_recovered(processes_on_a_cluster, small_thresholds, point, tmp_path)
+
+
 def die(value: Any) -> Any:
     os._exit(KILL_EXIT_CODE)
 

@@ -134,6 +134,7 @@ class RedisClusterStore(RedisStore):
             raise StoreUnavailableError(f"Redis Cluster at {self.address}: {exc}") from exc
         self._io_threads = int(config.get("store.cluster_io_threads"))
         self._thread_bytes = int(config.get("store.cluster_thread_bytes"))
+        self._read_connections = int(config.get("store.cluster_read_connections"))
         self._lock = threading.Lock()
         self._clients: dict[str, Redis] = {}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -419,13 +420,16 @@ class RedisClusterStore(RedisStore):
 
     def _read_everywhere(self, names: list[str]) -> list[Any]:
         """The stored bytes of `names` (None where absent), every shard asked at once.
-        One key per shard (the common case): a GET each, one round-trip. Otherwise their
-        sizes first, then the small values of a shard in one batch and each large one
-        on a connection of its own: hiredis parses several large replies on one
+        Up to kong.store.cluster_read_connections keys, or one key per shard: a GET
+        each on a connection of its own, one round-trip. Otherwise their sizes first,
+        then the small values of a shard in one batch and each large one on a
+        connection of its own: hiredis parses several large replies on one
         connection far slower than the same replies one per connection (RedisStore's
         `_read_raw` reads one server the same way, for the same reason)."""
         groups = self._by_shard(names)
-        if all(len(positions) == 1 for _, positions in groups):
+        if len(names) <= self._read_connections:  # a connection each: one round-trip
+            reads = [[[i] for i in positions] for _, positions in groups]
+        elif all(len(positions) == 1 for _, positions in groups):
             reads = [[positions] for _, positions in groups]
         else:
             sizes = self._strlen_all(names)
