@@ -5,6 +5,7 @@ content token, counted apart from the workers' traffic, and leave no key behind.
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from dask_kong.constants import data_key
 from dask_kong.dag import DAG
 from dask_kong.dag.model import StoredValue
 from dask_kong.dag.translate import translate
-from dask_kong.errors import KongError
+from dask_kong.errors import KongError, WorkerLostError
 from dask_kong.store.base import Store
 from dask_kong.store.memory import MemoryStore
 from dask_kong.store.redis import RedisStore
@@ -333,10 +334,11 @@ def test_persist_in_the_embedded_mode_keeps_the_values_in_this_process(
     assert kept.sum().compute(scheduler=session.get) == (values + 1).sum()
 
 
+@pytest.mark.parametrize("mode", REMOTE_MODES)
 def test_persisted_results_delivered_twice_are_kept_once(
-    kong_sessions: Callable[[str], Kong],
+    kong_sessions: Callable[[str], Kong], mode: str
 ) -> None:
-    session = kong_sessions("processes")
+    session = kong_sessions(mode)
     values = np.random.default_rng(15).random((4 * 128, 256))
     inner = session.backend
     session.backend = DeliverTwice(inner)
@@ -364,3 +366,29 @@ def test_a_persisted_collection_outliving_its_session_fails_naming_the_value(
     other = kong_sessions("processes")
     with pytest.raises(KongError, match=r"persisted value 'kept:.*no longer in the store"):
         kept.sum().compute(scheduler=other.get)
+
+
+def die_on_first_chunk(block: np.ndarray) -> np.ndarray:
+    """Kills its worker process on the first chunk (the one that starts with 0; dask's
+    meta inference calls it on a tiny array in the client, which must survive)."""
+    if block.size == CHUNK and block[0] == 0:
+        os._exit(3)
+    return block
+
+
+def test_a_worker_killed_mid_run_loses_neither_the_uploaded_nor_the_persisted_data(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
+    session = kong_sessions("processes")
+    values = user_array()
+    x = da.from_array(values, chunks=CHUNK)
+    kept = session.persist(x * 2)
+    with pytest.raises(WorkerLostError):
+        (x.map_blocks(die_on_first_chunk, meta=np.array(())) + kept).sum().compute(scheduler=session.get)
+    run = session.last_run_id or ""
+    assert poll_until(lambda: session.store.run_keys(run) == [], 5.0)
+    # the failed run released its pins, kept nothing of its own, and the data is intact
+    assert (x + kept).sum().compute(scheduler=session.get) == 3 * values.sum()
+    again = last_run()
+    assert again is not None and again.data_bytes_uploaded == 0
+    assert len(kept_keys(session)) == CHUNKS
