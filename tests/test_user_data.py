@@ -383,8 +383,9 @@ def test_a_worker_killed_mid_run_loses_neither_the_uploaded_nor_the_persisted_da
     values = user_array()
     x = da.from_array(values, chunks=CHUNK)
     kept = session.persist(x * 2)
+    dying = x.map_blocks(die_on_first_chunk, meta=np.array(()))
     with pytest.raises(WorkerLostError):
-        (x.map_blocks(die_on_first_chunk, meta=np.array(())) + kept).sum().compute(scheduler=session.get)
+        (dying + kept).sum().compute(scheduler=session.get)
     run = session.last_run_id or ""
     assert poll_until(lambda: session.store.run_keys(run) == [], 5.0)
     # the failed run released its pins, kept nothing of its own, and the data is intact

@@ -72,6 +72,9 @@ class SessionKeys:
         self._entries: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+        # Whether the scope was ever opened: a session that never kept anything in the
+        # store has nothing to delete at close (deleting scans the store's keys).
+        self._opened = False
         # Keys whose `StoredValue` was garbage collected, unpinned at the next call: a
         # finalizer may run inside any allocation, even one under `_lock`, so it only
         # appends here (atomic) and takes no lock.
@@ -81,6 +84,7 @@ class SessionKeys:
     def open(self) -> None:
         """Mark the scope live (again: the marker carries the store's key TTL, so a long
         session refreshes it before each use)."""
+        self._opened = True
         self.store.open_run(self.scope)
 
     def pin_present(self, keys: Sequence[str]) -> list[str]:
@@ -211,6 +215,8 @@ class SessionKeys:
         with self._lock:
             self._entries.clear()
         self._released.clear()
+        if not self._opened:
+            return
         try:
             self.store.delete_run(self.scope)
         except Exception as exc:
