@@ -197,7 +197,6 @@ OP_ROUNDS = 5
 def operation_latencies(count: int) -> dict[str, dict[str, float]]:
     """store -> operation -> median seconds (see the module docstring)."""
     samples: dict[str, dict[str, list[float]]] = {s: {} for s in STORES}
-    security.ensure_key()  # values are signed pickles, as a session's client writes them
     with contextlib.ExitStack() as stack:
         server = RedisServer()
         stack.callback(server.stop)
@@ -293,7 +292,6 @@ def deletion_times(foreign: int, repeat: int, outputs: int) -> dict[str, list[fl
     `delete_run`; "by a SCAN of its shard" is how `delete_run` found the run's own keys
     before (the registry's values deleted alike, then SCAN MATCH on the run's shard)."""
     samples: dict[str, list[float]] = {"by its slot": [], "by a SCAN of its shard": []}
-    security.ensure_key()
     with contextlib.ExitStack() as stack:
         cluster = LocalRedisCluster(SHARDS)
         stack.callback(cluster.stop)

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from dask_kong import security
 from dask_kong.store.cluster import RedisClusterStore
 from dask_kong.store.redis import connect
 from dask_kong.store.server import LocalRedisCluster
@@ -21,10 +20,7 @@ CLUSTER_SHARDS = 3
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[LocalRedisCluster]:
-    """A private three-shard Redis Cluster for the whole session. Tests that use its
-    stores directly write signed pickles, as a session's client does: the process gets
-    its signing key here."""
-    security.ensure_key()
+    """A private three-shard Redis Cluster for the whole session."""
     cluster = LocalRedisCluster(CLUSTER_SHARDS)
     pids = cluster.pids
     try:
