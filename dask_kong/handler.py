@@ -21,6 +21,8 @@ import time
 import traceback
 from typing import Any
 
+import dask.config
+
 from . import config, serialize
 from .constants import DAG_KEY, PROBE_KEY, request_claim
 from .invocation.invoker import RemoteInvoker
@@ -31,6 +33,7 @@ from .invocation.payload import (
     RunSpec,
     Shipment,
     decode_invocation,
+    loads_spec,
 )
 from .invocation.transports import GatewayPipeTransport, LambdaTransport
 from .runtime.context import CancelProbe, RunContext
@@ -90,9 +93,7 @@ class WorkerProcess:
         if blob is None:
             (blob,), _ = self.store().get_many(run_id, [DAG_KEY])
         spec: RunSpec = (
-            serialize.loads(blob, what=f"the spec of run {run_id}")
-            if isinstance(blob, bytes)
-            else blob
+            loads_spec(blob, what=f"the spec of run {run_id}") if isinstance(blob, bytes) else blob
         )
         self._specs[run_id] = spec
         while len(self._specs) > _SPEC_CACHE_SIZE:
@@ -158,7 +159,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     invocation = dataclasses.replace(decoded.invocation, queued_s=queued_s, cold=cold)
     if redelivered(ctx, decoded, context):  # the platform's retry: the next attempt
         invocation = dataclasses.replace(invocation, resumed=True, attempt=invocation.attempt + 1)
-    run_branch(ctx, invocation, worker_id)
+    # the caller's dask config, as its own process would give it to the tasks
+    with dask.config.set(_process.run_spec(ctx.run_id, decoded).dask_config):
+        run_branch(ctx, invocation, worker_id)
     return {
         "worker": worker_id,
         "pid": os.getpid(),

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import dask.config
+
 from .. import config, serialize
 from ..dag import DAG
 from ..errors import SerializationError
@@ -114,6 +116,10 @@ class RunSpec:
     settings: RunSettings
     output_tasks: frozenset[int]
     data_refs: DataRefs | None = None
+    #: The caller's dask config when the run started, apart from `kong` (whose values
+    #: reach workers as `settings`): tasks in a worker read it as they would in the
+    #: caller's process (`dataframe.shuffle.compression`, `array.chunk-size`, ...).
+    dask_config: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,14 +134,48 @@ class Shipment:
     data_bytes: int = 0
 
 
+def caller_dask_config() -> dict[str, Any]:
+    """The caller's dask config to ship with a run (see `RunSpec.dask_config`): its
+    settings, not the objects some keys hold in the caller's process (`scheduler` is the
+    session's `get`, `pool` an executor), which mean nothing in a worker."""
+    return {k: v for k, v in dask.config.config.items() if k != "kong" and _is_setting(v)}
+
+
+_SETTING_LEAVES = (str, int, float, bool, type(None))
+
+
+def _is_setting(value: Any) -> bool:
+    """Whether `value` is made of what a YAML config file can say."""
+    if isinstance(value, _SETTING_LEAVES):
+        return True
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_setting(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_is_setting(v) for v in value)
+    return False
+
+
 def dumps_spec(spec: RunSpec) -> bytes:
-    """Pickle the spec; when that fails, name the first task that cannot be pickled."""
+    """Pickle the spec; when that fails, name the first task that cannot be pickled.
+    The caller's dask config goes in front of the spec's own pickle, so that `loads_spec`
+    unpickles the DAG under it (see there)."""
     try:
-        return serialize.dumps(spec, what="the run's DAG")
+        inner = serialize.dumps(spec, what="the run's DAG")
     except SerializationError:
         for key, node in zip(spec.dag.keys, spec.dag.nodes, strict=True):
             serialize.dumps(node, what=f"task {key!r}")  # raises naming the task
         raise
+    return serialize.dumps((dict(spec.dask_config), inner), what="the run's spec")
+
+
+def loads_spec(blob: bytes, *, what: str) -> RunSpec:
+    """Inverse of `dumps_spec`. The DAG is unpickled under the caller's dask config:
+    some of dask's objects read the config as they are unpickled, not when called (the
+    disk shuffle's partd factory reads `dataframe.shuffle.compression`)."""
+    settings, inner = serialize.loads(blob, what=what)
+    with dask.config.set(settings):
+        spec: RunSpec = serialize.loads(inner, what=what)
+    return spec
 
 
 def encode_invocation(invocation: Invocation, shipment: Shipment) -> bytes:

@@ -15,7 +15,7 @@ from dask.sizeof import sizeof
 from .. import config
 from ..constants import DAG_KEY, data_key
 from ..invocation.model import InvokerSpec
-from ..invocation.payload import RunSpec, Shipment, b64, dumps_spec
+from ..invocation.payload import RunSpec, Shipment, b64, caller_dask_config, dumps_spec
 from .context import RunContext
 from .shippable import check_shippable
 
@@ -38,6 +38,7 @@ def prepare_remote_run(ctx: RunContext, invoker: InvokerSpec) -> Shipment:
         settings=ctx.settings,
         output_tasks=ctx.output_tasks,
         data_refs=ctx.data_refs,
+        dask_config=caller_dask_config(),
     )
     blob = dumps_spec(spec)
     inline = len(blob) <= int(config.get("payload.inline_dag_bytes"))
