@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for repeat in range(args.repeat):
                 samples.append(run_once(client, name, repeat, args.inputs, args.leaves))
+                print(samples[-1], f"total {samples[-1].total_s:.3f} s", flush=True)
         finally:
             close_client(client)
     load = os.getloadavg()[0]
