@@ -300,3 +300,26 @@ def test_submit_retries_a_failing_call() -> None:
         assert _flaky_calls["d"] == 2
         with pytest.raises(ValueError, match="retries must be"):
             client.submit(flaky, "e", 0, retries=-1)
+
+
+@pytest.mark.timeout(180)
+def test_futures_survive_workers_killed_mid_branch(kong_sessions: Callable[[str], Kong]) -> None:
+    """Worker processes die mid-branch (kong.faults: about a third of the first
+    attempts, at every kill point); their branches are invoked again and every Future
+    gets its right value, with nothing left behind."""
+    settings = {
+        "kong.faults.kill_fraction": 0.3,
+        "kong.faults.seed": 5,
+        "kong.faults.duplicate_fraction": 0.2,
+    }
+    with (
+        dask.config.set(settings),
+        Client(session=kong_sessions("processes"), set_as_default=False) as client,
+    ):
+        level = client.map(inc, range(32))
+        while len(level) > 1:
+            pairs = zip(level[::2], level[1::2], strict=True)
+            level = [client.submit(add, a, b) for a, b in pairs]
+        assert level[0].result(timeout=150) == sum(range(1, 33))
+        del level, pairs  # a spent zip still holds its second list
+        assert_nothing_left(client)

@@ -315,6 +315,7 @@ class Client:
         known.update({s.key: s.state for s in batch})
         runnable = settle_unrunnable(batch, known)
         if not runnable:
+            forget_futures(batch, inputs)
             return
         own = {s.key for s in batch}
         for state in {f._state for f in inputs if f.key not in own}:
@@ -322,6 +323,7 @@ class Client:
         runnable = settle_unrunnable(runnable, known)
         done_values = {k: s.value for k, s in known.items() if s.status == "finished"}
         built = build_graph(runnable, done_values, int(config.get("client.calls_per_task")))
+        forget_futures(batch, inputs)  # the graph holds what they pointed to now
         try:
             values = dict(zip(built.keys, self.session.get(built.graph, built.keys), strict=True))
         except Exception as exc:
@@ -374,6 +376,14 @@ def split_options(kwargs: dict[str, Any], call: str) -> tuple[dict[str, Any], di
     given = [k for k in ignored if kwargs.pop(k) is not None]
     warn_unsupported(given, call)
     return options, kwargs
+
+
+def forget_futures(batch: list[Submission], inputs: list[Future]) -> None:
+    """Drop a built batch's references to Futures, so a Future the user let go of is
+    released at once, not when the thread pool drops the finished batch."""
+    inputs.clear()
+    for s in batch:
+        s.args, s.kwargs = (), {}
 
 
 def retries_of(options: dict[str, Any]) -> int:
