@@ -566,6 +566,9 @@ def run_suite(suite: str, settings: RunSettings, modules: list[str] | None = Non
         for mode, (info, found) in zip(MODES, pool.map(run, MODES), strict=True):
             result.runs.append(info)
             outcomes[mode] = found
+    if settings.keyword and settings.dask_results is not None:
+        # a reused plain run was not selected by -k: compare what the kong run selected
+        outcomes["dask"] = {t: o for t, o in outcomes["dask"].items() if t in outcomes["kong"]}
     compare(result, outcomes["dask"], outcomes["kong"])
     if settings.backend == "processes" and result.kong_failures:
         cross_check(result, suite, settings)
