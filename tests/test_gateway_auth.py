@@ -22,7 +22,7 @@ import pytest
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from dask_kong.backends.processes.auth import AccessKey, signed_headers
+from dask_kong.backends.processes.auth import GATEWAY_KEY_ENV, AccessKey, signed_headers
 from dask_kong.backends.processes.gateway import Gateway, GatewayError
 from dask_kong.backends.processes.resources import ResourceConfig
 from dask_kong.backends.processes.settings import GatewaySettings
@@ -153,7 +153,9 @@ def test_no_credentials_on_a_public_address_refuses_to_start(
         Gateway(settings)
     loopback = Gateway(GatewaySettings.from_config(HANDLER))  # generates its own pair
     assert loopback.credentials.access_key_id.startswith("AKIA")
-    assert loopback.settings.pool.env["AWS_ACCESS_KEY_ID"] == loopback.credentials.access_key_id
+    worker_env = loopback.settings.pool.env
+    assert worker_env[GATEWAY_KEY_ENV] == loopback.credentials.access_key_id
+    assert "AWS_ACCESS_KEY_ID" not in worker_env  # the user's own stay the workers'
     assert loopback.credentials.secret.reveal() not in repr(loopback.settings)
 
 
@@ -176,3 +178,24 @@ def test_a_sessions_own_gateway_refuses_unsigned_requests(kong_sessions: Any) ->
     assert gateway.credentials.access_key_id.startswith("AKIAKONG")
     url = f"{gateway.url}/2015-03-31/functions/kong/invocations"
     assert_refused(*post(url, ECHO, {}), "MissingAuthenticationTokenException")
+
+
+def read_aws_key_id(_: Any) -> Any:
+    import os
+
+    return os.environ.get("AWS_ACCESS_KEY_ID")
+
+
+def test_workers_keep_the_users_aws_credentials(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's gateway key pair reaches its workers under kong's names: a task that
+    reads S3 in a worker signs with the user's AWS credentials, as in the caller."""
+    import dask
+
+    from dask_kong import Kong
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUSERSOWNKEY")
+    with Kong(backend="processes", store=redis_server.url, workers=1) as session:
+        seen = dask.compute(dask.delayed(read_aws_key_id)(0), scheduler=session.get)
+    assert seen == ("AKIAUSERSOWNKEY",)

@@ -87,6 +87,7 @@ class LambdaTransport:
             "lambda",
             region_name=self.region,
             endpoint_url=self.endpoint_url,
+            **_gateway_credentials(self.endpoint_url),
             config=AioConfig(
                 retries=retries,
                 connect_timeout=self.timeout_s,
@@ -132,6 +133,17 @@ class LambdaTransport:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+
+
+def _gateway_credentials(endpoint_url: str | None) -> dict[str, str]:
+    """The key pair to sign calls to a local gateway with (`kong.gateway.*`, which a
+    gateway gives its workers); none for AWS itself or when unset: then aiobotocore's
+    usual chain (environment, profile, role) applies."""
+    key_id = config.get("gateway.access_key_id")
+    secret = config.get("gateway.secret_access_key")
+    if not endpoint_url or not key_id or not secret:
+        return {}
+    return {"aws_access_key_id": str(key_id), "aws_secret_access_key": str(secret)}
 
 
 def _region_from_env(endpoint_url: str | None) -> str:

@@ -37,6 +37,8 @@ from ...security import Secret
 ALGORITHM = "AWS4-HMAC-SHA256"
 ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
 SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
+GATEWAY_KEY_ENV = "DASK_KONG__GATEWAY__ACCESS_KEY_ID"
+GATEWAY_SECRET_ENV = "DASK_KONG__GATEWAY__SECRET_ACCESS_KEY"
 _CONTENT_SHA256 = "x-amz-content-sha256"
 
 
@@ -67,6 +69,14 @@ class AccessKey:
     def environment(self) -> dict[str, str]:
         """The pair as the AWS SDKs read it from the environment."""
         return {ACCESS_KEY_ENV: self.access_key_id, SECRET_KEY_ENV: self.secret.reveal()}
+
+    def kong_environment(self) -> dict[str, str]:
+        """The pair as kong's config reads it (`kong.gateway.*`) from the environment:
+        for workers, whose own AWS credentials (a task reading S3) must stay theirs."""
+        return {
+            GATEWAY_KEY_ENV: self.access_key_id,
+            GATEWAY_SECRET_ENV: self.secret.reveal(),
+        }
 
 
 class Refusal(NamedTuple):

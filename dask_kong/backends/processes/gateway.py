@@ -551,8 +551,10 @@ def _credentials_for(settings: GatewaySettings) -> AccessKey:
 
 def _with_worker_credentials(settings: GatewaySettings, key: AccessKey) -> GatewaySettings:
     """`settings` whose workers also get the key pair, to invoke the gateway over HTTP as
-    a Lambda function invokes with its role's keys (an explicit `env` still wins)."""
-    env = {**key.environment(), **settings.pool.env}
+    a Lambda function invokes with its role's keys (an explicit `env` still wins). Under
+    kong's own names (`kong.gateway.*`), not AWS's: a task that reads S3 in a worker
+    uses the user's AWS credentials, as in the caller's process."""
+    env = {**key.kong_environment(), **settings.pool.env}
     return dataclasses.replace(settings, pool=dataclasses.replace(settings.pool, env=env))
 
 
