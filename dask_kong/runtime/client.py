@@ -215,15 +215,20 @@ def submit_roots(
             ctx.dag, ctx.plan, starts, session_keys, inline_bytes, upload_large=uploads_data
         )
         ctx.data_refs = None if upload is None else upload.refs
-    backend.prepare_run(ctx)
+    try:
+        backend.prepare_run(ctx)
 
-    def invoke(tasks: list[int]) -> None:
-        backend.invoke(ctx, [Invocation(ctx.run_id, r) for r in tasks])
+        def invoke(tasks: list[int]) -> None:
+            backend.invoke(ctx, [Invocation(ctx.run_id, r) for r in tasks])
 
-    if upload is not None:
-        upload_and_invoke(upload, starts, invoke)
-    elif starts:
-        invoke(starts)
+        if upload is not None:
+            upload_and_invoke(upload, starts, invoke)
+        elif starts:
+            invoke(starts)
+    except BaseException:
+        if upload is not None:  # the caller never sees it: release its pins here
+            upload.release()
+        raise
     return upload
 
 
