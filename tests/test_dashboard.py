@@ -4,6 +4,7 @@ that a dashboard that is off costs nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -80,6 +81,19 @@ def wait_until(condition: Callable[[], object], timeout_s: float = WAIT_S) -> No
 
 
 # -- what a record says ----------------------------------------------------------------
+
+
+def test_a_tasks_details_show_what_it_printed_escaped() -> None:
+    summary = run_once()
+    record = record_of(summary)
+    task, metrics = next(iter(summary.task_metrics.items()))
+    metrics.logs = "loading <chunk 3>\nwarning: slow disk\n"
+    record.metrics[task] = metrics
+    detail = cols.task_detail(record.graph, task, TaskState.DONE, metrics, None)
+    assert "<b>logs</b>" in detail
+    assert "loading &lt;chunk 3&gt;" in detail and "slow disk" in detail
+    quiet = dataclasses.replace(metrics, logs="")
+    assert "<b>logs</b>" not in cols.task_detail(record.graph, task, TaskState.DONE, quiet, None)
 
 
 def test_record_states_follow_events_heartbeats_and_the_summary() -> None:

@@ -209,7 +209,7 @@ def task_detail(
     failure: TaskFailure | None,
 ) -> str:
     """A task's details as an HTML table: what ran it, when, how long each phase took,
-    the sizes, what the plan said, and its error."""
+    the sizes, what the plan said; then what it printed or logged, and its error."""
     rows: list[tuple[str, str]] = [
         ("task", f"{task}: {graph.keys[task]}"),
         ("function", graph.names[task]),
@@ -224,6 +224,8 @@ def task_detail(
         for name, value in rows
     )
     text = f'<table class="kong-detail">{cells}</table>'
+    if m is not None and m.logs:  # what it printed or logged in a worker process
+        text += f"<p><b>logs</b></p><pre>{html.escape(m.logs)}</pre>"
     if failure is not None:
         text += (
             f"<p><b>error</b> on {html.escape(failure.worker)}: {html.escape(failure.message)}"
