@@ -323,3 +323,11 @@ def test_futures_survive_workers_killed_mid_branch(kong_sessions: Callable[[str]
         assert level[0].result(timeout=150) == sum(range(1, 33))
         del level, pairs  # a spent zip still holds its second list
         assert_nothing_left(client)
+
+
+def test_close_says_its_timeout_is_not_honoured(kong_sessions: Callable[[str], Kong]) -> None:
+    forget_warnings()
+    client = Client(session=kong_sessions("embedded"), set_as_default=False)
+    assert client.gather(client.submit(inc, 1)) == 2
+    with pytest.warns(UnsupportedOptionWarning, match=r"Client\.close: 'timeout' is ignored"):
+        client.close(timeout=5)

@@ -209,7 +209,11 @@ class Client:
 
     def close(self, timeout: float | None = None) -> None:
         """Cancel what has not run, wait for runs in flight (each ends: finished, failed
-        or stalled), free every value, close the session if the client opened it."""
+        or stalled), free every value, close the session if the client opened it.
+        `timeout` is not honoured (a warning says so): a run in flight is not cut short,
+        it ends within its own bounds (`kong.run.stall_timeout_s`)."""
+        if timeout is not None:
+            warn_unsupported(["timeout"], "Client.close")
         with self._lock:
             if self.status == "closed":
                 return
