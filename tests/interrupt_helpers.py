@@ -87,6 +87,9 @@ def compute_and_interrupt(
             sent_at.append(time.monotonic())
             signal.pthread_kill(main, signal.SIGINT)
 
+    # Python's own Ctrl-C handler, as in a terminal: a suite started in the background
+    # (nohup, a CI runner's shell) inherits SIGINT ignored, and would never see it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     presser = threading.Thread(target=press_ctrl_c, name="test-ctrl-c", daemon=True)
     presser.start()
     try:
@@ -95,6 +98,7 @@ def compute_and_interrupt(
         returned_at = time.monotonic()
     finally:
         presser.join(SETTLE_S)
+        signal.signal(signal.SIGINT, previous)
     assert sent_at, "the tasks never started, so Ctrl-C was never pressed"
     return returned_at - sent_at[0]
 
