@@ -29,16 +29,41 @@ compatible dask-kong, same store; exit 1 naming what is wrong).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 from . import config
 
 Command = Callable[[argparse.Namespace], int]
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An event that SIGINT or SIGTERM sets while the block runs; the handlers that were
+    there before are back when it ends, however it ends."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
+
+
+def wait_for(stop: threading.Event) -> None:
+    """Serve until `stop` is set; the timeout keeps each wait short, so a signal's
+    handler runs within half a second."""
+    while not stop.wait(timeout=0.5):
+        pass
 
 
 def run_gateway(args: argparse.Namespace) -> int:
@@ -59,31 +84,22 @@ def run_gateway(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    settings = GatewaySettings.from_config(
-        handler,
-        host=args.host,
-        port=args.port,
-        keep_warm_s=args.keep_warm,
-        concurrency=args.concurrency,
-    )
-    gateway = Gateway(settings)
-    try:
-        gateway.start()
-        print(gateway.url, flush=True)
-        print(f"functions: {', '.join(gateway.functions)}", file=sys.stderr, flush=True)
-        # Serve until a signal sets `stop`; the timeout keeps the wait short between checks.
-        while not stop.wait(timeout=0.5):
-            pass
-    finally:
-        gateway.stop()
-        for sig, handler_before in previous.items():
-            signal.signal(sig, handler_before)
+    with stop_signals() as stop:
+        settings = GatewaySettings.from_config(
+            handler,
+            host=args.host,
+            port=args.port,
+            keep_warm_s=args.keep_warm,
+            concurrency=args.concurrency,
+        )
+        gateway = Gateway(settings)
+        try:
+            gateway.start()
+            print(gateway.url, flush=True)
+            print(f"functions: {', '.join(gateway.functions)}", file=sys.stderr, flush=True)
+            wait_for(stop)
+        finally:
+            gateway.stop()
     return 0
 
 
@@ -111,21 +127,13 @@ def run_dashboard(args: argparse.Namespace) -> int:
     if not url:
         print("dask-kong dashboard: --store redis://... is required", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    dashboard = serve_store(url, host=args.host, port=args.port)
-    try:
-        print(dashboard.link, flush=True)
-        while not stop.wait(timeout=0.5):
-            pass
-    finally:
-        dashboard.close()
-        for sig, handler_before in previous.items():
-            signal.signal(sig, handler_before)
+    with stop_signals() as stop:
+        dashboard = serve_store(url, host=args.host, port=args.port)
+        try:
+            print(dashboard.link, flush=True)
+            wait_for(stop)
+        finally:
+            dashboard.close()
     return 0
 
 
