@@ -10,6 +10,7 @@ cheap for whatever it asks (a store round-trip, the process table). huey's
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -21,10 +22,16 @@ MAX_PAUSE_S = 0.05
 
 def pauses(first_s: float = FIRST_PAUSE_S, max_s: float = MAX_PAUSE_S) -> Iterator[float]:
     """The pauses between checks: `first_s`, doubling, capped at `max_s` (endless)."""
-    pause = first_s
+    tries = 0
     while True:
-        yield pause
-        pause = min(pause * 2, max_s)
+        yield nth_pause(tries, first_s, max_s)
+        tries += 1
+
+
+def nth_pause(tries: int, first_s: float, max_s: float = math.inf) -> float:
+    """The pause after `tries` earlier ones, for a caller that keeps the count itself
+    (a retried invocation carries it): `first_s` doubled `tries` times, capped."""
+    return min(first_s * 2.0**tries, max_s)
 
 
 def poll_until(

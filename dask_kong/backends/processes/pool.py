@@ -49,7 +49,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ...invocation.pipe import Frame, FrameKind
-from ...waits import poll_until_async
+from ...waits import nth_pause, poll_until_async
 from .invocation_queue import InvocationQueue
 from .pending import InvocationOutcome, PendingInvocation, new_request_id
 from .resources import FunctionTable, ResourceConfig
@@ -593,7 +593,7 @@ class WorkerPool:
         settings = self.settings
         if invocation.retried >= settings.async_retries or self._closing:
             return False
-        delay = settings.async_retry_delay_s * 2**invocation.retried
+        delay = nth_pause(invocation.retried, settings.async_retry_delay_s)
         logger.warning(
             "Event invocation %s of %s failed: delivering it again in %.1f s (retry %d of %d)",
             invocation.request_id,
