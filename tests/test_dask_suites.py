@@ -91,14 +91,10 @@ def test_a_slice_of_dask_tests_that_pass_under_dask_pass_on_kong_processes(
     assert_kong_passes_what_dask_passes(result, at_least=8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known wrong result, found 2026-12-01 and not yet fixed: on the processes "
-    "backend dask's _check_chunks computes every chunk of a quantile over data from "
-    "da.from_array and one chunk comes back with shape () (passed at c6de569)",
-)
 @pytest.mark.timeout(150)
-def test_quantile_chunks_are_right_on_kong_processes(tmp_path: Path) -> None:
+def test_persisted_chunks_pass_dasks_chunk_check_on_kong_processes(tmp_path: Path) -> None:
+    """dask's `assert_eq` persists the array and reads each chunk of the graph (`.result()`
+    of what persist left there: kong's `StoredValue`s on a backend with a store)."""
     result = run_slice(
         "processes", ["array/tests/test_reductions.py::test_quantile[True-0.75-3]"], tmp_path
     )

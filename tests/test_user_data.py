@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
+from dask.array.utils import _check_chunks
 
 from dask_kong import Kong, last_run
 from dask_kong.constants import data_key
@@ -330,6 +332,32 @@ def test_persist_keeps_results_in_the_store_and_later_runs_read_them_there(
     gc.collect()
     assert y.sum().compute(scheduler=session.get) == (values + 1).sum()  # releases them
     assert kept_keys(session) == []
+
+
+@pytest.mark.parametrize("mode", REMOTE_MODES)
+def test_a_persisted_chunk_reads_its_value_with_result_as_a_future_does(
+    kong_sessions: Callable[[str], Kong], mode: str
+) -> None:
+    """dask's own checks (`dask.array.utils._check_chunks`, run by `assert_eq`) read a
+    persisted graph's chunks with `.result()`, as distributed's futures answer it."""
+    session = kong_sessions(mode)
+    values = user_array()
+    kept = session.persist(da.from_array(values, chunks=CHUNK) - 1)
+    chunks = [kept.__dask_graph__()[(kept.name, i)] for i in range(CHUNKS)]
+    assert all(isinstance(c, StoredValue) and c.done() for c in chunks)
+    np.testing.assert_array_equal(np.concatenate([c.result() for c in chunks]), values - 1)
+    copy = pickle.loads(pickle.dumps(chunks[0]))
+    with pytest.raises(RuntimeError, match="a copy made by pickling"):
+        copy.result()
+    _check_chunks(kept, scheduler=session.get)
+
+
+def test_a_persisted_chunk_of_a_closed_session_says_its_value_is_gone(own_session: Kong) -> None:
+    kept = own_session.persist(da.from_array(user_array(), chunks=CHUNK) - 1)
+    chunk = kept.__dask_graph__()[(kept.name, 0)]
+    own_session.close()
+    with pytest.raises(RuntimeError, match=r"session that persisted 'kept:.*is closed"):
+        chunk.result()
 
 
 def test_persist_in_the_embedded_mode_keeps_the_values_in_this_process(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,17 +24,37 @@ class StoredValue:
     """A value persisted in a session's store (`Kong.persist`): what a persisted
     collection's graph holds instead of the value. Translation lifts it out of every task
     into a data entry, and the workers read the value where it is; the client never
-    fetches it (`runtime.upload`, `runtime.session_keys`).
+    fetches it (`runtime.upload`, `runtime.session_keys`) unless asked: `result()` reads
+    it, as a distributed `Future` in a persisted graph does (dask's own checks, such as
+    `dask.array.utils._check_chunks`, call `.result()` on what a persist left there).
 
     The object the session made holds one pin on its key: when it is garbage collected
     (with the last collection that refers to it) the key is released. A copy made by
-    pickling holds no pin."""
+    pickling holds no pin and cannot read the value (`result()` says so)."""
 
-    __slots__ = ("__weakref__", "key", "scope")
+    __slots__ = ("__weakref__", "_read", "key", "scope")
 
-    def __init__(self, scope: str, key: str) -> None:
+    def __init__(self, scope: str, key: str, read: Callable[[], Any] | None = None) -> None:
         self.scope = scope
         self.key = key
+        #: Reads the value from the session's store; None for a pickled copy.
+        self._read = read
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The value, read from the store. `timeout` bounds the wait for the value to be
+        computed, as in distributed's `Future.result`: there is none (persist returns
+        once its values are stored), so any timeout is met; the read itself has the
+        store's own deadline."""
+        if self._read is None:
+            raise RuntimeError(
+                f"StoredValue({self.key!r}) is a copy made by pickling: only the one the "
+                "persisting session returned can read its value"
+            )
+        return self._read()
+
+    def done(self) -> bool:
+        """Always True: a persist returns once its values are stored."""
+        return True
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (StoredValue, (self.scope, self.key))

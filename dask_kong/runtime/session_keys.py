@@ -33,6 +33,7 @@ All methods are thread-safe.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import threading
@@ -137,9 +138,15 @@ class SessionKeys:
     def _reference(self, key: str) -> StoredValue:
         """A `StoredValue` for `key` whose collection by the garbage collector releases
         the pin `keep` took for it."""
-        ref = StoredValue(self.scope, key)
+        ref = StoredValue(self.scope, key, functools.partial(self._read, key))
         weakref.finalize(ref, self._released.append, key)
         return ref
+
+    def _read(self, key: str) -> Any:
+        """The value of a kept key (`StoredValue.result`)."""
+        if self._closed:
+            raise RuntimeError(f"the session that persisted {key!r} is closed: its value is gone")
+        return self.store.get_many(self.scope, [key])[0][0]
 
     def release_collected(self) -> None:
         """Unpin the keys of `StoredValue`s garbage collected since the last call."""
