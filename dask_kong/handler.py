@@ -23,7 +23,7 @@ from typing import Any
 
 import dask.config
 
-from . import config, serialize
+from . import config, security, serialize
 from .constants import DAG_KEY, PROBE_KEY, request_claim
 from .invocation.invoker import RemoteInvoker
 from .invocation.model import InvokerSpec, Transport
@@ -93,7 +93,9 @@ class WorkerProcess:
         if blob is None:
             (blob,), _ = self.store().get_many(run_id, [DAG_KEY])
         spec: RunSpec = (
-            loads_spec(blob, what=f"the spec of run {run_id}") if isinstance(blob, bytes) else blob
+            loads_spec(blob, run_id, what=f"the spec of run {run_id}")
+            if isinstance(blob, bytes)
+            else blob
         )
         self._specs[run_id] = spec
         while len(self._specs) > _SPEC_CACHE_SIZE:
@@ -178,7 +180,7 @@ def report_refused(event: dict[str, Any], exc: Exception) -> None:
     if not isinstance(run_id, str) or not isinstance(start, int):
         return  # not a dask-kong invocation: the platform logs the error
     try:
-        error = serialize.dumps(exc, what="exception")
+        error = serialize.dumps(exc, where=security.place("error", start), what="exception")
         failure = Event(
             EventKind.TASK_FAILED,
             start,

@@ -7,6 +7,18 @@ whoever can send an invocation or write the store, but does not hold the key, ca
 a worker (or the client) unpickle anything. `serialize` calls `sign` and `verified` at its
 one dumps/loads boundary, so nothing else needs to know.
 
+A tag also binds the pickle to its *place*: where it was written for (`place`: a stored
+value's run and key, a run's events, a run's spec, one invocation's inputs). A valid
+pickle copied to another key, or from another run, is refused as "signed for another
+place" naming where it was found: someone with write access to the store can neither
+forge a pickle nor swap one of yours for another. A blob is
+
+    MAGIC | place tag = HMAC(key, place | data tag) | data tag = HMAC(key, pickle) | pickle
+
+so that moving a value (persist renames it into the session's scope on the server,
+without reading it) re-binds it by rewriting its header alone (`rebound_header`), after
+checking that the header was bound to the place it is moved from.
+
 The key (`kong.security.key`, environment `DASK_KONG__SECURITY__KEY`):
 
 * configured: used as is, by the client and by every worker that has it (AWS Lambda
@@ -32,11 +44,15 @@ from . import config
 from .errors import KongError
 
 #: Start of a signed blob: a pickle never starts with these bytes (protocol 2+ starts
-#: with 0x80), so signed and unsigned data are told apart without ambiguity.
-MAGIC: Final = b"kongsig1"
-#: Length of the HMAC-SHA256 tag that follows MAGIC.
+#: with 0x80), so signed and unsigned data are told apart without ambiguity. Version 2:
+#: tags bound to a place.
+MAGIC: Final = b"kongsig2"
+#: Length of each HMAC-SHA256 tag (the place tag, then the data tag) after MAGIC.
 TAG_BYTES: Final = 32
-_HEADER_BYTES: Final = len(MAGIC) + TAG_BYTES
+#: Bytes before the pickle in a signed blob: what `rebound_header` rewrites.
+HEADER_BYTES: Final = len(MAGIC) + 2 * TAG_BYTES
+_PLACE_TAG: Final = slice(len(MAGIC), len(MAGIC) + TAG_BYTES)
+_DATA_TAG: Final = slice(len(MAGIC) + TAG_BYTES, HEADER_BYTES)
 #: Shortest key accepted: 128 bits of a random hex or base64 string.
 MIN_KEY_CHARS: Final = 16
 #: Environment variable that gives a worker the key (dask config reads it).
@@ -129,28 +145,36 @@ def worker_environment() -> dict[str, str]:
     return {KEY_ENV: ensure_key().reveal()}
 
 
+def place(kind: str, *parts: str | int) -> bytes:
+    """Where a pickle belongs, as the bytes its tag binds: `kind` ("value", "event",
+    "spec", "inputs", "error") and what names it there (run id, key, task). Each part
+    is length-prefixed, so no two different places give the same bytes."""
+    out = bytearray()
+    for part in (kind, *parts):
+        encoded = str(part).encode()
+        out += len(encoded).to_bytes(4, "big") + encoded
+    return bytes(out)
+
+
 def tag(key: str, data: bytes | memoryview) -> bytes:
     """The HMAC-SHA256 of `data` under `key`."""
     return hmac.digest(key.encode(), data, "sha256")
 
 
-def sign(data: bytes) -> bytes:
-    """`data` behind MAGIC and its tag; unchanged when signing is off."""
+def sign(data: bytes, where: bytes) -> bytes:
+    """`data` behind its header (MAGIC, its tags for `where` and for itself); unchanged
+    when signing is off."""
     if not signing_enabled():
         return data
-    key = current_key()
-    if key is None:
-        raise SignatureError(
-            f"cannot sign: this process has no signing key; give it the client's key in "
-            f"{KEY_ENV} (or set kong.security.sign: false everywhere)"
-        )
-    return MAGIC + tag(key, data) + data
+    key = _key_or_refuse("cannot sign", "")
+    data_tag = tag(key, data)
+    return b"".join((MAGIC, tag(key, where + data_tag), data_tag, data))
 
 
-def verified(blob: bytes | memoryview, what: str) -> memoryview:
-    """The pickle inside `blob` once its tag is checked (a view: no copy); raises
+def verified(blob: bytes | memoryview, what: str, where: bytes) -> memoryview:
+    """The pickle inside `blob` once its tags are checked (a view: no copy); raises
     `SignatureError` naming `what` when it is unsigned (and signing is on), tampered
-    with, or signed under another key."""
+    with, signed under another key, or signed for another place than `where`."""
     view = memoryview(blob)
     if bytes(view[: len(MAGIC)]) != MAGIC:
         if signing_enabled():
@@ -160,16 +184,49 @@ def verified(blob: bytes | memoryview, what: str) -> memoryview:
                 "else, or by a client with kong.security.sign: false?"
             )
         return view
-    key = current_key()
-    if key is None:
-        raise SignatureError(
-            f"cannot check the signature of {what}: this process has no signing key; give "
-            f"it the client's key in {KEY_ENV}"
-        )
-    expected = tag(key, view[_HEADER_BYTES:])
-    if not hmac.compare_digest(expected, view[len(MAGIC) : _HEADER_BYTES]):
+    key = _key_or_refuse("cannot check the signature of", what)
+    if not hmac.compare_digest(tag(key, view[HEADER_BYTES:]), view[_DATA_TAG]):
         raise SignatureError(
             f"refusing {what}: its signature does not match (tampered with, or signed "
             "with another kong.security.key than this process's)"
         )
-    return view[_HEADER_BYTES:]
+    _check_place(key, view, what, where)
+    return view[HEADER_BYTES:]
+
+
+def rebound_header(head: bytes, what: str, old: bytes, new: bytes) -> bytes | None:
+    """The header that binds the signed blob starting with `head` to place `new`
+    instead of `old` (None: `head` is not signed, nothing to rewrite). Refuses a blob
+    not bound to `old`: a move must not launder a value swapped in from elsewhere. Its
+    data tag is kept as is: reading the value still checks the pickle against it."""
+    if not head.startswith(MAGIC):
+        return None
+    if len(head) < HEADER_BYTES:
+        raise SignatureError(f"refusing {what}: too short to be a signed pickle")
+    key = _key_or_refuse("cannot check the signature of", what)
+    view = memoryview(head)
+    _check_place(key, view, what, old)
+    data_tag = bytes(view[_DATA_TAG])
+    return b"".join((MAGIC, tag(key, new + data_tag), data_tag))
+
+
+def _check_place(key: str, view: memoryview, what: str, where: bytes) -> None:
+    """Raise unless the place tag in `view`'s header binds it to `where`."""
+    expected = tag(key, where + bytes(view[_DATA_TAG]))
+    if not hmac.compare_digest(expected, view[_PLACE_TAG]):
+        raise SignatureError(
+            f"refusing {what}: it is validly signed, but for another place (copied or "
+            "replayed from another key or another run)"
+        )
+
+
+def _key_or_refuse(action: str, what: str) -> str:
+    """This process's key; without one, `SignatureError` saying how to give it."""
+    key = current_key()
+    if key is None:
+        target = f" {what}" if what else ""
+        raise SignatureError(
+            f"{action}{target}: this process has no signing key; give it the client's key "
+            f"in {KEY_ENV} (or set kong.security.sign: false everywhere)"
+        )
+    return key

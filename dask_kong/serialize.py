@@ -4,6 +4,8 @@ cloudpickle handles lambdas and closures in user tasks; protocol 5 keeps NumPy b
 one contiguous copy. Errors name the object that could not be pickled. Every pickle is
 signed on the way out and checked on the way in (`security`): this is the one place where
 bytes become objects, so it is the one place that refuses bytes nobody with the key wrote.
+Every caller says where the pickle belongs (`security.place`: a run's key, its events, its
+spec, an invocation's inputs), and a pickle read anywhere else is refused.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from . import security
 from .errors import SerializationError
 
 
-def dumps(obj: Any, *, what: str = "object") -> bytes:
-    """Serialize `obj`; `what` names it in the error (e.g. "output of task ('x', 0)")."""
+def dumps(obj: Any, *, where: bytes, what: str = "object") -> bytes:
+    """Serialize `obj`, signed for place `where` (`security.place`); `what` names it in
+    the error (e.g. "output of task ('x', 0)")."""
     # cloudpickle (not plain pickle) always: plain pickle stores functions of __main__ by
     # reference, which a worker process cannot import.
     try:
@@ -27,10 +30,10 @@ def dumps(obj: Any, *, what: str = "object") -> bytes:
         raise SerializationError(
             f"cannot serialize {what} of type {type(obj).__name__}: {exc}"
         ) from exc
-    return security.sign(data)
+    return security.sign(data, where)
 
 
-def loads(data: bytes, *, what: str = "data") -> Any:
+def loads(data: bytes, *, where: bytes, what: str = "data") -> Any:
     """Inverse of `dumps`; `SignatureError` (naming `what`) for a pickle without a valid
-    signature."""
-    return pickle.loads(security.verified(data, what))
+    signature for place `where`."""
+    return pickle.loads(security.verified(data, what, where))

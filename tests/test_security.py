@@ -30,13 +30,16 @@ from dask_kong.backends.processes.settings import GatewaySettings
 from dask_kong.constants import DAG_KEY
 from dask_kong.errors import KongError, MisconfiguredError
 from dask_kong.invocation.model import Invocation, InvokerSpec
-from dask_kong.invocation.payload import Shipment, encode_invocation
+from dask_kong.invocation.payload import Shipment, encode_invocation, spec_place
 from dask_kong.security import Secret, SignatureError
 from dask_kong.store.base import EventKind
 from dask_kong.store.redis import RedisStore
 from dask_kong.store.server import RedisServer
 
 from .kong_fixtures import pid_alive
+
+#: Where the pickles of the unit tests below are signed for.
+HERE = security.place("value", "a-run", "x")
 
 
 def flip_last_byte(data: bytes) -> bytes:
@@ -52,32 +55,61 @@ def tamper_stored(client: redis.Redis, name: str) -> None:
 
 def test_a_signed_pickle_round_trips_and_a_flipped_bit_is_refused() -> None:
     security.ensure_key()
-    blob = serialize.dumps({"x": [1, 2, 3]})
+    blob = serialize.dumps({"x": [1, 2, 3]}, where=HERE)
     assert blob.startswith(security.MAGIC)
-    assert serialize.loads(blob) == {"x": [1, 2, 3]}
+    assert serialize.loads(blob, where=HERE) == {"x": [1, 2, 3]}
     with pytest.raises(SignatureError, match="refusing the thing: its signature does not"):
-        serialize.loads(flip_last_byte(blob), what="the thing")
+        serialize.loads(flip_last_byte(blob), where=HERE, what="the thing")
+
+
+def test_a_pickle_signed_for_one_place_is_refused_at_any_other() -> None:
+    security.ensure_key()
+    blob = serialize.dumps("out of x", where=HERE)
+    elsewhere = [
+        security.place("value", "a-run", "y"),  # another key
+        security.place("value", "another-run", "x"),  # another run
+        security.place("inputs", "a-run", "x"),  # another kind of place
+        security.place("value", "a-ru", "nx"),  # the same characters, cut elsewhere
+    ]
+    for where in elsewhere:
+        with pytest.raises(SignatureError, match=r"refusing y: .*signed, but for another place"):
+            serialize.loads(blob, where=where, what="y")
+
+
+def test_a_header_is_rebound_only_from_the_place_it_was_signed_for() -> None:
+    security.ensure_key()
+    blob = serialize.dumps([1, 2], where=HERE)
+    there = security.place("value", "a-session", "kept")
+    header = security.rebound_header(blob[: security.HEADER_BYTES], "x", HERE, there)
+    assert header is not None
+    moved = header + blob[security.HEADER_BYTES :]
+    assert serialize.loads(moved, where=there) == [1, 2]
+    with pytest.raises(SignatureError, match="for another place"):
+        serialize.loads(moved, where=HERE)
+    with pytest.raises(SignatureError, match=r"refusing 'y' of run r: .*another place"):
+        security.rebound_header(blob, "'y' of run r", security.place("value", "r", "y"), there)
+    assert security.rebound_header(pickle.dumps(1), "x", HERE, there) is None
 
 
 def test_an_unsigned_pickle_is_refused_naming_what_it_was() -> None:
     with pytest.raises(SignatureError, match="refusing unsigned task output"):
-        serialize.loads(pickle.dumps(42), what="task output")
+        serialize.loads(pickle.dumps(42), where=HERE, what="task output")
 
 
 def test_a_pickle_signed_under_another_key_is_refused() -> None:
     security.ensure_key()
     with dask.config.set({"kong.security.key": secrets.token_hex(32)}):
-        foreign = serialize.dumps("from someone else")
+        foreign = serialize.dumps("from someone else", where=HERE)
     with pytest.raises(SignatureError, match="does not match"):
-        serialize.loads(foreign)
+        serialize.loads(foreign, where=HERE)
 
 
 def test_signing_off_writes_and_accepts_plain_pickles() -> None:
     with dask.config.set({"kong.security.sign": False}):
-        blob = serialize.dumps(7)
+        blob = serialize.dumps(7, where=HERE)
         assert not blob.startswith(security.MAGIC)
-        assert serialize.loads(blob) == 7
-        assert serialize.loads(pickle.dumps(8)) == 8
+        assert serialize.loads(blob, where=HERE) == 7
+        assert serialize.loads(pickle.dumps(8), where=HERE) == 8
 
 
 def test_a_short_key_is_refused_with_a_hint() -> None:
@@ -85,7 +117,7 @@ def test_a_short_key_is_refused_with_a_hint() -> None:
         dask.config.set({"kong.security.key": "tooshort"}),
         pytest.raises(KongError, match=r"too short.*token_hex"),
     ):
-        serialize.dumps(1)
+        serialize.dumps(1, where=HERE)
 
 
 def test_secrets_do_not_show_in_reprs() -> None:
@@ -119,6 +151,74 @@ def test_a_tampered_stored_value_is_refused_by_the_store(redis_store: RedisStore
         client.close()
 
 
+def copy_stored(client: redis.Redis, source: str, target: str) -> None:
+    """Store the bytes of `source` under `target`, as someone with store access could."""
+    data = client.get(source)
+    assert isinstance(data, bytes)
+    client.set(target, data)
+
+
+def test_a_stored_value_copied_to_another_key_or_run_is_refused(redis_store: RedisStore) -> None:
+    """Valid signed values swapped between keys, or replayed from an earlier run, are
+    refused naming the key they were found under; the originals still read."""
+    security.ensure_key()
+    old_run, run_id = "replay-old", "replay-new"
+    for run in (old_run, run_id):
+        redis_store.open_run(run)
+        redis_store.commit(run, {"out:1": f"one of {run}", "out:2": f"two of {run}"})
+    client = redis.Redis.from_url(redis_store.url)
+    name = redis_store._value_prefix
+    try:
+        copy_stored(client, name(run_id) + "out:1", name(run_id) + "out:2")
+        with pytest.raises(SignatureError, match=r"refusing 'out:2' of run replay-new: .*another"):
+            redis_store.get_many(run_id, ["out:1", "out:2"])
+        copy_stored(client, name(old_run) + "out:1", name(run_id) + "out:1")
+        with pytest.raises(SignatureError, match=r"refusing 'out:1' of run replay-new: .*another"):
+            redis_store.get_many(run_id, ["out:1"])
+        assert redis_store.get_many(old_run, ["out:1", "out:2"])[0] == [
+            "one of replay-old",
+            "two of replay-old",
+        ]
+    finally:
+        for run in (old_run, run_id):
+            redis_store.delete_run(run)
+        client.close()
+
+
+@pytest.mark.parametrize("max_value_bytes", [None, 4096], ids=["whole", "in-parts"])
+def test_a_moved_value_is_bound_to_its_new_place_and_a_swapped_one_is_not_moved(
+    redis_server: RedisServer, max_value_bytes: int | None
+) -> None:
+    """persist moves values on the server (RENAME): the move re-binds each value's
+    header to its new key (values in parts too), and refuses to move a value that was
+    swapped in from another key, naming it."""
+    security.ensure_key()
+    big = b"x" * 20_000  # in parts when max_value_bytes is 4096
+    settings = {} if max_value_bytes is None else {"kong.store.max_value_bytes": max_value_bytes}
+    run_id, scope = "move-run", "move-scope"
+    with dask.config.set(settings):
+        store = RedisStore(redis_server.url)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        store.open_run(run_id)
+        store.commit(run_id, {"out:1": big, "out:2": b"small", "out:3": b"three"})
+        store.move(run_id, ["out:1", "out:2"], scope, ["kept-1", "kept-2"])
+        assert store.get_many(scope, ["kept-1", "kept-2"])[0] == [big, b"small"]
+        copy_stored(client, store._value_prefix(scope) + "kept-2", store._value_prefix(scope) + "k")
+        with pytest.raises(SignatureError, match=r"refusing 'k' of run move-scope: .*another"):
+            store.get_many(scope, ["k"])
+        copy_stored(
+            client, store._value_prefix(scope) + "kept-2", store._value_prefix(run_id) + "out:3"
+        )
+        with pytest.raises(SignatureError, match=r"refusing 'out:3' of run move-run: .*another"):
+            store.move(run_id, ["out:3"], scope, ["kept-3"])
+    finally:
+        for run in (run_id, scope):
+            store.delete_run(run)
+        store.close()
+        client.close()
+
+
 @pytest.fixture
 def gateway(redis_server: RedisServer) -> Iterator[Gateway]:
     """A gateway whose workers share this process's key and the session's Redis."""
@@ -137,7 +237,7 @@ def refusal_reported(store: RedisStore, run_id: str) -> BaseException:
     _, events = store.events(run_id, "0", 5.0)
     (failed,) = [e for e in events if e.kind is EventKind.TASK_FAILED]
     assert isinstance(failed.error, bytes)
-    error = serialize.loads(failed.error)
+    error = serialize.loads(failed.error, where=security.place("error", failed.task))
     assert isinstance(error, BaseException)
     return error
 
@@ -153,7 +253,9 @@ def test_a_worker_refuses_a_tampered_payload_and_reports_it(
         flip_last_byte(base64.b64decode(payload["inputs"]))
     ).decode()
     try:
-        with pytest.raises(FunctionError, match=r"SignatureError.*invocation's inputs"):
+        with pytest.raises(
+            FunctionError, match=r"SignatureError.*inputs of the invocation of task 0"
+        ):
             gateway.invoke("kong", json.dumps(payload).encode())
         error = refusal_reported(redis_store, run_id)
         assert isinstance(error, SignatureError)
@@ -162,12 +264,38 @@ def test_a_worker_refuses_a_tampered_payload_and_reports_it(
         redis_store.delete_run(run_id)
 
 
+def test_a_worker_refuses_inputs_and_a_spec_replayed_from_another_run(
+    gateway: Gateway, redis_store: RedisStore
+) -> None:
+    """A payload of run A whose run id is changed to run B (its signed inline inputs and
+    spec are A's) is refused by the worker, which reports the refusal to run B."""
+    run_a, run_b = "replayed-from", "replayed-into"
+    redis_store.open_run(run_b)
+    spec = serialize.dumps("run A's spec", where=spec_place(run_a))
+    shipment = Shipment(
+        spec_inline=base64.b64encode(spec).decode(), invoker=InvokerSpec("gateway", "kong")
+    )
+    with_inputs = json.loads(encode_invocation(Invocation(run_a, 0, {1: "input"}), shipment))
+    spec_only = json.loads(encode_invocation(Invocation(run_a, 0), shipment))
+    try:
+        for payload, refused in [(with_inputs, "inputs of the invocation"), (spec_only, "spec")]:
+            payload["run"] = run_b
+            with pytest.raises(FunctionError, match=f"SignatureError.*{refused}.*another place"):
+                gateway.invoke("kong", json.dumps(payload).encode())
+            error = refusal_reported(redis_store, run_b)
+            assert isinstance(error, SignatureError) and run_b in str(error)
+            redis_store.delete_run(run_b)
+            redis_store.open_run(run_b)
+    finally:
+        redis_store.delete_run(run_b)
+
+
 def test_a_worker_refuses_a_tampered_stored_run_spec_and_reports_it(
     gateway: Gateway, redis_store: RedisStore
 ) -> None:
     run_id = "tamper-spec"
     redis_store.open_run(run_id)
-    redis_store.commit(run_id, {DAG_KEY: serialize.dumps("a run spec")})
+    redis_store.commit(run_id, {DAG_KEY: serialize.dumps("a spec", where=spec_place(run_id))})
     name = redis_store._value_prefix(run_id) + DAG_KEY
     client = redis.Redis.from_url(redis_store.url)
     shipment = Shipment(spec_inline=None, invoker=InvokerSpec("gateway", "kong"))

@@ -24,7 +24,7 @@ from typing import Any
 
 import dask.config
 
-from .. import config, serialize
+from .. import config, security, serialize
 from ..dag import DAG
 from ..errors import SerializationError
 from ..faults import FaultSettings
@@ -155,27 +155,41 @@ def _is_setting(value: Any) -> bool:
     return False
 
 
-def dumps_spec(spec: RunSpec) -> bytes:
-    """Pickle the spec; when that fails, name the first task that cannot be pickled.
-    The caller's dask config goes in front of the spec's own pickle, so that `loads_spec`
-    unpickles the DAG under it (see there)."""
+def dumps_spec(spec: RunSpec, run_id: str) -> bytes:
+    """Pickle the spec, signed for run `run_id` only; when that fails, name the first
+    task that cannot be pickled. The caller's dask config goes in front of the spec's
+    own pickle, so that `loads_spec` unpickles the DAG under it (see there)."""
+    where = spec_place(run_id)
     try:
-        inner = serialize.dumps(spec, what="the run's DAG")
+        inner = serialize.dumps(spec, where=where, what="the run's DAG")
     except SerializationError:
         for key, node in zip(spec.dag.keys, spec.dag.nodes, strict=True):
-            serialize.dumps(node, what=f"task {key!r}")  # raises naming the task
+            serialize.dumps(node, where=where, what=f"task {key!r}")  # raises naming the task
         raise
-    return serialize.dumps((dict(spec.dask_config), inner), what="the run's spec")
+    return serialize.dumps((dict(spec.dask_config), inner), where=where, what="the run's spec")
 
 
-def loads_spec(blob: bytes, *, what: str) -> RunSpec:
-    """Inverse of `dumps_spec`. The DAG is unpickled under the caller's dask config:
-    some of dask's objects read the config as they are unpickled, not when called (the
-    disk shuffle's partd factory reads `dataframe.shuffle.compression`)."""
-    settings, inner = serialize.loads(blob, what=what)
+def loads_spec(blob: bytes, run_id: str, *, what: str) -> RunSpec:
+    """Inverse of `dumps_spec` (a spec of another run is refused). The DAG is unpickled
+    under the caller's dask config: some of dask's objects read the config as they are
+    unpickled, not when called (the disk shuffle's partd factory reads
+    `dataframe.shuffle.compression`)."""
+    where = spec_place(run_id)
+    settings, inner = serialize.loads(blob, where=where, what=what)
     with dask.config.set(settings):
-        spec: RunSpec = serialize.loads(inner, what=what)
+        spec: RunSpec = serialize.loads(inner, where=where, what=what)
     return spec
+
+
+def spec_place(run_id: str) -> bytes:
+    """Where a run's spec is signed for: that run alone (`security.place`)."""
+    return security.place("spec", run_id)
+
+
+def inputs_place(run_id: str, start: int) -> bytes:
+    """Where an invocation's inline inputs are signed for: its run and start task, so
+    that inputs are refused in a payload for another run or another branch."""
+    return security.place("inputs", run_id, start)
 
 
 def encode_invocation(invocation: Invocation, shipment: Shipment) -> bytes:
@@ -191,7 +205,8 @@ def encode_invocation(invocation: Invocation, shipment: Shipment) -> bytes:
     if invocation.resumed:
         body["resumed"] = True
     if invocation.inputs:
-        body["inputs"] = b64(serialize.dumps(invocation.inputs, what="inline inputs"))
+        where = inputs_place(invocation.run_id, invocation.start)
+        body["inputs"] = b64(serialize.dumps(invocation.inputs, where=where, what="inline inputs"))
     if shipment.spec_inline is not None:
         body["spec"] = shipment.spec_inline
     return json.dumps(body, separators=(",", ":")).encode()
@@ -216,7 +231,11 @@ def decode_invocation(event: dict[str, Any]) -> DecodedInvocation:
     if event.get("kong") != PAYLOAD_VERSION:
         raise ValueError(f"not a dask-kong v{PAYLOAD_VERSION} invocation: {sorted(event)}")
     inputs = (
-        serialize.loads(base64.b64decode(event["inputs"]), what="the invocation's inputs")
+        serialize.loads(
+            base64.b64decode(event["inputs"]),
+            where=inputs_place(str(event["run"]), int(event["start"])),
+            what=f"the inputs of the invocation of task {event['start']} in run {event['run']}",
+        )
         if "inputs" in event
         else {}
     )

@@ -25,7 +25,7 @@ from typing import Any
 
 from dask.callbacks import local_callbacks, unpack_callbacks
 
-from .. import config, serialize
+from .. import config, security, serialize
 from ..constants import output_key
 from ..dag import DAG
 from ..dag.model import StoredValue
@@ -413,7 +413,8 @@ def raise_task_failure(dag: DAG, event: Event) -> None:
     error = event.error
     if isinstance(error, bytes):
         try:
-            error = serialize.loads(error, what=f"the exception of task {key!r}")
+            where = security.place("error", event.task)
+            error = serialize.loads(error, where=where, what=f"the exception of task {key!r}")
         except Exception:
             error = None
     if not isinstance(error, BaseException):

@@ -40,7 +40,7 @@ def prepare_remote_run(ctx: RunContext, invoker: InvokerSpec) -> Shipment:
         data_refs=ctx.data_refs,
         dask_config=caller_dask_config(),
     )
-    blob = dumps_spec(spec)
+    blob = dumps_spec(spec, ctx.run_id)
     inline = len(blob) <= int(config.get("payload.inline_dag_bytes"))
     data_bytes = store_in_run(ctx, {data_key(name): v for name, v in large.items()})
     spec_bytes = 0 if inline else store_in_run(ctx, {DAG_KEY: blob})

@@ -53,7 +53,7 @@ from typing import Any
 
 from dask.sizeof import sizeof
 
-from .. import faults, serialize
+from .. import faults, security, serialize
 from ..constants import (
     data_key,
     delay_io_claim,
@@ -922,7 +922,7 @@ def report_failure(branch: Branch, task: int, exc: BaseException) -> None:
     error: BaseException | bytes | None = exc
     if not ctx.store.in_process:
         try:
-            error = serialize.dumps(exc, what="exception")
+            error = serialize.dumps(exc, where=security.place("error", task), what="exception")
         except Exception:
             error = None  # the client raises a RemoteTaskError from the text instead
     event = Event(

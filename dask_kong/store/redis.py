@@ -47,7 +47,7 @@ from redis.exceptions import AuthenticationError, NoScriptError
 from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
-from .. import config, serialize
+from .. import config, security, serialize
 from ..constants import (
     CANCEL_KEY,
     EVENTS_KEY,
@@ -212,9 +212,15 @@ class RedisStore:
         events: Sequence[Event] = (),
     ) -> CommitResult:
         # Serialize first: an unpicklable value fails here, before anything is sent.
-        values = {key: serialize.dumps(v, what=f"value of {key!r}") for key, v in writes.items()}
+        values = {
+            key: serialize.dumps(v, where=value_place(run_id, key), what=f"value of {key!r}")
+            for key, v in writes.items()
+        }
         stamp_written_bytes(events, {key: len(data) for key, data in values.items()})
-        payloads = [serialize.dumps(e, what=f"{e.kind} event of task {e.task}") for e in events]
+        where = event_place(run_id)
+        payloads = [
+            serialize.dumps(e, where=where, what=f"{e.kind} event of task {e.task}") for e in events
+        ]
         if not (values or fan_ins or payloads):
             return CommitResult()
         # Retrying a whole commit is safe: SET NX writes each value at most once, a fan-in is
@@ -373,7 +379,7 @@ class RedisStore:
                 data = self._read_parts(run_id, key, data)
             found.append(data)
         values = [
-            serialize.loads(data, what=f"{key!r} of run {run_id}")
+            serialize.loads(data, where=value_place(run_id, key), what=f"{key!r} of run {run_id}")
             for key, data in zip(keys, found, strict=True)
         ]
         return values, sum(len(data) for data in found)
@@ -434,13 +440,18 @@ class RedisStore:
 
     def move(self, run_id: str, keys: Sequence[str], scope: str, new_keys: Sequence[str]) -> None:
         """RENAME on the server, nothing through the client; a value stored in parts has
-        its parts renamed along (their names derive from the value's key)."""
+        its parts renamed along (their names derive from the value's key). A signed
+        value's header is re-bound to its new place in the same round-trip
+        (`security.rebound_header`: it checks first that the value was bound to the
+        place it leaves)."""
         if not keys:
             return
         prefix, target = self._value_prefix(run_id), self._value_prefix(scope)
         names = [prefix + key for key in keys]
         heads = self._call(f"look at values of {run_id}", functools.partial(self._heads, names))
         renames: list[tuple[str, str]] = []
+        # per value, the (old, new) names of what starts with its signed header
+        firsts: list[tuple[str, str]] = []
         for key, new_key, head in zip(keys, new_keys, heads, strict=True):
             if not head:
                 raise MissingKeyError(f"{key!r} of run {run_id} is not in the store")
@@ -450,24 +461,68 @@ class RedisStore:
                 [prefix + p for p in old_parts], [target + p for p in new_parts], strict=True
             )
             renames.append((prefix + key, target + new_key))
-        self._call(f"move values of {run_id}", functools.partial(self._rename_all, renames))
+            firsts.append(
+                (prefix + old_parts[0], target + new_parts[0]) if old_parts else renames[-1]
+            )
+        headers = self._rebound_headers(run_id, keys, scope, new_keys, heads, firsts)
+        self._call(
+            f"move values of {run_id}", functools.partial(self._rename_all, renames, headers)
+        )
 
-    def _rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
-        """RENAME each (source, target) in one round-trip; a retry after a lost reply
-        finds sources already moved, which only a missing target would make an error."""
+    def _rebound_headers(
+        self,
+        run_id: str,
+        keys: Sequence[str],
+        scope: str,
+        new_keys: Sequence[str],
+        heads: Sequence[bytes],
+        firsts: Sequence[tuple[str, str]],
+    ) -> dict[str, bytes]:
+        """By new name, the header that binds each signed value moved to its place in
+        `scope` (`move`). The header of a value in parts is at the start of its first
+        part: those are read in one more round-trip, only when there are any."""
+        heads = list(heads)
+        in_parts = [i for i, head in enumerate(heads) if head.startswith(_PARTS_MAGIC)]
+        if in_parts:
+            first_parts = [firsts[i][0] for i in in_parts]
+            got = self._call(
+                f"look at values of {run_id}", functools.partial(self._heads, first_parts)
+            )
+            for i, head in zip(in_parts, got, strict=True):
+                heads[i] = head
+        headers: dict[str, bytes] = {}
+        for key, new_key, head, (_, new_name) in zip(keys, new_keys, heads, firsts, strict=True):
+            header = security.rebound_header(
+                head,
+                f"{key!r} of run {run_id}",
+                old=value_place(run_id, key),
+                new=value_place(scope, new_key),
+            )
+            if header is not None:
+                headers[new_name] = header
+        return headers
+
+    def _rename_all(self, renames: Sequence[tuple[str, str]], headers: Mapping[str, bytes]) -> None:
+        """RENAME each (source, target), then write each target's new signed header
+        (`headers`), in one round-trip; a retry after a lost reply finds sources already
+        moved, which only a missing target would make an error (SETRANGE of the same
+        header twice is harmless)."""
         pipe = self._client.pipeline(transaction=False)
         for source, target in renames:
             pipe.rename(source, target)
+        for name, header in headers.items():
+            pipe.setrange(name, 0, header)
         replies = pipe.execute(raise_on_error=False)
-        for (source, target), reply in zip(renames, replies, strict=True):
+        for (source, target), reply in zip(renames, replies, strict=False):
             if isinstance(reply, Exception) and not self._client.exists(target):
                 raise MissingKeyError(f"could not move {source!r}: {reply}")
 
     def _heads(self, names: Sequence[str]) -> list[bytes]:
-        """The first bytes of each value (enough to tell a parts manifest), one round-trip."""
+        """The first bytes of each value (enough to tell a parts manifest, and a signed
+        header), one round-trip."""
         pipe = self._client.pipeline(transaction=False)
         for name in names:
-            pipe.getrange(name, 0, MANIFEST_HEAD_BYTES)
+            pipe.getrange(name, 0, _HEAD_END)
         return list(pipe.execute())
 
     def _unlink_values(self, run_id: str, keys: Sequence[str]) -> None:
@@ -564,7 +619,7 @@ class RedisStore:
             )
             if entries:
                 last_id = entries[-1][0]
-                return text(last_id), [_decode_event(fields) for _, fields in entries]
+                return text(last_id), [_decode_event(run_id, fields) for _, fields in entries]
             if block_s is None or remaining <= longest_block_s:
                 return cursor, []
 
@@ -704,6 +759,8 @@ class RedisStore:
 _PARTS_MAGIC = b"KONG-PARTS:"
 # A manifest (magic, a 16-character tag, a count) fits in this many bytes.
 MANIFEST_HEAD_BYTES = 63
+# Last byte `RedisStore._heads` reads: a manifest, or a signed header (`move` rewrites it).
+_HEAD_END = max(MANIFEST_HEAD_BYTES, security.HEADER_BYTES - 1)
 
 
 def part_key(key: str, tag: str, index: int) -> str:
@@ -816,9 +873,22 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _decode_event(fields: Mapping[bytes, bytes]) -> Event:
-    event: Event = serialize.loads(fields[_EVENT_FIELD.encode()], what="an event of the run")
+def _decode_event(run_id: str, fields: Mapping[bytes, bytes]) -> Event:
+    event: Event = serialize.loads(
+        fields[_EVENT_FIELD.encode()], where=event_place(run_id), what=f"an event of run {run_id}"
+    )
     return event
+
+
+def value_place(run_id: str, key: str) -> bytes:
+    """Where the value `key` of run (or scope) `run_id` is signed for: its pickle is
+    refused under any other key or run (`security.place`)."""
+    return security.place("value", run_id, key)
+
+
+def event_place(run_id: str) -> bytes:
+    """Where the events of run `run_id` are signed for (`security.place`)."""
+    return security.place("event", run_id)
 
 
 def open_store(spec: str | None = None) -> RedisStore:
