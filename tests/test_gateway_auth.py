@@ -8,12 +8,14 @@ allowed age are all refused with Lambda's 403 error shape, and logged without se
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -124,6 +126,79 @@ def test_a_replay_after_the_allowed_age_is_refused() -> None:
         status, response_headers, body = post(url, ECHO, headers)
     assert_refused(status, response_headers, body, "InvalidSignatureException")
     assert "Signature expired" in body["Message"]
+
+
+def send_head(
+    gateway: Gateway, headers: dict[str, str], body: bytes = b""
+) -> tuple[int, dict[str, str], Any]:
+    """Send an Invoke request's head (and `body`, often less than the Content-Length it
+    announces) with http.client, then wait at most 10 s for the answer: a gateway that
+    waited for the rest of the body would time out here."""
+    address = urllib.parse.urlsplit(gateway.url)
+    connection = http.client.HTTPConnection(str(address.hostname), address.port, timeout=10)
+    try:
+        connection.putrequest("POST", INVOKE_PATH, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        if body:
+            connection.send(body)
+        response = connection.getresponse()
+        return response.status, dict(response.headers), json.loads(response.read())
+    finally:
+        connection.close()
+
+
+INVOKE_PATH = "/2015-03-31/functions/kong/invocations"
+
+
+@pytest.mark.parametrize("caller", ["unsigned", "another-key", "expired"])
+def test_a_caller_without_the_key_is_refused_before_its_body_is_read(
+    gateway: Gateway, caller: str
+) -> None:
+    """The head announces 5000 bytes of body and none follow: the refusal comes from
+    the headers alone (before, the gateway read the body first, and so waited)."""
+    url = invoke_url(gateway)
+    key = gateway.credentials if caller == "expired" else AccessKey.generate()
+    headers = {} if caller == "unsigned" else signed_headers(key, url, b"x" * 5000)
+    if caller == "expired":
+        headers["X-Amz-Date"] = "20200101T000000Z"
+    headers["Content-Length"] = "5000"
+    expected = {
+        "unsigned": "MissingAuthenticationTokenException",
+        "another-key": "UnrecognizedClientException",
+        "expired": "InvalidSignatureException",
+    }
+    status, response_headers, body = send_head(gateway, headers)
+    assert_refused(status, response_headers, body, expected[caller])
+    assert response_headers["Connection"] == "close"  # the unread body is not drained
+
+
+def test_an_oversize_body_is_refused_from_its_content_length_without_reading_it(
+    gateway: Gateway,
+) -> None:
+    limit = gateway.settings.pool.max_sync_payload_bytes  # kong.gateway.max_sync_payload_bytes
+    headers = signed_headers(gateway.credentials, invoke_url(gateway), b"")
+    headers["Content-Length"] = str(limit + 1)
+    status, response_headers, body = send_head(gateway, headers)
+    assert status == 413 and response_headers["x-amzn-ErrorType"] == "RequestTooLargeException"
+    assert f"smaller than {limit} bytes" in body["Message"]
+
+
+def test_a_chunked_body_is_read_only_up_to_the_limit(gateway: Gateway) -> None:
+    """No Content-Length: the gateway reads a chunked Event body until it passes
+    kong.gateway.max_async_payload_bytes, then answers 413 (the rest is never sent)."""
+    limit = gateway.settings.pool.max_async_payload_bytes
+    headers = signed_headers(gateway.credentials, invoke_url(gateway), b"")
+    headers.update({"Transfer-Encoding": "chunked", "X-Amz-Invocation-Type": "Event"})
+    # one chunk announced far larger than the limit; just past the limit of it is sent
+    head = f"{10 * limit:x}\r\n".encode()
+    status, _, body = send_head(gateway, headers, head + b"x" * (limit + 1))
+    assert status == 413 and f"smaller than {limit} bytes" in body["Message"]
+    status, _, body = post(
+        invoke_url(gateway), ECHO, signed_headers(gateway.credentials, invoke_url(gateway), ECHO)
+    )
+    assert status == 200 and body["event"] == {"op": "echo"}  # the gateway serves on
 
 
 def test_refusals_are_logged_without_secrets(

@@ -4,10 +4,13 @@ AWS Lambda runs only Invoke calls signed (SigV4) by a principal IAM allows; the 
 is as strict with the one access key pair it is configured with (`AccessKey`): the
 pair aiobotocore signs with, from `kong.gateway.access_key_id/secret_access_key` or the
 usual `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, or one generated for a gateway a
-session starts for itself. `check_signature` recomputes the request's signature with
-botocore's own signer (canonical request, string to sign, derived key) over exactly the
-headers the caller signed, and compares in constant time: no hand-rolled crypto, and
-whatever aiobotocore sends verifies.
+session starts for itself. The check has two stages, so that a caller without the key
+never makes the gateway read a body: `check_headers` (the Authorization header's shape,
+the key id, X-Amz-Date within the allowed skew) before the body is read, `check_body`
+after, which recomputes the request's signature with botocore's own signer (canonical
+request, string to sign, derived key) over exactly the headers the caller signed, and
+compares in constant time: no hand-rolled crypto, and whatever aiobotocore sends
+verifies.
 
 Refusals use Lambda's error types: no Authorization header ->
 `MissingAuthenticationTokenException`, a malformed one -> `IncompleteSignatureException`,
@@ -86,16 +89,26 @@ class Refusal(NamedTuple):
     message: str
 
 
-def check_signature(
-    key: AccessKey,
-    method: str,
-    url: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    max_age_s: float,
-) -> Refusal | None:
-    """None when `headers["Authorization"]` is a valid SigV4 signature by `key` of this
-    request (`url` as received: scheme, Host, raw path and query); else why not."""
+class SignedRequest(NamedTuple):
+    """What a request's SigV4 headers say, once `check_headers` accepted them."""
+
+    #: the names of the headers the caller signed (lower case, `host` among them)
+    signed: list[str]
+    #: the credential scope's region and service (`us-east-1`, `lambda`)
+    region: str
+    service: str
+    #: the request's X-Amz-Date
+    amz_date: str
+    #: the signature the caller sent (hex)
+    signature: str
+
+
+def check_headers(
+    key: AccessKey, headers: Mapping[str, str], max_age_s: float
+) -> Refusal | SignedRequest:
+    """What can be checked before the body is read: an Authorization header of the
+    right shape, `key`'s key id, an X-Amz-Date within `max_age_s` of now, and every
+    signed header present. A `Refusal`, or what `check_body` then needs."""
     authorization = headers.get("Authorization")
     if not authorization:
         return Refusal("MissingAuthenticationTokenException", "Missing Authentication Token")
@@ -116,21 +129,51 @@ def check_signature(
     missing = [h for h in signed if h not in headers]
     if missing:
         return Refusal("InvalidSignatureException", f"signed headers missing: {missing}")
+    return SignedRequest(signed, region, service, amz_date, fields["Signature"])
+
+
+def check_body(
+    key: AccessKey,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    signed: SignedRequest,
+) -> Refusal | None:
+    """None when `signed.signature` (headers accepted by `check_headers`) is `key`'s
+    SigV4 signature of this request with this body (`url` as received: scheme, Host,
+    raw path and query); else why not."""
     claimed = headers.get(_CONTENT_SHA256)
     if claimed is not None and claimed != hashlib.sha256(body).hexdigest():
         return Refusal("InvalidSignatureException", "the body is not the one that was signed")
     request = AWSRequest(method=method, url=url, data=body)
-    for name in signed:
+    for name in signed.signed:
         request.headers[name] = headers[name]
-    request.context["timestamp"] = amz_date
-    expected = _signature(key, request, service, region)
-    if not hmac.compare_digest(expected.encode(), fields["Signature"].encode()):
+    request.context["timestamp"] = signed.amz_date
+    expected = _signature(key, request, signed.service, signed.region)
+    if not hmac.compare_digest(expected.encode(), signed.signature.encode()):
         return Refusal(
             "InvalidSignatureException",
             "The request signature we calculated does not match the signature you provided. "
             "Check your AWS Secret Access Key and signing method.",
         )
     return None
+
+
+def check_signature(
+    key: AccessKey,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    max_age_s: float,
+) -> Refusal | None:
+    """Both checks at once (`check_headers`, then `check_body`): for callers that hold
+    the body already."""
+    signed = check_headers(key, headers, max_age_s)
+    if isinstance(signed, Refusal):
+        return signed
+    return check_body(key, method, url, headers, body, signed)
 
 
 def _signature(key: AccessKey, request: AWSRequest, service: str, region: str) -> str:

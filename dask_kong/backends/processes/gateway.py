@@ -44,7 +44,7 @@ from aiohttp import web
 
 from ... import config
 from ...errors import KongError
-from .auth import AccessKey, check_signature
+from .auth import AccessKey, Refusal, SignedRequest, check_body, check_headers
 from .pending import InvocationOutcome, PendingInvocation, new_request_id
 from .pool import InvocationMatcher, WorkerLostCallback, WorkerPool
 from .resources import FunctionTable, ResourceConfig, function_arn
@@ -292,10 +292,13 @@ class Gateway:
         except ValueError:
             message = f"Invalid invocation type {raw_type!r}"
             return _api_error(400, "InvalidParameterValueException", message, request_id)
+        signed = self._check_headers(request, request_id)
+        if isinstance(signed, web.Response):
+            return signed
         payload = await self._read_payload(request, invocation_type, request_id)
         if isinstance(payload, web.Response):
             return payload
-        refused = self._refuse_unsigned(request, payload, request_id)
+        refused = self._check_body(request, payload, signed, request_id)
         if refused is not None:
             return refused
         resolved = self.function_table.resolve(name)
@@ -314,7 +317,10 @@ class Gateway:
     async def _read_payload(
         self, request: web.Request, invocation_type: InvocationType, request_id: str
     ) -> bytes | web.Response:
-        """The request's body, or a 413 when it exceeds the invocation type's limit."""
+        """The request's body, or a 413 when it exceeds the invocation type's limit
+        (kong.gateway.max_sync_payload_bytes / max_async_payload_bytes): refused from its
+        Content-Length before a byte is read, and a body without one (chunked) is read
+        only until it passes the limit."""
         limit = self._payload_limit(sync=invocation_type is not InvocationType.EVENT)
         too_large = _api_error(
             413,
@@ -326,28 +332,39 @@ class Gateway:
         too_large.force_close()
         if request.content_length is not None and request.content_length > limit:
             return too_large
-        try:
-            payload = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return too_large
-        return too_large if len(payload) > limit else payload
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = await request.content.read(limit + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        return too_large
 
-    def _refuse_unsigned(
-        self, request: web.Request, payload: bytes, request_id: str
+    def _check_headers(self, request: web.Request, request_id: str) -> SignedRequest | web.Response:
+        """What the SigV4 headers say (`auth.check_headers`), checked before the body is
+        read; a 403 for a request without the gateway's key id, or one signed too long
+        ago, refused without reading its body."""
+        signed = check_headers(self.credentials, request.headers, self.settings.signature_max_age_s)
+        if isinstance(signed, Refusal):
+            return self._refused(request, signed, request_id)
+        return signed
+
+    def _check_body(
+        self, request: web.Request, payload: bytes, signed: SignedRequest, request_id: str
     ) -> web.Response | None:
-        """A 403 for a request not signed with the gateway's key pair (logged: who, which
-        key id, why; never the signature or a secret); None for a signed one."""
+        """A 403 when the signature is not the gateway's key pair's signature of this
+        request and body (`auth.check_body`); None for a signed one."""
         url = f"{request.scheme}://{request.host}{request.raw_path}"
-        refusal = check_signature(
-            self.credentials,
-            request.method,
-            url,
-            request.headers,
-            payload,
-            self.settings.signature_max_age_s,
+        refusal = check_body(
+            self.credentials, request.method, url, request.headers, payload, signed
         )
-        if refusal is None:
-            return None
+        return None if refusal is None else self._refused(request, refusal, request_id)
+
+    def _refused(self, request: web.Request, refusal: Refusal, request_id: str) -> web.Response:
+        """The 403 for `refusal`, logged: who, which function, why; never the signature
+        or a secret. The connection closes after it (an unread body is not drained)."""
         logger.warning(
             "refused invocation %s of %s from %s: %s (%s)",
             request_id,
@@ -356,7 +373,9 @@ class Gateway:
             refusal.error_type,
             refusal.message,
         )
-        return _api_error(403, refusal.error_type, refusal.message, request_id)
+        response = _api_error(403, refusal.error_type, refusal.message, request_id)
+        response.force_close()
+        return response
 
     async def _run_sync(
         self, request_id: str, function: str, resource_config: ResourceConfig, payload: bytes
