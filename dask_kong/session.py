@@ -13,7 +13,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -136,16 +136,28 @@ class Kong:
             kept.append(rebuild({k: found[k] for k in keys}, *state))
         return kept[0] if single else kept
 
-    def _run(self, dsk: Any, keys: Any, *, keep_outputs: bool, **kwargs: Any) -> Any:
-        """One run: computed values nested like `keys`, or with `keep_outputs` the
-        task outputs kept in the session's scope as `StoredValue`s (`persist`)."""
+    def get_keeping(self, dsk: Any, keys: list[Any], keep: Collection[Any], **kwargs: Any) -> Any:
+        """`get` of the flat list `keys`, except that the values of those in `keep` stay
+        in the session's store: each comes back as a `StoredValue` that holds it there
+        until garbage collected, which later runs read in place (a Client's futures).
+        With the in-process memory store every value comes back as `get` returns it."""
+        kept = frozenset(keep) if self.session_keys is not None else frozenset()
+        return self._run(dsk, keys, keep_outputs=kept, **kwargs)
+
+    def _run(
+        self, dsk: Any, keys: Any, *, keep_outputs: bool | frozenset[Any], **kwargs: Any
+    ) -> Any:
+        """One run: computed values nested like `keys`, or with `keep_outputs` (True:
+        all, else those keys) the task outputs kept in the session's scope as
+        `StoredValue`s (`persist`, `get_keeping`)."""
         if self._closed:
             raise RuntimeError("this Kong session is closed")
         started = time.perf_counter()
         config.validate()  # settings may have changed since the session opened
         translation = translate(dsk, keys, shares_disk=self.workers_share_machine)
         # finalize tasks run in this process on the values: nothing to keep in the store
-        keep_outputs = keep_outputs and not translation.finals
+        if translation.finals:
+            keep_outputs = False
         notes = annotations_of(dsk)
         warn_unhonoured(notes, kwargs)
         dag = with_priorities(translation.dag, notes.get("priority"))
@@ -184,7 +196,7 @@ class Kong:
         plan: Plan,
         callbacks: Any,
         dsk: Any,
-        keep_outputs: bool,
+        keep_outputs: bool | frozenset[Any],
         settings: RunSettings,
         run_id: str,
     ) -> tuple[dict[Any, Any], RunSummary]:

@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+import dask_kong
 from dask_kong import Client, Future, Kong, as_completed, wait
 from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.futures import FIRST_COMPLETED, FutureCancelledError
@@ -22,6 +23,7 @@ from dask_kong.invocation.model import Invocation
 from dask_kong.options import UnsupportedOptionWarning, forget_warnings
 from dask_kong.runtime.context import RunContext
 from dask_kong.store.server import RedisServer
+from dask_kong.waits import poll_until
 
 MODES = ("embedded", "processes")
 
@@ -53,11 +55,21 @@ def client(
     assert not session._closed  # a client closes only a session it opened
 
 
+def kept_keys(session: Kong) -> list[str]:
+    """The values the session keeps in its store beyond a run (futures', persisted)."""
+    if session.session_keys is None:
+        return []
+    return [k for k in session.store.run_keys(session.session_keys.scope) if k.startswith("kept:")]
+
+
 def assert_nothing_left(client: Client) -> None:
+    """No value held by the client, no key of the last run, and (within the client's
+    release interval) no future's value left in the session's store."""
     gc.collect()
     assert client.held_keys() == []
     session = client.session
     assert session.store.run_keys(session.last_run_id or "") == []
+    assert poll_until(lambda: not kept_keys(session), 10), kept_keys(session)
 
 
 def test_submit_map_gather_with_futures_as_arguments(client: Client) -> None:
@@ -167,7 +179,7 @@ def test_compute_persist_and_scatter(client: Client) -> None:
     named = client.scatter({"a": 10})
     assert client.gather(client.map(add, scattered, [named["a"]] * 3)) == [11, 12, 13]
     assert client.scatter(5).result() == 5
-    del future, futures, scattered, named
+    del future, futures, scattered, named, persisted
     assert_nothing_left(client)
 
 
@@ -181,6 +193,49 @@ def test_release_keeps_a_value_until_its_last_future_goes(client: Client) -> Non
     assert_nothing_left(client)
     impure = client.map(inc, [1, 1], pure=False)
     assert impure[0].key != impure[1].key
+
+
+@pytest.mark.parametrize("mode", ["threads-redis", "processes"])
+def test_values_stay_in_the_store_until_released(
+    kong_sessions: Callable[[str], Kong], mode: str
+) -> None:
+    """With a store outside the client, a Future's value is in the session's store, not
+    in the client: read at result() and gather, read there by the workers of a later
+    call, and deleted when its Future is released or cancelled, or the client closes."""
+    session = kong_sessions(mode)
+    client = Client(session=session, set_as_default=False)
+    with dask.config.set({"kong.client.calls_per_task": 5}):
+        mapped = client.map(inc, range(12))  # with `alone`: 3 packed chunks, kept whole
+        alone = client.submit(add, 1, 2)
+        assert alone.result(timeout=60) == 3 and client.gather(mapped) == list(range(1, 13))
+    assert set(client.who_has().values()) == {("store",)}  # the client holds no value
+    assert len(kept_keys(session)) == 3
+    scattered = client.scatter(np.ones(100_000))  # 800 kB
+    assert len(kept_keys(session)) == 4
+    summed = client.submit(total, [*mapped[:7], alone], extra={"s": client.submit(sum, mapped)})
+    assert summed.result(timeout=60) == sum(range(1, 8)) + 3 + sum(range(1, 13))
+    assert client.submit(np.sum, scattered).result(timeout=60) == 100_000.0
+    run = dask_kong.last_run()  # its worker read the 800 kB in the store: not shipped
+    assert run is not None and run.client_bytes_uploaded < 20_000, run
+
+    def kept_now(n: int) -> bool:
+        gc.collect()
+        return len(kept_keys(session)) == n
+
+    assert poll_until(lambda: kept_now(5), 10), kept_keys(session)  # + summed
+    del mapped  # two chunks go; the third holds `alone`
+    assert poll_until(lambda: kept_now(3), 10), kept_keys(session)
+    assert alone.cancel() and alone.cancelled()
+    with pytest.raises(FutureCancelledError):
+        alone.result()
+    assert poll_until(lambda: kept_now(2), 10), kept_keys(session)
+    summed.release()
+    assert poll_until(lambda: kept_now(1), 10), kept_keys(session)
+    assert client.gather(scattered).sum() == 100_000.0
+    client.close()  # with a Future still alive: its value goes too
+    assert kept_keys(session) == []
+    with pytest.raises(FutureCancelledError):
+        scattered.result()
 
 
 @pytest.mark.parametrize("mode", ["embedded", "threads-redis"])

@@ -3,7 +3,13 @@
 `submit` and `map` do not start a run each: the calls made since the last run started
 are taken together (`Submission`s) and become one graph, one run (`build_graph`). A
 call's Future arguments become graph dependencies when the key is computed in the same
-batch, or data nodes holding the value when it was computed earlier.
+batch, or data nodes when it was computed earlier: holding the value, or, when it stayed
+in the session's store (`StoredPart`), its `StoredValue`, which the workers read there.
+
+With a store outside this process the batch's values stay in the store (the run keeps
+them: `Kong.get_keeping`), so the client cannot see which calls failed by looking at
+them: each kept output gets a small status task next to it (`failures_in`), which the
+client reads instead.
 
 One call failing must fail only its own Future and those depending on it, as in
 distributed, not the whole batch: each task runs through `guarded_call`, which returns a
@@ -22,7 +28,9 @@ from typing import Any
 
 from dask._task_spec import DataNode, Task, TaskRef, parse_input
 
+from ..dag.model import StoredValue
 from ..errors import RemoteTaskError
+from .future import StoredPart
 
 
 @dataclass
@@ -115,11 +123,21 @@ def find_futures(submission: Submission) -> Any:
 @dataclass
 class BatchGraph:
     """A batch as one graph: `graph` computes `keys`; `places[k]` says where the value of
-    submitted key k is among them: (its own key, None), or (a chunk's key, its index)."""
+    submitted key k is among them: (its own key, None), or (a chunk's key, its index);
+    `status[key]` names the status task of each of `keys` (`failures_in`), when asked."""
 
     graph: dict[Any, Any]
     keys: list[Any]
     places: dict[Any, tuple[Any, int | None]]
+    status: dict[Any, str] = field(default_factory=dict)
+
+
+def failures_in(value: Any, packed: bool) -> dict[int | None, TaskFailure]:
+    """The failed calls of a task's value, by index in a packed chunk (`pack_calls`), or
+    under None for a single call: what the client reads of a value kept in the store."""
+    if packed:
+        return {i: v for i, v in enumerate(value) if isinstance(v, TaskFailure)}
+    return {None: value} if isinstance(value, TaskFailure) else {}
 
 
 def pack_calls(*values: Any) -> list[Any]:
@@ -128,15 +146,19 @@ def pack_calls(*values: Any) -> list[Any]:
 
 
 def build_graph(
-    batch: list[Submission], done_values: Mapping[Any, Any], calls_per_task: int
+    batch: list[Submission],
+    done_values: Mapping[Any, Any],
+    calls_per_task: int,
+    with_status: bool = False,
 ) -> BatchGraph:
     """One graph computing every submission of `batch`. A Future argument computed in
-    the batch is a dependency, one computed earlier a data node with its value. Calls
-    that take nothing computed in the batch (a `map`'s) run `calls_per_task` to a task:
-    thousands of tiny calls would otherwise cost thousands of invocations."""
+    the batch is a dependency, one computed earlier a data node with its value (or its
+    `StoredPart`, see `input_nodes`). Calls that take nothing computed in the batch (a
+    `map`'s) run `calls_per_task` to a task: thousands of tiny calls would otherwise cost
+    thousands of invocations. `with_status`: a status task per key (`failures_in`)."""
     graph: dict[Any, Any] = {}
     for key in {k for s in batch for k in s.needs} & done_values.keys():
-        graph[key] = DataNode(key, done_values[key])
+        graph.update(input_nodes(key, done_values[key]))
     in_batch = {s.key for s in batch}
     packable = [s for s in batch if not s.needs & in_batch]
     places: dict[Any, tuple[Any, int | None]] = {}
@@ -150,7 +172,37 @@ def build_graph(
             graph[s.key] = call_node(s, places)
             places[s.key] = (s.key, None)
     keys = list(dict.fromkeys(place for place, _ in places.values()))
-    return BatchGraph(graph, keys, places)
+    built = BatchGraph(graph, keys, places)
+    if with_status:
+        add_status_tasks(built)
+    return built
+
+
+def input_nodes(key: Any, value: Any) -> dict[Any, Any]:
+    """The nodes giving a later batch the value of an earlier key: the value itself, or
+    where it stays in the store (a `StoredValue` the workers read there; a packed
+    chunk's item is taken out of the chunk by a task of its own). The caller keeps the
+    key's `StoredPart` until the run ended: its pin keeps the value in the store."""
+    if not isinstance(value, StoredPart):
+        return {key: DataNode(key, value)}
+    # A handle without the pin: the run pins what it reads while it runs, and the
+    # session's last-run summary, which keeps the graph, must not keep the value.
+    handle = StoredValue(value.ref.scope, value.ref.key)
+    if value.index is None:
+        return {key: DataNode(key, handle)}
+    whole = f"kong-stored-{value.ref.key}"
+    return {
+        whole: DataNode(whole, handle),
+        key: Task(key, operator.getitem, TaskRef(whole), value.index),
+    }
+
+
+def add_status_tasks(built: BatchGraph) -> None:
+    """A `failures_in` task next to each of `built.keys`."""
+    packed = {where for where, index in built.places.values() if index is not None}
+    for key in built.keys:
+        name = built.status[key] = f"kong-status-{key}"
+        built.graph[name] = Task(name, failures_in, TaskRef(key), key in packed)
 
 
 def call_node(s: Submission, places: Mapping[Any, tuple[Any, int | None]]) -> Task:

@@ -15,11 +15,19 @@ and `compute`s run at the same time. A batch whose calls take Futures of an earl
 waits for those first (earlier batches started before it: the pool is first in, first
 out, so this never deadlocks).
 
-Values: a finished key's value is held by the client until the last Future of the key is
-released (garbage collected, `Future.release`, `Client.cancel`) or the client closes;
-passed to a later call, it travels with that call's run like any data in a graph. The
-runs themselves delete their store keys as every run does, so nothing is left in the
-store.
+Values stay where they were computed, as distributed's stay on its workers: with a store
+outside this process (threads on Redis, processes, lambda) a batch's outputs are kept in
+the session's store (`Kong.get_keeping`, the session's scope of `runtime.session_keys`,
+as `Kong.persist` keeps its results) and only a small status per task is read (which
+calls failed). `result()` and `gather` read the values from the store (`gather`: one
+round-trip for all); a Future passed to a later call becomes a data node of that call's
+graph that the workers read in the store, nothing passing through the client. A key's
+store value is deleted once the last Future of the key is released (garbage collected,
+`Future.release`) or the key is cancelled, within `_DISPATCH_POLL_S`, and the whole scope
+when the session closes. `scatter` writes its values there too. With the in-process
+memory store (the embedded mode) the client holds the values, which is where the threads
+compute them anyway. `compute` is the exception: its Future holds the finalized result in
+the client, since dask's finalize step (joining the chunks) runs in the client.
 """
 
 from __future__ import annotations
@@ -43,10 +51,11 @@ from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
 from .. import config
+from ..dag.model import StoredValue
 from ..options import SCHEDULING_KEYWORDS, warn_unsupported
 from ..session import Kong
 from .batch import Submission, TaskFailure, build_graph, find_futures, walk_futures
-from .future import Future, FutureState
+from .future import Future, FutureState, StoredPart
 
 logger = logging.getLogger("dask_kong.futures")
 
@@ -172,8 +181,29 @@ class Client:
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         if errors == "skip" and isinstance(futures, list):
-            return [f.result() for f in futures if f.exception() is None]
-        return walk_futures(futures, lambda f: f.result())
+            futures = [f for f in futures if f.exception() is None]
+        found: dict[Any, Future] = {}
+        walk_futures(futures, lambda f: found.setdefault(f.key, f))
+        outcomes = {}
+        for key, future in found.items():
+            future.exception()  # waits
+            outcomes[key] = future._state.outcome()
+            if outcomes[key][0] != "finished":
+                future.result()  # raises its exception
+        stored = {k: part for k, (_, _, part) in outcomes.items() if part is not None}
+        read = dict(zip(stored, self.read_stored(list(stored.values())), strict=True))
+        values = {k: read.get(k, value) for k, (_, value, _) in outcomes.items()}
+        return walk_futures(futures, lambda f: values[f.key])
+
+    def read_stored(self, parts: list[StoredPart]) -> list[Any]:
+        """The values of keys kept in the session's store, one round-trip for all."""
+        session_keys = self.session.session_keys
+        if not parts:
+            return []
+        assert session_keys is not None  # values are kept only where there is a scope
+        refs = list({part.ref.key: part.ref for part in parts}.values())
+        whole = dict(zip(refs, session_keys.read_many([r.key for r in refs]), strict=True))
+        return [part.pick(whole[part.ref]) for part in parts]
 
     def cancel(self, futures: Any, force: bool = False) -> int:
         """Cancel the keys of `futures` (a Future or an iterable): calls not started do
@@ -182,9 +212,13 @@ class Client:
         return sum(f._state.cancel() for f in items)
 
     def who_has(self) -> dict[Any, tuple[str, ...]]:
-        """The keys this client holds values of ("client": values live here)."""
+        """Where the finished keys' values are: "store" (the session's) or "client"."""
         with self._lock:
-            return {k: ("client",) for k, s in self._states.items() if s.status == "finished"}
+            return {
+                k: ("store",) if s.stored is not None else ("client",)
+                for k, s in self._states.items()
+                if s.status == "finished"
+            }
 
     # -- reference counting -------------------------------------------------------------
 
@@ -192,13 +226,18 @@ class Client:
         with self._lock:
             self._refs[key] += 1
 
-    def release_key(self, key: Any) -> None:
-        """One Future fewer of `key`; the last one frees the value."""
+    def release_key(self, key: Any, let_go: bool = False) -> None:
+        """One Future fewer of `key`; the last one frees the value (with `let_go`, an
+        explicit release, by cancelling the key: a released Future object may live on
+        and still hold the state)."""
+        state = None
         with self._lock:
             self._refs[key] -= 1
             if self._refs[key] <= 0:
                 del self._refs[key]
-                self._states.pop(key, None)
+                state = self._states.pop(key, None)
+        if let_go and state is not None:
+            state.cancel()
 
     def held_keys(self) -> list[Any]:
         """Keys a Future still refers to (tests prove release)."""
@@ -229,7 +268,9 @@ class Client:
             states = list(self._states.values())
             self._states.clear()
         for state in states:
-            state.cancel()
+            state.cancel()  # lets its store value go
+        del states
+        self._release_stored()
         if self._config_ctx is not None:
             self._config_ctx.__exit__(None, None, None)
             self._config_ctx = None
@@ -303,6 +344,7 @@ class Client:
             with self._lock:
                 while not self._pending and self.status != "closed":
                     self._wake.wait(_DISPATCH_POLL_S)
+                    self._release_stored()
                 if self.status == "closed":
                     return
             time.sleep(window_s)  # a loop of submit calls: let it land in one batch
@@ -311,6 +353,15 @@ class Client:
                 inputs, self._pending_inputs = self._pending_inputs, []
             self._runs.submit(self._run_batch, batch, inputs)
             del batch, inputs  # the run holds them now; their Futures must be free to go
+
+    def _release_stored(self) -> None:
+        """Delete the store values of keys released since the last look (a Future's
+        garbage collection only notes it: `SessionKeys.release_collected`)."""
+        if self.session.session_keys is not None:
+            try:
+                self.session.session_keys.release_collected()
+            except Exception as exc:  # the scope's keys carry a TTL and go at close
+                logger.warning("could not release futures' values: %s", exc)
 
     def _run_batch(self, batch: list[Submission], inputs: list[Future]) -> None:
         """Run one batch as one graph and settle its keys. `inputs` (the Futures its
@@ -325,18 +376,37 @@ class Client:
         for state in {f._state for f in inputs if f.key not in own}:
             state.event.wait()  # an earlier batch's key: its run is under way
         runnable = settle_unrunnable(runnable, known)
-        done_values = {k: s.value for k, s in known.items() if s.status == "finished"}
-        built = build_graph(runnable, done_values, int(config.get("client.calls_per_task")))
+        done_values = {k: s.stored or s.value for k, s in known.items() if s.status == "finished"}
+        keeps = self.session.session_keys is not None
+        per_task = int(config.get("client.calls_per_task"))
+        built = build_graph(runnable, done_values, per_task, with_status=keeps)
+        # Their stored parts hold the inputs' store values until the run read them.
+        held = [v for v in done_values.values() if isinstance(v, StoredPart)]
+        del done_values
         forget_futures(batch, inputs)  # the graph holds what they pointed to now
         try:
-            values = dict(zip(built.keys, self.session.get(built.graph, built.keys), strict=True))
+            values = self._run_graph(built.graph, [*built.keys, *built.status.values()], keeps)
         except Exception as exc:
             for s in runnable:
                 known[s.key].fail(exc)
             return
+        finally:
+            del held
         for s in runnable:
             where, index = built.places[s.key]
-            settle(known[s.key], values[where] if index is None else values[where][index])
+            status = values.get(built.status.get(where))
+            settle(known[s.key], values[where], index, status)
+
+    def _run_graph(self, graph: dict[Any, Any], keys: list[Any], keeps: bool) -> dict[Any, Any]:
+        """Values of `keys` by key; with `keeps`, the calls' outputs stay in the store
+        (`StoredValue`s) and only their status tasks are read."""
+        if keeps:
+            status = {k for k in keys if isinstance(k, str) and k.startswith("kong-status-")}
+            kept = [k for k in keys if k not in status]
+            values = self.session.get_keeping(graph, keys, keep=kept)
+        else:
+            values = self.session.get(graph, keys)
+        return dict(zip(keys, values, strict=True))
 
     def _compute_one(self, collection: Any, kwargs: dict[str, Any]) -> Future:
         self._check_open()
@@ -362,13 +432,23 @@ class Client:
         state.finish(value)
 
     def _scatter_one(self, value: Any, hash: bool) -> Future:
+        """A Future of `value`, written to the session's store when it keeps values
+        (workers read it there, as distributed's scatter sends it to a worker)."""
         self._check_open()
         token = tokenize(value) if hash else uuid.uuid4().hex
         key = f"{type(value).__name__}-{token}"
         with self._lock:
+            new = key not in self._states
             state = self._states.setdefault(key, FutureState())
             future = Future(key, self, state)
-        state.finish(value)
+        session_keys = self.session.session_keys
+        if not new:
+            pass
+        elif session_keys is None:
+            state.finish(value)
+        else:
+            (ref,) = session_keys.keep_values({key: value})
+            state.finish_stored(StoredPart(ref))
         return future
 
 
@@ -417,8 +497,23 @@ def settle_unrunnable(batch: list[Submission], known: dict[Any, FutureState]) ->
     return runnable
 
 
-def settle(state: FutureState, value: Any) -> None:
-    """Finish a key with its value, or fail it with the task's own exception."""
+def settle(
+    state: FutureState,
+    value: Any,
+    index: int | None = None,
+    failures: dict[int | None, TaskFailure] | None = None,
+) -> None:
+    """Finish a key with its value, or fail it with the task's own exception. `value` is
+    its task's (item `index` of it when calls were packed), a `StoredValue` when kept in
+    the store: then `failures` (its status task's) says whether the call failed."""
+    if isinstance(value, StoredValue):
+        failure = (failures or {}).get(index)
+        if failure is None:
+            state.finish_stored(StoredPart(value, index))
+            return
+        value = failure
+    elif index is not None:
+        value = value[index]
     if isinstance(value, TaskFailure):
         note = f"Remote traceback:\n{value.traceback}"
         if note not in getattr(value.error, "__notes__", ()):

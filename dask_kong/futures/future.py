@@ -2,10 +2,11 @@
 
 Every Future of one key shares one `FutureState`, as in distributed: two `submit` calls
 of the same pure function and arguments give two Futures of one computation. The state
-says where the key is (pending, finished, error, cancelled), holds the value or the
+says where the key is (pending, finished, error, cancelled), holds the value (or, with a
+store outside this process, where it is in the session's store: `StoredPart`) or the
 exception once known, and calls the done-callbacks exactly once, when the key leaves
 pending. The client counts the Futures alive per key and releases the value when the
-last one is garbage collected or released (`Client.release_key`).
+last one is garbage collected or released (`Client.release_key`), or it is cancelled.
 
 Waiting never blocks forever by accident: a pending key always ends, because the run
 computing it ends (finished, failed, or stalled: `kong.run.stall_timeout_s`); a caller
@@ -21,9 +22,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..dag.model import StoredValue
 from ..errors import KongError
 
 if TYPE_CHECKING:
@@ -41,12 +44,29 @@ class FutureCancelledError(CancelledError):
     """The key was cancelled (`Future.cancel`, `Client.cancel`) before it finished."""
 
 
+@dataclass(frozen=True)
+class StoredPart:
+    """Where a finished key's value is in the session's store: the kept output `ref` of
+    the task that computed it, whole (`index` None) or item `index` of it (calls packed
+    several to a task return a list). The store key lives while `ref` does."""
+
+    ref: StoredValue
+    index: int | None = None
+
+    def pick(self, whole: Any) -> Any:
+        """This key's value out of the value of `ref`."""
+        return whole if self.index is None else whole[self.index]
+
+
 class FutureState:
     """Where one key is, shared by every `Future` of the key.
 
     status: "pending" until the run computing the key reports it, then "finished"
-        (value set), "error" (exception and traceback set) or "cancelled".
-    value: the key's value once finished.
+        (value or stored set), "error" (exception and traceback set) or "cancelled"
+        (a finished key cancelled lets its value go).
+    value: the key's value once finished, when the client holds it.
+    stored: where the value is in the session's store, when it stayed there (the
+        client reads it at `result()` and `gather`).
     exception / traceback: the task's exception and the worker's traceback text;
     error_traceback: the exception's own traceback when it was set.
     callbacks: called once each with the Future they were added through, on leaving
@@ -56,6 +76,7 @@ class FutureState:
     def __init__(self) -> None:
         self.status = "pending"
         self.value: Any = None
+        self.stored: StoredPart | None = None
         self.exception: BaseException | None = None
         self.traceback = ""
         #: The exception's own traceback when it was set: each `result()` raises it
@@ -76,10 +97,28 @@ class FutureState:
             error_traceback=exception.__traceback__,
         )
 
+    def finish_stored(self, part: StoredPart) -> None:
+        self._settle("finished", stored=part)
+
     def cancel(self) -> bool:
-        """Cancel unless already settled; whether the key is cancelled now."""
+        """Cancel the key: a pending one does not run (or its late result is dropped), a
+        settled one lets its value go, as distributed's `cancel` releases it; True once
+        the key is cancelled."""
+        with self._lock:
+            if self.status not in ("pending", "cancelled"):
+                self.status = "cancelled"
+                self.value = self.stored = None
+                self.exception, self.traceback = FutureCancelledError(), ""
+                self.error_traceback = None
+                return True
         self._settle("cancelled", exception=FutureCancelledError())
         return self.status == "cancelled"
+
+    def outcome(self) -> tuple[str, Any, StoredPart | None]:
+        """(status, value, stored) read together: a cancel in between cannot pair a
+        "finished" status with a value already let go."""
+        with self._lock:
+            return self.status, self.value, self.stored
 
     def _settle(self, status: str, **fields: Any) -> None:
         with self._lock:
@@ -89,9 +128,11 @@ class FutureState:
                 setattr(self, name, value)
             self.status = status
             callbacks, self.callbacks = self.callbacks, []
-            self.event.set()
+        # Callbacks before waking the waiters: once `result()` returned, the callbacks
+        # added before it have run (a callback's own `result()` sees the status).
         for callback, future in callbacks:
             run_callback(callback, future)
+        self.event.set()
 
     def add_callback(self, callback: Callable[[Future], Any], future: Future) -> None:
         with self._lock:
@@ -138,8 +179,9 @@ class Future:
         note), `FutureCancelledError`, or `TimeoutError` after `timeout` seconds."""
         self._wait(timeout)
         state = self._state
-        if state.status == "finished":
-            return state.value
+        status, value, stored = state.outcome()
+        if status == "finished":
+            return value if stored is None else self.client.read_stored([stored])[0]
         error = state.exception
         assert error is not None
         try:
@@ -170,18 +212,26 @@ class Future:
         self._state.add_callback(fn, self)
 
     def release(self) -> None:
-        """Give up this Future's hold on the value (the last hold frees it)."""
+        """Give up this Future's hold on the value: the last hold frees it, and the key
+        is then cancelled (this Future no longer gives its result, as in distributed)."""
+        self._release(let_go=True)
+
+    def _release(self, let_go: bool) -> None:
         if not self._released:
             self._released = True
-            self.client.release_key(self.key)
+            self.client.release_key(self.key, let_go)
 
     def _wait(self, timeout: float | None) -> None:
+        if self._state.status != "pending":
+            return
         if not self._state.event.wait(timeout):
             raise TimeoutError(f"future {self.key!r} not done after {timeout} s")
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter exit the client may be gone
-            self.release()
+            # No cancel here: the state dies with its last Future, and a finalizer must
+            # not take the state's lock (it may run while this thread holds it).
+            self._release(let_go=False)
 
     def __repr__(self) -> str:
         return f"<Future: {self.status}, key: {self.key!r}>"

@@ -103,12 +103,13 @@ def execute_run(  # noqa: PLR0913 - keyword-only options of one run, each defaul
     run_id: str,
     callbacks: Any = None,
     dsk: Any = None,
-    keep_outputs: bool = False,
+    keep_outputs: bool | frozenset[Any] = False,
     settings: RunSettings | None = None,
 ) -> tuple[dict[Any, Any], RunSummary]:
     """Run `dag` to completion; returns the requested values by key and the summary.
-    With `keep_outputs` (persist) the requested task outputs stay in the store, moved
-    into the session's scope, and the values returned are their `StoredValue`s.
+    With `keep_outputs` (persist: True, every requested key; a Client's futures: the
+    keys in the set) those task outputs stay in the store, moved into the session's
+    scope, and the values returned for them are their `StoredValue`s.
     `settings`: the run's (task retries from the call), else from config."""
     backend = services.backend
     ctx = RunContext(
@@ -136,7 +137,7 @@ def execute_run(  # noqa: PLR0913 - keyword-only options of one run, each defaul
             submit_s = time.perf_counter() - started
             follow_events(ctx, progress, hooks, prefetch)
             prefetch.stop(float(config.get("run.drain_timeout_s")))
-            values, client_read = results_of(ctx, prefetch, keeper)
+            values, client_read = results_of(ctx, prefetch, keeper, keep_outputs)
             succeeded = True
         except BaseException as exc:
             interrupted = not isinstance(exc, Exception)
@@ -471,42 +472,60 @@ def unfinished_of_branch(ctx: RunContext, progress: RunProgress, start: int) -> 
 
 
 def results_of(
-    ctx: RunContext, prefetch: OutputPrefetch, keeper: SessionKeys | None
+    ctx: RunContext,
+    prefetch: OutputPrefetch,
+    keeper: SessionKeys | None,
+    keep: bool | frozenset[Any] = True,
 ) -> tuple[dict[Any, Any], int]:
     """The requested values and the bytes the client read for them: read from the store
-    (or prefetched), or, for a persist (`keeper`), kept in the session's scope."""
-    if keeper is not None:
-        return keep_outputs_in(ctx, keeper), 0
-    prefetched, prefetched_bytes = prefetch.taken()
-    return collect_outputs(ctx, prefetched, prefetched_bytes)
-
-
-def keep_outputs_in(ctx: RunContext, keeper: SessionKeys) -> dict[Any, Any]:
-    """Move the requested task outputs into the session's scope before the run's cleanup
-    deletes its keys; a `StoredValue` for each (requested data entries as they are)."""
+    (or prefetched), or, with a `keeper`, those of `keep` (True: all) kept in the
+    session's scope and the others read."""
+    if keeper is None:
+        prefetched, prefetched_bytes = prefetch.taken()
+        return collect_outputs(ctx, prefetched, prefetched_bytes)
     dag = ctx.dag
-    tasks = sorted(dag.output_tasks)
-    kept = dict(zip(tasks, keeper.keep(ctx.run_id, [output_key(t) for t in tasks]), strict=True))
-    return {
-        o.key: kept[o.task] if o.task is not None else dag.data[o.data]  # type: ignore[index]
-        for o in dag.outputs
-    }
+    chosen = keep if isinstance(keep, frozenset) else frozenset(o.key for o in dag.outputs)
+    tasks = {o.task for o in dag.outputs if o.task is not None and o.key in chosen}
+    if keep is True:
+        return keep_outputs_in(ctx, keeper, tasks), 0
+    kept = keep_outputs_in(ctx, keeper, tasks, with_data=False)
+    values, nbytes = collect_outputs(ctx, {}, 0, skip=frozenset(tasks))
+    return {**values, **kept}, nbytes
+
+
+def keep_outputs_in(
+    ctx: RunContext, keeper: SessionKeys, tasks: set[int], with_data: bool = True
+) -> dict[Any, Any]:
+    """Move the outputs of `tasks` into the session's scope before the run's cleanup
+    deletes its keys; a `StoredValue` for each of their keys (and, `with_data`, the
+    requested data entries as they are)."""
+    dag = ctx.dag
+    order = sorted(tasks)
+    kept = dict(zip(order, keeper.keep(ctx.run_id, [output_key(t) for t in order]), strict=True))
+    values: dict[Any, Any] = {o.key: kept[o.task] for o in dag.outputs if o.task in kept}
+    if with_data:
+        values.update({o.key: dag.data[o.data] for o in dag.outputs if o.data is not None})
+    return values
 
 
 def collect_outputs(
-    ctx: RunContext, prefetched: dict[int, Any], prefetched_bytes: int
+    ctx: RunContext,
+    prefetched: dict[int, Any],
+    prefetched_bytes: int,
+    skip: frozenset[int] = frozenset(),
 ) -> tuple[dict[Any, Any], int]:
-    """Every requested value (task outputs: `prefetched` ones, the rest read from the store
-    now; data from the DAG, persisted ones read from the session's scope), and how many
-    bytes the client read from the store."""
+    """Every requested value but those of `skip` (task outputs: `prefetched` ones, the
+    rest read from the store now; data from the DAG, persisted ones read from the
+    session's scope), and how many bytes the client read from the store."""
     dag = ctx.dag
-    unread = sorted(dag.output_tasks - prefetched.keys())
+    unread = sorted(dag.output_tasks - prefetched.keys() - skip)
     fetched, nbytes = ctx.store.get_many(ctx.run_id, [output_key(t) for t in unread])
     by_task = {**prefetched, **dict(zip(unread, fetched, strict=True))}
     data, data_bytes = requested_data(ctx)
     values = {
         o.key: by_task[o.task] if o.task is not None else data[o.data]  # type: ignore[index]
         for o in dag.outputs
+        if o.task not in skip
     }
     return values, nbytes + prefetched_bytes + data_bytes
 

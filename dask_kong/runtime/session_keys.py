@@ -24,9 +24,11 @@ cached     True for a cache entry (embedded data: evicted least recently used fi
 How to use it (the client's upload and persist, and any later holder of store data):
 `keep(run_id, keys)` moves a run's values into the scope and returns a `StoredValue`
 per key, whose garbage collection releases it (`release_collected` then unpins it);
-`pin_present(keys)` pins the keys the store holds and returns those it must be given,
-`add(values, cached=...)` writes and records them (pinned too), `pin(keys)` adds a hold
-and `unpin(keys)` releases one (the last may evict or drop), `close()` deletes the scope.
+`keep_values(values)` does the same for values the client has (scatter), `read_many(keys)`
+reads kept values in one round-trip, `pin_present(keys)` pins the keys the store holds
+and returns those it must be given, `add(values, cached=...)` writes and records them
+(pinned too), `pin(keys)` adds a hold and `unpin(keys)` releases one (the last may evict
+or drop), `close()` deletes the scope.
 All methods are thread-safe.
 """
 
@@ -135,6 +137,21 @@ class SessionKeys:
                 self._entries[key] = Entry(nbytes=nbytes, pins=1, cached=False)
         return [self._reference(key) for key in new_keys]
 
+    def keep_values(self, values: Mapping[str, Any]) -> list[StoredValue]:
+        """Write `values` (the client's own: a Client's `scatter`) into the scope, each
+        kept while the `StoredValue` returned for it lives, as `keep` does for a run's."""
+        self.release_collected()
+        self.open()
+        names = {f"kept:{next(self._kept)}:{name}": value for name, value in values.items()}
+        self.add(names, cached=False)
+        return [self._reference(key) for key in names]
+
+    def read_many(self, keys: Sequence[str]) -> list[Any]:
+        """The values of kept keys, in one round-trip (a Client's `gather`)."""
+        if self._closed:
+            raise RuntimeError("the session holding these values is closed: they are gone")
+        return self.store.get_many(self.scope, keys)[0]
+
     def _reference(self, key: str) -> StoredValue:
         """A `StoredValue` for `key` whose collection by the garbage collector releases
         the pin `keep` took for it."""
@@ -146,7 +163,7 @@ class SessionKeys:
         """The value of a kept key (`StoredValue.result`)."""
         if self._closed:
             raise RuntimeError(f"the session that persisted {key!r} is closed: its value is gone")
-        return self.store.get_many(self.scope, [key])[0][0]
+        return self.read_many([key])[0]
 
     def release_collected(self) -> None:
         """Unpin the keys of `StoredValue`s garbage collected since the last call."""
