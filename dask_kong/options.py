@@ -57,6 +57,17 @@ def warn_unsupported(names: Iterable[str], where: str) -> None:
         )
 
 
+def warn_once(tag: str, message: str) -> None:
+    """Warn `message` (an `UnsupportedOptionWarning`) the first time `tag` is seen in
+    this process: for what kong cannot give beyond options, such as the task result
+    dask's `posttask` callbacks take."""
+    with _lock:
+        if tag in _warned:
+            return
+        _warned.add(tag)
+    warnings.warn(message, UnsupportedOptionWarning, stacklevel=3)
+
+
 def forget_warnings() -> None:
     """Warn again for names already warned about (tests)."""
     with _lock:

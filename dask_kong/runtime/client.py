@@ -33,6 +33,7 @@ from ..errors import RemoteTaskError, StuckRunError, WorkerLostError
 from ..invocation.model import Invocation
 from ..invocation.payload import RunSettings, decode_invocation
 from ..metrics.records import CapturedWarning, RunSummary, TaskMetrics
+from ..options import warn_once
 from ..planning import Optimization, Plan
 from ..store.base import Event, EventKind, Store
 from ..waits import poll_until
@@ -47,6 +48,17 @@ logger = logging.getLogger("dask_kong.client")
 #: Parent of the per-worker loggers what tasks print or log is forwarded to.
 WORKER_LOGGER = "dask_kong.worker"
 
+#: Said once when a `posttask` callback gets None for a task's result.
+POSTTASK_RESULT = (
+    "dask posttask callbacks get None as the result of a task the client does not have: "
+    "one computed in a worker process (backends 'processes' and 'lambda'), where "
+    "dask-kong keeps values, so a CacheProfiler's metric sees None there; on the "
+    "threads backend posttask gets each task's value"
+)
+# posttask callbacks (module, qualified name) that never read the result they are given.
+_IGNORE_RESULT = {("dask.diagnostics.profile", "Profiler._posttask")}
+# Stands for "no value handed over" (a task's value may itself be None).
+_NO_VALUE = object()
 # How many unfinished tasks a stall error names before "... and N more".
 _STUCK_TASKS_SHOWN = 10
 # Longest single wait on the event stream, so deadlines and stalls are checked often.
@@ -647,13 +659,21 @@ class CallbackHooks:
     starts only while a `pretask` callback watches: `RunSettings.report_starts`),
     `posttask` when it reports the finish, so a Profiler measures each task's real
     duration (plus the event's trip to the client). Callbacks see the graph as a dict of
-    the DAG's tasks; values stay in the workers (`posttask` gets None)."""
+    the DAG's tasks. `posttask` gets the task's result, as under dask's local schedulers,
+    where the worker that computed it is a thread of this process (the threads backend:
+    `RunContext.task_values`); a worker process keeps its values (moving every value to
+    the client would cost what the run saves), so there `posttask` gets None and a
+    warning says so once (`POSTTASK_RESULT`)."""
 
     def __init__(self, callbacks: Any, dag: DAG, progress: RunProgress) -> None:
         self.start, self.start_state, self.pretask, self.posttask, self.finish_cbs = (
             unpack_callbacks(callbacks)
         )
         self.dag = dag
+        #: Values the run's in-process workers computed, until passed to `posttask`.
+        self.values: dict[int, Any] = {}
+        #: Whether a `posttask` callback may read the result (a missing one is warned of).
+        self.reads_results = not all(map(ignores_result, self.posttask))
         # Only callbacks read the state: a set per task is not built for nobody (10,000
         # trivial tasks spent about 50 ms here).
         watched = self.start_state or self.pretask or self.posttask or self.finish_cbs
@@ -678,9 +698,12 @@ class CallbackHooks:
 
     def configure(self, ctx: RunContext) -> None:
         """Have the run's workers report task starts when a `pretask` callback (a
-        Profiler timing tasks) watches; before the run is submitted."""
+        Profiler timing tasks) watches, and those in this process hand their values to
+        `posttask` callbacks; before the run is submitted."""
         if self.pretask:
             ctx.settings = replace(ctx.settings, report_starts=True)
+        if self.posttask:
+            ctx.task_values = self.values = {}
 
     def task_started(self, task: int) -> None:
         if task in self.started or not self.active:
@@ -699,9 +722,22 @@ class CallbackHooks:
         key = self.dag.keys[task]
         self.state["running"].discard(key)
         self.state["finished"].add(key)
+        value = self.values.pop(task, _NO_VALUE)
+        if value is _NO_VALUE:
+            if self.reads_results:
+                warn_once("posttask-result", POSTTASK_RESULT)
+            value = None
         for cb2 in self.posttask:
-            cb2(key, None, self.dsk, self.state, worker)
+            cb2(key, value, self.dsk, self.state, worker)
 
     def finish(self, errored: bool) -> None:
         for cb in self.finish_cbs:
             cb(self.dsk, self.state, errored)
+
+
+def ignores_result(posttask: Any) -> bool:
+    """Whether `posttask` is one known not to read the task's result (the Profiler's:
+    it records the finish time only), so a missing result is not worth a warning."""
+    func = getattr(posttask, "__func__", posttask)
+    name = (getattr(func, "__module__", None), getattr(func, "__qualname__", None))
+    return name in _IGNORE_RESULT

@@ -85,6 +85,11 @@ class RunContext:
     # True in a worker process: fault injection (kong.faults) may end it. Never in the
     # client's process, whose threads the embedded backend's workers are.
     fault_injection: bool = False
+    # Values of tasks computed in the client's own process (the threads backend), by
+    # task, for dask's `posttask` callbacks, which take a task's result: set by the
+    # client only while one watches, filled by its worker threads, and emptied as the
+    # client passes each on. None otherwise (worker processes never fill it).
+    task_values: dict[int, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:

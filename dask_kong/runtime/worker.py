@@ -484,7 +484,10 @@ def publishable(branch: Branch, task: int, value: Any, inputs: dict[Any, Any]) -
     """Record the output's size and whether it would be published as a recipe; that
     recipe (`runtime.recompute`), or None to publish the output itself. Recorded for
     subtree members too, which publish nothing: planners read it from the history to
-    decide which roots a subtree may run again."""
+    decide which roots a subtree may run again. A client in this process watching with
+    `posttask` callbacks gets the value itself (`RunContext.task_values`)."""
+    if branch.ctx.task_values is not None:
+        branch.ctx.task_values[task] = value
     metrics = branch.metrics
     metrics.output_bytes = sizeof(value)
     recipe = recipe_for(branch.ctx, task, inputs, metrics, branch.recipes)
