@@ -12,6 +12,11 @@ class StuckRunError(KongError):
     or passed its deadline. The message names the tasks that never finished."""
 
 
+class RunCancelledError(KongError):
+    """The run's caller stopped it (`Client.close(timeout=)` ran out): its workers were
+    stopped and its keys deleted, as after an interrupt."""
+
+
 class WorkerLostError(KongError):
     """A worker died while running a task (process killed, out of memory)."""
 

@@ -110,9 +110,11 @@ class Kong:
             self.close()
             raise
 
-    def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        """Dask scheduler entry point: compute `keys` of `dsk`, nested like `keys`."""
-        return self._run(dsk, keys, keep_outputs=False, **kwargs)
+    def get(self, dsk: Any, keys: Any, stop: threading.Event | None = None, **kwargs: Any) -> Any:
+        """Dask scheduler entry point: compute `keys` of `dsk`, nested like `keys`. Once
+        `stop` is set, the run is abandoned as after Ctrl-C (its workers stopped, its keys
+        deleted) and `RunCancelledError` raised."""
+        return self._run(dsk, keys, keep_outputs=False, stop=stop, **kwargs)
 
     def persist(self, collections: Any, optimize_graph: bool = True, **kwargs: Any) -> Any:
         """Compute `collections` (one, or a list or tuple of them) and return the same
@@ -145,7 +147,13 @@ class Kong:
         return self._run(dsk, keys, keep_outputs=kept, **kwargs)
 
     def _run(
-        self, dsk: Any, keys: Any, *, keep_outputs: bool | frozenset[Any], **kwargs: Any
+        self,
+        dsk: Any,
+        keys: Any,
+        *,
+        keep_outputs: bool | frozenset[Any],
+        stop: threading.Event | None = None,
+        **kwargs: Any,
     ) -> Any:
         """One run: computed values nested like `keys`, or with `keep_outputs` (True:
         all, else those keys) the task outputs kept in the session's scope as
@@ -167,7 +175,14 @@ class Kong:
         plan = with_resources(dag, planner(dag, context), notes.get("resources"), context.resources)
         translate_s = time.perf_counter() - started
         run = functools.partial(
-            self._execute, dag, plan, kwargs.pop("callbacks", None), dsk, keep_outputs, settings
+            self._execute,
+            dag,
+            plan,
+            kwargs.pop("callbacks", None),
+            dsk,
+            keep_outputs,
+            settings,
+            stop=stop,
         )
         # Runs may go on concurrently (a Client's futures): each keeps its own id.
         run_id = new_run_id()
@@ -190,7 +205,7 @@ class Kong:
             self.session_keys.release_collected()
         return nest(keys, translation.results(values))
 
-    def _execute(
+    def _execute(  # noqa: PLR0913 - one run: what translation and planning made, and its id
         self,
         dag: DAG,
         plan: Plan,
@@ -199,6 +214,7 @@ class Kong:
         keep_outputs: bool | frozenset[Any],
         settings: RunSettings,
         run_id: str,
+        stop: threading.Event | None = None,
     ) -> tuple[dict[Any, Any], RunSummary]:
         """One run of `dag` under `run_id`."""
         self.last_run_id = run_id
@@ -220,6 +236,7 @@ class Kong:
             dsk=dsk,
             keep_outputs=keep_outputs,
             settings=settings,
+            stop=stop,
         )
 
     def _restart_private_store(self, exc: StoreUnavailableError) -> bool:

@@ -380,9 +380,38 @@ def test_futures_survive_workers_killed_mid_branch(kong_sessions: Callable[[str]
         assert_nothing_left(client)
 
 
-def test_close_says_its_timeout_is_not_honoured(kong_sessions: Callable[[str], Kong]) -> None:
-    forget_warnings()
-    client = Client(session=kong_sessions("embedded"), set_as_default=False)
-    assert client.gather(client.submit(inc, 1)) == 2
-    with pytest.warns(UnsupportedOptionWarning, match=r"Client\.close: 'timeout' is ignored"):
-        client.close(timeout=5)
+def sleeps(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.parametrize("mode", ["embedded", "processes"])
+def test_close_timeout_cancels_runs_in_flight(
+    kong_sessions: Callable[[str], Kong], mode: str
+) -> None:
+    """close(timeout=) waits at most `timeout` for runs in flight, then cancels them
+    (workers stopped, keys deleted) and returns; a run that ends in time is kept."""
+    session = kong_sessions(mode)
+    client = Client(session=session, set_as_default=False)
+    quick = client.submit(sleeps, 0.1)
+    assert quick.result(timeout=60) == 0.1
+    slow = client.submit(sleeps, 10.0)
+    slow_compute = client.compute(dask.delayed(sleeps, pure=False)(10.0))
+    time.sleep(0.5)  # both runs are in flight
+    started = time.monotonic()
+    client.close(timeout=1.0)
+    took = time.monotonic() - started
+    assert 0.9 <= took < 4.0, took
+    assert slow.cancelled() and slow_compute.cancelled()
+    with pytest.raises(FutureCancelledError):
+        slow.result(timeout=1)
+    run_id = session.last_run_id or ""
+    assert poll_until(lambda: session.store.run_keys(run_id) == [], 10)
+    assert kept_keys(session) == []
+    with Client(session=session, set_as_default=False) as again:  # the session goes on
+        assert again.submit(inc, 1).result(timeout=60) == 2
+        again.close(timeout=30)  # nothing in flight: returns at once
+    unclosed = Client(session=session, set_as_default=False)
+    with pytest.raises(ValueError, match="timeout must be"):
+        unclosed.close(timeout=-1)
+    unclosed.close()

@@ -32,7 +32,9 @@ the client, since dask's finalize step (joining the chunks) runs in the client.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import threading
@@ -61,6 +63,10 @@ logger = logging.getLogger("dask_kong.futures")
 
 # Longest single wait of the dispatcher for new calls, so it notices close() promptly.
 _DISPATCH_POLL_S = 0.25
+# How long a run takes to notice `close(timeout=)` stopped it: one wait on its event
+# stream (runtime.client._MAX_EVENT_WAIT_S) and a margin; its cleanup then takes at most
+# kong.run.interrupt_cleanup_s.
+_STOP_NOTICE_S = 0.5
 # Keywords of distributed's submit/map that kong honours or ignores harmlessly; any other
 # one goes through `warn_unsupported`.
 _SUBMIT_OPTIONS = ("key", "pure", "retries")
@@ -101,6 +107,10 @@ class Client:
         self._runs = ThreadPoolExecutor(
             int(config.get("client.concurrent_runs")), thread_name_prefix="kong-client-run"
         )
+        #: Batches and computes handed to `_runs` and not finished (`close` waits on them).
+        self._in_flight: set[concurrent.futures.Future[None]] = set()
+        #: Set by `close` when its timeout ran out: runs in flight are abandoned.
+        self._stop = threading.Event()
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="kong-client-dispatch", daemon=True
         )
@@ -247,12 +257,13 @@ class Client:
     # -- lifetime -----------------------------------------------------------------------
 
     def close(self, timeout: float | None = None) -> None:
-        """Cancel what has not run, wait for runs in flight (each ends: finished, failed
-        or stalled), free every value, close the session if the client opened it.
-        `timeout` is not honoured (a warning says so): a run in flight is not cut short,
-        it ends within its own bounds (`kong.run.stall_timeout_s`)."""
-        if timeout is not None:
-            warn_unsupported(["timeout"], "Client.close")
+        """Cancel what has not run, wait for runs in flight, free every value, close the
+        session if the client opened it. With `timeout`, runs still in flight after
+        `timeout` seconds are cancelled (their workers stopped and their keys deleted,
+        as after Ctrl-C) and their Futures with them; without, each run ends within its
+        own bounds (`kong.run.stall_timeout_s`, `kong.run.deadline_s`)."""
+        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
+            raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
         with self._lock:
             if self.status == "closed":
                 return
@@ -263,19 +274,29 @@ class Client:
         for s in pending:
             s.state.cancel()
         self._dispatcher.join()
-        self._runs.shutdown(wait=True)
-        with self._lock:
-            states = list(self._states.values())
-            self._states.clear()
-        for state in states:
-            state.cancel()  # lets its store value go
-        del states
-        self._release_stored()
+        if not self._wait_in_flight(timeout):
+            self._stop.set()
+            grace_s = float(config.get("run.interrupt_cleanup_s")) + _STOP_NOTICE_S
+            if not self._wait_in_flight(grace_s):
+                logger.warning("Client.close: runs still ending after %.1f s", grace_s)
+        self._runs.shutdown(wait=False, cancel_futures=True)
+        self._let_go_of_values()
         if self._config_ctx is not None:
             self._config_ctx.__exit__(None, None, None)
             self._config_ctx = None
         if self._owns_session:
             self.session.close()
+
+    def _let_go_of_values(self) -> None:
+        """Cancel every key (a finished one lets its value go) and delete the store
+        values now unreferenced."""
+        with self._lock:
+            states = list(self._states.values())
+            self._states.clear()
+        for state in states:
+            state.cancel()
+        del states
+        self._release_stored()
 
     def __enter__(self) -> Client:
         return self
@@ -351,8 +372,25 @@ class Client:
             with self._lock:
                 batch, self._pending = self._pending, []
                 inputs, self._pending_inputs = self._pending_inputs, []
-            self._runs.submit(self._run_batch, batch, inputs)
+            self._start(self._run_batch, batch, inputs)
             del batch, inputs  # the run holds them now; their Futures must be free to go
+
+    def _start(self, work: Callable[..., None], *args: Any) -> None:
+        """Run `work(*args)` in the pool, noted as in flight until it returns."""
+        running = self._runs.submit(work, *args)
+        with self._lock:
+            self._in_flight.add(running)
+        running.add_done_callback(self._finished)
+
+    def _finished(self, running: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._in_flight.discard(running)
+
+    def _wait_in_flight(self, timeout: float | None) -> bool:
+        """Whether every run in flight ended within `timeout` seconds (None: no bound)."""
+        with self._lock:
+            running = list(self._in_flight)
+        return not concurrent.futures.wait(running, timeout).not_done
 
     def _release_stored(self) -> None:
         """Delete the store values of keys released since the last look (a Future's
@@ -403,9 +441,9 @@ class Client:
         if keeps:
             status = {k for k in keys if isinstance(k, str) and k.startswith("kong-status-")}
             kept = [k for k in keys if k not in status]
-            values = self.session.get_keeping(graph, keys, keep=kept)
+            values = self.session.get_keeping(graph, keys, keep=kept, stop=self._stop)
         else:
-            values = self.session.get(graph, keys)
+            values = self.session.get(graph, keys, stop=self._stop)
         return dict(zip(keys, values, strict=True))
 
     def _compute_one(self, collection: Any, kwargs: dict[str, Any]) -> Future:
@@ -418,14 +456,15 @@ class Client:
                 state = self._states[key] = FutureState()
             future = Future(key, self, state)
         if new:
-            self._runs.submit(self._run_collection, collection, state, kwargs)
+            self._start(self._run_collection, collection, state, kwargs)
         return future
 
     def _run_collection(self, collection: Any, state: FutureState, kwargs: dict[str, Any]) -> None:
         if state.status != "pending":
             return  # cancelled before its turn
         try:
-            (value,) = dask.compute(collection, scheduler=self.session.get, **kwargs)
+            scheduler = functools.partial(self.session.get, stop=self._stop)
+            (value,) = dask.compute(collection, scheduler=scheduler, **kwargs)
         except Exception as exc:
             state.fail(exc)
             return

@@ -29,7 +29,7 @@ from .. import config, security, serialize
 from ..constants import output_key
 from ..dag import DAG
 from ..dag.model import StoredValue
-from ..errors import RemoteTaskError, StuckRunError, WorkerLostError
+from ..errors import RemoteTaskError, RunCancelledError, StuckRunError, WorkerLostError
 from ..invocation.model import Invocation
 from ..invocation.payload import RunSettings, decode_invocation
 from ..metrics.records import CapturedWarning, RunSummary, TaskMetrics
@@ -117,12 +117,14 @@ def execute_run(  # noqa: PLR0913 - keyword-only options of one run, each defaul
     dsk: Any = None,
     keep_outputs: bool | frozenset[Any] = False,
     settings: RunSettings | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[dict[Any, Any], RunSummary]:
     """Run `dag` to completion; returns the requested values by key and the summary.
     With `keep_outputs` (persist: True, every requested key; a Client's futures: the
     keys in the set) those task outputs stay in the store, moved into the session's
     scope, and the values returned for them are their `StoredValue`s.
-    `settings`: the run's (task retries from the call), else from config."""
+    `settings`: the run's (task retries from the call), else from config. Once `stop` is
+    set the run is abandoned as after an interrupt (`RunCancelledError`)."""
     backend = services.backend
     ctx = RunContext(
         run_id=run_id,
@@ -147,12 +149,12 @@ def execute_run(  # noqa: PLR0913 - keyword-only options of one run, each defaul
         try:
             upload = submit_roots(ctx, backend, services.session_keys, services.uploads_data)
             submit_s = time.perf_counter() - started
-            follow_events(ctx, progress, hooks, prefetch)
+            follow_events(ctx, progress, hooks, prefetch, stop)
             prefetch.stop(float(config.get("run.drain_timeout_s")))
             values, client_read = results_of(ctx, prefetch, keeper, keep_outputs)
             succeeded = True
         except BaseException as exc:
-            interrupted = not isinstance(exc, Exception)
+            interrupted = not isinstance(exc, Exception) or isinstance(exc, RunCancelledError)
             raise
         finally:
             prefetch.stop(0.0)
@@ -258,15 +260,22 @@ def count_uploads(summary: RunSummary, ctx: RunContext, upload: Upload | None) -
 
 
 def follow_events(
-    ctx: RunContext, progress: RunProgress, hooks: CallbackHooks, prefetch: OutputPrefetch
+    ctx: RunContext,
+    progress: RunProgress,
+    hooks: CallbackHooks,
+    prefetch: OutputPrefetch,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Read events until every requested output is done; raise on failure or stall."""
+    """Read events until every requested output is done; raise on failure or stall, or
+    `RunCancelledError` once `stop` is set."""
     stall_s = float(config.get("run.stall_timeout_s"))
     deadline_s = config.get("run.deadline_s")
     deadline = None if deadline_s is None else time.monotonic() + float(deadline_s)
     batch_s = float(config.get("run.event_batch_s"))
     cursor = "0"
     while progress.pending_outputs:
+        if stop is not None and stop.is_set():
+            raise RunCancelledError(f"run {ctx.run_id} was cancelled by its caller")
         cursor, events = ctx.store.events(ctx.run_id, cursor, _MAX_EVENT_WAIT_S)
         for event in events:
             apply_event(ctx, progress, hooks, prefetch, event)
