@@ -161,6 +161,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     invocation = dataclasses.replace(decoded.invocation, queued_s=queued_s, cold=cold)
     if redelivered(ctx, decoded, context):  # the platform's retry: the next attempt
         invocation = dataclasses.replace(invocation, resumed=True, attempt=invocation.attempt + 1)
+    # this delivery's name: the local gateway's request id, or Lambda's (with the attempt
+    # above, two deliveries of one request differ too)
+    invocation = invocation.with_delivery(getattr(context, "aws_request_id", None))
     # the caller's dask config, as its own process would give it to the tasks
     with dask.config.set(_process.run_spec(ctx.run_id, decoded).dask_config):
         run_branch(ctx, invocation, worker_id)

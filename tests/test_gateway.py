@@ -120,13 +120,13 @@ def invoke_url(gateway: Gateway, function: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lost() -> queue.Queue[tuple[str, bytes, int]]:
+def lost() -> queue.Queue[tuple[str, bytes, int, str]]:
     """What the shared gateway reported to on_worker_lost."""
     return queue.Queue()
 
 
 @pytest.fixture(scope="module")
-def gateway(lost: queue.Queue[tuple[str, bytes, int]]) -> Iterator[Gateway]:
+def gateway(lost: queue.Queue[tuple[str, bytes, int, str]]) -> Iterator[Gateway]:
     with running_gateway(
         on_worker_lost=lambda *args: lost.put(args), env={"KONG_TEST_MARK": "from-env"}
     ) as shared:
@@ -374,7 +374,7 @@ def test_cold_start_at_the_worker_cap_evicts_an_idle_worker_of_another_config() 
 
 
 def test_crash_mid_invocation_is_exit_error_and_gateway_keeps_serving(
-    gateway: Gateway, lost: queue.Queue[tuple[str, bytes, int]]
+    gateway: Gateway, lost: queue.Queue[tuple[str, bytes, int, str]]
 ) -> None:
     with pytest.raises(FunctionError) as info:
         gateway.invoke("kong", event("crash", code=3))
@@ -382,7 +382,8 @@ def test_crash_mid_invocation_is_exit_error_and_gateway_keeps_serving(
     assert "exit status 3" in info.value.error_message
     crash = event("crash", code=4)
     gateway.invoke("kong-large", crash, sync=False)
-    assert lost.get(timeout=10) == ("kong-large", crash, 4)
+    function, payload, code, request_id = lost.get(timeout=10)
+    assert (function, payload, code) == ("kong-large", crash, 4) and request_id
     assert json.loads(gateway.invoke("kong", event("echo")) or b"")["event"] == {"op": "echo"}
     assert gateway.stats().workers_lost >= 2
 

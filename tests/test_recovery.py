@@ -18,22 +18,34 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import dask
+import dask.bag as db
+import dask.dataframe as dd
 import numpy as np
+import pandas as pd
 import pytest
 
 import dask_kong
 from dask_kong import Kong, last_run
 from dask_kong.backends.aws_lambda.probe import ProbeResult, probe_function
 from dask_kong.backends.processes.gateway import Gateway
+from dask_kong.dag import to_dag
 from dask_kong.errors import MisconfiguredError, StoreUnavailableError, WorkerLostError
 from dask_kong.faults import KILL_EXIT_CODE, FaultSettings, KillPoint
+from dask_kong.invocation.model import Invocation, InvokerSpec
+from dask_kong.invocation.payload import RunSettings, Shipment, encode_invocation
 from dask_kong.invocation.transports import LambdaTransport
-from dask_kong.store.redis import connect
+from dask_kong.planning import PlanningContext, get_planner
+from dask_kong.runtime.client import RunProgress, new_run_id, reinvoke_lost
+from dask_kong.runtime.context import RunContext
+from dask_kong.runtime.heartbeat import Heartbeater
+from dask_kong.store.base import Event, EventKind
+from dask_kong.store.redis import RedisStore, connect
 from dask_kong.store.server import RedisServer
 from dask_kong.waits import poll_until
 
@@ -446,3 +458,100 @@ def test_probe_command(lambda_gateway: Gateway, redis_server: RedisServer) -> No
     assert b"same store" in good.stdout
     bad = subprocess.run([*argv, "nope"], env=env, capture_output=True)
     assert bad.returncode == 1 and b"'nope' could not be invoked" in bad.stderr
+
+
+# -- deliveries: each has its own id (claims, heartbeats, logs) ---------------------------
+
+
+def test_two_deliveries_of_one_invocation_have_their_own_ids() -> None:
+    invocation = Invocation("run", 3, attempt=2)
+    first, second = invocation.with_delivery("request-a"), invocation.with_delivery("request-b")
+    assert first.id == "3.2/request-a" and first.id != second.id
+    assert invocation.with_delivery().id != invocation.with_delivery().id  # nonces
+
+
+class RecordingInvoker:
+    """The runtime's invoker, recording what the client invokes (no platform behind)."""
+
+    def __init__(self) -> None:
+        self.invoked: list[Invocation] = []
+
+    def invoke(self, ctx: RunContext, invocations: Sequence[Invocation]) -> None:
+        self.invoked += invocations
+
+
+def test_a_lost_delivery_frees_its_own_claims_never_a_live_duplicates(
+    redis_store: RedisStore,
+) -> None:
+    """Two deliveries of one invocation: the live one holds a shared root's claim, the
+    lost one a stateful task's. The loss frees only the lost one's; when the second
+    delivery is lost too, its claim is freed, and the branch is invoked again once."""
+    dag = to_dag({"a": (leaf, 1), "b": (combine, "a")}, ["b"])
+    run_id = new_run_id()
+    invoker = RecordingInvoker()
+    ctx = RunContext(
+        run_id=run_id,
+        dag=dag,
+        plan=get_planner("naive")(dag, PlanningContext()),
+        store=redis_store,
+        invoker=invoker,
+        heartbeater=Heartbeater(redis_store),
+        settings=RunSettings.from_config(),
+    )
+    progress = RunProgress(dag, set(dag.output_tasks))
+    shipment = Shipment(None, InvokerSpec("gateway", "kong"))
+    payload = encode_invocation(Invocation(run_id, 0), shipment)
+    live, lost = Invocation(run_id, 0, delivery="live"), Invocation(run_id, 0, delivery="lost")
+    redis_store.open_run(run_id)
+    try:
+        assert redis_store.claim(run_id, ["root:0"], live.id) == [True]
+        assert redis_store.claim(run_id, ["stateful:1"], lost.id) == [True]
+        loss = Event(EventKind.WORKER_FAILED, 0, "lost", message="exited", payload=payload)
+        reinvoke_lost(ctx, progress, loss)
+        assert redis_store.claim(run_id, ["stateful:1"], "next") == [True]
+        assert redis_store.claim(run_id, ["root:0"], "next") == [False]  # live's, still
+        reinvoke_lost(ctx, progress, replace(loss, worker="live"))  # it is lost as well
+        assert redis_store.claim(run_id, ["root:0"], "next") == [True]
+        assert [(i.start, i.attempt, i.resumed) for i in invoker.invoked] == [(0, 2, True)]
+    finally:
+        redis_store.delete_run(run_id)
+
+
+# -- stateful tasks (dask's disk shuffles) under kills -----------------------------------
+
+
+def as_groups(groups: Any) -> list[tuple[Any, list[Any]]]:
+    return sorted((k, sorted(v)) for k, v in groups)
+
+
+def as_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+@pytest.mark.timeout(240)
+def test_disk_shuffles_survive_kills(processes: Kong, tmp_path: Path) -> None:
+    """A bag groupby and a dataframe shuffle through partd on disk, with workers killed:
+    a re-invoked branch that walks on to a stateful task another worker ran (or runs)
+    goes on from its output; results equal sync's, no key is left (seed after seed
+    until a worker was lost in each)."""
+    bag = db.from_sequence(list(range(60)) * 2, npartitions=6)
+    grouped = bag.groupby(lambda v: v % 5, shuffle="disk")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"k": rng.integers(0, 30, 300), "v": rng.random(300)})
+    with dask.config.set({"dataframe.shuffle.method": "disk"}):
+        shuffled = dd.from_pandas(frame, npartitions=4).shuffle("k")
+        cases = [(grouped, as_groups), (shuffled, as_rows)]
+        for i, (collection, canonical) in enumerate(cases):
+            (want,) = dask.compute(collection, scheduler="sync")
+            log = tmp_path / f"kills-{i}.jsonl"
+            for seed in range(8):
+                with faults(0.25, seed), dask.config.set({"kong.faults.log": str(log)}):
+                    (got,) = dask.compute(collection, scheduler=processes.get)
+                if isinstance(want, pd.DataFrame):
+                    pd.testing.assert_frame_equal(canonical(got), canonical(want))
+                else:
+                    assert canonical(got) == canonical(want)
+                assert processes.store.run_keys(processes.last_run_id or "") == []
+                if log.exists():
+                    break
+            assert log.exists()

@@ -7,6 +7,7 @@ worker starts further workers; a `Transport` delivers payloads to a platform.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,13 @@ class Invocation:
     so it reads outputs already published instead of running their tasks, takes back
     fan-ins the lost worker completed, and invokes its own dependents resumed too (the
     lost worker may have completed fan-ins further down the same way). Set on the
-    client's re-invocation of a lost branch and on everything that branch invokes."""
+    client's re-invocation of a lost branch and on everything that branch invokes.
+
+    `delivery` tells apart two deliveries of one invocation (at-least-once platforms,
+    `kong.faults.duplicate_fraction`): the platform's request id (the local gateway's
+    for each delivery; Lambda's `aws_request_id`, which a retry repeats with the next
+    attempt), else a nonce the worker draws (`with_delivery`). Empty until delivered:
+    it never travels in a payload, since a platform's duplicate repeats the payload."""
 
     run_id: str
     start: int
@@ -38,11 +45,20 @@ class Invocation:
     cold: bool = False
     attempt: int = 1
     resumed: bool = False
+    delivery: str = ""
 
     @property
     def id(self) -> str:
-        """Run-relative name of this branch attempt: `<start task>.<attempt>`."""
-        return f"{self.start}.{self.attempt}"
+        """Run-relative name of this delivery of a branch attempt,
+        `<start task>.<attempt>/<delivery>`: what its claims are held in and its
+        heartbeats (its lease) are named by, so that the loss of one delivery frees
+        its own claims and never those of a live duplicate."""
+        return f"{self.start}.{self.attempt}/{self.delivery}"
+
+    def with_delivery(self, delivery: str | None = None) -> Invocation:
+        """This invocation as delivered under `delivery` (the platform's request id);
+        None or empty: a fresh nonce, for a platform that names no deliveries."""
+        return dataclasses.replace(self, delivery=delivery or secrets.token_hex(8))
 
     def without_inputs(self) -> Invocation:
         """The same invocation with nothing inline (its inputs went to the store)."""

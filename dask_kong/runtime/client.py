@@ -351,9 +351,15 @@ def reinvoke_lost(ctx: RunContext, progress: RunProgress, event: Event) -> None:
             f"tasks it may have run or continued with: "
             f"{unfinished_of_branch(ctx, progress, event.task)}"
         )
-    lost = decode_invocation(json.loads(event.payload)).invocation
-    if lost.run_id != ctx.run_id or (lost.start, lost.attempt) in progress.lost:
-        return  # a loss reported twice (a retried event write) is handled once
+    lost = decode_invocation(json.loads(event.payload)).invocation.with_delivery(event.worker)
+    if lost.run_id != ctx.run_id:
+        return
+    # Every lost delivery frees its own claims (a shared root it was to run), never a
+    # live duplicate's; the branch attempt is invoked again once, however many of its
+    # deliveries were lost (or a loss reported twice: a retried event write).
+    ctx.store.release_claims(ctx.run_id, lost.id)
+    if (lost.start, lost.attempt) in progress.lost:
+        return
     progress.lost.add((lost.start, lost.attempt))
     max_attempts = int(config.get("run.max_attempts"))
     if lost.attempt >= max_attempts:
@@ -371,7 +377,6 @@ def reinvoke_lost(ctx: RunContext, progress: RunProgress, event: Event) -> None:
         ctx.dag.keys[lost.start],
         lost.attempt,
     )
-    ctx.store.release_claims(ctx.run_id, lost.id)  # e.g. a shared root it was to run
     again = Invocation(ctx.run_id, lost.start, lost.inputs, attempt=lost.attempt + 1, resumed=True)
     progress.reinvoked_at.append(time.time())
     progress.last_progress = time.monotonic()

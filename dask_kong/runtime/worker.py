@@ -53,7 +53,7 @@ from typing import Any
 
 from dask.sizeof import sizeof
 
-from .. import faults, security, serialize
+from .. import config, faults, security, serialize
 from ..constants import (
     data_key,
     delay_io_claim,
@@ -132,8 +132,8 @@ class Branch:
     resumed       the branch may redo work of a lost worker (`Invocation.resumed`): it
                   reads what was published (`resume_published`), takes back fan-ins
                   its tasks completed, and passes the flag on to what it invokes
-    holder        the invocation's id (`Invocation.id`): the name its claims are held
-                  in, released by the client if the invocation is lost
+    holder        this delivery's id (`Invocation.id`): the name its claims are held
+                  in (released by the client if it is lost) and its heartbeats carry
     kill_at       where fault injection ends this process (`dask_kong.faults`), or None
     ============  ===================================================================
     """
@@ -172,6 +172,8 @@ class Branch:
 
 def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = None) -> None:
     """Run tasks from `invocation.start` until this branch has nothing left to run here."""
+    if not invocation.delivery:  # the embedded backend's threads: no platform names it
+        invocation = invocation.with_delivery()
     branch = Branch(ctx, worker_id or new_worker_id(ctx.run_id), dict(invocation.inputs))
     branch.resumed = invocation.resumed
     branch.holder = invocation.id
@@ -188,7 +190,7 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
         members = ctx.plan.subtree_members
         while todo and not branch.failed and not ctx.cancelled():
             task = todo.popleft()
-            ctx.heartbeater.beat(ctx.run_id, branch.worker_id, task)
+            ctx.heartbeater.beat(ctx.run_id, branch.holder, task)
             todo.extend(run_task(branch, task, first))
             first = None
             if task not in members:  # a member drops its own inputs (keep_for_subtree)
@@ -197,7 +199,7 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
     except Exception as exc:  # store unreachable while flushing: the client's stall check
         logger.error("worker %s lost contact with the store: %s", branch.worker_id, exc)
     finally:
-        ctx.heartbeater.done(ctx.run_id, branch.worker_id)
+        ctx.heartbeater.done(ctx.run_id, branch.holder)
 
 
 def run_task(branch: Branch, task: int, invocation: Invocation | None = None) -> list[int]:
@@ -224,6 +226,8 @@ def run_task(branch: Branch, task: int, invocation: Invocation | None = None) ->
         return run_and_route(branch, task)
     except RunElsewhere:
         return []  # a duplicate delivery of a stateful task: the first one goes on
+    except RanElsewhere:  # a resumed branch: go on from the output the claimant published
+        return resume_published(branch, task) or []
     except Exception as exc:
         branch.failed = True  # the run fails: nothing after this task is worth running
         report_failure(branch, task, exc)
@@ -251,7 +255,7 @@ def fault_point(branch: Branch, point: faults.KillPoint) -> None:
     """Fault injection: end this process here if its invocation was doomed to die here."""
     if branch.kill_at is point:
         ctx = branch.ctx
-        faults.kill(ctx.settings.faults, ctx.run_id, branch.worker_id, point)
+        faults.kill(ctx.settings.faults, ctx.run_id, branch.holder, point)
 
 
 def resume_published(branch: Branch, task: int) -> list[int] | None:
@@ -387,11 +391,17 @@ class RunElsewhere(Exception):
     (a duplicate invocation, or task-dup). That one routes its dependents."""
 
 
+class RanElsewhere(Exception):
+    """A resumed branch reached a stateful task another worker claimed and, since,
+    published (`publish_stateful`): the branch goes on from that output."""
+
+
 def execute(branch: Branch, task: int, values: dict[Any, Any]) -> Any:
     """Run the task's node on its inputs. A stateful task (one that reads or makes a handle
     to state: `dask_kong.values`) runs for the run only in the worker that claims it
     first; elsewhere `RunElsewhere` is raised. A task that reads a handle claims before it
-    runs (it may act on the state); one that makes a handle, as soon as it sees it."""
+    runs (it may act on the state); one that makes a handle, as soon as it sees it. Its
+    output is published at once (`publish_stateful`)."""
     ctx = branch.ctx
     plain_inputs = all_plain(values, ctx.settings.inspect_items)
     if not plain_inputs:
@@ -402,12 +412,30 @@ def execute(branch: Branch, task: int, values: dict[Any, Any]) -> Any:
         value = run_with_retries(branch, task, values, retries)
     if is_plain_data(value, ctx.settings.inspect_items):
         branch.metrics.stateful = not plain_inputs
+        if not plain_inputs:
+            publish_stateful(branch, task, value)
         return value
     branch.metrics.stateful = True
     if plain_inputs:
         claim_stateful(branch, task)
     ctx.handles[task] = value  # lives as long as the run in this process
+    publish_stateful(branch, task, value)
     return value
+
+
+def publish_stateful(branch: Branch, task: int, value: Any) -> None:
+    """Write a stateful task's output as soon as it ran, before anything else can happen
+    to this worker: the store then says that the task ran, and with what result. A
+    stateful task never runs twice, so if this worker is lost, the branch invoked again
+    goes on from this output (`resume_published`) instead of failing for state it
+    cannot tell lost. An in-process store has no worker to lose."""
+    ctx = branch.ctx
+    if ctx.store.in_process or task in branch.written:
+        return
+    with branch.recorder.timing(Phase.WRITE):
+        result = ctx.store.commit(ctx.run_id, {output_key(task): value})
+    branch.written.add(task)
+    branch.recorder.wrote(result.bytes_written)
 
 
 def run_with_retries(branch: Branch, task: int, values: dict[Any, Any], retries: int) -> Any:
@@ -456,17 +484,46 @@ def run_capturing_warnings(branch: Branch, node: Any, values: dict[Any, Any]) ->
 
 
 def claim_stateful(branch: Branch, task: int) -> None:
-    """Claim the one run of a stateful task, or raise `RunElsewhere`."""
+    """Claim the one run of a stateful task, or raise `RunElsewhere`. The claim names no
+    holder: unlike a shared root's, it is never released when its claimant is lost,
+    since the state behind the handle may have changed already. A resumed branch that
+    finds it claimed goes on from its published output (`await_stateful`)."""
     ctx = branch.ctx
     if not ctx.store.claim(ctx.run_id, [stateful_claim(task)])[0]:
-        if branch.resumed:  # the claimant was the lost worker: its state is gone
-            raise StateLostError(
-                f"stateful task {ctx.dag.keys[task]!r} was claimed by a worker that was "
-                "lost; the state behind its handle lived in that process, and a stateful "
-                "task never runs twice"
-            )
+        if branch.resumed:
+            await_stateful(branch, task)
         logger.debug("task %r is run by another delivery", ctx.dag.keys[task])
         raise RunElsewhere(ctx.dag.keys[task])
+
+
+def await_stateful(branch: Branch, task: int) -> None:
+    """A resumed branch at a stateful task claimed by another worker: raise `RanElsewhere`
+    once its output is published (at once after it runs: `publish_stateful`), waiting
+    while a live worker runs it (its heartbeat names the task) and at most
+    `kong.wukong.shared_root_wait_s`. `StateLostError` when nobody runs it, nor did:
+    its claimant was lost while it ran, and the state may be half changed."""
+    ctx = branch.ctx
+    ttl_s = float(config.get("heartbeat.ttl_s"))
+    since = time.monotonic()
+
+    def settled() -> bool:
+        if outputs_in_store(branch, [task]) or ctx.cancelled():
+            return True
+        live = ctx.store.live_workers(ctx.run_id, ttl_s)
+        if any(t == task and w != branch.holder for w, t in live.items()):
+            return False  # its claimant runs it still
+        return time.monotonic() - since > ttl_s  # a heartbeat can lag one interval
+
+    poll_until(settled, ctx.settings.shared_root_wait_s, max_s=ttl_s / 4)
+    if outputs_in_store(branch, [task]):
+        raise RanElsewhere(ctx.dag.keys[task])
+    if ctx.cancelled():
+        raise RunElsewhere(ctx.dag.keys[task])
+    raise StateLostError(
+        f"stateful task {ctx.dag.keys[task]!r} was claimed by a worker that was lost "
+        "before it published the task's output: the state behind its handle may have "
+        "changed partway, and a stateful task never runs twice"
+    )
 
 
 @dataclass(frozen=True)
@@ -699,7 +756,7 @@ def delay_then_mark(branch: Branch, task: int, value: Any, children: list[int]) 
     the other parents' outputs or recompute a missing parent (task-dup)."""
     ctx = branch.ctx
     parents = ctx.dag.parents
-    won = ctx.store.claim(ctx.run_id, [delay_io_claim(c) for c in children])
+    won = ctx.store.claim(ctx.run_id, [delay_io_claim(c) for c in children], branch.holder)
     pending = [c for c, w in zip(children, won, strict=True) if w]
     ready: list[int] = []
     if len(pending) < len(children):

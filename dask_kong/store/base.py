@@ -45,7 +45,8 @@ class Event:
     remote one (None when it could not be pickled); `message`/`traceback` are its text.
     `wake` marks events a client is blocked on (a requested output, a failure): a store may
     batch wake-ups for the others. A WORKER_FAILED event carries the lost invocation's
-    `payload`, so that the client can invoke its branch again (issue #13).
+    `payload`, so that the client can invoke its branch again (issue #13), and names
+    the lost delivery (`Invocation.delivery`) as its `worker`.
     """
 
     kind: EventKind

@@ -116,14 +116,19 @@ class ProcessBackend:
         if killed:
             logger.info("run %s cancelled: killed its worker processes %s", run_id, killed)
 
-    def _on_worker_lost(self, function: str, payload: bytes, exitcode: int | None) -> None:
-        """Report a dead worker on its run's event stream (called on the gateway loop)."""
+    def _on_worker_lost(
+        self, function: str, payload: bytes, exitcode: int | None, request_id: str
+    ) -> None:
+        """Report a dead worker on its run's event stream (called on the gateway loop),
+        naming the lost delivery by its request id (`Invocation.delivery`)."""
         branch = payload_branch(payload)
         if branch is None:
             return  # not a dask-kong invocation (e.g. a pre-warm): nothing to report
         run_id, task = branch
         reason = f"worker process of {function} exited with code {exitcode}"
-        event = Event(EventKind.WORKER_FAILED, task, worker="", message=reason, payload=payload)
+        event = Event(
+            EventKind.WORKER_FAILED, task, worker=request_id, message=reason, payload=payload
+        )
         try:
             self.store.commit(run_id, {}, (), [event])
         except Exception as exc:  # the client's stall detector still catches the run

@@ -121,9 +121,10 @@ def _api_error(status: int, error_type: str, message: str, request_id: str) -> w
 class Gateway:
     """A Lambda-compatible HTTP endpoint plus a pool of worker processes.
 
-    `on_worker_lost(function, payload, exitcode)` is called for every Event invocation
-    lost with its worker (died, killed for its timeout or its memory, or the handler
-    failed to load); `exitcode` follows `Popen.returncode` (negative: the signal). It
+    `on_worker_lost(function, payload, exitcode, request_id)` is called for every Event
+    invocation lost with its worker (died, killed for its timeout or its memory, or the
+    handler failed to load); `exitcode` follows `Popen.returncode` (negative: the
+    signal); `request_id` names the lost delivery (its worker's `aws_request_id`). It
     runs on the gateway's event loop thread: it must return quickly and must not wait
     on a synchronous invocation. `settings` come from `GatewaySettings.from_config`.
     """

@@ -69,8 +69,9 @@ logger = logging.getLogger("dask_kong.gateway")
 
 #: (function name, event payload) -> whether `cancel` takes this invocation back
 InvocationMatcher = Callable[[str, bytes], bool]
-#: (function name, event payload, exit code: negative for a signal, like Popen.returncode)
-WorkerLostCallback = Callable[[str, bytes, int], None]
+#: (function name, event payload, exit code: negative for a signal, like Popen.returncode,
+#: the request id of the delivery lost: two deliveries of one payload differ in it)
+WorkerLostCallback = Callable[[str, bytes, int, str], None]
 #: One state change of a worker: the pool's `_transition_<from>_<to>` method.
 _Transition = Callable[[WorkerProcess], None]
 
@@ -550,7 +551,9 @@ class WorkerPool:
             return
         if not invocation.sync and self.on_worker_lost is not None:
             try:
-                self.on_worker_lost(invocation.function, invocation.payload, code)
+                self.on_worker_lost(
+                    invocation.function, invocation.payload, code, invocation.request_id
+                )
             except Exception:
                 logger.exception("on_worker_lost callback failed")
         self._complete(invocation, self._error_outcome(invocation, body))
