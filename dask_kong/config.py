@@ -54,6 +54,7 @@ _POSITIVE = frozenset(
         "workers",
         "client.concurrent_runs",
         "client.calls_per_task",
+        "client.tasks_per_worker",
         "heartbeat.interval_s",
         "heartbeat.ttl_s",
         "run.stall_timeout_s",

@@ -19,6 +19,7 @@ import dask_kong
 from dask_kong import Client, Future, Kong, as_completed, wait
 from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.futures import FIRST_COMPLETED, FutureCancelledError
+from dask_kong.futures.batch import chunk_size
 from dask_kong.invocation.model import Invocation
 from dask_kong.options import UnsupportedOptionWarning, forget_warnings
 from dask_kong.runtime.context import RunContext
@@ -205,13 +206,15 @@ def test_values_stay_in_the_store_until_released(
     session = kong_sessions(mode)
     client = Client(session=session, set_as_default=False)
     with dask.config.set({"kong.client.calls_per_task": 5}):
-        mapped = client.map(inc, range(12))  # with `alone`: 3 packed chunks, kept whole
+        mapped = client.map(inc, range(12))  # with `alone`: packed chunks, kept whole
         alone = client.submit(add, 1, 2)
         assert alone.result(timeout=60) == 3 and client.gather(mapped) == list(range(1, 13))
     assert set(client.who_has().values()) == {("store",)}  # the client holds no value
-    assert len(kept_keys(session)) == 3
+    size = chunk_size(13, 5, client._tasks_wanted())
+    chunks = -(-13 // size)  # one kept value per packed chunk
+    assert size > 1 and len(kept_keys(session)) == chunks
     scattered = client.scatter(np.ones(100_000))  # 800 kB
-    assert len(kept_keys(session)) == 4
+    assert len(kept_keys(session)) == chunks + 1
     summed = client.submit(total, [*mapped[:7], alone], extra={"s": client.submit(sum, mapped)})
     assert summed.result(timeout=60) == sum(range(1, 8)) + 3 + sum(range(1, 13))
     assert client.submit(np.sum, scattered).result(timeout=60) == 100_000.0
@@ -222,8 +225,8 @@ def test_values_stay_in_the_store_until_released(
         gc.collect()
         return len(kept_keys(session)) == n
 
-    assert poll_until(lambda: kept_now(5), 10), kept_keys(session)  # + summed
-    del mapped  # two chunks go; the third holds `alone`
+    assert poll_until(lambda: kept_now(chunks + 2), 10), kept_keys(session)  # + summed
+    del mapped  # the chunks go but the one that holds `alone`
     assert poll_until(lambda: kept_now(3), 10), kept_keys(session)
     assert alone.cancel() and alone.cancelled()
     with pytest.raises(FutureCancelledError):
@@ -415,3 +418,25 @@ def test_close_timeout_cancels_runs_in_flight(
     with pytest.raises(ValueError, match="timeout must be"):
         unclosed.close(timeout=-1)
     unclosed.close()
+
+
+def test_calls_are_packed_by_depth_without_starving_workers() -> None:
+    """A tree of submits packs each level into a few tasks (not one task per call), and
+    few calls are spread over the workers rather than packed into one task."""
+    from dask_kong.futures.batch import Submission, build_graph
+
+    level = [Submission(f"leaf-{i}", inc, (i,), {}) for i in range(64)]
+    batch = list(level)
+    while len(level) > 1:
+        pairs = zip(level[::2], level[1::2], strict=True)
+        level = [
+            Submission(f"{a.key}+{b.key}", add, (), {}, needs={a.key, b.key}) for a, b in pairs
+        ]
+        batch += level
+    built = build_graph(batch, {}, calls_per_task=100, tasks_wanted=8)
+    # 64 leaves, then levels of 32, 16, 8 calls in 8 tasks each, then 4, 2, 1 alone
+    assert len(built.keys) == 8 + 8 + 8 + 8 + 4 + 2 + 1
+    assert {built.places[s.key] for s in batch[:8]} == {("kong-calls-leaf-0", i) for i in range(8)}
+    few = [Submission(f"slow-{i}", inc, (i,), {}) for i in range(8)]
+    assert len(build_graph(few, {}, calls_per_task=100, tasks_wanted=8).keys) == 8
+    assert len(build_graph(few, {}, calls_per_task=100, tasks_wanted=None).keys) == 1

@@ -150,32 +150,56 @@ def build_graph(
     done_values: Mapping[Any, Any],
     calls_per_task: int,
     with_status: bool = False,
+    tasks_wanted: int | None = None,
 ) -> BatchGraph:
     """One graph computing every submission of `batch`. A Future argument computed in
     the batch is a dependency, one computed earlier a data node with its value (or its
-    `StoredPart`, see `input_nodes`). Calls that take nothing computed in the batch (a
-    `map`'s) run `calls_per_task` to a task: thousands of tiny calls would otherwise cost
-    thousands of invocations. `with_status`: a status task per key (`failures_in`)."""
+    `StoredPart`, see `input_nodes`). Calls run several to a task (`pack_calls`):
+    thousands of tiny calls would otherwise cost thousands of invocations. Calls are
+    packed by depth (`by_depth`: calls of one depth never take each other's results),
+    each depth's in chunks of `chunk_size`. `with_status`: a status task per key
+    (`failures_in`)."""
     graph: dict[Any, Any] = {}
     for key in {k for s in batch for k in s.needs} & done_values.keys():
         graph.update(input_nodes(key, done_values[key]))
-    in_batch = {s.key for s in batch}
-    packable = [s for s in batch if not s.needs & in_batch]
     places: dict[Any, tuple[Any, int | None]] = {}
-    for start in range(0, len(packable) if len(packable) > 1 else 0, calls_per_task):
-        chunk = packable[start : start + calls_per_task]
-        chunk_key = f"kong-calls-{chunk[0].key}"
-        graph[chunk_key] = Task(chunk_key, pack_calls, *[call_node(s, places) for s in chunk])
-        places.update({s.key: (chunk_key, i) for i, s in enumerate(chunk)})
-    for s in batch:
-        if s.key not in places:
-            graph[s.key] = call_node(s, places)
-            places[s.key] = (s.key, None)
+    for group in by_depth(batch):
+        size = chunk_size(len(group), calls_per_task, tasks_wanted)
+        for start in range(0, len(group), size):
+            chunk = group[start : start + size]
+            if len(chunk) == 1:
+                graph[chunk[0].key] = call_node(chunk[0], places)
+                places[chunk[0].key] = (chunk[0].key, None)
+                continue
+            chunk_key = f"kong-calls-{chunk[0].key}"
+            graph[chunk_key] = Task(chunk_key, pack_calls, *[call_node(s, places) for s in chunk])
+            places.update({s.key: (chunk_key, i) for i, s in enumerate(chunk)})
     keys = list(dict.fromkeys(place for place, _ in places.values()))
     built = BatchGraph(graph, keys, places)
     if with_status:
         add_status_tasks(built)
     return built
+
+
+def by_depth(batch: list[Submission]) -> list[list[Submission]]:
+    """The calls of `batch` grouped by depth, shallowest first, each group in submission
+    order: depth 0 takes nothing computed in the batch, depth d+1 takes a depth-d result
+    (a tree of submits: one group per level)."""
+    depth: dict[Any, int] = {}
+    groups: dict[int, list[Submission]] = {}
+    for s in batch:  # submission order: a call's inputs were submitted before it
+        depth[s.key] = 1 + max((depth[k] for k in s.needs if k in depth), default=-1)
+        groups.setdefault(depth[s.key], []).append(s)
+    return [groups[d] for d in sorted(groups)]
+
+
+def chunk_size(calls: int, calls_per_task: int, tasks_wanted: int | None) -> int:
+    """Calls per task for `calls` independent calls: enough tasks to keep `tasks_wanted`
+    going (every worker busy: a map of 8 slow calls on 8 workers runs 8 tasks), at most
+    `calls_per_task` to a task; `calls_per_task` when the workers are unbounded (None)."""
+    if tasks_wanted is None:
+        return calls_per_task
+    return max(1, min(calls_per_task, -(-calls // max(1, tasks_wanted))))
 
 
 def input_nodes(key: Any, value: Any) -> dict[Any, Any]:

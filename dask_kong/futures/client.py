@@ -392,6 +392,14 @@ class Client:
             running = list(self._in_flight)
         return not concurrent.futures.wait(running, timeout).not_done
 
+    def _tasks_wanted(self) -> int | None:
+        """Tasks a batch's independent calls are spread over: kong.client.tasks_per_worker
+        per worker that may run at once (None: unbounded, as on Lambda)."""
+        workers = self.session.backend.concurrency()
+        if workers is None:
+            return None
+        return workers * int(config.get("client.tasks_per_worker"))
+
     def _release_stored(self) -> None:
         """Delete the store values of keys released since the last look (a Future's
         garbage collection only notes it: `SessionKeys.release_collected`)."""
@@ -417,7 +425,7 @@ class Client:
         done_values = {k: s.stored or s.value for k, s in known.items() if s.status == "finished"}
         keeps = self.session.session_keys is not None
         per_task = int(config.get("client.calls_per_task"))
-        built = build_graph(runnable, done_values, per_task, with_status=keeps)
+        built = build_graph(runnable, done_values, per_task, keeps, self._tasks_wanted())
         # Their stored parts hold the inputs' store values until the run read them.
         held = [v for v in done_values.values() if isinstance(v, StoredPart)]
         del done_values
