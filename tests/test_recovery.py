@@ -183,7 +183,7 @@ def test_every_kill_point_is_recovered(
     """Each point alone: branches that get there die (until one did, seed after seed),
     and their re-invocations finish the run."""
     log = tmp_path / "kills.jsonl"
-    for seed in range(6):
+    for seed in range(10):  # draws depend on the random run id: seldom more than three
         shared = point == KillPoint.SHARED_ROOT
         dsk, keys = shared_root_dag(seed) if shared else random_dag(seed, size=48)
         expected = dask.get(dsk, keys)

@@ -4,13 +4,14 @@ logger per worker, and stays readable per task in the run's summary, bounded."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 
 import dask
 import pytest
 
 from dask_kong import Kong, last_run
-from dask_kong.runtime.task_logs import BoundedText, capture_output
+from dask_kong.runtime.task_logs import BranchCapture
 
 
 def chatty(x: int) -> int:
@@ -55,8 +56,19 @@ def test_a_task_that_prints_a_lot_is_cut_at_the_limit(
     assert len(text) < 1200
 
 
-def test_bounded_capture_keeps_the_first_characters() -> None:
-    with capture_output(10) as sink:
-        print("0123456789abcdef")
-    assert isinstance(sink, BoundedText)
-    assert sink.text().startswith("0123456789") and "7 more characters" in sink.text()
+def test_bounded_capture_keeps_the_first_characters_of_each_task(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with BranchCapture(24) as capture:
+        capture.start_task()
+        print("0123456789abcdef0123456789abcdef")
+        warnings.warn("first task's", UserWarning, stacklevel=1)
+        text, caught = capture.finish_task()
+        print("between tasks")  # the worker's own: written through
+        capture.start_task()
+        logging.getLogger("a.task").warning("second")
+        second, none = capture.finish_task()
+    assert text.startswith("0123456789abcdef01234567") and "9 more characters" in text
+    assert [str(w.message) for w in caught] == ["first task's"]
+    assert second == "WARNING a.task: second\n" and none == []
+    assert "between tasks" in capsys.readouterr().out

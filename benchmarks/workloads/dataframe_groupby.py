@@ -5,13 +5,17 @@ Generated, each partition is drawn inside its task (`dd.from_map`); on the user'
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.dataframe as dd
 import numpy as np
-import pandas as pd
 
 from .base import SEED, Case, compare_arrays, user_data
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and dask.dataframe are imported where they are used: every worker process that
+# runs a task of any workload imports this package, and they take seconds to import.
 
 NAME = "dataframe-groupby"
 USER_DATA = True
@@ -24,11 +28,16 @@ SIZES = {
 
 def partition(index: int, rows: int, keys: int) -> pd.DataFrame:
     """Partition `index`: `rows` rows drawn from a generator seeded by SEED and `index`."""
+    import pandas as pd
+
     rng = np.random.default_rng([SEED, index])
     return pd.DataFrame({"key": rng.integers(0, keys, rows), "value": rng.random(rows)})
 
 
 def build(params: dict[str, Any]) -> Case:
+    import dask.dataframe as dd
+    import pandas as pd
+
     rows, parts, keys = params["rows"], params["partitions"], params["keys"]
     per_part = rows // parts
     frame = pd.concat([partition(i, per_part, keys) for i in range(parts)], ignore_index=True)

@@ -1,11 +1,17 @@
 """What a task prints or logs in a worker process, kept for the client.
 
 In a worker process (processes and lambda backends) nobody reads the task's stdout:
-`capture_output` collects what the task writes to stdout and stderr and the log records
-it emits (those its loggers' levels let through), at most `kong.logs.max_task_bytes`
-characters per task, so that the client can log them (`runtime.client.forward_logs`) and
-`RunSummary.task_logs()` can show them per task afterwards. Threads-backend tasks write
-to the client's own stdout already and are not captured.
+`BranchCapture` collects what each task writes to stdout and stderr, the log records it
+emits (those its loggers' levels let through) and the warnings it raises, at most
+`kong.logs.max_task_bytes` characters of text per task, so that the client can log them
+(`runtime.client.forward_logs`), raise the warnings again, and `RunSummary.task_logs()`
+can show them per task afterwards. Threads-backend tasks write to the client's own stdout
+already and are not captured.
+
+It is installed once per branch, not per task: redirecting the streams, adding a log
+handler and entering `warnings.catch_warnings` cost more than a small task itself
+(about 50 us per task). Between tasks the streams write through to the process's own
+and log records are not kept, so the worker's own messages go where they always went.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
+import sys
+import warnings
+from types import TracebackType
+from typing import TextIO
 
 
 class BoundedText(io.TextIOBase):
@@ -43,27 +52,98 @@ class BoundedText(io.TextIOBase):
         return kept
 
 
-class _SinkHandler(logging.Handler):
-    """Writes each record the task emits to its `BoundedText`, one line each."""
+class _TaskStream(io.TextIOBase):
+    """stdout or stderr while a branch runs: the running task's sink, else `through`."""
 
-    def __init__(self, sink: BoundedText) -> None:
+    def __init__(self, capture: BranchCapture, through: TextIO) -> None:
+        self.capture = capture
+        self.through = through
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        sink = self.capture.sink
+        return sink.write(text) if sink is not None else self.through.write(text)
+
+    def flush(self) -> None:
+        if self.capture.sink is None:
+            self.through.flush()
+
+
+class _TaskLogHandler(logging.Handler):
+    """Writes each record emitted while a task runs to its sink, one line each."""
+
+    def __init__(self, capture: BranchCapture) -> None:
         super().__init__()
-        self.sink = sink
+        self.capture = capture
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.sink.write(self.format(record) + "\n")
+        sink = self.capture.sink
+        if sink is not None:
+            sink.write(self.format(record) + "\n")
 
 
-@contextlib.contextmanager
-def capture_output(limit: int) -> Iterator[BoundedText]:
-    """Collect the task's stdout, stderr and log records while the block runs."""
-    sink = BoundedText(limit)
-    handler = _SinkHandler(sink)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield sink
-    finally:
-        root.removeHandler(handler)
+class BranchCapture:
+    """What the tasks of one branch print, log and warn, task by task (module docstring).
+
+    =========  ======================================================================
+    field      what it holds
+    =========  ======================================================================
+    limit      characters of text kept per task (`kong.logs.max_task_bytes`)
+    sink       the running task's text, None between tasks (streams write through)
+    caught     warnings recorded since the running task started (every one: "always";
+               the client's own filters decide what shows)
+    =========  ======================================================================
+
+    Use: `with BranchCapture(limit) as capture:` around the branch, then for each task
+    `capture.start_task()`, run it, and read `capture.finish_task()`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sink: BoundedText | None = None
+        self.caught: list[warnings.WarningMessage] = []
+        self._stack = contextlib.ExitStack()
+        self._handler = _TaskLogHandler(self)
+        self._showwarning = warnings.showwarning
+
+    def __enter__(self) -> BranchCapture:
+        self._showwarning = warnings.showwarning
+        self.caught = self._stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("always")
+        self._stack.enter_context(contextlib.redirect_stdout(_TaskStream(self, sys.stdout)))
+        self._stack.enter_context(contextlib.redirect_stderr(_TaskStream(self, sys.stderr)))
+        root = logging.getLogger()
+        root.addHandler(self._handler)
+        self._stack.callback(root.removeHandler, self._handler)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.sink = None
+        self._show_stray_warnings()
+        self._stack.close()
+
+    def start_task(self) -> None:
+        """A task starts: what follows is its own."""
+        self._show_stray_warnings()
+        self.sink = BoundedText(self.limit)
+
+    def finish_task(self) -> tuple[str, list[warnings.WarningMessage]]:
+        """The text and warnings of the task that just ran; streams write through again."""
+        text = self.sink.text() if self.sink is not None else ""
+        self.sink = None
+        caught, self.caught[:] = list(self.caught), []
+        return text, caught
+
+    def _show_stray_warnings(self) -> None:
+        """Warnings raised between tasks (the worker's own) are shown as they would be."""
+        for w in self.caught:
+            self._showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+        self.caught[:] = []

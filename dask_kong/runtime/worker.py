@@ -46,7 +46,6 @@ import os
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +70,7 @@ from ..waits import pauses, poll_until
 from .context import RunContext
 from .recompute import Recipe, rebuild, recipe_for
 from .recorder import Phase, Recorder
-from .task_logs import capture_output
+from .task_logs import BranchCapture
 
 logger = logging.getLogger("dask_kong.runtime")
 
@@ -135,6 +134,10 @@ class Branch:
     holder        this delivery's id (`Invocation.id`): the name its claims are held
                   in (released by the client if it is lost) and its heartbeats carry
     kill_at       where fault injection ends this process (`dask_kong.faults`), or None
+    container     the process and thread running the branch (`container_id`)
+    capture       what its tasks print, log and warn, in a worker process
+                  (`task_logs.BranchCapture`); None where tasks write to the client's
+                  own streams (the threads backend)
     ============  ===================================================================
     """
 
@@ -154,6 +157,8 @@ class Branch:
     resumed: bool = False
     holder: str = ""
     kill_at: faults.KillPoint | None = None
+    container: str = field(default_factory=lambda: container_id())
+    capture: BranchCapture | None = None
 
     @property
     def metrics(self) -> TaskMetrics:
@@ -185,16 +190,9 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
     subtree = [*ctx.plan.subtrees.get(invocation.start, ()), invocation.start]
     branch.unread.update(p for t in subtree for p in ctx.dag.parents[t])
     todo = collections.deque(subtree)
-    first: Invocation | None = invocation
     try:
-        members = ctx.plan.subtree_members
-        while todo and not branch.failed and not ctx.cancelled():
-            task = todo.popleft()
-            ctx.heartbeater.beat(ctx.run_id, branch.holder, task)
-            todo.extend(run_task(branch, task, first))
-            first = None
-            if task not in members:  # a member drops its own inputs (keep_for_subtree)
-                keep_only_inputs_of(branch, todo)
+        with capturing(branch):
+            run_tasks(branch, todo, invocation)
         flush_events(branch)
     except Exception as exc:  # store unreachable while flushing: the client's stall check
         logger.error("worker %s lost contact with the store: %s", branch.worker_id, exc)
@@ -202,12 +200,42 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
         ctx.heartbeater.done(ctx.run_id, branch.holder)
 
 
+def run_tasks(branch: Branch, todo: collections.deque[int], invocation: Invocation) -> None:
+    """Run tasks from `todo` (and those each one adds) until none is left, one fails, or
+    the run is cancelled."""
+    ctx = branch.ctx
+    first: Invocation | None = invocation
+    members = ctx.plan.subtree_members
+    while todo and not branch.failed and not ctx.cancelled():
+        task = todo.popleft()
+        ctx.heartbeater.beat(ctx.run_id, branch.holder, task)
+        todo.extend(run_task(branch, task, first))
+        first = None
+        if task not in members:  # a member drops its own inputs (keep_for_subtree)
+            keep_only_inputs_of(branch, todo)
+
+
+@contextlib.contextmanager
+def capturing(branch: Branch) -> Iterator[None]:
+    """Capture what the branch's tasks print, log and warn where nobody reads the
+    worker's streams (`RunContext.captures_warnings`), for the whole branch."""
+    if not branch.ctx.captures_warnings:
+        yield
+        return
+    with BranchCapture(branch.ctx.settings.max_task_log_bytes) as capture:
+        branch.capture = capture
+        try:
+            yield
+        finally:
+            branch.capture = None
+
+
 def run_task(branch: Branch, task: int, invocation: Invocation | None = None) -> list[int]:
     """Run one task; the tasks this worker runs next (none when the branch ends).
     `invocation` is given for the branch's first task: its start-up is measured."""
     resource = branch.ctx.plan.tasks[task].resource
     metrics = TaskMetrics(
-        worker=branch.worker_id, resource=resource, start=time.time(), container=container_id()
+        worker=branch.worker_id, resource=resource, start=time.time(), container=branch.container
     )
     branch.recorder = Recorder(metrics)
     if branch.ctx.settings.report_starts:
@@ -443,15 +471,17 @@ def run_with_retries(branch: Branch, task: int, values: dict[Any, Any], retries:
     pauses that double (`waits.pauses`, from kong.run.retry_delay_s). The last try's
     exception is the task's. A run already failing (cancelled) is not retried."""
     ctx = branch.ctx
-    delays = pauses(ctx.settings.retry_delay_s, ctx.settings.retry_max_delay_s)
+    delays: Iterator[float] | None = None
     for tries_left in range(retries, -1, -1):
         try:
-            if ctx.captures_warnings:
-                return run_capturing_warnings(branch, ctx.dag.nodes[task], values)
+            if branch.capture is not None:
+                return run_capturing(branch, branch.capture, ctx.dag.nodes[task], values)
             return ctx.dag.nodes[task](values)
         except Exception as exc:
             if tries_left == 0 or ctx.cancelled():
                 raise
+            if delays is None:
+                delays = pauses(ctx.settings.retry_delay_s, ctx.settings.retry_max_delay_s)
             delay = next(delays)
             logger.warning(
                 "task %r raised %s: %s; trying again in %.2f s (%d more tries)",
@@ -466,21 +496,20 @@ def run_with_retries(branch: Branch, task: int, values: dict[Any, Any], retries:
     raise AssertionError("unreachable: the last try returns or raises")
 
 
-def run_capturing_warnings(branch: Branch, node: Any, values: dict[Any, Any]) -> Any:
-    """Run `node`, recording the distinct warnings it raises for the client, and what it
-    prints or logs (`task_logs`).
-    Every warning is recorded ("always"): the client's own filters decide what shows."""
-    limit = branch.ctx.settings.max_task_log_bytes
-    with warnings.catch_warnings(record=True) as caught, capture_output(limit) as output:
-        warnings.simplefilter("always")
-        value = node(values)
-    branch.metrics.logs = output.text()
-    seen = {
-        (w.category, str(w.message), w.filename, w.lineno): None
-        for w in caught[:_MAX_WARNINGS_PER_TASK]
-    }
-    branch.metrics.warnings = tuple(CapturedWarning(*key) for key in seen)
-    return value
+def run_capturing(branch: Branch, capture: BranchCapture, node: Any, values: dict[Any, Any]) -> Any:
+    """Run `node`, recording what it prints or logs and the distinct warnings it raises
+    for the client (`task_logs.BranchCapture`), whether it returns or raises."""
+    capture.start_task()
+    try:
+        return node(values)
+    finally:
+        logs, caught = capture.finish_task()
+        branch.metrics.logs = logs
+        seen = {
+            (w.category, str(w.message), w.filename, w.lineno): None
+            for w in caught[:_MAX_WARNINGS_PER_TASK]
+        }
+        branch.metrics.warnings = tuple(CapturedWarning(*key) for key in seen)
 
 
 def claim_stateful(branch: Branch, task: int) -> None:
