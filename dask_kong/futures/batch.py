@@ -19,6 +19,7 @@ without running.
 
 from __future__ import annotations
 
+import collections
 import operator
 import pickle
 import traceback as tb
@@ -30,7 +31,10 @@ from dask._task_spec import DataNode, Task, TaskRef, parse_input
 
 from ..dag.model import StoredValue
 from ..errors import RemoteTaskError
-from .future import StoredPart
+from .future import Future, StoredPart
+
+# Argument types that never hold a Future.
+_ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 @dataclass
@@ -94,8 +98,8 @@ def guarded_call(
 def walk_futures(value: Any, replace: Callable[[Any], Any]) -> Any:
     """`value` with every Future inside it (lists, tuples, sets, dicts, nested) replaced
     by `replace(future)`: the one walker over a call's arguments."""
-    from .future import Future
-
+    if type(value) in _ATOMIC:  # most arguments of a large map: nothing to walk
+        return value
     if isinstance(value, Future):
         return replace(value)
     kind = type(value)
@@ -145,6 +149,22 @@ def pack_calls(*values: Any) -> list[Any]:
     return list(values)
 
 
+def run_calls(calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], int]]) -> Any:
+    """A chunk task of calls that take no Future (a map's): each call's value (or its
+    `TaskFailure`), in order. One plain list, not a task per call: 10,000 calls would
+    otherwise cost 10,000 task objects to build, pickle and unpack."""
+    return [guarded_call(func, [], args, kwargs, retries) for func, args, kwargs, retries in calls]
+
+
+def chunk_node(key: str, chunk: list[Submission], places: Mapping[Any, Any]) -> Task:
+    """The task running the calls of `chunk`, their values as a list (`pack_calls` over a
+    task per call, or `run_calls` when no call takes a Future)."""
+    if any(s.needs for s in chunk):
+        return Task(key, pack_calls, *[call_node(s, places) for s in chunk])
+    calls = [(s.func, s.args, s.kwargs, s.retries) for s in chunk]
+    return Task(key, run_calls, DataNode(None, calls))
+
+
 def build_graph(
     batch: list[Submission],
     done_values: Mapping[Any, Any],
@@ -160,19 +180,22 @@ def build_graph(
     each depth's in chunks of `chunk_size`. `with_status`: a status task per key
     (`failures_in`)."""
     graph: dict[Any, Any] = {}
+    earlier: dict[Any, tuple[Any, int | None]] = {}
     for key in {k for s in batch for k in s.needs} & done_values.keys():
-        graph.update(input_nodes(key, done_values[key]))
+        nodes, earlier[key] = input_nodes(key, done_values[key])
+        graph.update(nodes)
     places: dict[Any, tuple[Any, int | None]] = {}
+    find = collections.ChainMap(places, earlier)  # where each input's value is
     for group in by_depth(batch):
         size = chunk_size(len(group), calls_per_task, tasks_wanted)
         for start in range(0, len(group), size):
             chunk = group[start : start + size]
             if len(chunk) == 1:
-                graph[chunk[0].key] = call_node(chunk[0], places)
+                graph[chunk[0].key] = call_node(chunk[0], find)
                 places[chunk[0].key] = (chunk[0].key, None)
                 continue
             chunk_key = f"kong-calls-{chunk[0].key}"
-            graph[chunk_key] = Task(chunk_key, pack_calls, *[call_node(s, places) for s in chunk])
+            graph[chunk_key] = chunk_node(chunk_key, chunk, find)
             places.update({s.key: (chunk_key, i) for i, s in enumerate(chunk)})
     keys = list(dict.fromkeys(place for place, _ in places.values()))
     built = BatchGraph(graph, keys, places)
@@ -202,23 +225,22 @@ def chunk_size(calls: int, calls_per_task: int, tasks_wanted: int | None) -> int
     return max(1, min(calls_per_task, -(-calls // max(1, tasks_wanted))))
 
 
-def input_nodes(key: Any, value: Any) -> dict[Any, Any]:
-    """The nodes giving a later batch the value of an earlier key: the value itself, or
-    where it stays in the store (a `StoredValue` the workers read there; a packed
-    chunk's item is taken out of the chunk by a task of its own). The caller keeps the
-    key's `StoredPart` until the run ended: its pin keeps the value in the store."""
+def input_nodes(key: Any, value: Any) -> tuple[dict[Any, Any], tuple[Any, int | None]]:
+    """The data node giving a later batch the value of an earlier key, and where the
+    value is (that node, and its index in it or None): the value itself, or where it
+    stays in the store (a `StoredValue` the workers read there; of a packed chunk, the
+    whole chunk, which each call taking an item indexes inline: no task per item). The
+    caller keeps the key's `StoredPart` until the run ended: its pin keeps the value in
+    the store."""
     if not isinstance(value, StoredPart):
-        return {key: DataNode(key, value)}
+        return {key: DataNode(key, value)}, (key, None)
     # A handle without the pin: the run pins what it reads while it runs, and the
     # session's last-run summary, which keeps the graph, must not keep the value.
     handle = StoredValue(value.ref.scope, value.ref.key)
     if value.index is None:
-        return {key: DataNode(key, handle)}
+        return {key: DataNode(key, handle)}, (key, None)
     whole = f"kong-stored-{value.ref.key}"
-    return {
-        whole: DataNode(whole, handle),
-        key: Task(key, operator.getitem, TaskRef(whole), value.index),
-    }
+    return {whole: DataNode(whole, handle)}, (whole, value.index)
 
 
 def add_status_tasks(built: BatchGraph) -> None:

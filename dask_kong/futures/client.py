@@ -420,7 +420,7 @@ class Client:
             return
         own = {s.key for s in batch}
         for state in {f._state for f in inputs if f.key not in own}:
-            state.event.wait()  # an earlier batch's key: its run is under way
+            state.wait_done()  # an earlier batch's key: its run is under way
         runnable = settle_unrunnable(runnable, known)
         done_values = {k: s.stored or s.value for k, s in known.items() if s.status == "finished"}
         keeps = self.session.session_keys is not None

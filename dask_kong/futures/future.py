@@ -82,9 +82,15 @@ class FutureState:
         #: The exception's own traceback when it was set: each `result()` raises it
         #: from there again, so frames of earlier raises (holding Futures) are dropped.
         self.error_traceback: TracebackType | None = None
-        self.event = threading.Event()
+        #: Set once the key leaves pending; made by the first waiter (`wait_done`): most
+        #: keys of a large map are settled before anyone waits on them.
+        self._event: threading.Event | None = None
         self.callbacks: list[tuple[Callable[[Future], Any], Future]] = []
         self._lock = threading.Lock()
+        #: Whether the key left pending and its callbacks ran.
+        self._done = False
+        #: The thread that settled the key (its callbacks run there): it never waits.
+        self._settler: int | None = None
 
     def finish(self, value: Any) -> None:
         self._settle("finished", value=value)
@@ -127,12 +133,28 @@ class FutureState:
             for name, value in fields.items():
                 setattr(self, name, value)
             self.status = status
+            self._settler = threading.get_ident()
             callbacks, self.callbacks = self.callbacks, []
         # Callbacks before waking the waiters: once `result()` returned, the callbacks
         # added before it have run (a callback's own `result()` sees the status).
         for callback, future in callbacks:
             run_callback(callback, future)
-        self.event.set()
+        with self._lock:
+            self._done = True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def wait_done(self, timeout: float | None = None) -> bool:
+        """Wait until the key left pending and its callbacks ran; whether it did within
+        `timeout` seconds (None: no bound)."""
+        with self._lock:
+            if self._done or self._settler == threading.get_ident():
+                return True  # done, or asked by a callback running in the settling thread
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
 
     def add_callback(self, callback: Callable[[Future], Any], future: Future) -> None:
         with self._lock:
@@ -222,9 +244,7 @@ class Future:
             self.client.release_key(self.key, let_go)
 
     def _wait(self, timeout: float | None) -> None:
-        if self._state.status != "pending":
-            return
-        if not self._state.event.wait(timeout):
+        if not self._state.wait_done(timeout):
             raise TimeoutError(f"future {self.key!r} not done after {timeout} s")
 
     def __del__(self) -> None:
