@@ -41,10 +41,11 @@ from dask_kong.invocation.model import Invocation, InvokerSpec
 from dask_kong.invocation.payload import RunSettings, Shipment, encode_invocation
 from dask_kong.invocation.transports import LambdaTransport
 from dask_kong.planning import PlanningContext, get_planner
+from dask_kong.runtime import leases
 from dask_kong.runtime.client import RunProgress, new_run_id, reinvoke_lost
 from dask_kong.runtime.context import RunContext
 from dask_kong.runtime.heartbeat import Heartbeater
-from dask_kong.store.base import Event, EventKind
+from dask_kong.store.base import ENDED, Event, EventKind
 from dask_kong.store.redis import RedisStore, connect
 from dask_kong.store.server import RedisServer
 from dask_kong.waits import poll_until
@@ -232,7 +233,8 @@ def test_a_task_that_always_kills_its_worker_fails_after_max_attempts(processes:
     dsk = {"a": (leaf, 1), "b": (die, "a"), "c": (combine, "b")}
     started = time.monotonic()
     # the branch starts at 'a' and runs on to 'b' in the same worker
-    lost_twice = r"'a' lost its worker 2 times.*exited with code 113.*'b'"
+    # ... and dies in 'b' each time: the error names 'b' (the resumed attempt's heartbeat)
+    lost_twice = r"task 'b' lost its worker 2 times.*starts at task 'a'.*exited with code 113"
     with (
         dask.config.set({"kong.run.max_attempts": 2}),
         pytest.raises(WorkerLostError, match=lost_twice),
@@ -555,3 +557,86 @@ def test_disk_shuffles_survive_kills(processes: Kong, tmp_path: Path) -> None:
                 if log.exists():
                     break
             assert log.exists()
+
+
+# -- leases: a lost worker on Lambda, where nobody reports it ------------------------------
+
+
+def test_a_lease_runs_out_unless_renewed_or_given_back(redis_store: RedisStore) -> None:
+    run_id = new_run_id()
+    redis_store.open_run(run_id)
+    try:
+        beats = {"0.1/a": 0, "1.1/b": 1, "2.1/c": 2, "2.2/d": 2, "not-an-invocation": 3}
+        redis_store.heartbeat(run_id, beats)
+        redis_store.heartbeat(run_id, {"1.1/b": ENDED})  # given back
+        redis_store.heartbeat(run_id, {"1.1/b": 4})  # a late beat does not take it again
+        seen: set[str] = set()
+        assert leases.expired(redis_store, run_id, 5.0, seen) == []
+        time.sleep(0.3)
+        redis_store.heartbeat(run_id, {"2.2/d": 5})  # renewed
+        lost = leases.expired(redis_store, run_id, 0.2, seen)
+        # "2.1/c" ran out too, but its branch's next attempt ("2.2/d") supersedes it
+        assert [(i.start, i.attempt, i.delivery, task) for i, _, task in lost] == [(0, 1, "a", 0)]
+        assert leases.expired(redis_store, run_id, 0.2, seen) == []  # reported once
+        assert redis_store.live_workers(run_id, 5.0) == {
+            "0.1/a": 0,
+            "2.1/c": 2,
+            "2.2/d": 5,
+            "not-an-invocation": 3,
+        }
+    finally:
+        redis_store.delete_run(run_id)
+
+
+@pytest.fixture
+def lambda_gateway_without_retries(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Gateway]:
+    """A local Lambda whose asynchronous retries are off: a lost worker stays lost."""
+    with dask.config.set({"kong.gateway.async_retries": 0}):
+        yield from serve_lambda(redis_server.url, monkeypatch)
+
+
+@pytest.mark.timeout(180)
+def test_lambda_leases_recover_workers_the_platform_does_not_retry(
+    lambda_gateway_without_retries: Gateway,
+    redis_server: RedisServer,
+    small_thresholds: None,
+    tmp_path: Path,
+) -> None:
+    """On Lambda with retries off, nothing reports a lost worker: its lease runs out
+    (kong.heartbeat.ttl_s) and the client invokes its branch again. Results equal
+    sync's, no key is left, each loss is detected within the lease plus one look at
+    the heartbeats (seed after seed until a worker was lost)."""
+    gateway = lambda_gateway_without_retries
+    log = tmp_path / "kills.jsonl"
+    session = Kong(
+        backend="lambda",
+        store=redis_server.url,
+        endpoint_url=gateway.url,
+        function=gateway.default_function,
+    )
+    detections: list[float] = []
+    try:
+        for seed in range(21, 29):
+            dsk, keys = random_dag(seed, size=30)
+            expected = dask.get(dsk, keys)
+            with faults(0.2, seed), dask.config.set({"kong.faults.log": str(log)}):
+                got = session.get(dsk, keys)
+            assert_same(got, expected)
+            assert session.store.run_keys(session.last_run_id or "") == []
+            summary = last_run()
+            assert summary is not None
+            if log.exists():
+                kills = [json.loads(line)["time"] for line in log.read_text().splitlines()]
+                reinvoked = sorted(summary.reinvoked_at)
+                assert len(reinvoked) == len(kills)
+                detections = [r - k for k, r in zip(sorted(kills), reinvoked, strict=True)]
+                break
+    finally:
+        session.close()
+    assert detections
+    lease_s = float(dask.config.get("kong.heartbeat.ttl_s"))
+    interval_s = float(dask.config.get("kong.heartbeat.interval_s"))
+    # the last beat came up to an interval before the kill; the client looks every interval
+    assert all(0 < d < lease_s + interval_s + 2.0 for d in detections), detections

@@ -54,8 +54,10 @@ def test_dead_worker_fails_the_run_naming_the_task(processes_too_on_a_cluster: K
     (3), then the run fails naming the task, its attempts and the cause."""
     dsk = {"a": (inc, 1), "b": (die, "a"), "c": (inc, "b")}
     started = time.monotonic()
-    # the branch starts at 'a' and goes on to 'b' in the same worker: both are named
-    with pytest.raises(WorkerLostError, match=r"'a' lost its worker 3 times.*code 3.*'b'"):
+    # the branch starts at 'a' and goes on to 'b' in the same worker, which dies in 'b':
+    # the error names 'b' (the task it was running), its branch's start and the cause
+    lost = r"task 'b' lost its worker 3 times.*starts at task 'a'.*code 3"
+    with pytest.raises(WorkerLostError, match=lost):
         processes.get(dsk, "c")
     assert time.monotonic() - started < 60  # three cold starts, on a busy machine
     assert processes.store.run_keys(processes.last_run_id or "") == []

@@ -55,6 +55,14 @@ class Invocation:
         its own claims and never those of a live duplicate."""
         return f"{self.start}.{self.attempt}/{self.delivery}"
 
+    @classmethod
+    def from_id(cls, run_id: str, invocation_id: str) -> Invocation:
+        """The invocation (start, attempt, delivery; nothing inline) `id` names: what the
+        client knows of a worker from its heartbeats alone (`runtime.leases`)."""
+        branch, _, delivery = invocation_id.partition("/")
+        start, _, attempt = branch.partition(".")
+        return cls(run_id, int(start), attempt=int(attempt), delivery=delivery)
+
     def with_delivery(self, delivery: str | None = None) -> Invocation:
         """This invocation as delivered under `delivery` (the platform's request id);
         None or empty: a fresh nonce, for a platform that names no deliveries."""
@@ -79,6 +87,12 @@ class InvokerSpec:
     def shares_machine(self) -> bool:
         """Whether every worker runs on this machine (its disk is theirs): the gateway's."""
         return self.kind == "gateway"
+
+    @property
+    def holds_leases(self) -> bool:
+        """Whether its invocations hold leases (`runtime.leases`): on Lambda, where nobody
+        reports a lost worker; the local gateway reports each one at once."""
+        return self.kind == "lambda"
 
 
 class Transport(Protocol):

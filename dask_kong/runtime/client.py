@@ -37,6 +37,7 @@ from ..options import warn_once
 from ..planning import Optimization, Plan
 from ..store.base import Event, EventKind, Store
 from ..waits import poll_until
+from . import leases
 from .backend import Backend
 from .context import RunContext
 from .heartbeat import Heartbeater
@@ -84,6 +85,10 @@ class RunProgress:
     lost: set[tuple[int, int]] = field(default_factory=set)
     reinvoked_at: list[float] = field(default_factory=list)
     recomputed: int = 0
+    # Leases (runtime.leases, on Lambda): those found run out (invocation ids), and when
+    # the heartbeats were last looked at.
+    expired: set[str] = field(default_factory=set)
+    leases_checked: float = field(default_factory=time.monotonic)
 
 
 def new_run_id() -> str:
@@ -279,6 +284,8 @@ def follow_events(
         cursor, events = ctx.store.events(ctx.run_id, cursor, _MAX_EVENT_WAIT_S)
         for event in events:
             apply_event(ctx, progress, hooks, prefetch, event)
+        if ctx.holds_leases:
+            check_leases(ctx, progress)
         if not events:
             check_stalled(ctx, progress, stall_s)
         elif progress.pending_outputs and not any(e.wake for e in events):
@@ -340,10 +347,8 @@ def apply_event(
 
 
 def reinvoke_lost(ctx: RunContext, progress: RunProgress, event: Event) -> None:
-    """A worker was lost mid-branch: invoke its branch again with the next attempt (the
-    same start task and inline inputs), or, after kong.run.max_attempts, fail naming the
-    task, the attempts and the last cause. The new attempt reads what the lost one
-    published and recomputes what it held only in memory (`worker.resume_published`)."""
+    """A worker was lost mid-branch, its platform says (the gateway's WORKER_FAILED
+    event, naming the lost delivery): invoke its branch again (`reinvoke`)."""
     if event.payload is None:  # a platform that cannot say what was lost
         raise WorkerLostError(
             f"a worker of run {ctx.run_id} died ({event.message}); it started at task "
@@ -352,28 +357,47 @@ def reinvoke_lost(ctx: RunContext, progress: RunProgress, event: Event) -> None:
             f"{unfinished_of_branch(ctx, progress, event.task)}"
         )
     lost = decode_invocation(json.loads(event.payload)).invocation.with_delivery(event.worker)
-    if lost.run_id != ctx.run_id:
+    if lost.run_id == ctx.run_id:
+        reinvoke(ctx, progress, lost, event.message)
+
+
+def check_leases(ctx: RunContext, progress: RunProgress) -> None:
+    """On Lambda, every `kong.heartbeat.interval_s`: invoke again the branches whose
+    lease ran out (`runtime.leases`), their worker lost without a word."""
+    now = time.monotonic()
+    if now - progress.leases_checked < float(config.get("heartbeat.interval_s")):
         return
-    # Every lost delivery frees its own claims (a shared root it was to run), never a
-    # live duplicate's; the branch attempt is invoked again once, however many of its
-    # deliveries were lost (or a loss reported twice: a retried event write).
+    progress.leases_checked = now
+    ttl_s = float(config.get("heartbeat.ttl_s"))
+    for lost, age, task in leases.expired(ctx.store, ctx.run_id, ttl_s, progress.expired):
+        cause = f"its lease ran out: no heartbeat for {age:.1f} s"
+        reinvoke(ctx, progress, lost, cause, running=task)
+
+
+def reinvoke(
+    ctx: RunContext, progress: RunProgress, lost: Invocation, cause: str, running: int = -1
+) -> None:
+    """Invoke the branch of a lost delivery again with the next attempt (the same start
+    task; what it carried inline is in its payload, or in the store: `runtime.leases`),
+    or, after kong.run.max_attempts, fail naming the task it was running (`running`, or
+    its last heartbeat's), its attempts and the last cause. The new attempt reads what
+    the lost one published and recomputes what it held only in memory
+    (`worker.resume_published`).
+
+    Every lost delivery frees its own claims (a shared root it was to run), never a
+    live duplicate's; a branch attempt is invoked again once, however many of its
+    deliveries were lost (or a loss reported twice: a retried event write)."""
     ctx.store.release_claims(ctx.run_id, lost.id)
     if (lost.start, lost.attempt) in progress.lost:
         return
     progress.lost.add((lost.start, lost.attempt))
     max_attempts = int(config.get("run.max_attempts"))
     if lost.attempt >= max_attempts:
-        raise WorkerLostError(
-            f"the branch of run {ctx.run_id} that starts at task "
-            f"{ctx.dag.keys[lost.start]!r} lost its worker {lost.attempt} times "
-            f"(kong.run.max_attempts={max_attempts}); last cause: {event.message}. It was "
-            f"running one of these unfinished tasks (it runs them in this order): "
-            f"{unfinished_of_branch(ctx, progress, lost.start)}"
-        )
+        raise WorkerLostError(describe_loss(ctx, progress, lost, cause, running, max_attempts))
     logger.warning(
         "run %s: a worker was lost (%s) in the branch at task %r, attempt %d; invoking it again",
         ctx.run_id,
-        event.message,
+        cause,
         ctx.dag.keys[lost.start],
         lost.attempt,
     )
@@ -381,6 +405,34 @@ def reinvoke_lost(ctx: RunContext, progress: RunProgress, event: Event) -> None:
     progress.reinvoked_at.append(time.time())
     progress.last_progress = time.monotonic()
     ctx.invoker.invoke(ctx, [again])
+
+
+def describe_loss(
+    ctx: RunContext,
+    progress: RunProgress,
+    lost: Invocation,
+    cause: str,
+    running: int,
+    max_attempts: int,
+) -> str:
+    """The error of a branch lost `max_attempts` times: the task its last worker was
+    running (its last heartbeat: a resumed branch beats each task at once, see
+    `worker.beat`), its attempts and the last cause; when no heartbeat names the task,
+    the unfinished tasks the branch may have been running."""
+    dag = ctx.dag
+    if running < 0:
+        running = ctx.store.heartbeats(ctx.run_id).get(lost.id, (0.0, -1))[1]
+    attempts = f"lost its worker {lost.attempt} times (kong.run.max_attempts={max_attempts})"
+    branch = f"the branch of run {ctx.run_id} that starts at task {dag.keys[lost.start]!r}"
+    if 0 <= running < len(dag):
+        return (
+            f"task {dag.keys[running]!r} {attempts}: {branch} was running it; last cause: {cause}"
+        )
+    return (
+        f"{branch} {attempts}; last cause: {cause}. It was running one of these "
+        f"unfinished tasks (it runs them in this order): "
+        f"{unfinished_of_branch(ctx, progress, lost.start)}"
+    )
 
 
 def reraise_warnings(captured: tuple[CapturedWarning, ...]) -> None:

@@ -104,6 +104,11 @@ class RunContext:
         with self._lock:
             self.active -= 1
 
+    @property
+    def holds_leases(self) -> bool:
+        """Whether the run's invocations hold leases (`runtime.leases`): on Lambda."""
+        return self.shipment is not None and self.shipment.invoker.holds_leases
+
     def cancelled(self) -> bool:
         """Whether the client cancelled the run (see `CancelProbe`)."""
         assert self.cancel_probe is not None

@@ -12,7 +12,7 @@ import logging
 import threading
 
 from .. import config
-from ..store.base import Store
+from ..store.base import ENDED, Store
 
 logger = logging.getLogger("dask_kong.runtime")
 
@@ -40,6 +40,19 @@ class Heartbeater:
     def done(self, run_id: str, worker: str) -> None:
         """`worker` left the run: stop beating for it."""
         self._active.pop((run_id, worker), None)
+
+    def beat_now(self, run_id: str, worker: str, task: int) -> None:
+        """`beat`, and push it at once (one store round-trip) rather than within the
+        interval: for a worker whose loss must name the task it ran (a resumed branch),
+        or whose lease must exist from its start (`runtime.leases`)."""
+        self.beat(run_id, worker, task)
+        self._push({(run_id, worker): task})
+
+    def end(self, run_id: str, worker: str) -> None:
+        """`done`, and record at once that `worker` ended (its lease is given back: a
+        heartbeat that stops is then not taken for a lost worker)."""
+        self.done(run_id, worker)
+        self._push({(run_id, worker): ENDED})
 
     def _start(self) -> None:
         with self._lock:

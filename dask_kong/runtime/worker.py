@@ -67,6 +67,7 @@ from ..planning import Optimization
 from ..store.base import Event, EventKind, FanIn, MissingKeyError
 from ..values import all_plain, is_plain_data
 from ..waits import pauses, poll_until
+from . import leases
 from .context import RunContext
 from .recompute import Recipe, rebuild, recipe_for
 from .recorder import Phase, Recorder
@@ -179,6 +180,25 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
     """Run tasks from `invocation.start` until this branch has nothing left to run here."""
     if not invocation.delivery:  # the embedded backend's threads: no platform names it
         invocation = invocation.with_delivery()
+    branch = open_branch(ctx, invocation, worker_id)
+    # A batched subtree's members run first, in topological order (see planning.subtrees).
+    subtree = [*ctx.plan.subtrees.get(invocation.start, ()), invocation.start]
+    branch.unread.update(p for t in subtree for p in ctx.dag.parents[t])
+    todo = collections.deque(subtree)
+    try:
+        if ctx.holds_leases:
+            leases.take(ctx, invocation)
+        with capturing(branch):
+            run_tasks(branch, todo, invocation)
+        flush_events(branch)
+    except Exception as exc:  # store unreachable while flushing: the client's stall check
+        logger.error("worker %s lost contact with the store: %s", branch.worker_id, exc)
+    finally:
+        close_branch(branch)
+
+
+def open_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None) -> Branch:
+    """The state of a branch about to run `invocation` (delivered: its id is set)."""
     branch = Branch(ctx, worker_id or new_worker_id(ctx.run_id), dict(invocation.inputs))
     branch.resumed = invocation.resumed
     branch.holder = invocation.id
@@ -186,17 +206,15 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
         branch.kill_at = ctx.settings.faults.kill_point(
             ctx.run_id, invocation.start, invocation.attempt
         )
-    # A batched subtree's members run first, in topological order (see planning.subtrees).
-    subtree = [*ctx.plan.subtrees.get(invocation.start, ()), invocation.start]
-    branch.unread.update(p for t in subtree for p in ctx.dag.parents[t])
-    todo = collections.deque(subtree)
-    try:
-        with capturing(branch):
-            run_tasks(branch, todo, invocation)
-        flush_events(branch)
-    except Exception as exc:  # store unreachable while flushing: the client's stall check
-        logger.error("worker %s lost contact with the store: %s", branch.worker_id, exc)
-    finally:
+    return branch
+
+
+def close_branch(branch: Branch) -> None:
+    """The branch ended, however: stop its heartbeats, and give its lease back."""
+    ctx = branch.ctx
+    if ctx.holds_leases:
+        leases.give_back(ctx, branch.holder)
+    else:
         ctx.heartbeater.done(ctx.run_id, branch.holder)
 
 
@@ -208,7 +226,7 @@ def run_tasks(branch: Branch, todo: collections.deque[int], invocation: Invocati
     members = ctx.plan.subtree_members
     while todo and not branch.failed and not ctx.cancelled():
         task = todo.popleft()
-        ctx.heartbeater.beat(ctx.run_id, branch.holder, task)
+        beat(branch, task)
         todo.extend(run_task(branch, task, first))
         first = None
         if task not in members:  # a member drops its own inputs (keep_for_subtree)
@@ -228,6 +246,17 @@ def capturing(branch: Branch) -> Iterator[None]:
             yield
         finally:
             branch.capture = None
+
+
+def beat(branch: Branch, task: int) -> None:
+    """Note the task this branch runs now, for its heartbeats. A resumed branch (one that
+    lost a worker already) pushes it at once: if it is lost too, the client's error
+    names the task it was running (`client.reinvoke`), not only its branch."""
+    ctx = branch.ctx
+    if branch.resumed and not ctx.store.in_process:
+        ctx.heartbeater.beat_now(ctx.run_id, branch.holder, task)
+    else:
+        ctx.heartbeater.beat(ctx.run_id, branch.holder, task)
 
 
 def run_task(branch: Branch, task: int, invocation: Invocation | None = None) -> list[int]:

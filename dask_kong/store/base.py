@@ -90,6 +90,10 @@ def stamp_written_bytes(events: Sequence[Event], sizes: Mapping[str, int]) -> No
             event.metrics.written_bytes = size
 
 
+#: The task a heartbeat names when its worker ended its branch (`Store.heartbeat`).
+ENDED = -1
+
+
 class MissingKeyError(KeyError):
     """A key asked for is not in the store (never written, or already cleaned up)."""
 
@@ -180,11 +184,19 @@ class Store(Protocol):
 
     def heartbeat(self, run_id: str, beats: Mapping[str, int]) -> None:
         """Record that each worker in `beats` is alive and running the given task (a no-op
-        unless the run is open: see `open_run`)."""
+        unless the run is open: see `open_run`). The task `ENDED` records that the worker
+        ended its branch: no later beat of that worker changes it (a beat sent before
+        the end can arrive after it)."""
         ...
 
     def live_workers(self, run_id: str, ttl_s: float) -> dict[str, int]:
-        """Workers whose last heartbeat is younger than `ttl_s`, with their current task."""
+        """Workers whose last heartbeat is younger than `ttl_s` and who did not end, with
+        their current task."""
+        ...
+
+    def heartbeats(self, run_id: str) -> dict[str, tuple[float, int]]:
+        """Every worker's last heartbeat: its age in seconds and its task (`ENDED` for a
+        worker that ended its branch). What leases are judged by (`runtime.leases`)."""
         ...
 
     def cancel(self, run_id: str) -> None:

@@ -74,8 +74,10 @@ return ready
 #   ARGV[1]      TTL in seconds of the hash and, renewed while workers beat, of the
 #                live marker (a run longer than the TTL must not close itself)
 #   ARGV[2k]     id of the k-th worker (k = 1..n)
-#   ARGV[2k+1]   the task that worker is running
+#   ARGV[2k+1]   the task that worker is running (-1, store.base.ENDED: it ended)
 # Returns n, or 0 when the run is not live.
+# A worker's entry that says it ended is never overwritten: a beat its heartbeat thread
+# sent before the end may arrive after it.
 HEARTBEAT = """
 if redis.call('EXISTS', KEYS[2]) == 0 then
   return 0
@@ -83,7 +85,10 @@ end
 local now = redis.call('TIME')
 local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 for i = 2, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], stamp .. ':' .. ARGV[i + 1])
+  local last = redis.call('HGET', KEYS[1], ARGV[i])
+  if not (last and string.sub(last, -3) == ':-1') then
+    redis.call('HSET', KEYS[1], ARGV[i], stamp .. ':' .. ARGV[i + 1])
+  end
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))

@@ -16,7 +16,7 @@ from typing import Any
 
 from dask.sizeof import sizeof
 
-from .base import CommitResult, Event, FanIn, MissingKeyError, stamp_written_bytes
+from .base import ENDED, CommitResult, Event, FanIn, MissingKeyError, stamp_written_bytes
 
 
 @dataclass
@@ -198,15 +198,20 @@ class MemoryStore:
             if run is None:  # not opened, or deleted already: a straggler's last beat
                 return
             for worker, task in beats.items():
-                run.heartbeats[worker] = (now, task)
+                if run.heartbeats.get(worker, (now, 0))[1] != ENDED:
+                    run.heartbeats[worker] = (now, task)
 
     def live_workers(self, run_id: str, ttl_s: float) -> dict[str, int]:
+        beats = self.heartbeats(run_id)
+        return {w: t for w, (age, t) in beats.items() if age < ttl_s and t != ENDED}
+
+    def heartbeats(self, run_id: str) -> dict[str, tuple[float, int]]:
         now = time.monotonic()
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:
                 return {}
-            return {w: t for w, (at, t) in run.heartbeats.items() if now - at < ttl_s}
+            return {w: (now - at, t) for w, (at, t) in run.heartbeats.items()}
 
     def cancel(self, run_id: str) -> None:
         with self._lock:

@@ -59,7 +59,7 @@ from ..constants import (
 )
 from ..errors import StoreUnavailableError
 from . import lua
-from .base import CommitResult, Event, FanIn, MissingKeyError, stamp_written_bytes
+from .base import ENDED, CommitResult, Event, FanIn, MissingKeyError, stamp_written_bytes
 from .server import RedisServer
 
 logger = logging.getLogger("dask_kong.store")
@@ -638,6 +638,10 @@ class RedisStore:
         return list(entries)
 
     def live_workers(self, run_id: str, ttl_s: float) -> dict[str, int]:
+        beats = self.heartbeats(run_id)
+        return {w: t for w, (age, t) in beats.items() if age < ttl_s and t != ENDED}
+
+    def heartbeats(self, run_id: str) -> dict[str, tuple[float, int]]:
         key = run_prefix(run_id) + HEARTBEATS_KEY
 
         def read_clock_and_beats() -> tuple[tuple[int, int], dict[bytes, bytes]]:
@@ -651,12 +655,11 @@ class RedisStore:
         (seconds, micros), beats = self._call(f"heartbeats of run {run_id}", read_clock_and_beats)
         # Heartbeats are stamped by the server's clock (lua.HEARTBEAT); so is `now`.
         now = seconds + micros / 1e6
-        live = {}
+        ages = {}
         for worker, value in beats.items():
             stamp, _, task = text(value).partition(":")
-            if now - float(stamp) < ttl_s:
-                live[text(worker)] = int(task)
-        return live
+            ages[text(worker)] = (now - float(stamp), int(task))
+        return ages
 
     def is_cancelled(self, run_id: str) -> bool:
         prefix = run_prefix(run_id)
