@@ -53,6 +53,7 @@ _POSITIVE = frozenset(
     {
         "workers",
         "client.concurrent_runs",
+        "client.batch_max_wait_s",
         "client.calls_per_task",
         "client.tasks_per_worker",
         "heartbeat.interval_s",

@@ -368,12 +368,26 @@ class Client:
                     self._release_stored()
                 if self.status == "closed":
                     return
-            time.sleep(window_s)  # a loop of submit calls: let it land in one batch
+            self._let_calls_settle(window_s, float(config.get("client.batch_max_wait_s")))
             with self._lock:
                 batch, self._pending = self._pending, []
                 inputs, self._pending_inputs = self._pending_inputs, []
             self._start(self._run_batch, batch, inputs)
             del batch, inputs  # the run holds them now; their Futures must be free to go
+
+    def _let_calls_settle(self, window_s: float, max_wait_s: float) -> None:
+        """Wait until no call came for `window_s` (a loop of submits, a tree built level
+        by level, lands in one batch), or `max_wait_s` passed since the first: a steady
+        stream of calls still starts runs."""
+        deadline = time.monotonic() + max_wait_s
+        seen = -1
+        while time.monotonic() < deadline:
+            with self._lock:
+                count = len(self._pending)
+            if count == seen:
+                return
+            seen = count
+            time.sleep(min(window_s, max(0.0, deadline - time.monotonic())))
 
     def _start(self, work: Callable[..., None], *args: Any) -> None:
         """Run `work(*args)` in the pool, noted as in flight until it returns."""
