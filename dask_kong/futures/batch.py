@@ -20,14 +20,13 @@ without running.
 from __future__ import annotations
 
 import collections
-import operator
 import pickle
 import traceback as tb
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dask._task_spec import DataNode, Task, TaskRef, parse_input
+from dask._task_spec import DataNode, Task, TaskRef
 
 from ..dag.model import StoredValue
 from ..errors import RemoteTaskError
@@ -95,18 +94,19 @@ def guarded_call(
     raise AssertionError("unreachable: the last try returns")
 
 
-def walk_futures(value: Any, replace: Callable[[Any], Any]) -> Any:
-    """`value` with every Future inside it (lists, tuples, sets, dicts, nested) replaced
-    by `replace(future)`: the one walker over a call's arguments."""
+def walk_futures(value: Any, replace: Callable[[Any], Any], kind: type = Future) -> Any:
+    """`value` with every Future (or other instance of `kind`: the `InputSlot`s a worker
+    fills) inside it (lists, tuples, sets, dicts, nested) replaced by `replace(it)`: the
+    one walker over a call's arguments."""
     if type(value) in _ATOMIC:  # most arguments of a large map: nothing to walk
         return value
-    if isinstance(value, Future):
+    if isinstance(value, kind):
         return replace(value)
-    kind = type(value)
-    if kind in (list, tuple, set, frozenset):
-        return kind(walk_futures(v, replace) for v in value)
-    if kind is dict:
-        return {k: walk_futures(v, replace) for k, v in value.items()}
+    container = type(value)
+    if container in (list, tuple, set, frozenset):
+        return container(walk_futures(v, replace, kind) for v in value)
+    if container is dict:
+        return {k: walk_futures(v, replace, kind) for k, v in value.items()}
     return value
 
 
@@ -137,32 +137,79 @@ class BatchGraph:
 
 
 def failures_in(value: Any, packed: bool) -> dict[int | None, TaskFailure]:
-    """The failed calls of a task's value, by index in a packed chunk (`pack_calls`), or
+    """The failed calls of a task's value, by index in a packed chunk (`run_calls`), or
     under None for a single call: what the client reads of a value kept in the store."""
     if packed:
         return {i: v for i, v in enumerate(value) if isinstance(v, TaskFailure)}
     return {None: value} if isinstance(value, TaskFailure) else {}
 
 
-def pack_calls(*values: Any) -> list[Any]:
-    """A chunk task's value: the values of its calls, in order."""
-    return list(values)
+@dataclass(frozen=True)
+class InputSlot:
+    """A Future argument as its call travels: the `position`-th input of the call's
+    task, whole (`index` None) or item `index` of it (a packed chunk's value)."""
+
+    position: int
+    index: int | None = None
 
 
-def run_calls(calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], int]]) -> Any:
-    """A chunk task of calls that take no Future (a map's): each call's value (or its
-    `TaskFailure`), in order. One plain list, not a task per call: 10,000 calls would
-    otherwise cost 10,000 task objects to build, pickle and unpack."""
-    return [guarded_call(func, [], args, kwargs, retries) for func, args, kwargs, retries in calls]
+#: One call as its task carries it: function, arguments with `InputSlot`s where the
+#: Futures were, keyword arguments, retries, and the slots of every Future it takes.
+Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], int, tuple[InputSlot, ...]]
 
 
-def chunk_node(key: str, chunk: list[Submission], places: Mapping[Any, Any]) -> Task:
-    """The task running the calls of `chunk`, their values as a list (`pack_calls` over a
-    task per call, or `run_calls` when no call takes a Future)."""
-    if any(s.needs for s in chunk):
-        return Task(key, pack_calls, *[call_node(s, places) for s in chunk])
-    calls = [(s.func, s.args, s.kwargs, s.retries) for s in chunk]
-    return Task(key, run_calls, DataNode(None, calls))
+def run_calls(calls: list[Call], *inputs: Any) -> list[Any]:
+    """A packed task: each call's value (or its `TaskFailure`), in order, its Futures'
+    values filled in from `inputs`. One plain list of calls, not a task per call:
+    10,000 calls would otherwise cost 10,000 task objects to build, pickle and unpack."""
+
+    def value_of(slot: InputSlot) -> Any:
+        value = inputs[slot.position]
+        return value if slot.index is None else value[slot.index]
+
+    return [
+        guarded_call(
+            func,
+            [value_of(slot) for slot in takes],
+            walk_futures(args, value_of, InputSlot),
+            walk_futures(kwargs, value_of, InputSlot),
+            retries,
+        )
+        for func, args, kwargs, retries, takes in calls
+    ]
+
+
+def run_call(call: Call, *inputs: Any) -> Any:
+    """A task of one call: its value (or `TaskFailure`)."""
+    return run_calls([call], *inputs)[0]
+
+
+def calls_node(
+    key: Any, chunk: list[Submission], find: Mapping[Any, tuple[Any, int | None]]
+) -> Task:
+    """The task running the calls of `chunk` (`run_calls`; one call: `run_call`, whose
+    value is the call's own). `find` says where each Future's value is: a node of the
+    graph, whole or an item of it; each node the chunk reads is one input of the task."""
+    nodes: dict[Any, int] = {}
+
+    def slot(future: Any) -> InputSlot:
+        node, index = find.get(future.key, (future.key, None))
+        return InputSlot(nodes.setdefault(node, len(nodes)), index)
+
+    calls = [
+        (
+            s.func,
+            walk_futures(s.args, slot),
+            walk_futures(s.kwargs, slot),
+            s.retries,
+            tuple(slot(_KeyOnly(k)) for k in sorted(s.needs, key=str)),
+        )
+        for s in chunk
+    ]
+    refs = [TaskRef(node) for node in nodes]
+    if len(chunk) == 1:
+        return Task(key, run_call, DataNode(None, calls[0]), *refs)
+    return Task(key, run_calls, DataNode(None, calls), *refs)
 
 
 def build_graph(
@@ -174,7 +221,7 @@ def build_graph(
 ) -> BatchGraph:
     """One graph computing every submission of `batch`. A Future argument computed in
     the batch is a dependency, one computed earlier a data node with its value (or its
-    `StoredPart`, see `input_nodes`). Calls run several to a task (`pack_calls`):
+    `StoredPart`, see `input_nodes`). Calls run several to a task (`run_calls`):
     thousands of tiny calls would otherwise cost thousands of invocations. Calls are
     packed by depth (`by_depth`: calls of one depth never take each other's results),
     each depth's in chunks of `chunk_size`. `with_status`: a status task per key
@@ -191,11 +238,11 @@ def build_graph(
         for start in range(0, len(group), size):
             chunk = group[start : start + size]
             if len(chunk) == 1:
-                graph[chunk[0].key] = call_node(chunk[0], find)
+                graph[chunk[0].key] = calls_node(chunk[0].key, chunk, find)
                 places[chunk[0].key] = (chunk[0].key, None)
                 continue
             chunk_key = f"kong-calls-{chunk[0].key}"
-            graph[chunk_key] = chunk_node(chunk_key, chunk, find)
+            graph[chunk_key] = calls_node(chunk_key, chunk, find)
             places.update({s.key: (chunk_key, i) for i, s in enumerate(chunk)})
     keys = list(dict.fromkeys(place for place, _ in places.values()))
     built = BatchGraph(graph, keys, places)
@@ -249,29 +296,6 @@ def add_status_tasks(built: BatchGraph) -> None:
     for key in built.keys:
         name = built.status[key] = f"kong-status-{key}"
         built.graph[name] = Task(name, failures_in, TaskRef(key), key in packed)
-
-
-def call_node(s: Submission, places: Mapping[Any, tuple[Any, int | None]]) -> Task:
-    """The task of one call; an input packed into a chunk is read from the chunk."""
-
-    def ref(future: Any) -> Any:
-        where, index = places.get(future.key, (future.key, None))
-        if index is None:
-            return TaskRef(where)
-        return Task(f"{future.key}-in-{s.key}", operator.getitem, TaskRef(where), index)
-
-    args = walk_futures(s.args, ref)
-    kwargs = walk_futures(s.kwargs, ref)
-    inputs = [ref(_KeyOnly(k)) for k in sorted(s.needs, key=str)]
-    return Task(
-        s.key,
-        guarded_call,
-        s.func,
-        parse_input(inputs),
-        parse_input(args),
-        parse_input(kwargs),
-        s.retries,
-    )
 
 
 @dataclass(frozen=True)
