@@ -15,6 +15,12 @@ drifts. Every result is checked. Each pair prints the load average (1 min) besid
 times; the table gives the medians and the median of the per-pair ratios (the ratio of
 two runs made seconds apart is what load drift disturbs least).
 
+Besides the makespan, each run's CPU time: the client process's (`time.process_time`:
+the session's gateway runs in it) plus its worker processes' (utime + stime from
+/proc/<pid>/stat, before and after). Signing's cost is CPU (HMAC-SHA256 over every
+pickle, one copy), and CPU seconds are far less disturbed by other programs on the
+machine than wall-clock seconds are.
+
 `python -m benchmarks.signing_cost` measures the per-pickle cost apart.
 """
 
@@ -60,20 +66,43 @@ def open_sessions(stack: ExitStack) -> dict[str, Kong]:
     return sessions
 
 
+def worker_cpu_s(kong: Kong) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each of the session's worker processes."""
+    gateway = kong.backend.gateway  # type: ignore[attr-defined]
+    used = {}
+    for pid in gateway.worker_pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        used[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return used
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def one_run(kong: Kong, sign: bool, workload: Workload) -> dict[str, Any]:
-    """One timed, checked run; its makespan, what it moved, and the load around it."""
+    """One timed, checked run; its makespan and CPU time, what it moved, and the load
+    around it."""
     _, collections, check = workload
     load_before = os.getloadavg()[0]
     with signing(sign):
+        workers_before, client_before = worker_cpu_s(kong), time.process_time()
         started = time.perf_counter()
         results = dask.compute(*collections(), scheduler=kong.get)
         seconds = time.perf_counter() - started
+        client_s = time.process_time() - client_before
+        workers_after = worker_cpu_s(kong)
+    workers_s = sum(t - workers_before.get(pid, 0.0) for pid, t in workers_after.items())
     if not check(results):
         raise AssertionError(f"{workload[0]}: wrong result with sign={sign}")
     summary = last_run()
     assert summary is not None
     return {
         "seconds": seconds,
+        "cpu_s": client_s + workers_s,
+        "client_cpu_s": client_s,
         "tasks": summary.tasks,
         "invocations": summary.invocations,
         "bytes_written": summary.bytes_written,
@@ -104,6 +133,7 @@ def describe_pair(name: str, data: str, pair: int, runs: dict[str, list[dict[str
     return (
         f"{name:15} {data:9} pair {pair}: signed {signed['seconds']:7.2f} s  unsigned "
         f"{unsigned['seconds']:7.2f} s  ratio {signed['seconds'] / unsigned['seconds']:.2f}"
+        f"  CPU {signed['cpu_s']:6.2f} / {unsigned['cpu_s']:6.2f} s"
         f"  load {min(loads):.1f}-{max(loads):.1f}"
     )
 
@@ -112,31 +142,36 @@ def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of docs/benchmarks.md."""
     lines = [
         "| data | workload | tasks | MB written | signed (median) | unsigned (median) "
-        "| signed / unsigned (median of pairs) | pairs' ratios | load (1 min) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| signed / unsigned (median of pairs) | pairs' ratios | CPU signed (median) "
+        "| CPU unsigned (median) | CPU signed / unsigned (median of pairs) | load (1 min) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
         signed, unsigned = row["runs"]["signed"], row["runs"]["unsigned"]
         ratios = [s["seconds"] / u["seconds"] for s, u in zip(signed, unsigned, strict=True)]
         loads = [x for r in signed + unsigned for x in r["load_1min"]]
         written = statistics.median(r["bytes_written"] for r in signed) / 1e6
+        cpu_ratios = [s["cpu_s"] / u["cpu_s"] for s, u in zip(signed, unsigned, strict=True)]
         lines.append(
             f"| {row['data']} | {row['workload']} | {signed[0]['tasks']:,} | {written:.0f} "
             f"| {statistics.median(r['seconds'] for r in signed):.2f} s "
             f"| {statistics.median(r['seconds'] for r in unsigned):.2f} s "
             f"| {statistics.median(ratios):.2f}x "
             f"| {min(ratios):.2f}-{max(ratios):.2f} "
+            f"| {statistics.median(r['cpu_s'] for r in signed):.2f} s "
+            f"| {statistics.median(r['cpu_s'] for r in unsigned):.2f} s "
+            f"| {statistics.median(cpu_ratios):.2f}x "
             f"| {min(loads):.1f}-{max(loads):.1f} |"
         )
     return "\n".join(lines)
 
 
 def git_commit() -> str:
-    """The commit of the checkout this runs from (`unknown` outside git)."""
+    """The commit of the checkout in the working directory (`unknown` outside git); run
+    a snapshot (`git archive`) from the checkout it was taken of."""
     try:
         done = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
             capture_output=True,
             text=True,
             timeout=30,
