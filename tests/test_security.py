@@ -23,7 +23,7 @@ import dask.config
 import pytest
 import redis
 
-from dask_kong import Kong, last_run, security, serialize
+from dask_kong import Kong, constants, last_run, security, serialize
 from dask_kong.backends.processes.backend import HANDLER
 from dask_kong.backends.processes.gateway import FunctionError, Gateway
 from dask_kong.backends.processes.settings import GatewaySettings
@@ -32,7 +32,7 @@ from dask_kong.errors import KongError, MisconfiguredError
 from dask_kong.invocation.model import Invocation, InvokerSpec
 from dask_kong.invocation.payload import Shipment, encode_invocation, spec_place
 from dask_kong.security import Secret, SignatureError
-from dask_kong.store.base import EventKind
+from dask_kong.store.base import Event, EventKind
 from dask_kong.store.redis import RedisStore
 from dask_kong.store.server import RedisServer
 
@@ -179,6 +179,29 @@ def test_a_stored_value_copied_to_another_key_or_run_is_refused(redis_store: Red
             "one of replay-old",
             "two of replay-old",
         ]
+    finally:
+        for run in (old_run, run_id):
+            redis_store.delete_run(run)
+        client.close()
+
+
+def test_an_event_replayed_from_another_run_is_refused(redis_store: RedisStore) -> None:
+    """A task-failed event of one run, appended to another run's stream by someone with
+    store access, is refused by the reader of that stream (the client), naming the run."""
+    security.ensure_key()
+    old_run, run_id = "events-old", "events-new"
+    client = redis.Redis.from_url(redis_store.url)
+    try:
+        for run in (old_run, run_id):
+            redis_store.open_run(run)
+        redis_store.commit(old_run, {}, (), [Event(EventKind.TASK_FAILED, 0, "w", message="x")])
+        stream = constants.run_prefix(old_run) + constants.EVENTS_KEY
+        entries: Any = client.xrange(stream)
+        ((_, fields),) = entries
+        client.xadd(constants.run_prefix(run_id) + constants.EVENTS_KEY, dict(fields))
+        with pytest.raises(SignatureError, match=r"refusing an event of run events-new: .*another"):
+            redis_store.events(run_id, "0", 1.0)
+        assert redis_store.events(old_run, "0", 1.0)[1][0].kind is EventKind.TASK_FAILED
     finally:
         for run in (old_run, run_id):
             redis_store.delete_run(run)
