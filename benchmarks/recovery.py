@@ -3,9 +3,13 @@
 and on the user's data (`da.from_array` of NumPy arrays), side by side in one run.
 
     python -m benchmarks.recovery [--size quick] [--repeat 3] [--levels 0 0.01 0.03]
-                                  [--workloads ...] [--baseline DIR] [--json PATH]
+                                  [--workloads ...] [--backend processes|lambda]
+                                  [--baseline DIR] [--json PATH]
 
-Processes backend, private Redis, two workers, the wukong planner. Kills use the
+Processes backend (or `--backend lambda`: the lambda backend through a local gateway
+serving kong's handler as a Lambda function, two at a time, with Lambda's asynchronous
+retries off, so that a lost worker is seen by its lease running out:
+`dask_kong/runtime/leases.py`), private Redis, two workers, the wukong planner. Kills use the
 documented switch (`kong.faults`, every kill point; only first attempts). Per run:
 makespan, kills (from `kong.faults.log`), re-invocations, recomputed tasks (completion
 events of tasks already done) and detection time: from a kill (the dying worker's clock)
@@ -21,14 +25,16 @@ at the same time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,12 @@ import dask.array as da
 import numpy as np
 
 from dask_kong import Kong, last_run
+from dask_kong.backends.processes.auth import AccessKey
+from dask_kong.backends.processes.backend import HANDLER
+from dask_kong.backends.processes.gateway import Gateway
+from dask_kong.backends.processes.settings import GatewaySettings
+from dask_kong.security import KEY_ENV
+from dask_kong.store.server import RedisServer
 
 SEED = 2019
 
@@ -117,11 +129,40 @@ def one_run(kong: Kong, workload: Workload, level: float, seed: int) -> dict[str
     }
 
 
+@contextlib.contextmanager
+def session(backend: str) -> Iterator[Kong]:
+    """A session of two workers on `backend` (see the module docstring)."""
+    if backend == "processes":
+        with Kong(backend="processes", store="redis", workers=2) as kong:
+            yield kong
+        return
+    os.environ.update(AccessKey.generate().environment())  # what aiobotocore signs with
+    key = secrets.token_hex(32)
+    with RedisServer() as server, dask.config.set({"kong.security.key": key}):
+        env = {"DASK_KONG__STORE__URL": server.url, KEY_ENV: key}
+        settings = GatewaySettings.from_config(HANDLER, env=env, concurrency=2, async_retries=0)
+        with (
+            Gateway(settings) as gateway,
+            Kong(
+                backend="lambda",
+                store=server.url,
+                endpoint_url=gateway.url,
+                function=gateway.default_function,
+            ) as kong,
+        ):
+            yield kong
+
+
 def measure(
-    size: str, levels: list[float], repeat: int, datas: list[str], names: list[str] | None = None
+    size: str,
+    levels: list[float],
+    repeat: int,
+    datas: list[str],
+    names: list[str] | None = None,
+    backend: str = "processes",
 ) -> list[dict[str, Any]]:
     rows = []
-    with Kong(backend="processes", store="redis", workers=2) as kong:
+    with session(backend) as kong:
         for data in datas:
             for workload in workloads(size, data):
                 if names and workload[0] not in names:
@@ -130,7 +171,13 @@ def measure(
                 for level in levels:
                     runs = [one_run(kong, workload, level, seed) for seed in range(repeat)]
                     rows.append(
-                        {"workload": workload[0], "data": data, "level": level, "runs": runs}
+                        {
+                            "workload": workload[0],
+                            "data": data,
+                            "level": level,
+                            "backend": backend,
+                            "runs": runs,
+                        }
                     )
                     print(describe(rows[-1]), flush=True)
     return rows
@@ -150,11 +197,20 @@ def describe(row: dict[str, Any]) -> str:
     )
 
 
-def baseline(directory: str, size: str, repeat: int, datas: list[str]) -> list[dict[str, Any]]:
+def baseline(
+    directory: str,
+    size: str,
+    repeat: int,
+    datas: list[str],
+    names: list[str] | None,
+    backend: str,
+) -> list[dict[str, Any]]:
     """The fault-free runs with the dask_kong in `directory`, in a subprocess."""
     env = dict(os.environ, PYTHONPATH=f"{directory}{os.pathsep}{Path(__file__).parent.parent}")
     argv = [sys.executable, "-m", "benchmarks.recovery", "--size", size, "--repeat", str(repeat)]
-    argv += ["--levels", "0", "--data", *datas, "--print-json"]
+    argv += ["--levels", "0", "--data", *datas, "--backend", backend, "--print-json"]
+    if names:
+        argv += ["--workloads", *names]
     out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
     rows: list[dict[str, Any]] = json.loads(out.strip().splitlines()[-1])
     return rows
@@ -167,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", nargs="+", type=float, default=[0.0, 0.01, 0.03])
     parser.add_argument("--data", nargs="+", default=["generated", "user"])
     parser.add_argument("--workloads", nargs="+", help="gemm, tsqr-svd, tree-reduction")
+    parser.add_argument("--backend", default="processes", choices=["processes", "lambda"])
     parser.add_argument("--baseline", help="a directory holding the dask_kong to compare")
     parser.add_argument("--json", help="write every sample here")
     parser.add_argument("--print-json", action="store_true", help=argparse.SUPPRESS)
@@ -174,13 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     import dask_kong
 
     print(f"dask_kong from {Path(dask_kong.__file__).parent}", file=sys.stderr)
-    rows = measure(args.size, args.levels, args.repeat, args.data, args.workloads)
+    rows = measure(args.size, args.levels, args.repeat, args.data, args.workloads, args.backend)
     if args.print_json:
         print(json.dumps(rows))
         return 0
     if args.baseline:
         print(f"baseline (fault-free) with the dask_kong of {args.baseline}:")
-        base = baseline(args.baseline, args.size, args.repeat, args.data)
+        base = baseline(
+            args.baseline, args.size, args.repeat, args.data, args.workloads, args.backend
+        )
         for row in base:
             print(describe(row))
         rows += [{**row, "baseline": args.baseline} for row in base]
