@@ -241,6 +241,20 @@ def test_a_handle_is_made_once_and_shared_by_every_task(
     assert not any(m.recipe for m in summary.task_metrics.values())
 
 
+def count_up_to(n: int) -> Iterator[int]:
+    return (i for i in range(n))
+
+
+@pytest.mark.parametrize("mode", ["threads-redis", "processes"])
+def test_a_handle_that_cannot_be_pickled_is_read_where_it_was_made(
+    kong_sessions: Any, mode: str
+) -> None:
+    """A generator (a handle: it changes as it is read) cannot be published to the
+    store; its reader runs in the process that made it, as under dask's schedulers."""
+    dsk = {"numbers": (count_up_to, 5), "total": (sum, "numbers")}
+    assert kong_sessions(mode).get(dsk, "total") == 10
+
+
 # One representative case of each test above on a Redis Cluster (issue #17), whose
 # values spread over its shards while the claims of stateful tasks stay on the run's slot.
 

@@ -72,3 +72,14 @@ def test_bounded_capture_keeps_the_first_characters_of_each_task(
     assert [str(w.message) for w in caught] == ["first task's"]
     assert second == "WARNING a.task: second\n" and none == []
     assert "between tasks" in capsys.readouterr().out
+
+
+def test_a_tasks_warning_filters_do_not_reach_the_next_task() -> None:
+    with BranchCapture(100) as capture:
+        capture.start_task()
+        warnings.simplefilter("error")  # the task's own choice
+        capture.finish_task()
+        capture.start_task()
+        warnings.warn("a later task's", UserWarning, stacklevel=1)  # recorded, not raised
+        _, caught = capture.finish_task()
+    assert [str(w.message) for w in caught] == ["a later task's"]

@@ -22,7 +22,7 @@ import logging
 import sys
 import warnings
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 
 class BoundedText(io.TextIOBase):
@@ -50,6 +50,14 @@ class BoundedText(io.TextIOBase):
         if self.dropped:
             kept += f"\n[... {self.dropped} more characters dropped: kong.logs.max_task_bytes]"
         return kept
+
+
+def _filters_mutated() -> None:
+    """Tell the warnings machinery its filters changed (what `catch_warnings.__exit__`
+    does), so that no cached decision of the old filters survives."""
+    mutated = getattr(warnings, "_filters_mutated", None)
+    if mutated is not None:
+        mutated()
 
 
 class _TaskStream(io.TextIOBase):
@@ -93,6 +101,8 @@ class BranchCapture:
     =========  ======================================================================
     limit      characters of text kept per task (`kong.logs.max_task_bytes`)
     sink       the running task's text, None between tasks (streams write through)
+    _filters   the warning filters as the running task found them: restored after it,
+               so that a task's `simplefilter("error")` does not reach the next one
     caught     warnings recorded since the running task started (every one: "always";
                the client's own filters decide what shows)
     =========  ======================================================================
@@ -108,6 +118,7 @@ class BranchCapture:
         self._stack = contextlib.ExitStack()
         self._handler = _TaskLogHandler(self)
         self._showwarning = warnings.showwarning
+        self._filters: list[Any] = []
 
     def __enter__(self) -> BranchCapture:
         self._showwarning = warnings.showwarning
@@ -133,12 +144,16 @@ class BranchCapture:
     def start_task(self) -> None:
         """A task starts: what follows is its own."""
         self._show_stray_warnings()
+        self._filters = list(warnings.filters)
         self.sink = BoundedText(self.limit)
 
     def finish_task(self) -> tuple[str, list[warnings.WarningMessage]]:
         """The text and warnings of the task that just ran; streams write through again."""
         text = self.sink.text() if self.sink is not None else ""
         self.sink = None
+        if warnings.filters != self._filters:  # the task changed them: not for the next
+            warnings.filters = self._filters
+            _filters_mutated()
         caught, self.caught[:] = list(self.caught), []
         return text, caught
 

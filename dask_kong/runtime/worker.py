@@ -60,7 +60,7 @@ from ..constants import (
     shared_root_claim,
     stateful_claim,
 )
-from ..errors import MissingOutputError, StateLostError
+from ..errors import MissingOutputError, SerializationError, StateLostError
 from ..invocation.model import Invocation
 from ..metrics.records import CapturedWarning, TaskMetrics
 from ..planning import Optimization
@@ -485,12 +485,21 @@ def publish_stateful(branch: Branch, task: int, value: Any) -> None:
     to this worker: the store then says that the task ran, and with what result. A
     stateful task never runs twice, so if this worker is lost, the branch invoked again
     goes on from this output (`resume_published`) instead of failing for state it
-    cannot tell lost. An in-process store has no worker to lose."""
+    cannot tell lost. An in-process store has no worker to lose.
+
+    A handle that cannot be pickled (a generator, a lock, an open socket) is not
+    published: it lives in this process only, as before there was recovery, and its
+    readers run here; a resumed branch that reaches it finds no output and, its claimant
+    gone, fails with `StateLostError` (`await_stateful`)."""
     ctx = branch.ctx
     if ctx.store.in_process or task in branch.written:
         return
-    with branch.recorder.timing(Phase.WRITE):
-        result = ctx.store.commit(ctx.run_id, {output_key(task): value})
+    try:
+        with branch.recorder.timing(Phase.WRITE):
+            result = ctx.store.commit(ctx.run_id, {output_key(task): value})
+    except SerializationError as exc:
+        logger.debug("stateful task %r: its output stays here (%s)", ctx.dag.keys[task], exc)
+        return
     branch.written.add(task)
     branch.recorder.wrote(result.bytes_written)
 
@@ -558,7 +567,8 @@ def await_stateful(branch: Branch, task: int) -> None:
     """A resumed branch at a stateful task claimed by another worker: raise `RanElsewhere`
     once its output is published (at once after it runs: `publish_stateful`), waiting
     while a live worker runs it (its heartbeat names the task) and at most
-    `kong.wukong.shared_root_wait_s`. `StateLostError` when nobody runs it, nor did:
+    `kong.wukong.shared_root_wait_s` (then, if its claimant still runs it, that one goes
+    on: `RunElsewhere`). `StateLostError` when nobody runs it, nor did:
     its claimant was lost while it ran, and the state may be half changed."""
     ctx = branch.ctx
     ttl_s = float(config.get("heartbeat.ttl_s"))
@@ -575,8 +585,9 @@ def await_stateful(branch: Branch, task: int) -> None:
     poll_until(settled, ctx.settings.shared_root_wait_s, max_s=ttl_s / 4)
     if outputs_in_store(branch, [task]):
         raise RanElsewhere(ctx.dag.keys[task])
-    if ctx.cancelled():
-        raise RunElsewhere(ctx.dag.keys[task])
+    live = ctx.store.live_workers(ctx.run_id, ttl_s)
+    if ctx.cancelled() or any(t == task and w != branch.holder for w, t in live.items()):
+        raise RunElsewhere(ctx.dag.keys[task])  # a live claimant routes its dependents
     raise StateLostError(
         f"stateful task {ctx.dag.keys[task]!r} was claimed by a worker that was lost "
         "before it published the task's output: the state behind its handle may have "
