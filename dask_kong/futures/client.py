@@ -7,8 +7,9 @@
     total.result()
 
 How it runs: `submit` and `map` only record the call and return a Future. A dispatcher
-thread takes every call recorded since it last looked (after `kong.client.batch_window_s`,
-so a loop of `submit`s lands in one batch) and hands the batch to a pool of
+thread takes every call recorded since it last looked (once no call came for
+`kong.client.batch_window_s`, at most `kong.client.batch_max_wait_s` after the first, so
+a loop of `submit`s lands in one batch) and hands the batch to a pool of
 `kong.client.concurrent_runs` threads; each runs its batch as one graph on the session
 (`batch.build_graph`), so thousands of small calls cost one run, and independent batches
 and `compute`s run at the same time. A batch whose calls take Futures of an earlier batch
