@@ -225,6 +225,7 @@ def test_values_stay_in_the_store_until_released(
         gc.collect()
         return len(kept_keys(session)) == n
 
+    assert sorted(f.result() for f in as_completed(mapped)) == list(range(1, 13))
     assert poll_until(lambda: kept_now(chunks + 2), 10), kept_keys(session)  # + summed
     del mapped  # the chunks go but the one that holds `alone`
     assert poll_until(lambda: kept_now(3), 10), kept_keys(session)

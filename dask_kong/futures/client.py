@@ -33,6 +33,7 @@ the client, since dask's finalize step (joining the chunks) runs in the client.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -112,6 +113,8 @@ class Client:
         self._in_flight: set[concurrent.futures.Future[None]] = set()
         #: Set by `close` when its timeout ran out: runs in flight are abandoned.
         self._stop = threading.Event()
+        #: Packed chunks read last, by store key (`_remember_chunks`).
+        self._chunks: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="kong-client-dispatch", daemon=True
         )
@@ -212,9 +215,28 @@ class Client:
         if not parts:
             return []
         assert session_keys is not None  # values are kept only where there is a scope
-        refs = list({part.ref.key: part.ref for part in parts}.values())
-        whole = dict(zip(refs, session_keys.read_many([r.key for r in refs]), strict=True))
-        return [part.pick(whole[part.ref]) for part in parts]
+        with self._lock:
+            whole = {p.ref.key: self._chunks[p.ref.key] for p in parts if p.ref.key in self._chunks}
+        missing = list(dict.fromkeys(p.ref.key for p in parts if p.ref.key not in whole))
+        whole.update(zip(missing, session_keys.read_many(missing), strict=True))
+        self._remember_chunks({p.ref.key: whole[p.ref.key] for p in parts if p.index is not None})
+        return [part.pick(whole[part.ref.key]) for part in parts]
+
+    def _remember_chunks(self, chunks: dict[str, Any]) -> None:
+        """Keep the last few packed chunks read: `result()` of each Future of a map, one
+        after another (`as_completed`), would otherwise read a whole chunk per call.
+        Values are write-once, so a remembered chunk is never stale. A chunk with a failed
+        call is not kept: its exception's traceback, rebuilt when read (tblib), holds the
+        frames that read it, and with them the Futures being gathered."""
+        limit = int(config.get("client.chunks_remembered"))
+        with self._lock:
+            for key, value in chunks.items():
+                if any(isinstance(v, TaskFailure) for v in value):
+                    continue
+                self._chunks[key] = value
+                self._chunks.move_to_end(key)
+            while len(self._chunks) > limit:
+                self._chunks.popitem(last=False)
 
     def cancel(self, futures: Any, force: bool = False) -> int:
         """Cancel the keys of `futures` (a Future or an iterable): calls not started do
@@ -294,6 +316,7 @@ class Client:
         with self._lock:
             states = list(self._states.values())
             self._states.clear()
+            self._chunks.clear()
         for state in states:
             state.cancel()
         del states
