@@ -33,6 +33,7 @@ from .dag import DAG
 from .dag.translate import translate
 from .diagnostics import observers
 from .errors import StoreUnavailableError
+from .gc_pause import paused_gc
 from .invocation.payload import RunSettings
 from .metrics.records import RunSummary
 from .planning import Plan, PlanningContext, get_planner
@@ -166,13 +167,7 @@ class Kong:
         # finalize tasks run in this process on the values: nothing to keep in the store
         if translation.finals:
             keep_outputs = False
-        notes = annotations_of(dsk)
-        warn_unhonoured(notes, kwargs)
-        dag = with_priorities(translation.dag, notes.get("priority"))
-        settings = run_settings(dag, notes.get("retries"), kwargs.pop("retries", None))
-        planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
-        context = self.planning_context()
-        plan = with_resources(dag, planner(dag, context), notes.get("resources"), context.resources)
+        dag, plan, settings = self._plan(dsk, translation.dag, kwargs)
         translate_s = time.perf_counter() - started
         run = functools.partial(
             self._execute,
@@ -204,6 +199,20 @@ class Kong:
         if self.session_keys is not None:  # the previous summary held its DAG's values
             self.session_keys.release_collected()
         return nest(keys, translation.results(values))
+
+    def _plan(self, dsk: Any, dag: DAG, kwargs: dict[str, Any]) -> tuple[DAG, Plan, RunSettings]:
+        """The DAG with the graph's priorities, its plan (resources honoured) and the
+        run's settings; takes the planning keywords out of `kwargs` and warns about
+        annotations and keywords it cannot honour."""
+        notes = annotations_of(dsk)
+        warn_unhonoured(notes, kwargs)
+        dag = with_priorities(dag, notes.get("priority"))
+        settings = run_settings(dag, notes.get("retries"), kwargs.pop("retries", None))
+        planner = get_planner(kwargs.pop("planner", None) or self.planner_name)
+        context = self.planning_context()
+        with paused_gc():  # a plan per task: objects that all stay alive
+            plan = planner(dag, context)
+        return dag, with_resources(dag, plan, notes.get("resources"), context.resources), settings
 
     def _execute(  # noqa: PLR0913 - one run: what translation and planning made, and its id
         self,

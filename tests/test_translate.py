@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pytest
 from dask._task_spec import Alias, DataNode, Task, TaskRef
 
 from dask_kong.dag import to_dag
+from dask_kong.dag.translate import translate
+from dask_kong.gc_pause import paused_gc
 
 
 def inc(v: int) -> int:
@@ -187,3 +190,21 @@ def test_task_numbers_do_not_depend_on_the_hash_seed() -> None:
         for seed in ("1", "2", "3")
     }
     assert len(outputs) == 1 and "getitem" in outputs.pop()
+
+
+def test_translation_pauses_the_collector_and_gives_it_back() -> None:
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError), paused_gc():
+        assert not gc.isenabled()
+        1 / 0  # noqa: B018
+    assert gc.isenabled()  # restored despite the error
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
+    dsk = {"a": (inc, 1), "b": (inc, "a")}
+    translate(dsk, ["b"])
+    assert gc.isenabled()

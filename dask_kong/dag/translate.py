@@ -46,6 +46,7 @@ from dask.core import flatten
 from dask.sizeof import sizeof
 
 from .. import config
+from ..gc_pause import paused_gc
 from .finalize import client_finals, keys_to_run, run_finals
 from .model import DAG, Key, Output, StoredValue, TaskInput
 from .shuffle import without_disk_shuffle
@@ -75,12 +76,13 @@ def translate(dsk: Any, keys: Any, *, shares_disk: bool = True) -> Translation:
     normalised once, and the finalize tasks the client runs are split off."""
     wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
     renamed: dict[Key, Key] = {}
-    if not shares_disk:
-        dsk, renamed = without_disk_shuffle(dsk, wanted)
-    run_keys = list(renamed) or wanted
-    graph = normalise_graph(dsk)
-    finals = client_finals(graph, run_keys)
-    dag = dag_from_graph(graph, keys_to_run(run_keys, finals))
+    with paused_gc():  # hundreds of thousands of objects that all stay alive
+        if not shares_disk:
+            dsk, renamed = without_disk_shuffle(dsk, wanted)
+        run_keys = list(renamed) or wanted
+        graph = normalise_graph(dsk)
+        finals = client_finals(graph, run_keys)
+        dag = dag_from_graph(graph, keys_to_run(run_keys, finals))
     return Translation(dag, finals, renamed)
 
 

@@ -28,6 +28,7 @@ from .. import config, security, serialize
 from ..dag import DAG
 from ..errors import SerializationError
 from ..faults import FaultSettings
+from ..gc_pause import paused_gc
 from ..planning.plan import Plan
 from .model import Invocation, InvokerSpec
 
@@ -176,7 +177,7 @@ def loads_spec(blob: bytes, run_id: str, *, what: str) -> RunSpec:
     `dataframe.shuffle.compression`)."""
     where = spec_place(run_id)
     settings, inner = serialize.loads(blob, where=where, what=what)
-    with dask.config.set(settings):
+    with dask.config.set(settings), paused_gc():  # a DAG: objects that all stay alive
         spec: RunSpec = serialize.loads(inner, where=where, what=what)
     return spec
 
