@@ -34,6 +34,7 @@ from .invocation.payload import (
     Shipment,
     decode_invocation,
     loads_spec,
+    spec_from_parts,
 )
 from .invocation.transports import GatewayPipeTransport, LambdaTransport
 from .runtime.context import CancelProbe, RunContext
@@ -90,13 +91,11 @@ class WorkerProcess:
             self._specs.move_to_end(run_id)
             return cached
         blob = decoded.spec_inline
-        if blob is None:
-            (blob,), _ = self.store().get_many(run_id, [DAG_KEY])
-        spec: RunSpec = (
-            loads_spec(blob, run_id, what=f"the spec of run {run_id}")
-            if isinstance(blob, bytes)
-            else blob
-        )
+        if blob is not None:
+            spec = loads_spec(blob, run_id, what=f"the spec of run {run_id}")
+        else:  # the store checked the signature of the run's `dag` value
+            (parts,), _ = self.store().get_many(run_id, [DAG_KEY])
+            spec = spec_from_parts(parts)
         self._specs[run_id] = spec
         while len(self._specs) > _SPEC_CACHE_SIZE:
             old_run, _ = self._specs.popitem(last=False)

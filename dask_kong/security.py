@@ -34,11 +34,12 @@ still checked): for a store and callers that are trusted anyway.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
 import urllib.parse
-from typing import Final
+from typing import Any, Final
 
 from . import config
 from .errors import KongError
@@ -111,7 +112,11 @@ def signing_enabled() -> bool:
 
 def configured_key() -> str | None:
     """`kong.security.key`, checked; None when not set."""
-    value = config.get("security.key")
+    return _checked_key(config.get("security.key"))
+
+
+def _checked_key(value: Any) -> str | None:
+    """A configured `kong.security.key` value, checked; None when not set."""
     if value is None or value == "":
         return None
     key = str(value)
@@ -156,17 +161,17 @@ def place(kind: str, *parts: str | int) -> bytes:
     return bytes(out)
 
 
-def tag(key: str, data: bytes | memoryview) -> bytes:
-    """The HMAC-SHA256 of `data` under `key`."""
-    return hmac.digest(key.encode(), data, "sha256")
+def tag(key: bytes, data: bytes | memoryview) -> bytes:
+    """The HMAC-SHA256 of `data` under `key` (encoded: `_key_bytes`)."""
+    return hmac.digest(key, data, "sha256")
 
 
 def sign(data: bytes, where: bytes) -> bytes:
     """`data` behind its header (MAGIC, its tags for `where` and for itself); unchanged
     when signing is off."""
-    if not signing_enabled():
+    enabled, key = _settings("cannot sign", "")
+    if not enabled:
         return data
-    key = _key_or_refuse("cannot sign", "")
     data_tag = tag(key, data)
     return b"".join((MAGIC, tag(key, where + data_tag), data_tag, data))
 
@@ -184,7 +189,7 @@ def verified(blob: bytes | memoryview, what: str, where: bytes) -> memoryview:
                 "else, or by a client with kong.security.sign: false?"
             )
         return view
-    key = _key_or_refuse("cannot check the signature of", what)
+    _, key = _settings("cannot check the signature of", what, needed=True)
     if not hmac.compare_digest(tag(key, view[HEADER_BYTES:]), view[_DATA_TAG]):
         raise SignatureError(
             f"refusing {what}: its signature does not match (tampered with, or signed "
@@ -203,14 +208,14 @@ def rebound_header(head: bytes, what: str, old: bytes, new: bytes) -> bytes | No
         return None
     if len(head) < HEADER_BYTES:
         raise SignatureError(f"refusing {what}: too short to be a signed pickle")
-    key = _key_or_refuse("cannot check the signature of", what)
+    _, key = _settings("cannot check the signature of", what, needed=True)
     view = memoryview(head)
     _check_place(key, view, what, old)
     data_tag = bytes(view[_DATA_TAG])
     return b"".join((MAGIC, tag(key, new + data_tag), data_tag))
 
 
-def _check_place(key: str, view: memoryview, what: str, where: bytes) -> None:
+def _check_place(key: bytes, view: memoryview, what: str, where: bytes) -> None:
     """Raise unless the place tag in `view`'s header binds it to `where`."""
     expected = tag(key, where + bytes(view[_DATA_TAG]))
     if not hmac.compare_digest(expected, view[_PLACE_TAG]):
@@ -220,13 +225,27 @@ def _check_place(key: str, view: memoryview, what: str, where: bytes) -> None:
         )
 
 
-def _key_or_refuse(action: str, what: str) -> str:
-    """This process's key; without one, `SignatureError` saying how to give it."""
-    key = current_key()
+def _settings(action: str, what: str, *, needed: bool = False) -> tuple[bool, bytes]:
+    """(`kong.security.sign`, this process's key encoded) from one read of the config
+    (every pickle written or read asks: two lookups cost as much as a small pickle). The
+    key is b"" when signing is off and not `needed`; with signing on (or `needed`) and no
+    key, `SignatureError` saying how to give it."""
+    section = config.get("security")
+    enabled = bool(section.get("sign"))
+    if not (enabled or needed):
+        return False, b""
+    key = _checked_key(section.get("key")) or _generated_key
     if key is None:
         target = f" {what}" if what else ""
         raise SignatureError(
             f"{action}{target}: this process has no signing key; give it the client's key "
             f"in {KEY_ENV} (or set kong.security.sign: false everywhere)"
         )
-    return key
+    return enabled, _key_bytes(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _key_bytes(key: str) -> bytes:
+    """`key` encoded for HMAC, cached by its value: a key changed at run time
+    (dask.config.set) is simply another entry."""
+    return key.encode()

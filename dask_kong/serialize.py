@@ -23,13 +23,18 @@ from .errors import SerializationError
 def dumps(obj: Any, *, where: bytes, what: str = "object") -> bytes:
     """Serialize `obj`, signed for place `where` (`security.place`); `what` names it in
     the error (e.g. "output of task ('x', 0)")."""
+    return security.sign(dumps_unsigned(obj, what=what), where)
+
+
+def dumps_unsigned(obj: Any, *, what: str = "object") -> bytes:
+    """Serialize `obj` without a signature: only for a pickle that travels inside
+    another, signed one (the run spec's DAG), so that it is signed and checked once."""
     try:
-        data = _pickle(obj)
+        return _pickle(obj)
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize {what} of type {type(obj).__name__}: {exc}"
         ) from exc
-    return security.sign(data, where)
 
 
 def _pickle(obj: Any) -> bytes:
@@ -57,3 +62,9 @@ def loads(data: bytes, *, where: bytes, what: str = "data") -> Any:
     """Inverse of `dumps`; `SignatureError` (naming `what`) for a pickle without a valid
     signature for place `where`."""
     return pickle.loads(security.verified(data, what, where))
+
+
+def loads_trusted(data: bytes) -> Any:
+    """Inverse of `dumps_unsigned`: only for a pickle taken out of a signed one whose
+    signature was just checked (`loads`), never for bytes read from anywhere else."""
+    return pickle.loads(data)

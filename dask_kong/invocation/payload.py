@@ -156,29 +156,45 @@ def _is_setting(value: Any) -> bool:
     return False
 
 
-def dumps_spec(spec: RunSpec, run_id: str) -> bytes:
-    """Pickle the spec, signed for run `run_id` only; when that fails, name the first
-    task that cannot be pickled. The caller's dask config goes in front of the spec's
-    own pickle, so that `loads_spec` unpickles the DAG under it (see there)."""
-    where = spec_place(run_id)
+#: A run spec as it travels: the caller's dask config, then the spec's own pickle (not
+#: signed apart: it is only ever read out of a signed `SpecParts`, whose signature covers
+#: its bytes). The config comes first so that `spec_from_parts` unpickles the DAG under it.
+SpecParts = tuple[dict[str, Any], bytes]
+
+
+def spec_parts(spec: RunSpec) -> SpecParts:
+    """The spec as it travels (`SpecParts`), unsigned: `dumps_spec` signs it for an
+    invocation payload, the store signs it as the run's `dag` value, once either way.
+    When pickling fails, names the first task that cannot be pickled."""
     try:
-        inner = serialize.dumps(spec, where=where, what="the run's DAG")
+        inner = serialize.dumps_unsigned(spec, what="the run's DAG")
     except SerializationError:
         for key, node in zip(spec.dag.keys, spec.dag.nodes, strict=True):
-            serialize.dumps(node, where=where, what=f"task {key!r}")  # raises naming the task
+            serialize.dumps_unsigned(node, what=f"task {key!r}")  # raises naming the task
         raise
-    return serialize.dumps((dict(spec.dask_config), inner), where=where, what="the run's spec")
+    return dict(spec.dask_config), inner
+
+
+def dumps_spec(parts: SpecParts, run_id: str) -> bytes:
+    """The spec's parts pickled and signed for run `run_id` only (one signature over
+    the config and the DAG's pickle together)."""
+    return serialize.dumps(parts, where=spec_place(run_id), what="the run's spec")
 
 
 def loads_spec(blob: bytes, run_id: str, *, what: str) -> RunSpec:
-    """Inverse of `dumps_spec` (a spec of another run is refused). The DAG is unpickled
-    under the caller's dask config: some of dask's objects read the config as they are
-    unpickled, not when called (the disk shuffle's partd factory reads
-    `dataframe.shuffle.compression`)."""
-    where = spec_place(run_id)
-    settings, inner = serialize.loads(blob, where=where, what=what)
+    """Inverse of `dumps_spec` (a spec of another run is refused)."""
+    parts: SpecParts = serialize.loads(blob, where=spec_place(run_id), what=what)
+    return spec_from_parts(parts)
+
+
+def spec_from_parts(parts: SpecParts) -> RunSpec:
+    """The spec out of parts whose signature was checked (`loads_spec`, or the store's
+    read of the run's `dag` value). The DAG is unpickled under the caller's dask config:
+    some of dask's objects read the config as they are unpickled, not when called (the
+    disk shuffle's partd factory reads `dataframe.shuffle.compression`)."""
+    settings, inner = parts
     with dask.config.set(settings), paused_gc():  # a DAG: objects that all stay alive
-        spec: RunSpec = serialize.loads(inner, where=where, what=what)
+        spec: RunSpec = serialize.loads_trusted(inner)
     return spec
 
 

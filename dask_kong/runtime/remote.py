@@ -15,7 +15,14 @@ from dask.sizeof import sizeof
 from .. import config
 from ..constants import DAG_KEY, data_key
 from ..invocation.model import InvokerSpec
-from ..invocation.payload import RunSpec, Shipment, b64, caller_dask_config, dumps_spec
+from ..invocation.payload import (
+    RunSpec,
+    Shipment,
+    b64,
+    caller_dask_config,
+    dumps_spec,
+    spec_parts,
+)
 from .context import RunContext
 from .shippable import check_shippable
 
@@ -40,12 +47,14 @@ def prepare_remote_run(ctx: RunContext, invoker: InvokerSpec) -> Shipment:
         data_refs=ctx.data_refs,
         dask_config=caller_dask_config(),
     )
-    blob = dumps_spec(spec, ctx.run_id)
-    inline = len(blob) <= int(config.get("payload.inline_dag_bytes"))
+    # Signed once: for the payload when it travels inline, else by the store as the
+    # run's `dag` value (bound to this run's key as any stored value is).
+    parts = spec_parts(spec)
+    inline = len(parts[1]) <= int(config.get("payload.inline_dag_bytes"))
     data_bytes = store_in_run(ctx, {data_key(name): v for name, v in large.items()})
-    spec_bytes = 0 if inline else store_in_run(ctx, {DAG_KEY: blob})
+    spec_bytes = 0 if inline else store_in_run(ctx, {DAG_KEY: parts})
     return Shipment(
-        spec_inline=b64(blob) if inline else None,
+        spec_inline=b64(dumps_spec(parts, ctx.run_id)) if inline else None,
         invoker=invoker,
         spec_bytes=spec_bytes,
         data_bytes=data_bytes,
