@@ -14,7 +14,7 @@ import dask
 import dask.config
 import pytest
 
-from dask_kong import Kong
+from dask_kong import Kong, last_run
 
 
 def read_setting(_: Any) -> Any:
@@ -32,6 +32,20 @@ def test_a_task_reads_the_callers_dask_config_and_only_during_its_run(
     after = dask.compute(*values, scheduler=session.get)
     assert inside == ("from the caller",) * 4
     assert after == (None,) * 4
+
+
+def test_a_stored_run_spec_carries_the_callers_dask_config(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
+    """A spec too large to travel inline is stored, signed once as the run's `dag`
+    value, and still unpickled under the caller's config in the worker."""
+    session = kong_sessions("processes")
+    values = [dask.delayed(read_setting)(i) for i in range(4)]
+    settings = {"kong-test.setting": "stored", "kong.payload.inline_dag_bytes": 0}
+    with dask.config.set(settings):
+        assert dask.compute(*values, scheduler=session.get) == ("stored",) * 4
+    summary = last_run()
+    assert summary is not None and summary.client_bytes_uploaded > 0
 
 
 def test_a_config_error_in_a_worker_names_the_callers_setting(

@@ -28,9 +28,20 @@ from dask_kong.backends.processes.backend import HANDLER
 from dask_kong.backends.processes.gateway import FunctionError, Gateway
 from dask_kong.backends.processes.settings import GatewaySettings
 from dask_kong.constants import DAG_KEY
+from dask_kong.dag.translate import to_dag
 from dask_kong.errors import KongError, MisconfiguredError
 from dask_kong.invocation.model import Invocation, InvokerSpec
-from dask_kong.invocation.payload import Shipment, encode_invocation, spec_place
+from dask_kong.invocation.payload import (
+    RunSettings,
+    RunSpec,
+    Shipment,
+    dumps_spec,
+    encode_invocation,
+    loads_spec,
+    spec_parts,
+    spec_place,
+)
+from dask_kong.planning.plan import Plan, TaskPlan
 from dask_kong.security import Secret, SignatureError
 from dask_kong.store.base import Event, EventKind
 from dask_kong.store.redis import RedisStore
@@ -44,6 +55,41 @@ HERE = security.place("value", "a-run", "x")
 
 def flip_last_byte(data: bytes) -> bytes:
     return data[:-1] + bytes([data[-1] ^ 1])
+
+
+def test_the_run_spec_is_signed_once_and_only_for_its_run() -> None:
+    """One tag covers the caller's config and the DAG's pickle together (the DAG is not
+    signed apart, so a worker checks the spec once): a bit flipped anywhere is refused,
+    and so is the spec under another run's id."""
+    security.ensure_key()
+    dag = to_dag({"x": 1, "y": (sum, ["x", 2])}, ["y"])
+    plan = Plan("wukong", tuple(TaskPlan() for _ in range(len(dag))))
+    spec = RunSpec(dag, plan, RunSettings.from_config(), frozenset({len(dag) - 1}))
+    parts = spec_parts(spec)
+    assert not parts[1].startswith(security.MAGIC)
+    blob = dumps_spec(parts, "run-a")
+    assert blob.count(security.MAGIC) == 1
+    assert loads_spec(blob, "run-a", what="the spec").dag.keys == dag.keys
+    with pytest.raises(SignatureError, match=r"the spec.*another place"):
+        loads_spec(blob, "run-b", what="the spec")
+    inner_at = blob.index(parts[1])
+    flipped = bytearray(blob)
+    flipped[inner_at + len(parts[1]) // 2] ^= 1
+    with pytest.raises(SignatureError, match="does not match"):
+        loads_spec(bytes(flipped), "run-a", what="the spec")
+
+
+def test_a_key_changed_at_run_time_is_used_at_once() -> None:
+    """The encoded key is cached by its value: a pickle signed under one configured key
+    is refused once the config names another."""
+    with dask.config.set({"kong.security.key": "a" * 32}):
+        blob = serialize.dumps("value", where=HERE)
+        assert serialize.loads(blob, where=HERE) == "value"
+    with (
+        dask.config.set({"kong.security.key": "b" * 32}),
+        pytest.raises(SignatureError, match="does not match"),
+    ):
+        serialize.loads(blob, where=HERE)
 
 
 def tamper_stored(client: redis.Redis, name: str) -> None:
