@@ -566,23 +566,25 @@ def test_a_lease_runs_out_unless_renewed_or_given_back(redis_store: RedisStore) 
     run_id = new_run_id()
     redis_store.open_run(run_id)
     try:
-        beats = {"0.1/a": 0, "1.1/b": 1, "2.1/c": 2, "2.2/d": 2, "not-an-invocation": 3}
+        # the last two name no invocation of a 5-task DAG (heartbeats are not signed)
+        beats = {"0.1/a": 0, "1.1/b": 1, "2.1/c": 2, "2.2/d": 2, "not-an-invocation": 3, "9.1/x": 1}
         redis_store.heartbeat(run_id, beats)
         redis_store.heartbeat(run_id, {"1.1/b": ENDED})  # given back
         redis_store.heartbeat(run_id, {"1.1/b": 4})  # a late beat does not take it again
         seen: set[str] = set()
-        assert leases.expired(redis_store, run_id, 5.0, seen) == []
+        assert leases.expired(redis_store, run_id, 5.0, seen, 5) == []
         time.sleep(0.3)
         redis_store.heartbeat(run_id, {"2.2/d": 5})  # renewed
-        lost = leases.expired(redis_store, run_id, 0.2, seen)
+        lost = leases.expired(redis_store, run_id, 0.2, seen, 5)
         # "2.1/c" ran out too, but its branch's next attempt ("2.2/d") supersedes it
         assert [(i.start, i.attempt, i.delivery, task) for i, _, task in lost] == [(0, 1, "a", 0)]
-        assert leases.expired(redis_store, run_id, 0.2, seen) == []  # reported once
+        assert leases.expired(redis_store, run_id, 0.2, seen, 5) == []  # reported once
         assert redis_store.live_workers(run_id, 5.0) == {
             "0.1/a": 0,
             "2.1/c": 2,
             "2.2/d": 5,
             "not-an-invocation": 3,
+            "9.1/x": 1,
         }
     finally:
         redis_store.delete_run(run_id)

@@ -369,7 +369,8 @@ def check_leases(ctx: RunContext, progress: RunProgress) -> None:
         return
     progress.leases_checked = now
     ttl_s = float(config.get("heartbeat.ttl_s"))
-    for lost, age, task in leases.expired(ctx.store, ctx.run_id, ttl_s, progress.expired):
+    expired = leases.expired(ctx.store, ctx.run_id, ttl_s, progress.expired, len(ctx.dag))
+    for lost, age, task in expired:
         cause = f"its lease ran out: no heartbeat for {age:.1f} s"
         reinvoke(ctx, progress, lost, cause, running=task)
 

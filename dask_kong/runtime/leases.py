@@ -46,13 +46,14 @@ def give_back(ctx: RunContext, invocation_id: str) -> None:
 
 
 def expired(
-    store: Store, run_id: str, ttl_s: float, seen: set[str]
+    store: Store, run_id: str, ttl_s: float, seen: set[str], tasks: int
 ) -> list[tuple[Invocation, float, int]]:
     """Invocations whose lease ran out, not in `seen` (added now) nor superseded by a
     later attempt of their branch: each with the age of its last heartbeat and the
-    task that heartbeat named (what it was running)."""
+    task that heartbeat named (what it was running). `tasks`: the DAG's size; an entry
+    naming no task of it is not an invocation of this run."""
     beats = store.heartbeats(run_id)
-    branches = {h: _named(run_id, h) for h in beats}
+    branches = {h: _named(run_id, h, tasks) for h in beats}
     lost = []
     for holder, (age, task) in beats.items():
         invocation = branches[holder]
@@ -64,12 +65,16 @@ def expired(
     return lost
 
 
-def _named(run_id: str, holder: str) -> Invocation | None:
-    """The invocation a heartbeat's name says (None: not an invocation's)."""
+def _named(run_id: str, holder: str, tasks: int) -> Invocation | None:
+    """The invocation a heartbeat's name says (None: not one of this run's DAG of
+    `tasks` tasks; heartbeats are not signed, so nothing in them is trusted further)."""
     try:
-        return Invocation.from_id(run_id, holder)
+        invocation = Invocation.from_id(run_id, holder)
     except ValueError:
         return None
+    if not 0 <= invocation.start < tasks or invocation.attempt < 1:
+        return None
+    return invocation
 
 
 def _superseded(invocation: Invocation, branches: Mapping[str, Invocation | None]) -> bool:

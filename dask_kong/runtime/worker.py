@@ -185,9 +185,12 @@ def run_branch(ctx: RunContext, invocation: Invocation, worker_id: str | None = 
     subtree = [*ctx.plan.subtrees.get(invocation.start, ()), invocation.start]
     branch.unread.update(p for t in subtree for p in ctx.dag.parents[t])
     todo = collections.deque(subtree)
+    if ctx.holds_leases:
+        # Outside the try: a branch that could not take its lease must not give one back
+        # (its end marker would tell the client it finished); the invocation fails, and
+        # the platform delivers it again.
+        leases.take(ctx, invocation)
     try:
-        if ctx.holds_leases:
-            leases.take(ctx, invocation)
         with capturing(branch):
             run_tasks(branch, todo, invocation)
         flush_events(branch)
