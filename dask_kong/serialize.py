@@ -37,6 +37,15 @@ def dumps_unsigned(obj: Any, *, what: str = "object") -> bytes:
         ) from exc
 
 
+def can_serialize(obj: Any) -> bool:
+    """Whether `dumps` can serialize `obj` (tried; the bytes are thrown away)."""
+    try:
+        _pickle(obj)
+    except Exception:
+        return False
+    return True
+
+
 def _pickle(obj: Any) -> bytes:
     """Plain pickle when it can (three to ten times faster than cloudpickle on the small
     values and events most tasks make), cloudpickle when it must: plain pickle refuses

@@ -20,7 +20,6 @@ without running.
 from __future__ import annotations
 
 import collections
-import pickle
 import traceback as tb
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 from dask._task_spec import DataNode, Task, TaskRef
 
+from .. import serialize
 from ..dag.model import StoredValue
 from ..errors import RemoteTaskError
 from .future import Future, StoredPart
@@ -64,11 +64,9 @@ class TaskFailure:
         self.traceback = traceback
 
     def __reduce__(self) -> tuple[Any, ...]:
-        try:
-            pickle.dumps(self.error)
-            error = self.error
-        except Exception:
-            error = RemoteTaskError(f"{type(self.error).__name__}: {self.error}")
+        error = self.error
+        if not serialize.can_serialize(error):  # as the one serializer would carry it
+            error = RemoteTaskError(f"{type(error).__name__}: {error}")
         return (TaskFailure, (error, self.traceback))
 
 

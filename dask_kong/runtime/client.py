@@ -769,7 +769,7 @@ class CallbackHooks:
         `posttask` callbacks; before the run is submitted."""
         if self.pretask:
             ctx.settings = replace(ctx.settings, report_starts=True)
-        if self.posttask:
+        if self.reads_results:  # a Profiler's posttask ignores the value: none kept for it
             ctx.task_values = self.values = {}
 
     def task_started(self, task: int) -> None:
