@@ -459,8 +459,15 @@ class Client:
         own = {s.key for s in batch}
         for state in {f._state for f in inputs if f.key not in own}:
             state.wait_done()  # an earlier batch's key: its run is under way
+        # Each input's status and value read together, before the last check: a cancel
+        # or release from another thread cannot hand a call a value already let go.
+        outcomes = {k: s.outcome() for k, s in known.items()}
         runnable = settle_unrunnable(runnable, known)
-        done_values = {k: s.stored or s.value for k, s in known.items() if s.status == "finished"}
+        done_values = {
+            k: stored or value
+            for k, (status, value, stored) in outcomes.items()
+            if status == "finished"
+        }
         keeps = self.session.session_keys is not None
         per_task = int(config.get("client.calls_per_task"))
         built = build_graph(runnable, done_values, per_task, keeps, self._tasks_wanted())
