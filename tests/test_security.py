@@ -43,7 +43,7 @@ from dask_kong.invocation.payload import (
 )
 from dask_kong.planning.plan import Plan, TaskPlan
 from dask_kong.security import Secret, SignatureError
-from dask_kong.store.base import Event, EventKind
+from dask_kong.store.base import Event, EventKind, MissingKeyError
 from dask_kong.store.redis import RedisStore
 from dask_kong.store.server import RedisServer
 
@@ -500,3 +500,30 @@ def urllib_post_unsigned(url: str) -> None:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 403
     refused.value.close()
+
+
+def test_a_move_whose_value_vanished_meanwhile_leaves_no_header_behind(
+    redis_server: RedisServer,
+) -> None:
+    """A run's cleanup may delete a value between `move` reading its header and renaming
+    it: the header the move then writes must not stay as a key of its own (no TTL)."""
+    security.ensure_key()
+    store = RedisStore(redis_server.url)
+    run_id, scope = "vanish-run", "vanish-scope"
+    try:
+        store.open_run(run_id)
+        store.commit(run_id, {"out:1": b"value"})
+        source = store._value_prefix(run_id) + "out:1"
+        target = store._value_prefix(scope) + "kept-1"
+        (head,) = store._heads([source])
+        headers = store._rebound_headers(
+            run_id, ["out:1"], scope, ["kept-1"], [head], [(source, target)]
+        )
+        store._client.unlink(source)  # the race, made to happen
+        with pytest.raises(MissingKeyError, match="could not move"):
+            store._rename_all([(source, target)], headers)
+        assert not store._client.exists(target)
+    finally:
+        for run in (run_id, scope):
+            store.delete_run(run)
+        store.close()

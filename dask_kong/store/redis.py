@@ -57,7 +57,7 @@ from ..constants import (
     fan_in_key,
     run_prefix,
 )
-from ..errors import StoreUnavailableError
+from ..errors import KongError, StoreUnavailableError
 from . import lua
 from .base import ENDED, CommitResult, Event, FanIn, MissingKeyError, stamp_written_bytes
 from .server import RedisServer
@@ -513,9 +513,25 @@ class RedisStore:
         for name, header in headers.items():
             pipe.setrange(name, 0, header)
         replies = pipe.execute(raise_on_error=False)
-        for (source, target), reply in zip(renames, replies, strict=False):
-            if isinstance(reply, Exception) and not self._client.exists(target):
+        for (name, _), reply in zip(headers.items(), replies[len(renames) :], strict=True):
+            if isinstance(reply, Exception):
+                raise KongError(f"could not re-bind the moved value {name!r}: {reply}")
+        failed = [
+            (source, target, reply)
+            for (source, target), reply in zip(renames, replies, strict=False)
+            if isinstance(reply, Exception)
+        ]
+        for source, target, reply in failed:
+            if self._is_header_alone(target, headers.get(target)):
+                # the source was gone (a run's cleanup raced the move): SETRANGE made a
+                # key of the header alone, without a TTL; it must not stay
+                self._client.unlink(target)
+            if not self._client.exists(target):
                 raise MissingKeyError(f"could not move {source!r}: {reply}")
+
+    def _is_header_alone(self, name: str, header: bytes | None) -> bool:
+        """Whether `name` holds nothing but the `header` a move wrote into it."""
+        return header is not None and int(self._client.strlen(name)) <= len(header)
 
     def _heads(self, names: Sequence[str]) -> list[bytes]:
         """The first bytes of each value (enough to tell a parts manifest, and a signed
