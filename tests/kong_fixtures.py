@@ -125,6 +125,17 @@ def cluster_lambda_gateway(
     yield from serve_lambda(redis_cluster.url, monkeypatch)
 
 
+def lambda_session(gateway: Gateway, store_url: str) -> Kong:
+    """A session on the lambda backend: aiobotocore against the local `gateway`, its
+    store at `store_url`."""
+    return Kong(
+        backend="lambda",
+        store=store_url,
+        endpoint_url=gateway.url,
+        function=gateway.default_function,
+    )
+
+
 def serve_lambda(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
     """Yields a started gateway serving kong's handler, its workers' store at
     `store_url`; then stops it and checks that no worker process is left. Its workers

@@ -50,7 +50,7 @@ from dask_kong.store.redis import RedisStore, connect
 from dask_kong.store.server import RedisServer
 from dask_kong.waits import poll_until
 
-from .kong_fixtures import serve_lambda
+from .kong_fixtures import lambda_session, serve_lambda
 
 PLANNERS = ("naive", "wukong", "uniform", "non_uniform")
 
@@ -345,12 +345,7 @@ def test_lambda_backend_recovers_through_the_platforms_retries(
     branch. Results equal sync's, no key is left. Draws depend on the run id, so runs
     go on (seed after seed, at least two) until one lost a worker."""
     log = tmp_path / "kills.jsonl"
-    session = Kong(
-        backend="lambda",
-        store=redis_server.url,
-        endpoint_url=lambda_gateway.url,
-        function=lambda_gateway.default_function,
-    )
+    session = lambda_session(lambda_gateway, redis_server.url)
     try:
         for seed in range(11, 19):
             dsk, keys = random_dag(seed, size=30)
@@ -612,12 +607,7 @@ def test_lambda_leases_recover_workers_the_platform_does_not_retry(
     the heartbeats (seed after seed until a worker was lost)."""
     gateway = lambda_gateway_without_retries
     log = tmp_path / "kills.jsonl"
-    session = Kong(
-        backend="lambda",
-        store=redis_server.url,
-        endpoint_url=gateway.url,
-        function=gateway.default_function,
-    )
+    session = lambda_session(gateway, redis_server.url)
     detections: list[float] = []
     try:
         for seed in range(21, 29):

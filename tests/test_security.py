@@ -47,7 +47,7 @@ from dask_kong.store.base import Event, EventKind, MissingKeyError
 from dask_kong.store.redis import RedisStore
 from dask_kong.store.server import RedisServer
 
-from .kong_fixtures import pid_alive
+from .kong_fixtures import lambda_session, pid_alive
 
 #: Where the pickles of the unit tests below are signed for.
 HERE = security.place("value", "a-run", "x")
@@ -389,12 +389,7 @@ def test_workers_with_another_key_are_named_when_the_session_opens(
         dask.config.set({"kong.security.key": secrets.token_hex(32)}),
         pytest.raises(MisconfiguredError, match=r"signing key.*DASK_KONG__SECURITY__KEY"),
     ):
-        Kong(
-            backend="lambda",
-            store=redis_server.url,
-            endpoint_url=lambda_gateway.url,
-            function=lambda_gateway.default_function,
-        )
+        lambda_session(lambda_gateway, redis_server.url)
 
 
 def test_workers_with_another_key_fail_a_run_with_a_signature_error(
@@ -405,12 +400,7 @@ def test_workers_with_another_key_fail_a_run_with_a_signature_error(
     settings = {"kong.security.key": secrets.token_hex(32), "kong.lambda.probe": False}
     with (
         dask.config.set(settings),
-        Kong(
-            backend="lambda",
-            store=redis_server.url,
-            endpoint_url=lambda_gateway.url,
-            function=lambda_gateway.default_function,
-        ) as session,
+        lambda_session(lambda_gateway, redis_server.url) as session,
         pytest.raises(SignatureError, match="does not match"),
     ):
         session.get({"a": (sum, [1, 2])}, "a")

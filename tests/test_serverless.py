@@ -22,7 +22,7 @@ from dask_kong.errors import SerializationError, WorkerLostError
 from dask_kong.planning.history import Metric
 from dask_kong.store.server import LocalRedisCluster, RedisServer
 
-from .kong_fixtures import pid_alive, session_of
+from .kong_fixtures import lambda_session, pid_alive, session_of
 
 if TYPE_CHECKING:
     from dask_kong.dag import DAG
@@ -154,12 +154,7 @@ def test_lambda_backend_end_to_end_on_a_redis_cluster(
 def run_on_lambda(lambda_gateway: Gateway, store_url: str) -> None:
     """A tree sum and a GEMM on the lambda backend (aiobotocore at the gateway), its
     store at `store_url`: right results, invocations over HTTP, no key left."""
-    with Kong(
-        backend="lambda",
-        store=store_url,
-        endpoint_url=lambda_gateway.url,
-        function=lambda_gateway.default_function,
-    ) as kong:
+    with lambda_session(lambda_gateway, store_url) as kong:
         assert isinstance(kong.backend, LambdaBackend)
         x = da.random.default_rng(3).random((200, 200), chunks=50)
         got = dask.compute(x.sum(split_every=2), x @ x.T, scheduler=kong.get)

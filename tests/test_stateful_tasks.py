@@ -32,7 +32,7 @@ from dask_kong.runtime.shippable import check_shippable
 from dask_kong.store.server import RedisServer
 from dask_kong.values import is_plain_data
 
-from .kong_fixtures import CLUSTER_MODES, session_of
+from .kong_fixtures import CLUSTER_MODES, lambda_session, session_of
 from .test_fan_in_and_runtime import plan_every_optimization
 
 PLANNER_NAMES = ("naive", "wukong", "everything")
@@ -345,12 +345,7 @@ def test_a_disk_shuffle_is_refused_by_name_only_where_workers_share_no_disk() ->
 @pytest.fixture
 def lambda_kong(lambda_gateway: Gateway, redis_server: RedisServer) -> Iterator[Kong]:
     """A session on the lambda backend: aiobotocore against the local gateway."""
-    kong = Kong(
-        backend="lambda",
-        store=redis_server.url,
-        endpoint_url=lambda_gateway.url,
-        function=lambda_gateway.default_function,
-    )
+    kong = lambda_session(lambda_gateway, redis_server.url)
     try:
         yield kong
     finally:
