@@ -476,7 +476,7 @@ class Client:
         del done_values
         forget_futures(batch, inputs)  # the graph holds what they pointed to now
         try:
-            values = self._run_graph(built.graph, [*built.keys, *built.status.values()], keeps)
+            values = self._run_graph(built.graph, list(built.keys), built.status.values(), keeps)
         except Exception as exc:
             for s in runnable:
                 known[s.key].fail(exc)
@@ -488,16 +488,18 @@ class Client:
             status = values.get(built.status.get(where))
             settle(known[s.key], values[where], index, status)
 
-    def _run_graph(self, graph: dict[Any, Any], keys: list[Any], keeps: bool) -> dict[Any, Any]:
-        """Values of `keys` by key; with `keeps`, the calls' outputs stay in the store
-        (`StoredValue`s) and only their status tasks are read."""
+    def _run_graph(
+        self, graph: dict[Any, Any], keys: list[Any], status: Iterable[Any], keeps: bool
+    ) -> dict[Any, Any]:
+        """Values of `keys` and of the `status` tasks by key; with `keeps`, the calls'
+        outputs (`keys`) stay in the store (`StoredValue`s) and only the status tasks
+        are read."""
+        wanted = [*keys, *status]
         if keeps:
-            status = {k for k in keys if isinstance(k, str) and k.startswith("kong-status-")}
-            kept = [k for k in keys if k not in status]
-            values = self.session.get_keeping(graph, keys, keep=kept, stop=self._stop)
+            values = self.session.get_keeping(graph, wanted, keep=keys, stop=self._stop)
         else:
-            values = self.session.get(graph, keys, stop=self._stop)
-        return dict(zip(keys, values, strict=True))
+            values = self.session.get(graph, wanted, stop=self._stop)
+        return dict(zip(wanted, values, strict=True))
 
     def _compute_one(self, collection: Any, kwargs: dict[str, Any]) -> Future:
         self._check_open()
