@@ -158,7 +158,7 @@ class Branch:
     resumed: bool = False
     holder: str = ""
     kill_at: faults.KillPoint | None = None
-    container: str = field(default_factory=lambda: container_id())
+    container: str = field(default_factory=container_id)
     capture: BranchCapture | None = None
 
     @property
