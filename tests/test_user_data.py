@@ -352,6 +352,25 @@ def test_a_persisted_chunk_reads_its_value_with_result_as_a_future_does(
     _check_chunks(kept, scheduler=session.get)
 
 
+def test_persisted_chunks_read_with_result_are_right_after_kills_and_duplicates(
+    kong_sessions: Callable[[str], Kong],
+) -> None:
+    """The persist behind `.result()` runs with workers killed mid-branch and
+    invocations delivered twice (kong.faults, three in ten of each branch's first
+    attempts): every chunk read back is the right one."""
+    session = kong_sessions("processes")
+    values = user_array()
+    faults = {
+        "kong.faults.kill_fraction": 0.3,
+        "kong.faults.duplicate_fraction": 0.2,
+        "kong.faults.seed": 3,
+    }
+    with dask.config.set(faults):
+        kept = session.persist(da.from_array(values, chunks=CHUNK) * 2)
+    chunks = [kept.__dask_graph__()[(kept.name, i)] for i in range(CHUNKS)]
+    np.testing.assert_array_equal(np.concatenate([c.result() for c in chunks]), values * 2)
+
+
 def test_a_persisted_chunk_of_a_closed_session_says_its_value_is_gone(own_session: Kong) -> None:
     kept = own_session.persist(da.from_array(user_array(), chunks=CHUNK) - 1)
     chunk = kept.__dask_graph__()[(kept.name, 0)]
