@@ -1,6 +1,6 @@
 """Only holders of the key run code: signed pickles (issue #18).
 
-Every pickle dask-kong writes carries an HMAC under the key the client and its workers
+Every pickle dask-kong writes carries a MAC (keyed BLAKE3) under the key the client and its workers
 share; these tests tamper with payloads and stored objects on a real gateway and a real
 redis-server and check that the worker refuses them and that the refusal reaches whoever
 reads the run's events.
@@ -90,6 +90,29 @@ def test_a_key_changed_at_run_time_is_used_at_once() -> None:
         pytest.raises(SignatureError, match="does not match"),
     ):
         serialize.loads(blob, where=HERE)
+
+
+def test_the_tag_is_keyed_blake3_under_the_derived_key() -> None:
+    """The data tag is BLAKE3's keyed hash of the pickle under the key derived from the
+    configured string; a blob signed in the older format (version 2, HMAC-SHA256) is
+    refused naming the format, not taken for unsigned or tampered data."""
+    import blake3
+
+    configured = "c" * 32
+    with dask.config.set({"kong.security.key": configured}):
+        blob = serialize.dumps([1.5], where=HERE)
+        data = blob[security.HEADER_BYTES :]
+        mac_key = blake3.blake3(
+            configured.encode(), derive_key_context=security.KDF_CONTEXT
+        ).digest()
+        expected = blake3.blake3(data, key=mac_key).digest()
+        assert blob[security.HEADER_BYTES - security.TAG_BYTES : security.HEADER_BYTES] == (
+            expected
+        )
+        assert mac_key != configured.encode()[:32]
+        old_format = b"kongsig2" + blob[len(security.MAGIC) :]
+        with pytest.raises(SignatureError, match=r"signed in another format.*kongsig2"):
+            serialize.loads(old_format, where=HERE, what="a value")
 
 
 def tamper_stored(client: redis.Redis, name: str) -> None:
