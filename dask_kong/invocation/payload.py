@@ -70,6 +70,9 @@ class RunSettings:
     # At most this many characters of what one task prints or logs in a worker process
     # are kept for the client (kong.logs.max_task_bytes).
     max_task_log_bytes: int = 65536
+    # Bytes of session data a worker process keeps between tasks, invocations and runs
+    # (kong.data.worker_cache_bytes; runtime.data_cache); 0 keeps none.
+    worker_cache_bytes: int = 0
 
     @classmethod
     def from_config(cls) -> RunSettings:
@@ -90,6 +93,7 @@ class RunSettings:
             retry_max_delay_s=float(config.get("run.retry_max_delay_s")),
             faults=FaultSettings.from_config(),
             max_task_log_bytes=int(config.get("logs.max_task_bytes")),
+            worker_cache_bytes=int(config.get("data.worker_cache_bytes")),
         )
 
     def retries_of(self, task: int) -> int:

@@ -34,6 +34,9 @@ class TaskMetrics:
     end: float = 0.0
     read_s: float = 0.0
     read_bytes: int = 0
+    # session data (the user's uploaded data, persisted values) the worker's process
+    # had read before and took from its cache instead of the store (runtime.data_cache)
+    cached_bytes: int = 0
     exec_s: float = 0.0
     write_s: float = 0.0
     written_bytes: int = 0
@@ -104,6 +107,10 @@ class RunSummary:
     #: Seconds the client spent tokenizing and uploading embedded data; the run's first
     #: branches start before the upload ends, so this overlaps the makespan.
     upload_s: float = 0.0
+    #: Session data (the user's uploaded data, persisted values) that workers took from
+    #: their process's cache, read by them in an earlier task, invocation or run, instead
+    #: of reading it from the store again (`dask.sizeof` sizes; not part of bytes_read).
+    bytes_cached: int = 0
     #: Recovery (issue #13): branches invoked again because their worker was lost, and
     #: completion events of tasks already reported done (a lost worker's tasks run
     #: again, or a duplicate delivery's).

@@ -706,6 +706,7 @@ def summarize(
         makespan_s=makespan_s,
         bytes_written=sum(m.written_bytes for m in metrics.values()),
         bytes_read=sum(m.read_bytes for m in metrics.values()),
+        bytes_cached=sum(m.cached_bytes for m in metrics.values()),
         planner=ctx.plan.planner,
         backend=backend,
         store=store,

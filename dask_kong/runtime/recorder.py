@@ -46,6 +46,11 @@ class Recorder:
         """Bytes read from the store for this task."""
         self.metrics.read_bytes += nbytes
 
+    def cached(self, nbytes: int) -> None:
+        """Bytes of session data this task took from its process's cache instead of
+        reading the store (`runtime.data_cache`)."""
+        self.metrics.cached_bytes += nbytes
+
     def wrote(self, nbytes: int) -> None:
         """Bytes written for this task (at most one write per task and branch; the store
         may have stamped the size on the completion event already)."""

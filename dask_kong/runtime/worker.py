@@ -69,6 +69,7 @@ from ..values import all_plain, is_plain_data
 from ..waits import pauses, poll_until
 from . import leases
 from .context import RunContext
+from .data_cache import MISSING, DataCache, process_cache
 from .recompute import Recipe, rebuild, recipe_for
 from .recorder import Phase, Recorder
 from .task_logs import BranchCapture
@@ -402,12 +403,49 @@ def fetch_remote(
     branch: Branch, task: int, remote: list[RemoteInput], values: dict[Any, Any]
 ) -> None:
     """Read inputs this worker does not hold from the store (one round-trip per scope:
-    the run's, and the session's for uploaded data), and keep them."""
+    the run's, and the session's for uploaded data), and keep them. Session data this
+    process read before comes from its cache (`runtime.data_cache`), and what it reads
+    of the session's goes there."""
+    cache = session_cache(branch.ctx)
+    if cache is not None:
+        remote = take_cached(branch, cache, remote, values)
     by_scope: dict[str, list[RemoteInput]] = {}
     for r in remote:
         by_scope.setdefault(r.scope, []).append(r)
     for scope, group in by_scope.items():
-        keep_fetched(branch, group, read_inputs(branch, task, scope, group), values)
+        fetched = read_inputs(branch, task, scope, group)
+        keep_fetched(branch, group, fetched, values)
+        if cache is not None and scope != branch.ctx.run_id:
+            for r, value in zip(group, fetched, strict=True):
+                cache.put(scope, r.store_key, value)
+
+
+def session_cache(ctx: RunContext) -> DataCache | None:
+    """This process's cache of session data, when it has a budget and the store is
+    not in this process (an in-process store hands out its objects already)."""
+    budget = ctx.settings.worker_cache_bytes
+    if budget <= 0 or ctx.store.in_process:
+        return None
+    return process_cache(budget)
+
+
+def take_cached(
+    branch: Branch, cache: DataCache, remote: list[RemoteInput], values: dict[Any, Any]
+) -> list[RemoteInput]:
+    """Give the task the session data of `remote` this process's cache holds (counted as
+    cached, not read); the inputs left to read."""
+    left: list[RemoteInput] = []
+    for r in remote:
+        if r.scope == branch.ctx.run_id or not isinstance(r.source, str):
+            left.append(r)
+            continue
+        value, nbytes = cache.get(r.scope, r.store_key)
+        if value is MISSING:
+            left.append(r)
+            continue
+        branch.data[r.source] = values[r.key] = value
+        branch.recorder.cached(nbytes)
+    return left
 
 
 def read_inputs(branch: Branch, task: int, scope: str, remote: list[RemoteInput]) -> list[Any]:
@@ -720,6 +758,7 @@ def carry_over(source: TaskMetrics, target: TaskMetrics) -> None:
     event of its own) to `target`'s, so the run's totals and start-up samples keep them."""
     target.read_s += source.read_s
     target.read_bytes += source.read_bytes
+    target.cached_bytes += source.cached_bytes
     target.recompute_s += source.recompute_s
     if source.startup_s and not target.startup_s:
         target.startup_s = source.startup_s

@@ -1,0 +1,143 @@
+"""A worker process keeps the session data it read (issue #14): the user's uploaded data
+and persisted values are read from the store once per process, not once per task that
+needs them, and not again in the next run (`dask_kong.runtime.data_cache`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from dask_kong import Kong, last_run
+from dask_kong.metrics.records import RunSummary
+from dask_kong.runtime.data_cache import MISSING, DataCache
+from dask_kong.store.server import RedisServer
+
+# 4 x 4 blocks of 128 x 128 float64 (128 KiB each: above kong.payload.inline_input_bytes,
+# so every block is uploaded and read from the store). In x @ x each block is read by
+# eight block products.
+BLOCK = 128
+BLOCKS = 4
+
+
+def user_matrix(seed: int = 14) -> np.ndarray:
+    return np.random.default_rng(seed).random((BLOCK * BLOCKS, BLOCK * BLOCKS))
+
+
+def summary() -> RunSummary:
+    run = last_run()
+    assert run is not None
+    return run
+
+
+def test_the_cache_keeps_what_fits_and_evicts_the_least_recently_used() -> None:
+    block = np.zeros(1000)  # 8 KB and a little (dask.sizeof)
+    size = block.nbytes
+    cache = DataCache(budget=3 * size + 500)
+    for key in "abc":
+        cache.put("scope", key, block)
+    assert cache.get("scope", "a")[0] is block  # a is now the most recently used
+    cache.put("scope", "d", block)
+    assert cache.get("scope", "b") == (MISSING, 0)  # b was the least recently used
+    assert [k for _, k in cache.entries] == ["c", "a", "d"]
+    assert cache.get("another scope", "a") == (MISSING, 0)  # keys are per scope
+    cache.put("scope", "big", np.zeros(10_000))  # above the whole budget: not kept
+    assert cache.get("scope", "big") == (MISSING, 0)
+    assert cache.nbytes <= cache.budget
+    cache.resize(size + 200)
+    assert [k for _, k in cache.entries] == ["d"]
+    cache.put("scope", "none", None)  # a cached None is told apart from a miss
+    assert cache.get("scope", "none")[0] is None
+    cache.clear()
+    assert cache.nbytes == 0 and not cache.entries
+
+
+@pytest.fixture
+def one_worker(redis_server: RedisServer) -> Iterator[Kong]:
+    """A processes session with a single worker process: what it caches, every later
+    task sees."""
+    session = Kong(backend="processes", store=redis_server.url, workers=1)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def test_a_worker_reads_each_block_once_and_the_next_run_reads_none(one_worker: Kong) -> None:
+    values = user_matrix()
+    x = da.from_array(values, chunks=BLOCK)
+    nbytes = values.nbytes
+
+    np.testing.assert_allclose((x @ x).compute(scheduler=one_worker.get), values @ values)
+    first = summary()
+    assert first.data_bytes_uploaded >= nbytes
+    # every block is read once, then taken from the cache by the other products reading it
+    assert first.bytes_cached >= nbytes
+    assert first.bytes_read - first.client_bytes_read < first.bytes_written + 1.2 * nbytes
+
+    np.testing.assert_allclose((x @ x.T).compute(scheduler=one_worker.get), values @ values.T)
+    second = summary()
+    assert second.data_bytes_uploaded == 0
+    # no block is read from the store again: the workers read only the partial products
+    assert second.bytes_read - second.client_bytes_read <= second.bytes_written
+    assert second.bytes_cached >= 2 * nbytes
+
+
+def test_no_budget_keeps_nothing_and_reads_every_block_per_task(one_worker: Kong) -> None:
+    values = user_matrix(seed=15)
+    x = da.from_array(values, chunks=BLOCK)
+    with dask.config.set({"kong.data.worker_cache_bytes": 0}):
+        for _ in range(2):
+            got = (x @ x).compute(scheduler=one_worker.get)
+            np.testing.assert_allclose(got, values @ values)
+            run = summary()
+            assert run.bytes_cached == 0
+            # each block read by each of the products that use it (four per operand)
+            assert run.bytes_read - run.client_bytes_read >= 2 * values.nbytes
+
+
+def test_a_budget_below_one_block_keeps_nothing(one_worker: Kong) -> None:
+    values = user_matrix(seed=16)
+    x = da.from_array(values, chunks=BLOCK)
+    with dask.config.set({"kong.data.worker_cache_bytes": BLOCK * BLOCK * 8 - 1}):
+        np.testing.assert_allclose((x @ x).compute(scheduler=one_worker.get), values @ values)
+    assert summary().bytes_cached == 0
+
+
+def test_persisted_values_are_cached_by_the_processes_that_read_them(one_worker: Kong) -> None:
+    values = user_matrix(seed=17)
+    kept = one_worker.persist(da.from_array(values, chunks=BLOCK) * 2)
+    expected = 4 * values @ values
+    np.testing.assert_allclose((kept @ kept).compute(scheduler=one_worker.get), expected)
+    assert summary().bytes_cached >= values.nbytes
+    np.testing.assert_allclose((kept @ kept).compute(scheduler=one_worker.get), expected)
+    again = summary()
+    assert again.bytes_read - again.client_bytes_read <= again.bytes_written
+
+
+def test_cached_data_is_right_with_workers_killed_and_deliveries_doubled(
+    redis_server: RedisServer,
+) -> None:
+    """Three in ten of each branch's first attempts killed mid-branch, two in ten
+    delivered twice: a killed worker process loses its cache, the one that replaces it
+    reads from the store, and every run's result is right."""
+    values = user_matrix(seed=18)
+    x = da.from_array(values, chunks=BLOCK)
+    faults = {
+        "kong.faults.kill_fraction": 0.3,
+        "kong.faults.duplicate_fraction": 0.2,
+        "kong.faults.seed": 5,
+    }
+    with Kong(backend="processes", store=redis_server.url, workers=2) as session:
+        cached = reinvoked = 0
+        for _ in range(3):
+            with dask.config.set(faults):
+                got = (x @ x.T).compute(scheduler=session.get)
+            np.testing.assert_allclose(got, values @ values.T)
+            cached += summary().bytes_cached
+            reinvoked += summary().reinvocations
+    assert cached > 0
+    assert reinvoked > 0  # workers were lost, and the runs recovered
