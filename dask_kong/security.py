@@ -13,7 +13,9 @@ pickle copied to another key, or from another run, is refused as "signed for ano
 place" naming where it was found: someone with write access to the store can neither
 forge a pickle nor swap one of yours for another. A blob is
 
-    MAGIC | place tag = MAC(key, place | data tag) | data tag = MAC(key, pickle) | pickle
+    MAGIC | place tag = MAC(key, place | data tag) | data tag = MAC(key, body) | body
+
+where the body is what `serialize` frames (the pickle and its out-of-band buffers),
 
 so that moving a value (persist renames it into the session's scope on the server,
 without reading it) re-binds it by rewriting its header alone (`rebound_header`), after
@@ -46,6 +48,7 @@ import hashlib
 import hmac
 import secrets
 import urllib.parse
+from collections.abc import Sequence
 from typing import Any, Final
 
 import blake3
@@ -181,18 +184,32 @@ def tag(key: bytes, data: bytes | memoryview) -> bytes:
     return blake3.blake3(data, key=key).digest()
 
 
-def sign(data: bytes, where: bytes) -> bytes:
-    """`data` behind its header (MAGIC, its tags for `where` and for itself); unchanged
-    when signing is off."""
+def signing_key() -> bytes | None:
+    """The key this process signs with, when signing is on (None: `kong.security.sign`
+    is off, write plain pickles). Raises `SignatureError` when on without a key."""
     enabled, key = _settings("cannot sign", "")
-    if not enabled:
-        return data
-    data_tag = tag(key, data)
-    return b"".join((MAGIC, tag(key, where + data_tag), data_tag, data))
+    return key if enabled else None
+
+
+def sign(parts: Sequence[bytes | memoryview], where: bytes, key: bytes) -> bytes:
+    """The body made of `parts` behind its header (MAGIC, its tags for `where` and for
+    itself) in one bytes object: the parts are hashed where they are (a NumPy array's
+    memory, not a copy of it) and copied once, into the blob."""
+    hasher = blake3.blake3(key=key)
+    for part in parts:
+        hasher.update(part)
+    data_tag = hasher.digest()
+    return b"".join((MAGIC, tag(key, where + data_tag), data_tag, *parts))
+
+
+def is_signed(blob: bytes | memoryview) -> bool:
+    """Whether `blob` starts as a signed blob does (its tags are checked by `verified`)."""
+    return bytes(memoryview(blob)[: len(MAGIC)]) == MAGIC
 
 
 def verified(blob: bytes | memoryview, what: str, where: bytes) -> memoryview:
-    """The pickle inside `blob` once its tags are checked (a view: no copy); raises
+    """The body inside `blob` once its tags are checked (a view: no copy), or `blob`
+    itself when it is an unsigned pickle and signing is off; raises
     `SignatureError` naming `what` when it is unsigned (and signing is on), tampered
     with, signed under another key, or signed for another place than `where`."""
     view = memoryview(blob)
