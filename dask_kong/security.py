@@ -204,7 +204,7 @@ def sign(parts: Sequence[bytes | memoryview], where: bytes, key: bytes) -> bytes
 
 def is_signed(blob: bytes | memoryview) -> bool:
     """Whether `blob` starts as a signed blob does (its tags are checked by `verified`)."""
-    return bytes(memoryview(blob)[: len(MAGIC)]) == MAGIC
+    return blob[: len(MAGIC)] == MAGIC
 
 
 def verified(blob: bytes | memoryview, what: str, where: bytes) -> memoryview:
@@ -213,7 +213,7 @@ def verified(blob: bytes | memoryview, what: str, where: bytes) -> memoryview:
     `SignatureError` naming `what` when it is unsigned (and signing is on), tampered
     with, signed under another key, or signed for another place than `where`."""
     view = memoryview(blob)
-    if bytes(view[: len(MAGIC)]) != MAGIC:
+    if not is_signed(blob):
         if bytes(view[: len(_MAGIC_STEM)]) == _MAGIC_STEM:
             raise SignatureError(
                 f"refusing {what}: it is signed in another format "
@@ -268,7 +268,7 @@ def _settings(action: str, what: str, *, needed: bool = False) -> tuple[bool, by
     (every pickle written or read asks: two lookups cost as much as a small pickle). The
     key is b"" when signing is off and not `needed`; with signing on (or `needed`) and no
     key, `SignatureError` saying how to give it."""
-    section = config.get("security")
+    section = config.section("security")
     enabled = bool(section.get("sign"))
     if not (enabled or needed):
         return False, b""

@@ -32,6 +32,9 @@ import cloudpickle
 from . import security
 from .errors import SerializationError
 
+# The frame of a signed body without out-of-band buffers (a count of 0).
+_NO_BUFFERS = struct.pack("<I", 0)
+
 
 def dumps(obj: Any, *, where: bytes, what: str = "object") -> bytes:
     """Serialize `obj`, signed for place `where` (`security.place`); `what` names it in
@@ -46,7 +49,11 @@ def dumps(obj: Any, *, where: bytes, what: str = "object") -> bytes:
         raise SerializationError(
             f"cannot serialize {what} of type {type(obj).__name__}: {exc}"
         ) from exc
-    frame = struct.pack(f"<I{len(buffers)}Q", len(buffers), *(b.nbytes for b in buffers))
+    frame = (
+        struct.pack(f"<I{len(buffers)}Q", len(buffers), *(b.nbytes for b in buffers))
+        if buffers
+        else _NO_BUFFERS
+    )
     return security.sign([frame, pickled, *buffers], where, key)
 
 
@@ -132,6 +139,8 @@ def loads(data: bytes, *, where: bytes, what: str = "data") -> Any:
     body = security.verified(data, what, where)
     if not security.is_signed(data):
         return pickle.loads(body)  # a plain pickle (signing is off)
+    if body[:4] == _NO_BUFFERS:  # most pickles: events, small outputs
+        return pickle.loads(body[4:])
     (count,) = struct.unpack_from("<I", body)
     lengths = struct.unpack_from(f"<{count}Q", body, 4)
     end = len(body)

@@ -59,7 +59,16 @@ from ..constants import (
 )
 from ..errors import KongError, StoreUnavailableError
 from . import lua
-from .base import ENDED, CommitResult, Event, FanIn, MissingKeyError, stamp_written_bytes
+from .base import (
+    ENDED,
+    CommitResult,
+    Event,
+    FanIn,
+    MissingKeyError,
+    event_from_wire,
+    event_to_wire,
+    stamp_written_bytes,
+)
 from .server import RedisServer
 
 logger = logging.getLogger("dask_kong.store")
@@ -69,8 +78,10 @@ T = TypeVar("T")
 #: URL schemes `open_store` connects to as an existing server.
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
-# The one field of a stream entry: the pickled `Event`.
+# The one field of a stream entry: the pickled `Event` (`event_to_wire`), and as
+# redis-py returns it.
 _EVENT_FIELD = "e"
+_EVENT_FIELD_BYTES = _EVENT_FIELD.encode()
 # Suffix of a fan-in's ready claim (see lua.MARK_PARENTS_DONE), next to its parent set.
 _READY_CLAIM_SUFFIX = ":ready"
 # Keys per SCAN page and per UNLINK: a run of 100k keys is deleted in ~100 round-trips,
@@ -219,7 +230,8 @@ class RedisStore:
         stamp_written_bytes(events, {key: len(data) for key, data in values.items()})
         where = event_place(run_id)
         payloads = [
-            serialize.dumps(e, where=where, what=f"{e.kind} event of task {e.task}") for e in events
+            serialize.dumps(event_to_wire(e), where=where, what=f"{e.kind} event of task {e.task}")
+            for e in events
         ]
         if not (values or fan_ins or payloads):
             return CommitResult()
@@ -635,7 +647,8 @@ class RedisStore:
             )
             if entries:
                 last_id = entries[-1][0]
-                return text(last_id), [_decode_event(run_id, fields) for _, fields in entries]
+                where = event_place(run_id)
+                return text(last_id), [_decode_event(run_id, where, f) for _, f in entries]
             if block_s is None or remaining <= longest_block_s:
                 return cursor, []
 
@@ -892,11 +905,11 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _decode_event(run_id: str, fields: Mapping[bytes, bytes]) -> Event:
-    event: Event = serialize.loads(
-        fields[_EVENT_FIELD.encode()], where=event_place(run_id), what=f"an event of run {run_id}"
-    )
-    return event
+def _decode_event(run_id: str, where: bytes, fields: Mapping[bytes, bytes]) -> Event:
+    """The event in a stream entry's `fields`, its signature checked for `where`."""
+    what = f"an event of run {run_id}"
+    wire = serialize.loads(fields[_EVENT_FIELD_BYTES], where=where, what=what)
+    return event_from_wire(wire)
 
 
 def value_place(run_id: str, key: str) -> bytes:
