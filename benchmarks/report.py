@@ -171,8 +171,9 @@ def kong_table(suite: dict[str, Any]) -> str:
     """kong's own account of each cell's fastest repeat (`last_run()`)."""
     rows = [
         "| workload | scheduler | planner | tasks | workers | invocations | written | read "
-        "| uploaded | reused | translate | kong makespan | 1st repeat |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cached | uploaded | reused | translate | kong makespan | 1st repeat |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for r in suite["results"]:
         kong = r.get("kong")
@@ -182,6 +183,7 @@ def kong_table(suite: dict[str, Any]) -> str:
             f"| {r['workload']} | {r['scheduler']} | {kong.get('planner')} | "
             f"{kong.get('tasks')} | {kong.get('workers')} | {kong.get('invocations')} | "
             f"{format_bytes(kong.get('bytes_written'))} | {format_bytes(kong.get('bytes_read'))}"
+            f" | {format_bytes(kong.get('bytes_cached'))}"
             f" | {format_bytes(kong.get('client_bytes_uploaded'))}"
             f" | {format_bytes(kong.get('data_bytes_reused'))}"
             f" | {format_seconds(kong.get('translate_s'))}"
@@ -194,9 +196,11 @@ def kong_table(suite: dict[str, Any]) -> str:
         "kong runs (`last_run()` of each cell's fastest repeat; kong's makespan excludes "
         "translating and planning the graph, the table above includes them; written and "
         "read are the workers' store traffic (read includes the client reading the "
-        "results), uploaded what the client wrote (the user's data, a large DAG), reused "
-        "the user's data already in the session's store from an earlier repeat; 1st repeat "
-        "the whole first compute, when the session's store held none of the data yet):"
+        "results), cached the user's data workers took from what their process kept from "
+        "an earlier task or repeat instead of reading it, uploaded what the client wrote "
+        "(the user's data, a large DAG), reused the user's data already in the session's "
+        "store from an earlier repeat; 1st repeat the whole first compute, when the "
+        "session's store and the workers held none of the data yet):"
     )
     return intro + "\n\n" + "\n".join(rows)
 

@@ -17,9 +17,9 @@ two runs made seconds apart is what load drift disturbs least).
 
 Besides the makespan, each run's CPU time: the client process's (`time.process_time`:
 the session's gateway runs in it) plus its worker processes' (utime + stime from
-/proc/<pid>/stat, before and after). Signing's cost is CPU (HMAC-SHA256 over every
-pickle, one copy), and CPU seconds are far less disturbed by other programs on the
-machine than wall-clock seconds are.
+/proc/<pid>/stat, before and after). Signing's cost is CPU (a keyed BLAKE3 pass over
+every pickle and its buffers, and the copy of the buffers into the blob), and CPU seconds
+are far less disturbed by other programs on the machine than wall-clock seconds are.
 
 `python -m benchmarks.signing_cost` measures the per-pickle cost apart.
 """

@@ -8,16 +8,20 @@ bytes become objects, so it is the one place that refuses bytes nobody with the 
 Every caller says where the pickle belongs (`security.place`: a run's key, its events, its
 spec, an invocation's inputs), and a pickle read anywhere else is refused.
 
-A signed blob's body keeps large buffers (a NumPy array's memory, a pandas column's)
-out of the pickle (protocol 5's out-of-band buffers):
+A signed blob's body keeps large buffers (a NumPy array's memory, a pandas column's: at
+least `kong.security.out_of_band_bytes`) out of the pickle (protocol 5's out-of-band
+buffers):
 
-    count (u32) | length of each buffer (u64 each) | pickle | buffer | buffer ...
+    count (u32) | per buffer: length, read-only in the top bit (u64) | pickle | buffers
 
 so writing a value copies its memory once, into the blob, where pickling it in band and
-then putting the header in front copied it twice (on fresh memory, as a task's output
-is, each copy of 8 MB cost ~7 ms here against ~4 ms for its MAC). Reading gives each
-buffer back as a bytearray of its own (one copy, as an in-band pickle makes): arrays come
-back writable. Unsigned pickles (`kong.security.sign: false`) stay plain, in band.
+then putting the header in front copied it twice (docs/benchmarks.md, "What signing
+costs"). Reading gives each buffer back as pickle would in band: a bytearray of its own
+(one copy) for a writable one, so arrays come back writable, bytes for a read-only one.
+Unsigned pickles (`kong.security.sign: false`) stay plain, in band.
+
+`content_token` names a value by what it pickles to (the user's data in the session's
+store): the same pickle parts, hashed.
 """
 
 from __future__ import annotations
@@ -25,15 +29,19 @@ from __future__ import annotations
 import pickle
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
+import blake3
 import cloudpickle
 
-from . import security
+from . import config, security
 from .errors import SerializationError
 
 # The frame of a signed body without out-of-band buffers (a count of 0).
 _NO_BUFFERS = struct.pack("<I", 0)
+# A buffer's length word: the top bit says the buffer was read-only.
+_READ_ONLY = 1 << 63
 
 
 def dumps(obj: Any, *, where: bytes, what: str = "object") -> bytes:
@@ -42,19 +50,35 @@ def dumps(obj: Any, *, where: bytes, what: str = "object") -> bytes:
     key = security.signing_key()
     if key is None:
         return dumps_unsigned(obj, what=what)
-    buffers: list[memoryview] = []
+    return security.sign(_framed(obj, what), where, key)
+
+
+def content_token(obj: Any, *, what: str = "object") -> str:
+    """A name for `obj` by its content: the BLAKE3 hash of what it pickles to (its
+    buffers out of band, so hashing copies nothing). Unlike `dask.base.tokenize`, which
+    hashes an array's elements in memory order, it tells a square array from its
+    transpose and object arrays whose joined text agree: uploads named by it are never
+    read for another value."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)  # large buffers: all cores
+    for part in _framed(obj, what):
+        hasher.update(part)
+    return hasher.hexdigest(length=20)
+
+
+def _framed(obj: Any, what: str) -> list[bytes | memoryview]:
+    """The parts of `obj`'s signed body: its frame, its pickle, its out-of-band buffers."""
+    buffers: list[pickle.PickleBuffer] = []
     try:
         pickled = _pickle(obj, buffers)
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize {what} of type {type(obj).__name__}: {exc}"
         ) from exc
-    frame = (
-        struct.pack(f"<I{len(buffers)}Q", len(buffers), *(b.nbytes for b in buffers))
-        if buffers
-        else _NO_BUFFERS
-    )
-    return security.sign([frame, pickled, *buffers], where, key)
+    if not buffers:
+        return [_NO_BUFFERS, pickled]
+    views = [b.raw() for b in buffers]
+    words = [v.nbytes | (_READ_ONLY if v.readonly else 0) for v in views]
+    return [struct.pack(f"<I{len(words)}Q", len(words), *words), pickled, *views]
 
 
 def dumps_unsigned(obj: Any, *, what: str = "object") -> bytes:
@@ -77,7 +101,7 @@ def can_serialize(obj: Any) -> bool:
     return True
 
 
-def _pickle(obj: Any, buffers: list[memoryview] | None = None) -> bytes:
+def _pickle(obj: Any, buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
     """Plain pickle when it can (three to ten times faster than cloudpickle on the small
     values and events most tasks make), cloudpickle when it must: plain pickle refuses
     lambdas and closures, and stores what `__main__` defines by reference, which a worker
@@ -96,7 +120,7 @@ def _pickle(obj: Any, buffers: list[memoryview] | None = None) -> bytes:
     return data
 
 
-def _cloudpickle(obj: Any, buffers: list[memoryview] | None) -> bytes:
+def _cloudpickle(obj: Any, buffers: list[pickle.PickleBuffer] | None) -> bytes:
     """`obj` pickled by cloudpickle (buffers out of band into `buffers` when given; those
     a failed plain pickle left there are dropped first)."""
     if buffers is None:
@@ -105,15 +129,21 @@ def _cloudpickle(obj: Any, buffers: list[memoryview] | None) -> bytes:
     return bytes(cloudpickle.dumps(obj, protocol=5, buffer_callback=_out_of_band(buffers)))
 
 
-def _out_of_band(buffers: list[memoryview]) -> Any:
-    """A pickle `buffer_callback` that keeps each contiguous buffer out of band, as a flat
-    byte view appended to `buffers`; a buffer that cannot be viewed flat stays in band."""
+def _out_of_band(buffers: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuffer], bool]:
+    """A pickle `buffer_callback` that keeps each large contiguous buffer out of band
+    (appended to `buffers`); small ones (below `kong.security.out_of_band_bytes`: the
+    frame and the slicing cost more than copying them) and ones that cannot be viewed
+    flat stay in band."""
+    smallest = int(config.section("security")["out_of_band_bytes"])
 
     def keep(buffer: pickle.PickleBuffer) -> bool:
         try:
-            buffers.append(buffer.raw())
+            view = buffer.raw()
         except BufferError:
             return True  # not contiguous: pickled in band
+        if view.nbytes < smallest:
+            return True
+        buffers.append(buffer)
         return False
 
     return keep
@@ -133,7 +163,7 @@ def _by_value_module(data: bytes) -> bool:
     return any(name.encode() in data for name in registered)
 
 
-def loads(data: bytes, *, where: bytes, what: str = "data") -> Any:
+def loads(data: bytes | bytearray | memoryview, *, where: bytes, what: str = "data") -> Any:
     """Inverse of `dumps`; `SignatureError` (naming `what`) for a pickle without a valid
     signature for place `where`."""
     body = security.verified(data, what, where)
@@ -141,15 +171,34 @@ def loads(data: bytes, *, where: bytes, what: str = "data") -> Any:
         return pickle.loads(body)  # a plain pickle (signing is off)
     if body[:4] == _NO_BUFFERS:  # most pickles: events, small outputs
         return pickle.loads(body[4:])
-    (count,) = struct.unpack_from("<I", body)
-    lengths = struct.unpack_from(f"<{count}Q", body, 4)
-    end = len(body)
-    buffers = []
-    for length in reversed(lengths):
-        buffers.append(bytearray(body[end - length : end]))  # writable, as in band
-        end -= length
-    buffers.reverse()
-    return pickle.loads(body[4 + 8 * count : end], buffers=buffers)
+    pickled, buffers = _unframed(body, what)
+    return pickle.loads(pickled, buffers=buffers)
+
+
+def _unframed(body: memoryview, what: str) -> tuple[memoryview, list[bytes | bytearray]]:
+    """The pickle and the out-of-band buffers of a signed body (`_framed`), each buffer
+    a copy as pickle would make it in band; `SerializationError` naming `what` when the
+    frame does not add up (only a writer's bug can make one: the body is signed)."""
+    try:
+        (count,) = struct.unpack_from("<I", body)
+        words = struct.unpack_from(f"<{count}Q", body, 4)
+    except struct.error as exc:
+        raise SerializationError(f"malformed {what}: its frame is cut short") from exc
+    lengths = [w & ~_READ_ONLY for w in words]
+    start = 4 + 8 * count
+    end = len(body) - sum(lengths)
+    if end < start:
+        raise SerializationError(
+            f"malformed {what}: its frame lists {sum(lengths)} bytes of buffers in a body "
+            f"of {len(body)}"
+        )
+    pickled = body[start:end]
+    buffers: list[bytes | bytearray] = []
+    for word, length in zip(words, lengths, strict=True):
+        view = body[end : end + length]
+        buffers.append(bytes(view) if word & _READ_ONLY else bytearray(view))
+        end += length
+    return pickled, buffers
 
 
 def loads_trusted(data: bytes) -> Any:

@@ -13,6 +13,7 @@ import json
 import logging
 import pickle
 import secrets
+import struct
 import traceback
 import urllib.error
 import urllib.request
@@ -31,7 +32,7 @@ from dask_kong.backends.processes.gateway import FunctionError, Gateway
 from dask_kong.backends.processes.settings import GatewaySettings
 from dask_kong.constants import DAG_KEY
 from dask_kong.dag.translate import to_dag
-from dask_kong.errors import KongError, MisconfiguredError
+from dask_kong.errors import KongError, MisconfiguredError, SerializationError
 from dask_kong.invocation.model import Invocation, InvokerSpec
 from dask_kong.invocation.payload import (
     RunSettings,
@@ -43,9 +44,10 @@ from dask_kong.invocation.payload import (
     spec_parts,
     spec_place,
 )
+from dask_kong.metrics.records import CapturedWarning, TaskMetrics
 from dask_kong.planning.plan import Plan, TaskPlan
 from dask_kong.security import Secret, SignatureError
-from dask_kong.store.base import Event, EventKind, MissingKeyError
+from dask_kong.store.base import Event, EventKind, MissingKeyError, event_from_wire, event_to_wire
 from dask_kong.store.redis import RedisStore
 from dask_kong.store.server import RedisServer
 
@@ -167,6 +169,78 @@ def test_a_flipped_bit_in_an_out_of_band_buffer_is_refused() -> None:
         serialize.loads(bytes(flipped), where=HERE)
     lam = serialize.loads(serialize.dumps(_closure_over(value), where=HERE), where=HERE)
     np.testing.assert_array_equal(lam(1.0), value + 1.0)
+
+
+class HashedBytes:
+    """Keeps bytes (hashed, as a dict key would be) and pickles them as a read-only
+    buffer: unpickled in band they are bytes again, and so must they be out of band."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.digest = hash(data)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (HashedBytes, (pickle.PickleBuffer(self.data),))
+
+
+def test_a_read_only_buffer_comes_back_as_bytes_and_a_writable_one_as_bytearray() -> None:
+    security.ensure_key()
+    back = serialize.loads(serialize.dumps(HashedBytes(b"x" * 100_000), where=HERE), where=HERE)
+    assert isinstance(back.data, bytes) and back.digest == hash(b"x" * 100_000)
+    frozen = np.arange(10_000.0)
+    frozen.flags.writeable = False
+    again = serialize.loads(serialize.dumps(frozen, where=HERE), where=HERE)
+    assert not again.flags.writeable  # as pickle in band gives it back
+
+
+def test_small_buffers_stay_in_band_and_large_ones_go_out_of_band() -> None:
+    security.ensure_key()
+    small, large = np.zeros(100), np.zeros(100_000)
+    # a frame without buffers: the count is 0 right after the header
+    assert serialize.dumps(small, where=HERE)[security.HEADER_BYTES :][:4] == bytes(4)
+    assert serialize.dumps(large, where=HERE)[security.HEADER_BYTES :][:4] != bytes(4)
+    mixed = [np.arange(50_000.0), lambda: 1, np.zeros(0), np.arange(3)]  # cloudpickle's path
+    back = serialize.loads(serialize.dumps(mixed, where=HERE), where=HERE)
+    np.testing.assert_array_equal(back[0], mixed[0])
+    assert back[1]() == 1 and back[2].size == 0
+    blob = serialize.dumps(mixed[0], where=HERE)
+    for given in (bytearray(blob), memoryview(blob)):  # what a reader may hold
+        np.testing.assert_array_equal(serialize.loads(given, where=HERE), mixed[0])
+
+
+def test_a_validly_signed_but_malformed_frame_is_a_serialization_error() -> None:
+    security.ensure_key()
+    key = security.signing_key()
+    assert key is not None
+    too_long = security.sign([struct.pack("<IQ", 1, 10**6), pickle.dumps(1)], HERE, key)
+    with pytest.raises(SerializationError, match=r"malformed a value: its frame lists"):
+        serialize.loads(too_long, where=HERE, what="a value")
+    cut = security.sign([b"\x01"], HERE, key)
+    with pytest.raises(SerializationError, match="malformed a value: its frame is cut short"):
+        serialize.loads(cut, where=HERE, what="a value")
+
+
+def test_events_travel_as_tuples_and_another_format_is_named() -> None:
+    metrics = TaskMetrics(
+        worker="w",
+        container="1:1",
+        start=1.0,
+        end=2.0,
+        read_bytes=3,
+        cached_bytes=4,
+        warnings=(CapturedWarning(UserWarning, "careful", "f.py", 3),),
+        logs="printed",
+    )
+    event = Event(
+        EventKind.TASK_FAILED, 7, "w", metrics, b"pickled error", "boom", "tb", True, b"p"
+    )
+    wire = serialize.loads(serialize.dumps(event_to_wire(event), where=HERE), where=HERE)
+    assert event_from_wire(wire) == event
+    assert event_from_wire(event_to_wire(Event(EventKind.TASK_DONE, 1, "w"))).metrics is None
+    with pytest.raises(ValueError, match="another format"):
+        event_from_wire(wire[1:])  # as an older dask-kong wrote it (no version)
+    with pytest.raises(ValueError, match="another format"):
+        event_from_wire((*wire[:4], wire[4][:-1], *wire[5:]))  # metrics of another version
 
 
 def tamper_stored(client: redis.Redis, name: str) -> None:

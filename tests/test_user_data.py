@@ -25,6 +25,7 @@ from dask_kong.dag import DAG
 from dask_kong.dag.model import StoredValue
 from dask_kong.dag.translate import translate
 from dask_kong.errors import KongError, WorkerLostError
+from dask_kong.serialize import content_token
 from dask_kong.store.base import Store
 from dask_kong.store.memory import MemoryStore
 from dask_kong.store.redis import RedisStore
@@ -189,7 +190,7 @@ def test_uploaded_data_beyond_the_budget_is_evicted_least_recently_used_first(
                 == arrays[0].sum()
             )
     assert keys.cached_bytes <= keys.budget_bytes
-    held = [keys.holds(data_key(dask.base.tokenize(values))) for values in arrays]
+    held = [keys.holds(data_key(content_token(values))) for values in arrays]
     assert held == [False, False, True, True, True]
     # the store holds exactly what the session says it holds
     stored = set(own_session.store.run_keys(keys.scope)) - {"live"}

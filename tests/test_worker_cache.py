@@ -4,15 +4,18 @@ needs them, and not again in the next run (`dask_kong.runtime.data_cache`)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import dask
 import dask.array as da
 import numpy as np
 import pytest
+from dask.base import tokenize
 
 from dask_kong import Kong, last_run
 from dask_kong.metrics.records import RunSummary
+from dask_kong.runtime import data_cache
 from dask_kong.runtime.data_cache import MISSING, DataCache
 from dask_kong.store.server import RedisServer
 
@@ -141,3 +144,102 @@ def test_cached_data_is_right_with_workers_killed_and_deliveries_doubled(
             reinvoked += summary().reinvocations
     assert cached > 0
     assert reinvoked > 0  # workers were lost, and the runs recovered
+
+
+def test_a_square_array_and_its_transpose_are_two_uploads(one_worker: Kong) -> None:
+    """dask's tokenize hashes an array's elements in memory order, so a square X and X.T
+    share a token: named by it, the second run would read X. Uploads are named by what
+    they pickle to (`serialize.content_token`), layout included."""
+    values = np.random.default_rng(19).random((256, 256))  # 512 KiB: uploaded
+    transposed = values.T
+    assert tokenize(values) == tokenize(transposed)  # dask's token: the trap
+    for data in (values, transposed):
+        got = dask.delayed(np.sum)(data, axis=0).compute(scheduler=one_worker.get)
+        np.testing.assert_allclose(got, data.sum(axis=0))
+        assert summary().data_bytes_uploaded > 0  # each went up under a name of its own
+    words = [
+        np.array(["a-b", "c"] * 5000, dtype=object),
+        np.array(["a", "b-c"] * 5000, dtype=object),
+    ]
+    assert tokenize(words[0]) == tokenize(words[1])
+    for data in words:
+        got = dask.delayed(lambda a: list(a[:2]))(data).compute(scheduler=one_worker.get)
+        assert got == list(data[:2])
+
+
+def add_one_in_place(block: np.ndarray) -> np.ndarray:
+    block += 1  # breaks dask's rule: a task must not change its inputs
+    return block
+
+
+def test_a_task_changing_a_kept_input_in_place_fails_instead_of_corrupting_later_runs(
+    one_worker: Kong,
+) -> None:
+    values = user_matrix(seed=20)
+    x = da.from_array(values, chunks=BLOCK)
+    with pytest.raises(ValueError, match="read-only"):
+        x.map_blocks(add_one_in_place).sum().compute(scheduler=one_worker.get)
+    # the data every later run reads is still the user's
+    assert x.sum().compute(scheduler=one_worker.get) == pytest.approx(values.sum())
+
+
+def test_a_session_that_closes_drops_what_its_process_kept(redis_server: RedisServer) -> None:
+    """On the threads backend the workers are the client's threads: what they kept of
+    a session's data lives in the client's process, and goes when the session closes."""
+    values = np.random.default_rng(21).random((4 * 256, 256))  # 4 blocks of 512 KiB
+    session = Kong(backend="threads", store=redis_server.url, workers=2)
+    try:
+        kept = session.persist(da.from_array(values, chunks=(256, 256)) * 2)
+        for _ in range(2):
+            assert kept.sum().compute(scheduler=session.get) == pytest.approx(2 * values.sum())
+        assert summary().bytes_cached >= values.nbytes  # the second run read none of it
+        assert any(
+            scope == session_scope(session) for scope, _ in data_cache._process_cache.entries
+        )
+    finally:
+        session.close()
+    assert not any(
+        scope == session_scope(session) for scope, _ in data_cache._process_cache.entries
+    )
+
+
+def session_scope(session: Kong) -> str:
+    keys = session.session_keys
+    assert keys is not None
+    return keys.scope
+
+
+def test_the_budget_is_capped_by_the_process_memory_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data_cache.memory_limit.cache_clear()
+    try:
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")  # a 1 GiB function
+        assert data_cache.capped(2**30, 0.25) == 2**28
+        assert data_cache.capped(2**20, 0.25) == 2**20
+        monkeypatch.delenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        data_cache.memory_limit.cache_clear()
+        limit = data_cache.memory_limit()  # this process's RLIMIT_DATA, if any
+        assert limit is None or limit > 0
+    finally:
+        data_cache.memory_limit.cache_clear()
+
+
+def test_threads_sharing_the_cache_keep_its_count_right() -> None:
+    cache = DataCache(budget=40 * 8_000)
+
+    def churn(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for i in rng.integers(0, 100, 2_000):
+            value, _ = cache.get("s", str(i))
+            if value is MISSING:
+                cache.put("s", str(i), np.zeros(1000))
+            if i % 17 == 0:
+                cache.resize(cache.budget)
+
+    workers = [threading.Thread(target=churn, args=(seed,)) for seed in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=60)
+    assert cache.nbytes == sum(size for _, size in cache.entries.values()) <= cache.budget

@@ -243,6 +243,7 @@ def observed_rows(graph: RunGraph, m: TaskMetrics) -> list[tuple[str, str]]:
         ("start / end", f"{start:.3f} s / {relative(graph, m.end):.3f} s"),
         ("duration", f"{m.end - m.start:.4f} s"),
         ("read", f"{m.read_s:.4f} s, {format_bytes(m.read_bytes)}"),
+        ("kept by its worker", format_bytes(m.cached_bytes)),
         ("execute", f"{m.exec_s:.4f} s"),
         ("write", f"{m.write_s:.4f} s, {format_bytes(m.written_bytes)}"),
         ("output", format_bytes(m.output_bytes)),
@@ -400,6 +401,7 @@ def summary_counts(record: RunRecord) -> dict[str, Any]:
         "warm starts": sum(1 for m in startups if not m.cold_start),
         "bytes written": sum(m.written_bytes for m in metrics.values()),
         "bytes read": sum(m.read_bytes for m in metrics.values()),
+        "bytes cached": sum(m.cached_bytes for m in metrics.values()),
         "elapsed s": outcome.makespan_s if outcome else relative(graph, max(ends, default=0.0)),
         "error": outcome.error if outcome else "",
     }

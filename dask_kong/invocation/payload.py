@@ -71,8 +71,10 @@ class RunSettings:
     # are kept for the client (kong.logs.max_task_bytes).
     max_task_log_bytes: int = 65536
     # Bytes of session data a worker process keeps between tasks, invocations and runs
-    # (kong.data.worker_cache_bytes; runtime.data_cache); 0 keeps none.
+    # (kong.data.worker_cache_bytes; runtime.data_cache), 0 keeps none; at most this
+    # fraction of its memory limit (kong.data.worker_cache_fraction).
     worker_cache_bytes: int = 0
+    worker_cache_fraction: float = 0.25
 
     @classmethod
     def from_config(cls) -> RunSettings:
@@ -94,6 +96,7 @@ class RunSettings:
             faults=FaultSettings.from_config(),
             max_task_log_bytes=int(config.get("logs.max_task_bytes")),
             worker_cache_bytes=int(config.get("data.worker_cache_bytes")),
+            worker_cache_fraction=float(config.get("data.worker_cache_fraction")),
         )
 
     def retries_of(self, task: int) -> int:

@@ -6,9 +6,9 @@ never change meaning there: an uploaded chunk is named by its content token, a p
 or scattered value by a name unique to its `keep`. So a worker process (a gateway's
 worker process, a warm Lambda container) that has read one may use it again in any later
 task, invocation or run, as distributed's workers keep the data they hold. Without it a
-GEMM on the user's data reads each block of A and B once per output block (1.2 GB for the
-core size's 268 MB of input, `benchmarks.user_data_traffic`), and every repeat of a
-computation reads its input again.
+GEMM on the user's data reads each block of A and B once per output block, and every
+repeat of a computation reads its input again (docs/benchmarks.md, "The user's own
+data").
 
 What it holds, field by field (`DataCache`):
 
@@ -16,25 +16,36 @@ What it holds, field by field (`DataCache`):
 field       what it holds
 ==========  ==========================================================================
 budget      bytes (`dask.sizeof` of the values) it may hold: `kong.data.worker_cache_
-            bytes` as the run's client set it (`RunSettings.worker_cache_bytes`); 0 keeps
-            nothing
+            bytes` as the run's client set it (`RunSettings.worker_cache_bytes`), at most
+            `kong.data.worker_cache_fraction` of the process's memory limit (a Lambda
+            function's memory size, the gateway's RLIMIT_DATA); 0 keeps nothing
 entries     (scope, key) -> (value, its size), least recently used first
 nbytes      the sum of the sizes held
 ==========  ==========================================================================
 
 A value larger than the budget is not kept; adding one evicts the least recently used
-until the rest fits. Entries of a closed session are not dropped when it closes (a worker
-does not learn of it): they are the first pushed out, and the budget bounds them.
+until the rest fits. A session that closes drops its entries from its own process's cache
+(`drop_scope`: the threads backend's workers are the client's threads); a worker in
+another process does not learn of it, so there a closed session's entries are the first
+pushed out, and the budget bounds them.
 
 Values are shared among the tasks that read them, as dask's threaded scheduler shares a
-`from_array` chunk (a view of the user's array) among its tasks: a task must not change
-its inputs in place (dask's own rule). One cache per process (`process_cache`), used by
-every thread of it (the threads backend's pool, the processes backend's worker).
+`from_array` chunk among its tasks: a task must not change its inputs in place (dask's
+own rule: its chunk functions copy before they assign). A NumPy array is made read-only
+when it is kept, so a task that breaks the rule fails ("assignment destination is
+read-only") instead of changing what later tasks and runs read; other values (a pandas
+partition) cannot be guarded. One cache per process (`process_cache`): it bounds that
+process's memory, and every thread of it uses it (the threads backend's pool, the
+processes backend's worker).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
+import os
+import resource
+import sys
 import threading
 from typing import Any, Final
 
@@ -74,8 +85,16 @@ class DataCache:
             if size > self.budget or (scope, key) in self.entries:
                 return
             self._evict(self.budget - size)
+            _freeze(value)
             self.entries[(scope, key)] = (value, size)
             self.nbytes += size
+
+    def drop_scope(self, scope: str) -> None:
+        """Forget every entry of `scope` (its session closed)."""
+        with self._lock:
+            for entry_key in [k for k in self.entries if k[0] == scope]:
+                _, size = self.entries.pop(entry_key)
+                self.nbytes -= size
 
     def resize(self, budget: int) -> None:
         """Take the budget of the run at hand (a client may set another), evicting down
@@ -95,11 +114,54 @@ class DataCache:
             self.nbytes -= size
 
 
+def _freeze(value: Any) -> None:
+    """Make a NumPy array read-only (see the module docstring); other values as they are."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        value.flags.writeable = False
+
+
+#: Bytes per MB in AWS Lambda's memory size (MiB).
+_MB = 1 << 20
+
+
+@functools.cache
+def memory_limit() -> int | None:
+    """This process's memory limit in bytes, if it has one: a Lambda function's memory
+    size (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, MB), else the soft RLIMIT_DATA the gateway
+    sets for a resource config (worker_main); None when neither is set."""
+    lambda_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+    if lambda_mb.isdigit():
+        return int(lambda_mb) * _MB
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def capped(budget: int, fraction: float) -> int:
+    """`budget`, at most `fraction` of this process's memory limit (if it has one)."""
+    limit = memory_limit()
+    return budget if limit is None else min(budget, int(fraction * limit))
+
+
+# The cache of this process (see `process_cache`).
 _process_cache = DataCache()
 
 
-def process_cache(budget: int) -> DataCache:
-    """This process's cache, at the budget of the run asking (`RunSettings`)."""
-    if _process_cache.budget != budget:
-        _process_cache.resize(budget)
+def process_cache(budget: int, fraction: float) -> DataCache:
+    """This process's cache, at the budget of the run asking (`RunSettings`), capped by
+    this process's memory limit."""
+    wanted = capped(budget, fraction)
+    if _process_cache.budget != wanted:
+        _process_cache.resize(wanted)
     return _process_cache
+
+
+def drop_scope(scope: str) -> None:
+    """Forget what this process keeps of `scope` (a session that closed)."""
+    _process_cache.drop_scope(scope)
+
+
+def scopes() -> set[str]:
+    """The scopes (sessions) this process keeps data of."""
+    with _process_cache._lock:
+        return {scope for scope, _ in _process_cache.entries}

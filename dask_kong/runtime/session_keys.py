@@ -50,6 +50,7 @@ from dask.sizeof import sizeof
 from .. import config
 from ..dag.model import StoredValue
 from ..store.base import Store
+from . import data_cache
 
 logger = logging.getLogger("dask_kong.client")
 
@@ -239,6 +240,7 @@ class SessionKeys:
         with self._lock:
             self._entries.clear()
         self._released.clear()
+        data_cache.drop_scope(self.scope)  # what this process's workers kept of it
         if not self._opened:
             return
         try:

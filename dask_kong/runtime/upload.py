@@ -4,8 +4,11 @@ A graph built from the user's data (`da.from_array` of a NumPy array, `dd.from_p
 carries it as data entries of the DAG (`dag.translate` lifts them out of tasks). Where the
 workers are other processes, each entry above `kong.payload.inline_input_bytes` goes to
 the store, into the session's scope (`runtime.session_keys`), under its content token
-(`dask.base.tokenize`): the same array computed again, or read by several collections,
-is found there and not uploaded again; a changed array has another token.
+(`serialize.content_token`: a hash of what it pickles to, so the layout in memory
+counts, and a square array and its transpose are two values): the same array computed
+again, or read by several collections, is found there and not uploaded again; a changed
+array has another token. Workers keep what they read of it (`runtime.data_cache`): a key
+of the scope never names another value.
 
 The client does not upload everything before the run starts. It invokes each start task
 as soon as the data its first tasks read is in the store, and uploads in batches of about
@@ -28,7 +31,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dask.base import tokenize
 from dask.sizeof import sizeof
 
 from .. import config
@@ -38,6 +40,7 @@ from ..dag.model import StoredValue
 from ..errors import KongError
 from ..invocation.payload import DataRefs
 from ..planning import Plan
+from ..serialize import content_token
 from .session_keys import SessionKeys
 
 
@@ -97,7 +100,9 @@ def plan_upload(
     }
     if not large and not stored:
         return None
-    keys = {name: data_key(tokenize(value)) for name, value in large.items()}
+    keys = {
+        name: data_key(content_token(value, what=f"data {name!r}")) for name, value in large.items()
+    }
     keys.update({name: value.key for name, value in stored.items()})
     needs = {s: need & keys.keys() for s, need in needs_of_starts(dag, plan, starts).items()}
     upload = Upload(session, DataRefs(session.scope, keys), needs)

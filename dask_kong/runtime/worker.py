@@ -423,10 +423,10 @@ def fetch_remote(
 def session_cache(ctx: RunContext) -> DataCache | None:
     """This process's cache of session data, when it has a budget and the store is
     not in this process (an in-process store hands out its objects already)."""
-    budget = ctx.settings.worker_cache_bytes
-    if budget <= 0 or ctx.store.in_process:
+    settings = ctx.settings
+    if settings.worker_cache_bytes <= 0 or ctx.store.in_process:
         return None
-    return process_cache(budget)
+    return process_cache(settings.worker_cache_bytes, settings.worker_cache_fraction)
 
 
 def take_cached(
