@@ -396,7 +396,7 @@ def test_an_event_replayed_from_another_run_is_refused(redis_store: RedisStore) 
         entries: Any = client.xrange(stream)
         ((_, fields),) = entries
         client.xadd(constants.run_prefix(run_id) + constants.EVENTS_KEY, dict(fields))
-        with pytest.raises(SignatureError, match=r"refusing an event of run events-new: .*another"):
+        with pytest.raises(SignatureError, match=r"refusing events of run events-new: .*another"):
             redis_store.events(run_id, "0", 1.0)
         assert redis_store.events(old_run, "0", 1.0)[1][0].kind is EventKind.TASK_FAILED
     finally:

@@ -78,8 +78,8 @@ T = TypeVar("T")
 #: URL schemes `open_store` connects to as an existing server.
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
-# The one field of a stream entry: the pickled `Event` (`event_to_wire`), and as
-# redis-py returns it.
+# The one field of a stream entry: the pickled events of one commit (`event_to_wire`
+# each, in a tuple), and as redis-py returns it.
 _EVENT_FIELD = "e"
 _EVENT_FIELD_BYTES = _EVENT_FIELD.encode()
 # Suffix of a fan-in's ready claim (see lua.MARK_PARENTS_DONE), next to its parent set.
@@ -228,11 +228,19 @@ class RedisStore:
             for key, v in writes.items()
         }
         stamp_written_bytes(events, {key: len(data) for key, data in values.items()})
-        where = event_place(run_id)
-        payloads = [
-            serialize.dumps(event_to_wire(e), where=where, what=f"{e.kind} event of task {e.task}")
-            for e in events
-        ]
+        # One stream entry per commit, its events signed together: a worker flushes the
+        # events of every task it ran since its last flush (kong.run.progress_interval_s).
+        payloads = (
+            [
+                serialize.dumps(
+                    tuple(event_to_wire(e) for e in events),
+                    where=event_place(run_id),
+                    what=f"{len(events)} events, the first of task {events[0].task}",
+                )
+            ]
+            if events
+            else []
+        )
         if not (values or fan_ins or payloads):
             return CommitResult()
         # Retrying a whole commit is safe: SET NX writes each value at most once, a fan-in is
@@ -648,7 +656,9 @@ class RedisStore:
             if entries:
                 last_id = entries[-1][0]
                 where = event_place(run_id)
-                return text(last_id), [_decode_event(run_id, where, f) for _, f in entries]
+                return text(last_id), [
+                    event for _, f in entries for event in _decode_events(run_id, where, f)
+                ]
             if block_s is None or remaining <= longest_block_s:
                 return cursor, []
 
@@ -905,11 +915,12 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _decode_event(run_id: str, where: bytes, fields: Mapping[bytes, bytes]) -> Event:
-    """The event in a stream entry's `fields`, its signature checked for `where`."""
-    what = f"an event of run {run_id}"
-    wire = serialize.loads(fields[_EVENT_FIELD_BYTES], where=where, what=what)
-    return event_from_wire(wire)
+def _decode_events(run_id: str, where: bytes, fields: Mapping[bytes, bytes]) -> list[Event]:
+    """The events of one commit in a stream entry's `fields`, signed together for
+    `where`."""
+    what = f"events of run {run_id}"
+    wires = serialize.loads(fields[_EVENT_FIELD_BYTES], where=where, what=what)
+    return [event_from_wire(wire) for wire in wires]
 
 
 def value_place(run_id: str, key: str) -> bytes:
