@@ -194,7 +194,9 @@ def signing_key() -> bytes | None:
 def sign(parts: Sequence[bytes | memoryview], where: bytes, key: bytes) -> bytes:
     """The body made of `parts` behind its header (MAGIC, its tags for `where` and for
     itself) in one bytes object: the parts are hashed where they are (a NumPy array's
-    memory, not a copy of it) and copied once, into the blob."""
+    memory, not a copy of it) and copied once, into the blob. They must not change
+    meanwhile (another thread writing the array): the blob would then fail its check
+    when read, loudly, instead of carrying what was hashed."""
     hasher = blake3.blake3(key=key)
     for part in parts:
         hasher.update(part)
