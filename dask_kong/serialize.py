@@ -16,8 +16,10 @@ buffers):
 
 so writing a value copies its memory once, into the blob, where pickling it in band and
 then putting the header in front copied it twice (docs/benchmarks.md, "What signing
-costs"). Reading gives each buffer back as pickle would in band: a bytearray of its own
-(one copy) for a writable one, so arrays come back writable, bytes for a read-only one.
+costs"). Reading gives each buffer back as a copy of its own, as pickle would in band:
+a bytearray for a writable buffer, bytes for a read-only one. An array a worker froze
+because it shares it (`runtime.data_cache`), or a view of one, is written as writable
+(`_as_written`): what a reader gets is its own copy, writable as distributed gives it.
 Unsigned pickles (`kong.security.sign: false`) stay plain, in band.
 
 `content_token` names a value by what it pickles to (the user's data in the session's
@@ -109,6 +111,7 @@ def _pickle(obj: Any, buffers: list[pickle.PickleBuffer] | None = None) -> bytes
     With `buffers`, contiguous buffers go there (views, not copies) instead of into the
     pickle."""
     keep = None if buffers is None else _out_of_band(buffers)
+    obj = _as_written(obj)
     try:
         data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
     except Exception:
@@ -147,6 +150,22 @@ def _out_of_band(buffers: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleB
         return False
 
     return keep
+
+
+def _as_written(obj: Any) -> Any:
+    """`obj`, or a writable view of it when it is a NumPy array made read-only over
+    memory that may be written (a worker's shared input, `runtime.data_cache`, or a
+    view of one a task returned): pickle carries an array's read-only flag, and the
+    reader's copy is its own. An array over read-only memory (bytes) stays as it is."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None or type(obj) is not numpy.ndarray or obj.flags.writeable:
+        return obj
+    view = obj.view()
+    try:
+        view.flags.writeable = True
+    except ValueError:
+        return obj
+    return view
 
 
 def _plain_array(obj: Any) -> bool:

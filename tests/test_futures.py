@@ -441,3 +441,15 @@ def test_calls_are_packed_by_depth_without_starving_workers() -> None:
     few = [Submission(f"slow-{i}", inc, (i,), {}) for i in range(8)]
     assert len(build_graph(few, {}, calls_per_task=100, tasks_wanted=8).keys) == 8
     assert len(build_graph(few, {}, calls_per_task=100, tasks_wanted=None).keys) == 1
+
+
+def test_a_square_array_and_its_transpose_name_two_futures(client: Client) -> None:
+    """dask's tokenize gives X and X.T one token: pure calls and hashed scatters are
+    named by the arrays' content instead, so neither shares the other's Future."""
+    x = np.random.default_rng(23).random((64, 64))
+    by_rows, by_columns = client.submit(np.sum, x, axis=0), client.submit(np.sum, x.T, axis=0)
+    assert by_rows.key != by_columns.key
+    np.testing.assert_allclose(by_columns.result(), x.T.sum(axis=0))
+    first, second = client.scatter([x, x.T])
+    assert first.key != second.key
+    np.testing.assert_array_equal(second.result(), x.T)

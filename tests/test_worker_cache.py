@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import dask
 import dask.array as da
+import dask.dataframe as dd
 import numpy as np
+import pandas as pd
 import pytest
 from dask.base import tokenize
 
@@ -243,3 +245,28 @@ def test_threads_sharing_the_cache_keep_its_count_right() -> None:
     for t in workers:
         t.join(timeout=60)
     assert cache.nbytes == sum(size for _, size in cache.entries.values()) <= cache.budget
+
+
+def identity(block: np.ndarray) -> np.ndarray:
+    return block
+
+
+def add_column(part: pd.DataFrame) -> pd.DataFrame:
+    part["c"] = part["a"] * 2  # common pandas code: changes the partition it was given
+    return part
+
+
+def test_results_are_writable_and_pandas_partitions_are_kept_apart(one_worker: Kong) -> None:
+    """A task may return its (kept, read-only) input: what the client reads of it is a
+    writable array, as distributed gives it. A pandas partition is handed to each task
+    as a shallow copy: a column one task assigns is not in what the next reads."""
+    values = np.random.default_rng(22).random((512, 256))
+    got = dask.delayed(identity)(values).compute(scheduler=one_worker.get)
+    np.testing.assert_array_equal(got, values)
+    assert got.flags.writeable
+    frame = pd.DataFrame({"a": np.arange(40_000), "b": np.arange(40_000) * 0.5})
+    parts = dd.from_pandas(frame, npartitions=2)
+    for _ in range(2):
+        out = parts.map_partitions(add_column).compute(scheduler=one_worker.get)
+        assert list(out.columns) == ["a", "b", "c"]
+        assert list(parts.compute(scheduler=one_worker.get).columns) == ["a", "b"]

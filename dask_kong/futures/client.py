@@ -39,6 +39,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -57,6 +58,7 @@ from dask.utils import funcname
 from .. import config
 from ..dag.model import StoredValue
 from ..options import SCHEDULING_KEYWORDS, warn_unsupported
+from ..serialize import content_token
 from ..session import Kong
 from .batch import Submission, TaskFailure, build_graph, find_futures, walk_futures
 from .future import Future, FutureState, StoredPart
@@ -352,7 +354,9 @@ class Client:
     ) -> str:
         name = prefix or funcname(func)
         if options.get("pure", True):
-            return f"{name}-{tokenize(self._func_token(func), args, kwargs)}"
+            return (
+                f"{name}-{tokenize(self._func_token(func), by_content(args), by_content(kwargs))}"
+            )
         return f"{name}-{self._id}-{next(self._counter)}"
 
     def _func_token(self, func: Callable[..., Any]) -> str:
@@ -529,7 +533,7 @@ class Client:
         """A Future of `value`, written to the session's store when it keeps values
         (workers read it there, as distributed's scatter sends it to a worker)."""
         self._check_open()
-        token = tokenize(value) if hash else uuid.uuid4().hex
+        token = tokenize(by_content(value)) if hash else uuid.uuid4().hex
         key = f"{type(value).__name__}-{token}"
         with self._lock:
             new = key not in self._states
@@ -615,3 +619,22 @@ def settle(
         state.fail(value.error, value.traceback)
     else:
         state.finish(value)
+
+
+def by_content(obj: Any) -> Any:
+    """`obj` with the NumPy arrays in it (itself, or the items of a tuple, list or dict at
+    its top) replaced by their content token (`serialize.content_token`): dask's
+    `tokenize` hashes an array's elements in memory order, so a square array and its
+    transpose, both passed as `submit(f, x)`, would name one Future."""
+    if isinstance(obj, tuple | list):
+        return type(obj)(by_content(item) for item in obj) if any(map(_is_array, obj)) else obj
+    if isinstance(obj, dict):
+        return (
+            {k: by_content(v) for k, v in obj.items()} if any(map(_is_array, obj.values())) else obj
+        )
+    return ("ndarray", content_token(obj)) if _is_array(obj) else obj
+
+
+def _is_array(obj: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(obj, numpy.ndarray)

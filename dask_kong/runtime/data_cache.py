@@ -31,11 +31,13 @@ pushed out, and the budget bounds them.
 
 Values are shared among the tasks that read them, as dask's threaded scheduler shares a
 `from_array` chunk among its tasks: a task must not change its inputs in place (dask's
-own rule: its chunk functions copy before they assign). A NumPy array is made read-only
-when it is kept, so a task that breaks the rule fails ("assignment destination is
-read-only") instead of changing what later tasks and runs read; other values (a pandas
-partition) cannot be guarded. One cache per process (`process_cache`): it bounds that
-process's memory, and every thread of it uses it (the threads backend's pool, the
+own rule: its chunk functions copy before they assign). While a process shares session
+values (its budget is above 0) every NumPy array it reads of them is made read-only, so a
+task that breaks the rule fails ("assignment destination is read-only") instead of
+changing what later tasks and runs read; a pandas object (a partition) is handed to each
+task as a shallow copy (`handed_out`), which pandas' copy-on-write keeps apart from the
+shared one. One cache per process (`process_cache`): it bounds that process's memory,
+and every thread of it uses it (the threads backend's pool, the
 processes backend's worker).
 """
 
@@ -119,6 +121,19 @@ def _freeze(value: Any) -> None:
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, numpy.ndarray):
         value.flags.writeable = False
+
+
+def handed_out(value: Any) -> Any:
+    """What a task gets of a session value while this process shares such values (its
+    cache has a budget), whether or not this one is kept: a NumPy array read-only (a
+    write fails at once), a pandas object as a shallow copy (with pandas' copy-on-write,
+    a column assigned or a value set in it leaves the shared one as it was), anything
+    else as it is."""
+    _freeze(value)
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(value, pandas.DataFrame | pandas.Series):
+        return value.copy(deep=False)
+    return value
 
 
 #: Bytes per MB in AWS Lambda's memory size (MiB).

@@ -69,7 +69,7 @@ from ..values import all_plain, is_plain_data
 from ..waits import pauses, poll_until
 from . import leases
 from .context import RunContext
-from .data_cache import MISSING, DataCache, process_cache
+from .data_cache import MISSING, DataCache, handed_out, process_cache
 from .recompute import Recipe, rebuild, recipe_for
 from .recorder import Phase, Recorder
 from .task_logs import BranchCapture
@@ -414,10 +414,11 @@ def fetch_remote(
         by_scope.setdefault(r.scope, []).append(r)
     for scope, group in by_scope.items():
         fetched = read_inputs(branch, task, scope, group)
-        keep_fetched(branch, group, fetched, values)
         if cache is not None and scope != branch.ctx.run_id:
             for r, value in zip(group, fetched, strict=True):
                 cache.put(scope, r.store_key, value)
+            fetched = [handed_out(value) for value in fetched]
+        keep_fetched(branch, group, fetched, values)
 
 
 def session_cache(ctx: RunContext) -> DataCache | None:
@@ -443,7 +444,7 @@ def take_cached(
         if value is MISSING:
             left.append(r)
             continue
-        branch.data[r.source] = values[r.key] = value
+        branch.data[r.source] = values[r.key] = handed_out(value)
         branch.recorder.cached(nbytes)
     return left
 

@@ -67,7 +67,7 @@ _METRIC_NAMES = tuple(f.name for f in dataclasses.fields(TaskMetrics))
 _metric_values = operator.attrgetter(*_METRIC_NAMES)
 #: First item of a wire event: a worker and a client of different dask-kong versions
 #: get a clear error, not fields read in the wrong places.
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: a stream entry holds a tuple of them (store.redis)
 
 #: An event as it travels through a store that serializes (`event_to_wire`).
 WireEvent = tuple[Any, ...]
@@ -75,7 +75,7 @@ WireEvent = tuple[Any, ...]
 
 def event_to_wire(event: Event) -> WireEvent:
     """`event` as a tuple of plain values, metrics a tuple too: a pickled dataclass costs
-    ten times a tuple's each way, and a run of 10,000 tasks sends 10,000 events through
+    many times a tuple's each way, and a run of 10,000 tasks sends 10,000 events through
     the client (`event_from_wire` reverses)."""
     m = event.metrics
     metrics = None if m is None else _metric_values(m)
@@ -96,7 +96,12 @@ def event_to_wire(event: Event) -> WireEvent:
 def event_from_wire(wire: WireEvent) -> Event:
     """The `Event` that `event_to_wire` made `wire` of; `ValueError` naming the versions
     when another version of dask-kong wrote it."""
-    if len(wire) != 10 or wire[0] != WIRE_VERSION or not _metrics_fit(wire[4]):
+    if (
+        not isinstance(wire, tuple)
+        or len(wire) != 10
+        or wire[0] != WIRE_VERSION
+        or not _metrics_fit(wire[4])
+    ):
         raise ValueError(
             f"an event in another format than this dask-kong's (version {WIRE_VERSION}): "
             "the client and its workers must run the same version of dask-kong"

@@ -920,6 +920,8 @@ def _decode_events(run_id: str, where: bytes, fields: Mapping[bytes, bytes]) -> 
     `where`."""
     what = f"events of run {run_id}"
     wires = serialize.loads(fields[_EVENT_FIELD_BYTES], where=where, what=what)
+    if not isinstance(wires, tuple):  # an entry of another version: one bare event
+        wires = (wires,)
     return [event_from_wire(wire) for wire in wires]
 
 
