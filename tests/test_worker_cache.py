@@ -16,10 +16,13 @@ import pytest
 from dask.base import tokenize
 
 from dask_kong import Kong, last_run
+from dask_kong.backends.processes.gateway import Gateway
 from dask_kong.metrics.records import RunSummary
 from dask_kong.runtime import data_cache
 from dask_kong.runtime.data_cache import MISSING, DataCache
 from dask_kong.store.server import RedisServer
+
+from .kong_fixtures import lambda_session
 
 # 4 x 4 blocks of 128 x 128 float64 (128 KiB each: above kong.payload.inline_input_bytes,
 # so every block is uploaded and read from the store). In x @ x each block is read by
@@ -270,3 +273,22 @@ def test_results_are_writable_and_pandas_partitions_are_kept_apart(one_worker: K
         out = parts.map_partitions(add_column).compute(scheduler=one_worker.get)
         assert list(out.columns) == ["a", "b", "c"]
         assert list(parts.compute(scheduler=one_worker.get).columns) == ["a", "b"]
+
+
+def test_warm_lambda_instances_keep_what_they_read(
+    lambda_gateway: Gateway, redis_server: RedisServer
+) -> None:
+    """On the lambda backend (aiobotocore through the local gateway) a warm instance
+    keeps the session data it read for the next run: the second compute of the same
+    array takes blocks from the instances' memory."""
+    values = user_matrix(seed=24)
+    x = da.from_array(values, chunks=BLOCK)
+    session = lambda_session(lambda_gateway, redis_server.url)
+    try:
+        for _ in range(2):
+            got = (x @ x).compute(scheduler=session.get)
+            np.testing.assert_allclose(got, values @ values)
+        assert summary().data_bytes_uploaded == 0
+        assert summary().bytes_cached > 0
+    finally:
+        session.close()
