@@ -179,9 +179,13 @@ def place(kind: str, *parts: str | int) -> bytes:
     return bytes(out)
 
 
-def tag(key: bytes, data: bytes | memoryview) -> bytes:
-    """The keyed BLAKE3 MAC of `data` under `key` (32 bytes, derived: `_key_bytes`)."""
-    return blake3.blake3(data, key=key).digest()
+def tag(key: bytes, *parts: bytes | memoryview) -> bytes:
+    """The keyed BLAKE3 MAC of `parts`, one after another, under `key` (32 bytes,
+    derived: `_key_bytes`); each part hashed where it is."""
+    hasher = blake3.blake3(key=key)
+    for part in parts:
+        hasher.update(part)
+    return hasher.digest()
 
 
 def signing_key() -> bytes | None:
@@ -197,10 +201,7 @@ def sign(parts: Sequence[bytes | memoryview], where: bytes, key: bytes) -> bytes
     memory, not a copy of it) and copied once, into the blob. They must not change
     meanwhile (another thread writing the array): the blob would then fail its check
     when read, loudly, instead of carrying what was hashed."""
-    hasher = blake3.blake3(key=key)
-    for part in parts:
-        hasher.update(part)
-    data_tag = hasher.digest()
+    data_tag = tag(key, *parts)
     return b"".join((MAGIC, tag(key, where + data_tag), data_tag, *parts))
 
 

@@ -163,8 +163,7 @@ def _as_written(obj: Any) -> Any:
     memory that may be written (a worker's shared input, `runtime.data_cache`, or a
     view of one a task returned): pickle carries an array's read-only flag, and the
     reader's copy is its own. An array over read-only memory (bytes) stays as it is."""
-    numpy = sys.modules.get("numpy")
-    if numpy is None or type(obj) is not numpy.ndarray or obj.flags.writeable:
+    if not is_ndarray(obj, exactly=True) or obj.flags.writeable:
         return obj
     view = obj.view()
     try:
@@ -177,8 +176,17 @@ def _as_written(obj: Any) -> Any:
 def _plain_array(obj: Any) -> bool:
     """Whether `obj` is a NumPy array of plain numbers (no Python objects inside): its
     pickle names only numpy's own functions, so nothing in it needs cloudpickle."""
+    return is_ndarray(obj, exactly=True) and not obj.dtype.hasobject
+
+
+def is_ndarray(obj: Any, *, exactly: bool = False) -> bool:
+    """Whether `obj` is a NumPy array (`exactly`: of that type, not a subclass such as a
+    masked array), asked without importing NumPy: a process that never imported it has
+    none."""
     numpy = sys.modules.get("numpy")
-    return numpy is not None and type(obj) is numpy.ndarray and not obj.dtype.hasobject
+    if numpy is None:
+        return False
+    return type(obj) is numpy.ndarray if exactly else isinstance(obj, numpy.ndarray)
 
 
 def _by_value_module(data: bytes) -> bool:

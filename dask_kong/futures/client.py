@@ -39,7 +39,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import sys
 import threading
 import time
 import uuid
@@ -58,7 +57,7 @@ from dask.utils import funcname
 from .. import config
 from ..dag.model import StoredValue
 from ..options import SCHEDULING_KEYWORDS, warn_unsupported
-from ..serialize import content_token
+from ..serialize import content_token, is_ndarray
 from ..session import Kong
 from .batch import Submission, TaskFailure, build_graph, find_futures, walk_futures
 from .future import Future, FutureState, StoredPart
@@ -627,14 +626,11 @@ def by_content(obj: Any) -> Any:
     `tokenize` hashes an array's elements in memory order, so a square array and its
     transpose, both passed as `submit(f, x)`, would name one Future."""
     if isinstance(obj, tuple | list):
-        return type(obj)(by_content(item) for item in obj) if any(map(_is_array, obj)) else obj
+        return type(obj)(by_content(item) for item in obj) if any(map(is_ndarray, obj)) else obj
     if isinstance(obj, dict):
         return (
-            {k: by_content(v) for k, v in obj.items()} if any(map(_is_array, obj.values())) else obj
+            {k: by_content(v) for k, v in obj.items()}
+            if any(map(is_ndarray, obj.values()))
+            else obj
         )
-    return ("ndarray", content_token(obj)) if _is_array(obj) else obj
-
-
-def _is_array(obj: Any) -> bool:
-    numpy = sys.modules.get("numpy")
-    return numpy is not None and isinstance(obj, numpy.ndarray)
+    return ("ndarray", content_token(obj)) if is_ndarray(obj) else obj

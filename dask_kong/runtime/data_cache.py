@@ -53,6 +53,8 @@ from typing import Any, Final
 
 from dask.sizeof import sizeof
 
+from ..serialize import is_ndarray
+
 #: A lookup that found nothing (a cached value may be None).
 MISSING: Final = object()
 
@@ -87,9 +89,13 @@ class DataCache:
             if size > self.budget or (scope, key) in self.entries:
                 return
             self._evict(self.budget - size)
-            _freeze(value)
             self.entries[(scope, key)] = (value, size)
             self.nbytes += size
+
+    def scopes(self) -> set[str]:
+        """The scopes (sessions) it holds values of."""
+        with self._lock:
+            return {scope for scope, _ in self.entries}
 
     def drop_scope(self, scope: str) -> None:
         """Forget every entry of `scope` (its session closed)."""
@@ -116,20 +122,15 @@ class DataCache:
             self.nbytes -= size
 
 
-def _freeze(value: Any) -> None:
-    """Make a NumPy array read-only (see the module docstring); other values as they are."""
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.ndarray):
-        value.flags.writeable = False
-
-
 def handed_out(value: Any) -> Any:
     """What a task gets of a session value while this process shares such values (its
     cache has a budget), whether or not this one is kept: a NumPy array read-only (a
     write fails at once), a pandas object as a shallow copy (with pandas' copy-on-write,
     a column assigned or a value set in it leaves the shared one as it was), anything
-    else as it is."""
-    _freeze(value)
+    else as it is. Every value a shared read hands a task passes here (kept or not), so
+    the cache itself stores values as they are."""
+    if is_ndarray(value):
+        value.flags.writeable = False
     pandas = sys.modules.get("pandas")
     if pandas is not None and isinstance(value, pandas.DataFrame | pandas.Series):
         return value.copy(deep=False)
@@ -178,5 +179,4 @@ def drop_scope(scope: str) -> None:
 
 def scopes() -> set[str]:
     """The scopes (sessions) this process keeps data of."""
-    with _process_cache._lock:
-        return {scope for scope, _ in _process_cache.entries}
+    return _process_cache.scopes()
